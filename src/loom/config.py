@@ -1,0 +1,89 @@
+"""One `Settings` object, from `LOOM_*` environment variables (and an optional TOML file).
+
+Settings are passed explicitly to whatever needs them; nothing reads them from a global.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _split_keys(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [k.strip() for k in value.split(",") if k.strip()]
+    if isinstance(value, list):
+        return [str(k) for k in value]
+    return []
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOM_", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    # Empty means SQLite at <data_dir>/loom.db.
+    database_url: str = ""
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A TOML file with model routes and other settings (see README).
+    config_file: Path | None = None
+
+    # Model backends (the default one; more come from the config file).
+    upstream_base_url: str = "https://api.openai.com/v1"
+    upstream_api_key: str = ""
+    upstream_timeout_s: float = 600.0
+    upstream_max_retries: int = 2
+
+    # Runs.
+    run_expiry_s: int = 600
+    lease_s: float = 15.0
+    poll_after_ms: int = 100
+
+    # Files.
+    max_file_bytes: int = 512 * 1024 * 1024
+    max_upload_part_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 8 * 1024 * 1024 * 1024
+    upload_expiry_s: int = 3600
+
+    # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only).
+    sandbox: str = "bwrap"
+
+    # The raw TOML table, when a config file was given (sections are read by the parts that own them).
+    file_config: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_keys(cls, value: object) -> list[str]:
+        return _split_keys(value)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Environment first, then the TOML file's `[loom]` table fills what the environment left unset."""
+        settings = cls(**overrides)
+        if settings.config_file is not None:
+            raw = tomllib.loads(settings.config_file.read_text())
+            settings.file_config = raw
+            env_set = settings.model_fields_set
+            for key, value in raw.get("loom", {}).items():
+                if key in cls.model_fields and key not in env_set:
+                    setattr(settings, key, value)
+            settings.api_keys = _split_keys(settings.api_keys)
+        return settings
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'loom.db').resolve()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.effective_database_url.startswith("postgresql")
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

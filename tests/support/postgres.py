@@ -1,0 +1,44 @@
+"""A real PostgreSQL 16 with pgvector for the tests, from the `pgserver` package (no system service).
+
+One server per test session, shared by every test that needs PostgreSQL; each caller gets a fresh
+database of its own so tests never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+_lock = threading.Lock()
+_server: Any = None
+
+
+def _get_server() -> Any:
+    global _server
+    with _lock:
+        if _server is None:
+            import pgserver
+
+            root = Path(os.environ.get("LOOM_TEST_PGDATA", Path(tempfile.gettempdir()) / "loom-test-pg"))
+            _server = pgserver.get_server(root, cleanup_mode="stop")
+        return _server
+
+
+def _socket_dir(uri: str) -> str:
+    query = parse_qs(urlparse(uri).query)
+    return query["host"][0]
+
+
+def new_database(prefix: str = "loom") -> str:
+    """Create an empty database with pgvector enabled; return its SQLAlchemy asyncpg URL."""
+    server = _get_server()
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    server.psql(f"CREATE DATABASE {name};")
+    host = _socket_dir(server.get_uri())
+    url = f"postgresql+asyncpg://postgres@/{name}?host={host}"
+    return url
