@@ -1,0 +1,144 @@
+"""Generic access to a table of API objects: get, insert, replace, delete, and cursor pagination."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loom.errors import InvalidRequest
+
+Order = Literal["asc", "desc"]
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Page:
+    data: list[Obj]
+    has_more: bool
+
+    def wire(self) -> Obj:
+        return {
+            "object": "list",
+            "data": self.data,
+            "first_id": self.data[0]["id"] if self.data else None,
+            "last_id": self.data[-1]["id"] if self.data else None,
+            "has_more": self.has_more,
+        }
+
+
+class Collection:
+    """One table of objects of one kind, scoped to a project (and, for child objects, to a parent)."""
+
+    def __init__(self, table: sa.Table, parent_column: str | None = None) -> None:
+        self.table = table
+        self.parent_column = parent_column
+
+    def _scope(self, project: str, parent: str | None) -> list[sa.ColumnElement[bool]]:
+        clauses: list[sa.ColumnElement[bool]] = [self.table.c.project == project]
+        if self.parent_column is not None and parent is not None:
+            clauses.append(self.table.c[self.parent_column] == parent)
+        return clauses
+
+    async def get(
+        self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None
+    ) -> Obj | None:
+        t = self.table
+        row = (
+            await conn.execute(sa.select(t.c.data).where(t.c.id == object_id, *self._scope(project, parent)))
+        ).first()
+        return dict(row[0]) if row is not None else None
+
+    async def get_row(
+        self,
+        conn: AsyncConnection,
+        project: str,
+        object_id: str,
+        parent: str | None = None,
+        *,
+        lock: bool = False,
+    ) -> sa.Row[Any] | None:
+        t = self.table
+        query = sa.select(t).where(t.c.id == object_id, *self._scope(project, parent))
+        if lock and conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        return (await conn.execute(query)).first()
+
+    async def insert(self, conn: AsyncConnection, project: str, obj: Obj, **columns: Any) -> None:
+        await conn.execute(
+            self.table.insert().values(
+                id=obj["id"], project=project, created_at=obj["created_at"], data=obj, **columns
+            )
+        )
+
+    async def replace(
+        self, conn: AsyncConnection, project: str, obj: Obj, parent: str | None = None, **columns: Any
+    ) -> None:
+        t = self.table
+        await conn.execute(
+            t.update().where(t.c.id == obj["id"], *self._scope(project, parent)).values(data=obj, **columns)
+        )
+
+    async def delete(
+        self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None
+    ) -> bool:
+        t = self.table
+        result = await conn.execute(t.delete().where(t.c.id == object_id, *self._scope(project, parent)))
+        return bool(result.rowcount)
+
+    async def list(
+        self,
+        conn: AsyncConnection,
+        project: str,
+        *,
+        limit: int,
+        order: Order = "desc",
+        after: str | None = None,
+        before: str | None = None,
+        parent: str | None = None,
+        where: Sequence[sa.ColumnElement[bool]] = (),
+    ) -> Page:
+        """A page ordered by (created_at, seq): `seq` breaks ties so no object is skipped or repeated."""
+        t = self.table
+        scope = [*self._scope(project, parent), *where]
+        key = sa.tuple_(t.c.created_at, t.c.seq)
+        ascending = order == "asc"
+        query = sa.select(t.c.data).where(*scope)
+        reverse = False
+        if after is not None:
+            cursor = await self._cursor(conn, scope, after, "after")
+            query = query.where(key > cursor if ascending else key < cursor)
+        if before is not None:
+            cursor = await self._cursor(conn, scope, before, "before")
+            query = query.where(key < cursor if ascending else key > cursor)
+            if after is None:
+                # The page right before the cursor: walk away from it, then restore the order.
+                ascending = not ascending
+                reverse = True
+        if ascending:
+            query = query.order_by(t.c.created_at.asc(), t.c.seq.asc())
+        else:
+            query = query.order_by(t.c.created_at.desc(), t.c.seq.desc())
+        rows = (await conn.execute(query.limit(limit + 1))).all()
+        data = [dict(r[0]) for r in rows[:limit]]
+        if reverse:
+            data.reverse()
+        return Page(data=data, has_more=len(rows) > limit)
+
+    async def _cursor(
+        self, conn: AsyncConnection, scope: Sequence[sa.ColumnElement[bool]], object_id: str, param: str
+    ) -> sa.Tuple:
+        t = self.table
+        row = (
+            await conn.execute(sa.select(t.c.created_at, t.c.seq).where(t.c.id == object_id, *scope))
+        ).first()
+        if row is None:
+            raise InvalidRequest(
+                f"Invalid '{param}': no object with id '{object_id}' in this list.",
+                param=param,
+                code="invalid_value",
+            )
+        return sa.tuple_(sa.literal(row[0]), sa.literal(row[1]))
