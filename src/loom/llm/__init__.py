@@ -2,7 +2,10 @@
 
 from loom.llm.accumulate import ChatAccumulator, collect
 from loom.llm.backend import ChatBackend
+from loom.llm.context_windows import DEFAULT_CONTEXT_WINDOW, known_context_window
 from loom.llm.errors import UpstreamError, UpstreamErrorCode
+from loom.llm.openai_backend import BackendConfig, OpenAIBackend
+from loom.llm.routing import ConfigError, ModelInfo, ModelRoute, ModelRouter, Route
 from loom.llm.types import (
     ChatChunk,
     ChatMessage,
@@ -17,6 +20,8 @@ from loom.llm.types import (
 )
 
 __all__ = [
+    "DEFAULT_CONTEXT_WINDOW",
+    "BackendConfig",
     "ChatAccumulator",
     "ChatBackend",
     "ChatChunk",
@@ -24,7 +29,13 @@ __all__ = [
     "ChatRequest",
     "ChatResult",
     "ChatTool",
+    "ConfigError",
     "FinishReason",
+    "ModelInfo",
+    "ModelRoute",
+    "ModelRouter",
+    "OpenAIBackend",
+    "Route",
     "ToolCall",
     "ToolCallDelta",
     "ToolChoice",
@@ -32,4 +43,5 @@ __all__ = [
     "UpstreamErrorCode",
     "Usage",
     "collect",
+    "known_context_window",
 ]
