@@ -1,0 +1,1 @@
+"""Fakes of external services (only those: our own code is tested for real)."""
