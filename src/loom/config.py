@@ -51,6 +51,13 @@ class Settings(BaseSettings):
 
     # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only).
     sandbox: str = "bwrap"
+    # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).
+    embedding_provider: str = "wordllama"
+    embedding_base_url: str = ""  # empty: upstream_base_url
+    embedding_api_key: str = ""  # empty: upstream_api_key
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int | None = None
+
 
     # The raw TOML table, when a config file was given (sections are read by the parts that own them).
     file_config: dict[str, Any] = Field(default_factory=dict, exclude=True)

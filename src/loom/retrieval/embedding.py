@@ -1,0 +1,172 @@
+"""Embedding providers behind one protocol: the bundled offline WordLlama, or any `/v1/embeddings`.
+
+Vectors come back as float32 rows of unit length, so cosine similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from loom.retrieval.errors import IndexingFailed
+
+Vectors = npt.NDArray[np.float32]
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into unit-length float32 vectors, one row per text."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    async def embed(self, texts: Sequence[str]) -> Vectors: ...
+
+
+def normalise(vectors: npt.ArrayLike) -> Vectors:
+    arr = np.asarray(vectors, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    out: Vectors = (arr / norms).astype(np.float32, copy=False)
+    return out
+
+
+_wordllama_lock = threading.Lock()
+_wordllama_models: dict[int, Any] = {}
+
+
+def _load_wordllama(dim: int) -> Any:
+    """Load WordLlama from the weights inside its own wheel; never touch the network."""
+    with _wordllama_lock:
+        model = _wordllama_models.get(dim)
+        if model is None:
+            import wordllama
+            from wordllama import WordLlama
+
+            package_dir = Path(wordllama.__file__).parent
+            model = WordLlama.load(cache_dir=package_dir, disable_download=True, dim=dim)
+            _wordllama_models[dim] = model
+        return model
+
+
+class WordLlamaEmbedder:
+    """The bundled offline default: WordLlama `l2_supercat` (static token embeddings, fast on CPU)."""
+
+    def __init__(self, dimensions: int = 256, batch_size: int = 256) -> None:
+        self._dimensions = dimensions
+        self._batch_size = batch_size
+
+    @property
+    def name(self) -> str:
+        return f"wordllama-l2_supercat-{self._dimensions}"
+
+    @property
+    def dimensions(self) -> int:
+        return self._dimensions
+
+    def embed_sync(self, texts: Sequence[str]) -> Vectors:
+        if not texts:
+            return np.zeros((0, self._dimensions), dtype=np.float32)
+        model = _load_wordllama(self._dimensions)
+        vectors = model.embed(list(texts), norm=False, batch_size=self._batch_size)
+        return normalise(vectors)
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        # CPU-bound: keep it off the event loop.
+        return await asyncio.to_thread(self.embed_sync, texts)
+
+
+_KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+
+
+class OpenAIEmbedder:
+    """Any OpenAI-compatible `/v1/embeddings` endpoint (OpenAI, Azure, vLLM, Ollama, TEI, …)."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        model: str,
+        dimensions: int | None = None,
+        batch_size: int = 128,
+        timeout_s: float = 120.0,
+        max_retries: int = 2,
+        client: Any = None,
+    ) -> None:
+        if client is None:
+            from openai import AsyncOpenAI
+
+            client = AsyncOpenAI(
+                base_url=base_url, api_key=api_key or "none", timeout=timeout_s, max_retries=max_retries
+            )
+        self._client = client
+        self._model = model
+        # Only sent upstream when configured: not every server understands `dimensions`.
+        self._requested_dimensions = dimensions
+        self._dimensions = dimensions or _KNOWN_DIMENSIONS.get(model, 0)
+        self._batch_size = batch_size
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self._model}"
+
+    @property
+    def dimensions(self) -> int:
+        """Known from config or the model's name; otherwise learned from the first response (0 before)."""
+        return self._dimensions
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        from openai import OpenAIError
+
+        if not texts:
+            return np.zeros((0, self._dimensions), dtype=np.float32)
+        rows: list[list[float]] = []
+        for i in range(0, len(texts), self._batch_size):
+            batch = [t if t.strip() else " " for t in texts[i : i + self._batch_size]]
+            kwargs: dict[str, Any] = {"model": self._model, "input": batch, "encoding_format": "float"}
+            if self._requested_dimensions:
+                kwargs["dimensions"] = self._requested_dimensions
+            try:
+                response = await self._client.embeddings.create(**kwargs)
+            except OpenAIError as exc:
+                raise IndexingFailed(f"The embedding endpoint failed: {type(exc).__name__}.") from exc
+            data = sorted(response.data, key=lambda d: d.index)
+            if len(data) != len(batch):
+                raise IndexingFailed("The embedding endpoint returned a different number of vectors.")
+            rows.extend(list(d.embedding) for d in data)
+        vectors = normalise(np.asarray(rows, dtype=np.float32))
+        self._dimensions = int(vectors.shape[1])
+        return vectors
+
+
+def embedder_from_settings(settings: Any) -> Embedder:
+    """Build the configured embedder from `loom.config.Settings` (the `# Retrieval` fields)."""
+    provider = settings.embedding_provider.lower()
+    if provider == "wordllama":
+        return WordLlamaEmbedder()
+    if provider == "openai":
+        return OpenAIEmbedder(
+            base_url=settings.embedding_base_url or settings.upstream_base_url,
+            api_key=settings.embedding_api_key or settings.upstream_api_key,
+            model=settings.embedding_model,
+            dimensions=settings.embedding_dimensions,
+            timeout_s=settings.upstream_timeout_s,
+            max_retries=settings.upstream_max_retries,
+        )
+    raise ValueError(f"Unknown embedding_provider {settings.embedding_provider!r} (wordllama or openai).")

@@ -1,0 +1,253 @@
+"""SQLite index: exact vector search with numpy over float32 blobs, keywords with FTS5 (BM25).
+
+Each store's vectors are loaded once into one matrix and cached in-process; a write to a store
+drops its cache entry (SQLite deployments are one process, so the cache cannot go stale elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import bindparam, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from loom.retrieval.chunking import Chunk
+from loom.retrieval.embedding import Vectors
+from loom.retrieval.index import Attributes, Candidate, FileEntry, StoredChunk
+from loom.retrieval.schema import create_schema
+
+
+@dataclass(slots=True)
+class _StoreVectors:
+    ids: npt.NDArray[np.int64]
+    file_codes: npt.NDArray[np.int32]
+    file_ids: list[str]  # code -> file id
+    matrix: Vectors
+
+
+def _expanding(sql: str, *names: str) -> Any:
+    return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
+
+
+class SQLiteChunkIndex:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._cache: dict[str, _StoreVectors] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def create_schema(self) -> None:
+        async with self._engine.begin() as conn:
+            await create_schema(conn)
+
+    def _invalidate(self, vector_store_id: str) -> None:
+        self._cache.pop(vector_store_id, None)
+
+    async def put_file(
+        self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO retrieval_files (vector_store_id, file_id, filename, attributes) "
+                    "VALUES (:vs, :f, :name, :attrs) ON CONFLICT (vector_store_id, file_id) "
+                    "DO UPDATE SET filename = excluded.filename, attributes = excluded.attributes"
+                ),
+                {"vs": vector_store_id, "f": file_id, "name": filename, "attrs": json.dumps(attributes or {})},
+            )
+
+    async def set_attributes(self, vector_store_id: str, file_id: str, attributes: Attributes | None) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE retrieval_files SET attributes = :a WHERE vector_store_id = :vs AND file_id = :f"),
+                {"a": json.dumps(attributes or {}), "vs": vector_store_id, "f": file_id},
+            )
+
+    async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
+        if len(chunks) != len(vectors):
+            raise ValueError("one vector per chunk")
+        rows = [
+            {
+                "vs": vector_store_id,
+                "f": file_id,
+                "i": c.index,
+                "s": c.start,
+                "e": c.end,
+                "t": c.tokens,
+                "text": c.text,
+                "emb": np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+            }
+            for c, v in zip(chunks, vectors, strict=True)
+        ]
+        async with self._engine.begin() as conn:
+            if rows:
+                await conn.execute(
+                    text(
+                        "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
+                        "end_offset, token_count, text, embedding) VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb)"
+                    ),
+                    rows,
+                )
+        self._invalidate(vector_store_id)
+
+    async def delete_file(self, vector_store_id: str, file_id: str) -> int:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs AND file_id = :f"),
+                {"vs": vector_store_id, "f": file_id},
+            )
+            await conn.execute(
+                text("DELETE FROM retrieval_files WHERE vector_store_id = :vs AND file_id = :f"),
+                {"vs": vector_store_id, "f": file_id},
+            )
+        self._invalidate(vector_store_id)
+        return int(result.rowcount or 0)
+
+    async def delete_store(self, vector_store_id: str) -> int:
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs"), {"vs": vector_store_id}
+            )
+            await conn.execute(text("DELETE FROM retrieval_files WHERE vector_store_id = :vs"), {"vs": vector_store_id})
+        self._invalidate(vector_store_id)
+        return int(result.rowcount or 0)
+
+    async def list_files(self, vector_store_ids: Sequence[str]) -> list[FileEntry]:
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                _expanding(
+                    "SELECT vector_store_id, file_id, filename, attributes FROM retrieval_files "
+                    "WHERE vector_store_id IN :vs",
+                    "vs",
+                ),
+                {"vs": list(vector_store_ids)},
+            )
+            return [FileEntry(r[0], r[1], r[2], json.loads(r[3])) for r in result]
+
+    async def file_chunks(self, vector_store_id: str, file_id: str) -> list[StoredChunk]:
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                text(
+                    "SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, "
+                    "c.end_offset, c.text, f.attributes FROM retrieval_chunks c JOIN retrieval_files f "
+                    "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
+                    "WHERE c.vector_store_id = :vs AND c.file_id = :f ORDER BY c.chunk_index"
+                ),
+                {"vs": vector_store_id, "f": file_id},
+            )
+            return [_stored(r) for r in result]
+
+    async def _store_vectors(self, vector_store_id: str) -> _StoreVectors:
+        cached = self._cache.get(vector_store_id)
+        if cached is not None:
+            return cached
+        lock = self._locks.setdefault(vector_store_id, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(vector_store_id)
+            if cached is not None:
+                return cached
+            async with self._engine.connect() as conn:
+                result = await conn.execute(
+                    text("SELECT id, file_id, embedding FROM retrieval_chunks WHERE vector_store_id = :vs"),
+                    {"vs": vector_store_id},
+                )
+                rows = result.all()
+            loaded = await asyncio.to_thread(_build_matrix, rows)
+            self._cache[vector_store_id] = loaded
+            return loaded
+
+    async def vector_candidates(
+        self,
+        vector_store_ids: Sequence[str],
+        vector: Vectors,
+        limit: int,
+        file_ids: Collection[str] | None = None,
+    ) -> list[Candidate]:
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        found: list[Candidate] = []
+        for vs in dict.fromkeys(vector_store_ids):
+            store = await self._store_vectors(vs)
+            found.extend(_top_k(store, query, limit, file_ids))
+        found.sort(key=lambda c: c.score, reverse=True)
+        return found[:limit]
+
+    async def keyword_candidates(
+        self,
+        vector_store_ids: Sequence[str],
+        terms: Sequence[str],
+        limit: int,
+        file_ids: Collection[str] | None = None,
+    ) -> list[Candidate]:
+        if not terms:
+            return []
+        # Each term quoted: FTS5 syntax characters in user text are then plain text.
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        sql = (
+            "SELECT c.id, -bm25(retrieval_chunks_fts) AS score FROM retrieval_chunks_fts "
+            "JOIN retrieval_chunks c ON c.id = retrieval_chunks_fts.rowid "
+            "WHERE retrieval_chunks_fts MATCH :match AND c.vector_store_id IN :vs"
+        )
+        params: dict[str, Any] = {"match": match, "vs": list(vector_store_ids), "k": limit}
+        names = ["vs"]
+        if file_ids is not None:
+            if not file_ids:
+                return []
+            sql += " AND c.file_id IN :files"
+            params["files"] = list(file_ids)
+            names.append("files")
+        sql += " ORDER BY bm25(retrieval_chunks_fts) LIMIT :k"
+        async with self._engine.connect() as conn:
+            result = await conn.execute(_expanding(sql, *names), params)
+            return [Candidate(int(r[0]), float(r[1])) for r in result]
+
+    async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
+        if not chunk_ids:
+            return {}
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                _expanding(
+                    "SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, "
+                    "c.end_offset, c.text, f.attributes FROM retrieval_chunks c JOIN retrieval_files f "
+                    "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id WHERE c.id IN :ids",
+                    "ids",
+                ),
+                {"ids": list(chunk_ids)},
+            )
+            return {int(r[0]): _stored(r) for r in result}
+
+
+def _stored(r: Any) -> StoredChunk:
+    attrs = r[8]
+    if isinstance(attrs, str):
+        attrs = json.loads(attrs)
+    return StoredChunk(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), r[7], dict(attrs or {}))
+
+
+def _build_matrix(rows: Sequence[Any]) -> _StoreVectors:
+    if not rows:
+        return _StoreVectors(np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros((0, 0), np.float32))
+    codes: dict[str, int] = {}
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    file_codes = np.fromiter((codes.setdefault(r[1], len(codes)) for r in rows), np.int32, len(rows))
+    blob = b"".join(r[2] for r in rows)
+    matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), -1)
+    return _StoreVectors(ids, file_codes, list(codes), matrix)
+
+
+def _top_k(store: _StoreVectors, query: Vectors, limit: int, file_ids: Collection[str] | None) -> list[Candidate]:
+    if store.matrix.shape[0] == 0 or store.matrix.shape[1] != query.shape[0]:
+        return []
+    scores = store.matrix @ query
+    if file_ids is not None:
+        wanted = set(file_ids)
+        allowed = np.array([f in wanted for f in store.file_ids], dtype=bool)
+        scores = np.where(allowed[store.file_codes], scores, -np.inf)
+    k = min(limit, scores.shape[0])
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top])]
+    return [Candidate(int(store.ids[i]), float(scores[i])) for i in top if np.isfinite(scores[i])]
