@@ -73,7 +73,7 @@ class Turn:
     (headers included); chunk_delay_s: between SSE events. hang_after: send that many SSE events,
     then nothing more until the client goes away (0: not even the headers). disconnect_after: send
     that many events, then drop the connection. stream_error: an `{"error": …}` event sent after the
-    content instead of finishing.
+    content instead of finishing. raw_chunks: chunk objects sent verbatim (quirky servers).
     """
 
     text: str = ""
@@ -92,6 +92,8 @@ class Turn:
     hang_after: int | None = None
     disconnect_after: int | None = None
     stream_error: JSON | None = None
+    # Sent as the streamed chunks instead of anything generated (to mimic a quirky server), then [DONE].
+    raw_chunks: tuple[JSON, ...] | None = None
 
     @classmethod
     def reply(cls, text: str, *, chunk_size: int = 0, **kw: Any) -> Turn:
@@ -150,6 +152,8 @@ class Turn:
             spec = dict(data.pop("error"))
             return cls.error(spec.pop("status"), spec.pop("message", ""), **spec, **data)
         calls = tuple(ToolCallSpec(**c) for c in data.pop("tool_calls", ()))
+        if data.get("raw_chunks") is not None:
+            data["raw_chunks"] = tuple(data["raw_chunks"])
         return cls(tool_calls=calls, **data)
 
 
@@ -323,6 +327,8 @@ def sse_events(turn: Turn, body: JSON) -> list[bytes]:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return f'data: {head}"choices":[{json.dumps(choice)}]{tail}\n\n'.encode()
 
+    if turn.raw_chunks is not None:
+        return [f"data: {json.dumps(c)}\n\n".encode() for c in turn.raw_chunks] + [b"data: [DONE]\n\n"]
     events = []
     if turn.refusal and not turn.text:
         events.append(event({"role": "assistant", "content": None, "refusal": ""}))
