@@ -1,0 +1,52 @@
+"""The ASGI application: routes under /v1, errors in OpenAI's shape, request ids."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException
+
+from loom.api.http import JSON
+from loom.api.middleware import RequestIdMiddleware
+from loom.api.routes import assistants, files, models, threads
+from loom.container import Container
+from loom.errors import LoomError
+
+
+def create_app(container: Container) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await container.start()
+        try:
+            yield
+        finally:
+            await container.stop()
+
+    app = FastAPI(title="Loom", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.container = container
+
+    @app.exception_handler(LoomError)
+    async def loom_error(_request: Request, exc: LoomError) -> JSON:
+        return JSON(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSON:
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif exc.status_code == 405:
+            message = f"Invalid method for URL ({request.method} {request.url.path})"
+        else:
+            message = str(exc.detail)
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        return JSON(body, status_code=exc.status_code)
+
+    @app.get("/health")
+    async def health() -> JSON:
+        return JSON({"status": "ok"})
+
+    for module in (assistants, threads, files, models):
+        app.include_router(module.router, prefix="/v1")
+    app.add_middleware(RequestIdMiddleware)
+    return app

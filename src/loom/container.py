@@ -1,0 +1,64 @@
+"""The composition root: builds the database, stores, backends and services from `Settings`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from loom.config import Settings
+from loom.llm.routing import ModelRouter
+from loom.services.assistants import AssistantService
+from loom.services.files import FileService
+from loom.services.keys import KeyRing
+from loom.services.threads import ThreadService
+from loom.store.blobs import BlobStore
+from loom.store.db import Database
+from loom.store.migrate import migrate
+
+log = logging.getLogger("loom")
+_JANITOR_EVERY_S = 30.0
+
+
+class Container:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.effective_database_url)
+        self.blobs = BlobStore(settings.files_dir)
+        self.keys = KeyRing(self.db, settings.api_keys)
+        self.router = ModelRouter.from_settings(settings)
+        self.assistants = AssistantService(self.db)
+        self.threads = ThreadService(self.db)
+        self.files = FileService(self.db, self.blobs, settings.max_file_bytes, settings.upload_expiry_s)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await migrate(self.db.engine)
+        self.blobs.clean_temp()
+        self._tasks.append(asyncio.create_task(self._janitor(), name="loom-janitor"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.router.aclose()
+        await self.db.dispose()
+
+    async def _janitor(self) -> None:
+        """Expire what has a deadline: files past `expires_at`, pending uploads past their hour."""
+        while True:
+            try:
+                await self.files.delete_expired()
+                await self.files.expire_uploads()
+            except Exception:
+                log.exception("janitor pass failed")
+            await asyncio.sleep(_JANITOR_EVERY_S)
+
+    def model_list(self) -> list[dict[str, Any]]:
+        return [
+            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in self.router.list_models()
+        ]

@@ -1,0 +1,134 @@
+"""Rules shared by several resources: list parameters, tool resources, and the collections."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loom.clock import now
+from loom.errors import InvalidRequest, NotFound
+from loom.schemas.assistants import ToolResources, ToolResourcesUpdate
+from loom.store import tables
+from loom.store.repo import Collection, Order
+
+assistants = Collection(tables.assistants)
+threads = Collection(tables.threads)
+messages = Collection(tables.messages, parent_column="thread_id")
+runs = Collection(tables.runs, parent_column="thread_id")
+run_steps = Collection(tables.run_steps, parent_column="run_id")
+files = Collection(tables.files)
+uploads = Collection(tables.uploads)
+vector_stores = Collection(tables.vector_stores)
+
+ACTIVE_RUN_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
+
+
+@dataclass(frozen=True)
+class ListParams:
+    limit: int = 20
+    order: Order = "desc"
+    after: str | None = None
+    before: str | None = None
+
+
+def list_params(
+    query: Mapping[str, str], *, max_limit: int = 100, default_limit: int = 20, allow_before: bool = True
+) -> ListParams:
+    """`limit`, `order`, `after`, `before` from a query string, with OpenAI's errors."""
+    raw_limit = query.get("limit")
+    limit = default_limit
+    if raw_limit is not None:
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise InvalidRequest(
+                "Invalid type for 'limit': expected an integer, but got a string instead.",
+                param="limit",
+                code="invalid_type",
+            ) from None
+        if limit < 1 or limit > max_limit:
+            raise InvalidRequest(
+                f"Invalid 'limit': integer {'below minimum' if limit < 1 else 'above maximum'} value. "
+                f"Expected a value {'>= 1' if limit < 1 else f'<= {max_limit}'}, but got {limit} instead.",
+                param="limit",
+                code="integer_below_min_value" if limit < 1 else "integer_above_max_value",
+            )
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise InvalidRequest(
+            f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.", param="order", code="invalid_value"
+        )
+    before = query.get("before") if allow_before else None
+    return ListParams(limit=limit, order="asc" if order == "asc" else "desc", after=query.get("after"), before=before)
+
+
+async def require_files(conn: AsyncConnection, project: str, file_ids: Iterable[str]) -> None:
+    wanted = list(dict.fromkeys(file_ids))
+    if not wanted:
+        return
+    t = tables.files
+    found = set(
+        (
+            await conn.execute(
+                sa.select(t.c.id).where(
+                    t.c.project == project,
+                    t.c.id.in_(wanted),
+                    sa.or_(t.c.expires_at.is_(None), t.c.expires_at > now()),
+                )
+            )
+        ).scalars()
+    )
+    for file_id in wanted:
+        if file_id not in found:
+            raise NotFound("file", file_id)
+
+
+async def require_vector_stores(conn: AsyncConnection, project: str, ids: Iterable[str]) -> None:
+    for vs_id in ids:
+        if await vector_stores.get(conn, project, vs_id) is None:
+            raise NotFound("vector store", vs_id)
+
+
+async def tool_resources_wire(
+    conn: AsyncConnection,
+    project: str,
+    resources: ToolResources | ToolResourcesUpdate | None,
+    current: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate referenced files and stores; return tool_resources as OpenAI echoed them.
+
+    On modify, each given part replaces its counterpart (code_interpreter.file_ids overrides the list).
+    """
+    wire: dict[str, Any] = dict(current or {})
+    if resources is None:
+        return wire
+    if resources.code_interpreter is not None:
+        await require_files(conn, project, resources.code_interpreter.file_ids)
+        wire["code_interpreter"] = {"file_ids": list(resources.code_interpreter.file_ids)}
+    fs = resources.file_search
+    if fs is not None:
+        ids = list(fs.vector_store_ids or [])
+        if getattr(fs, "vector_stores", None):
+            raise InvalidRequest(
+                "Creating vector stores through 'tool_resources.file_search.vector_stores' is not available yet: "
+                "create the vector store first and pass 'vector_store_ids'.",
+                param="tool_resources.file_search.vector_stores",
+                code="invalid_value",
+            )
+        await require_vector_stores(conn, project, ids)
+        wire["file_search"] = {"vector_store_ids": ids}
+    return wire
+
+
+async def active_run(conn: AsyncConnection, thread_id: str) -> str | None:
+    t = tables.runs
+    row = (
+        await conn.execute(
+            sa.select(t.c.id).where(t.c.thread_id == thread_id, t.c.status.in_(ACTIVE_RUN_STATUSES)).limit(1)
+        )
+    ).first()
+    return row[0] if row is not None else None

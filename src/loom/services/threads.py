@@ -1,0 +1,198 @@
+"""Threads and their messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loom import ids
+from loom.clock import now
+from loom.errors import InvalidRequest, NotFound
+from loom.schemas.threads import ImageFilePart, MessageCreate, MessageModify, TextPart, ThreadCreate, ThreadModify
+from loom.services.common import (
+    ListParams,
+    active_run,
+    messages,
+    require_files,
+    threads,
+    tool_resources_wire,
+)
+from loom.store import tables
+from loom.store.db import Database
+from loom.store.repo import Page
+
+
+def content_wire(content: str | list[Any]) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": {"value": content, "annotations": []}}]
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, TextPart):
+            parts.append({"type": "text", "text": {"value": part.text, "annotations": []}})
+        elif isinstance(part, ImageFilePart):
+            parts.append(
+                {
+                    "type": "image_file",
+                    "image_file": {"file_id": part.image_file.file_id, "detail": part.image_file.detail or "auto"},
+                }
+            )
+        else:
+            parts.append(
+                {
+                    "type": "image_url",
+                    "image_url": {"url": part.image_url.url, "detail": part.image_url.detail or "auto"},
+                }
+            )
+    return parts
+
+
+async def insert_message(
+    conn: AsyncConnection,
+    project: str,
+    thread_id: str,
+    req: MessageCreate,
+    *,
+    run_id: str | None = None,
+    assistant_id: str | None = None,
+) -> dict[str, Any]:
+    """Validate the files a message refers to and store it (status completed)."""
+    referenced = [a.file_id for a in req.attachments or []]
+    if not isinstance(req.content, str):
+        referenced += [p.image_file.file_id for p in req.content if isinstance(p, ImageFilePart)]
+    await require_files(conn, project, referenced)
+    created = now()
+    obj: dict[str, Any] = {
+        "id": ids.new_id("message"),
+        "object": "thread.message",
+        "created_at": created,
+        "thread_id": thread_id,
+        "status": "completed",
+        "incomplete_details": None,
+        "completed_at": None,
+        "incomplete_at": None,
+        "role": req.role,
+        "content": content_wire(req.content),
+        "assistant_id": assistant_id,
+        "run_id": run_id,
+        "attachments": [
+            {"file_id": a.file_id, "tools": [{"type": t.type} for t in a.tools]} for a in req.attachments or []
+        ],
+        "metadata": dict(req.metadata or {}),
+    }
+    await messages.insert(conn, project, obj, thread_id=thread_id, run_id=run_id)
+    return obj
+
+
+async def create_thread_row(conn: AsyncConnection, project: str, req: ThreadCreate) -> dict[str, Any]:
+    thread: dict[str, Any] = {
+        "id": ids.new_id("thread"),
+        "object": "thread",
+        "created_at": now(),
+        "metadata": dict(req.metadata or {}),
+        "tool_resources": await tool_resources_wire(conn, project, req.tool_resources),
+    }
+    await threads.insert(conn, project, thread)
+    for message in req.messages or []:
+        await insert_message(conn, project, thread["id"], message)
+    return thread
+
+
+async def delete_thread_rows(conn: AsyncConnection, thread_id: str) -> None:
+    for table in (tables.messages, tables.run_steps, tables.runs):
+        await conn.execute(table.delete().where(table.c.thread_id == thread_id))
+
+
+class ThreadService:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create(self, project: str, req: ThreadCreate) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            return await create_thread_row(conn, project, req)
+
+    async def get(self, project: str, thread_id: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            obj = await threads.get(conn, project, thread_id)
+        if obj is None:
+            raise NotFound("thread", thread_id)
+        return obj
+
+    async def modify(self, project: str, thread_id: str, req: ThreadModify) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            obj = await threads.get(conn, project, thread_id)
+            if obj is None:
+                raise NotFound("thread", thread_id)
+            if req.metadata is not None:
+                obj["metadata"] = dict(req.metadata)
+            if req.tool_resources is not None:
+                obj["tool_resources"] = await tool_resources_wire(
+                    conn, project, req.tool_resources, obj["tool_resources"]
+                )
+            await threads.replace(conn, project, obj)
+        return obj
+
+    async def delete(self, project: str, thread_id: str) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            if not await threads.delete(conn, project, thread_id):
+                raise NotFound("thread", thread_id)
+            await delete_thread_rows(conn, thread_id)
+        return {"id": thread_id, "object": "thread.deleted", "deleted": True}
+
+    # Messages.
+
+    async def _require_thread(self, conn: AsyncConnection, project: str, thread_id: str) -> None:
+        t = tables.threads
+        found = (await conn.execute(sa.select(t.c.seq).where(t.c.id == thread_id, t.c.project == project))).first()
+        if found is None:
+            raise NotFound("thread", thread_id)
+
+    async def create_message(self, project: str, thread_id: str, req: MessageCreate) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            await self._require_thread(conn, project, thread_id)
+            run_id = await active_run(conn, thread_id)
+            if run_id is not None:
+                raise InvalidRequest(f"Can't add messages to {thread_id} while a run {run_id} is active.")
+            return await insert_message(conn, project, thread_id, req)
+
+    async def list_messages(self, project: str, thread_id: str, params: ListParams, run_id: str | None) -> Page:
+        async with self.db.read() as conn:
+            await self._require_thread(conn, project, thread_id)
+            where = [tables.messages.c.run_id == run_id] if run_id is not None else []
+            return await messages.list(
+                conn,
+                project,
+                limit=params.limit,
+                order=params.order,
+                after=params.after,
+                before=params.before,
+                parent=thread_id,
+                where=where,
+            )
+
+    async def get_message(self, project: str, thread_id: str, message_id: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            await self._require_thread(conn, project, thread_id)
+            obj = await messages.get(conn, project, message_id, parent=thread_id)
+        if obj is None:
+            raise NotFound("message", message_id)
+        return obj
+
+    async def modify_message(self, project: str, thread_id: str, message_id: str, req: MessageModify) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            await self._require_thread(conn, project, thread_id)
+            obj = await messages.get(conn, project, message_id, parent=thread_id)
+            if obj is None:
+                raise NotFound("message", message_id)
+            if req.metadata is not None:
+                obj["metadata"] = dict(req.metadata)
+                await messages.replace(conn, project, obj, parent=thread_id)
+        return obj
+
+    async def delete_message(self, project: str, thread_id: str, message_id: str) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            await self._require_thread(conn, project, thread_id)
+            if not await messages.delete(conn, project, message_id, parent=thread_id):
+                raise NotFound("message", message_id)
+        return {"id": message_id, "object": "thread.message.deleted", "deleted": True}
