@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ def clean_filename(raw: str) -> str:
     name = "".join(c for c in name if unicodedata.category(c)[0] != "C")
     name = name.strip().lstrip(".") or "file"
     if len(name.encode()) > 255:
-        stem, dot, ext = name.rpartition(".")
+        _stem, dot, ext = name.rpartition(".")
         keep = ext if dot and len(ext) <= 16 else ""
         name = name.encode()[: 250 - len(keep)].decode("utf-8", "ignore") + (f".{keep}" if keep else "")
     return name
@@ -349,8 +348,7 @@ class FileService:
                 paths += list((await conn.execute(sa.select(t.c.path).where(t.c.upload_id == upload_id))).scalars())
                 await conn.execute(t.delete().where(t.c.upload_id == upload_id))
         for p in paths:
-            if os.path.exists(p):
-                Path(p).unlink(missing_ok=True)
+            Path(p).unlink(missing_ok=True)
         return len(stale)
 
 
