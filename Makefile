@@ -1,0 +1,41 @@
+# The two commands of the README: `make serve` starts Loom, `make test` runs the whole test suite.
+# Each creates its virtual environments and installs what it needs by itself.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: serve test venv bubblewrap lint
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+# bubblewrap is the one system package (the code interpreter's sandbox). Installed where we may;
+# otherwise named, and the code interpreter stays unavailable (never unsandboxed).
+bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1)) || true; \
+	  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	    sudo -n apt-get install -y -qq bubblewrap >/dev/null 2>&1 || true; \
+	  fi; \
+	  command -v bwrap >/dev/null 2>&1 || echo "loom: bubblewrap (bwrap) is not installed and could not be installed here: install the 'bubblewrap' package; the code interpreter is unavailable until then." >&2; \
+	}
+
+serve: venv bubblewrap
+	$(BIN)/loom serve --host $(HOST) --port $(PORT)
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+test: venv bubblewrap lint
+	$(BIN)/pytest -q

@@ -1,0 +1,61 @@
+"""Shared fixtures: a real Loom server per database backend, and official-SDK clients for it."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from tests.support.postgres import new_database
+from tests.support.server import LoomServer
+
+DEFAULT_KEY = "sk-test-default"
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def sdk_client(server: LoomServer, key: str = DEFAULT_KEY, **kwargs: object) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=server.base_url,
+        api_key=key,
+        _strict_response_validation=True,
+        max_retries=0,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def loom_server(backend: str) -> Iterator[LoomServer]:
+    """One server per database backend for the whole session; tests isolate themselves by the ids they create."""
+    url = new_database() if backend == "postgres" else ""
+    server = LoomServer(database_url=url)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def other_key(loom_server: LoomServer) -> str:
+    """A key of a second project, created with `loom keys create` while the server runs."""
+    result = loom_server.cli("keys", "create", "--project", "other")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture()
+def client(loom_server: LoomServer) -> openai.OpenAI:
+    return sdk_client(loom_server)
+
+
+@pytest.fixture()
+def other_client(loom_server: LoomServer, other_key: str) -> openai.OpenAI:
+    return sdk_client(loom_server, other_key)

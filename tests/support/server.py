@@ -1,0 +1,113 @@
+"""A real `loom serve` subprocess for contract and end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LoomServer:
+    """Starts `loom serve` on a free loopback port with its own data directory (and database)."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str = "",
+        api_keys: tuple[str, ...] = ("sk-test-default",),
+        upstream_base_url: str = "http://127.0.0.1:9/v1",
+        data_dir: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="loom-test-"))
+        self.database_url = database_url
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "LOOM_DATA_DIR": str(self.data_dir),
+            "LOOM_DATABASE_URL": database_url,
+            "LOOM_API_KEYS": ",".join(api_keys),
+            "LOOM_UPSTREAM_BASE_URL": upstream_base_url,
+            "LOOM_UPSTREAM_API_KEY": "sk-upstream",
+            "LOOM_POLL_AFTER_MS": "20",
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir / "server.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 60.0) -> LoomServer:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "loom.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            env=self.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"loom serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"loom serve did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `loom …` against this server's database."""
+        return subprocess.run(
+            [sys.executable, "-m", "loom.cli", *args],
+            env=self.env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def __enter__(self) -> LoomServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
