@@ -45,6 +45,7 @@ import httpx
 JSON = dict[str, Any]
 
 DEFAULT_TEXT = "This is a scripted reply."
+DEFAULT_MODELS = ("gpt-4o", "gpt-4o-mini")
 
 
 @dataclass(frozen=True)
@@ -218,7 +219,7 @@ class Script:
         self.default: Responder = Turn.reply(DEFAULT_TEXT)
         self._requests: list[RecordedRequest] = []
         self._arrived = threading.Condition(self._lock)
-        self.models: list[str] = ["gpt-4o", "gpt-4o-mini"]
+        self.models: list[str] = list(DEFAULT_MODELS)
         self.record = True
 
     def push(self, *turns: Turn) -> None:
@@ -235,6 +236,7 @@ class Script:
             self._rules.clear()
             self._requests.clear()
             self.default = Turn.reply(DEFAULT_TEXT)
+            self.models = list(DEFAULT_MODELS)
 
     @property
     def pending(self) -> int:
