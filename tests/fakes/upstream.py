@@ -683,9 +683,10 @@ class FakeUpstreamProcess:
 
     Only declarative rules ({"last_role": "tool"} …) cross the process boundary."""
 
-    def __init__(self, script_file: Path | None = None, port: int = 0) -> None:
+    def __init__(self, script_file: Path | None = None, port: int = 0, *, record: bool = True) -> None:
         self.script_file = script_file
         self.port = port
+        self.record = record
         self._process: subprocess.Popen[str] | None = None
         self._http: httpx.Client | None = None
 
@@ -694,6 +695,8 @@ class FakeUpstreamProcess:
         args = [sys.executable, "-m", "tests.fakes.upstream", "--port", str(self.port)]
         if self.script_file is not None:
             args += ["--script", str(self.script_file)]
+        if not self.record:
+            args.append("--no-record")
         self._process = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         line = self._process.stdout.readline()
