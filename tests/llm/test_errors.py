@@ -70,6 +70,7 @@ async def test_no_retries_when_configured_off(upstream: FakeUpstream) -> None:
     finally:
         await backend.aclose()
     assert error.code == "server_error"
+    assert error.message == "The model backend 'fake' returned HTTP 502: bad gateway"
     assert len(upstream.chat_requests) == 1
 
 
@@ -82,7 +83,7 @@ async def test_timeout_before_first_chunk_is_server_error(upstream: FakeUpstream
         await backend.aclose()
 
     assert error.code == "server_error"
-    assert "timed out" in error.message
+    assert error.message == "The request to model backend 'fake' timed out after 0.3s (after 2 attempts)"
     assert error.status is None
     assert len(upstream.chat_requests) == 2
 
@@ -132,7 +133,7 @@ async def test_context_overflow_recognized_by_message_alone(upstream: FakeUpstre
     error = await fail(backend)
 
     assert error.code == "invalid_prompt"
-    assert error.message.startswith("The prompt is too long")
+    assert error.message.startswith("The prompt is too long for the model's context window. The model backend")
 
 
 async def test_other_400_is_invalid_prompt_with_upstream_message(
@@ -177,6 +178,7 @@ async def test_connection_dropped_mid_stream_fails_without_retry(
 
     assert seen == ["a", "b"]
     assert caught.value.code == "server_error"
+    assert caught.value.message.startswith("The connection to model backend 'fake' was lost in the middle")
     assert len(upstream.chat_requests) == 1
 
 
@@ -188,6 +190,7 @@ async def test_stall_mid_stream_times_out_without_retry(upstream: FakeUpstream) 
     finally:
         await backend.aclose()
     assert error.code == "server_error"
+    assert error.message == "The model backend 'fake' stopped sending for 0.3s in the middle of its answer"
     assert len(upstream.chat_requests) == 1
 
 

@@ -86,26 +86,39 @@ def _upstream_code(body: object) -> str | None:
     return None
 
 
-def map_error(exc: BaseException, backend: str, *, timeout_s: float) -> tuple[UpstreamError, bool]:
-    """The `UpstreamError` for an SDK exception, and whether a retry may help."""
+def map_error(
+    exc: BaseException, backend: str, *, timeout_s: float, streaming: bool = False
+) -> tuple[UpstreamError, bool]:
+    """The `UpstreamError` for an SDK exception, and whether a retry may help.
+
+    `streaming`: the failure came after the first chunk (then transport failures are described as a
+    lost or stalled stream, not as a failed connection)."""
     where = f"model backend '{backend}'"
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamError("server_error", f"The request to {where} timed out after {timeout_s:g}s."), True
+        if streaming:
+            text = f"The {where} stopped sending for {timeout_s:g}s in the middle of its answer"
+        else:
+            text = f"The request to {where} timed out after {timeout_s:g}s"
+        return UpstreamError("server_error", text), True
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
-        detail = f": {type(cause).__name__}: {cause}" if cause is not None and str(cause) else ""
-        return UpstreamError("server_error", f"Could not connect to {where}{detail}."), True
+        detail = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else ""
+        if streaming:
+            text = f"The connection to {where} was lost in the middle of its answer{detail}"
+        else:
+            text = f"Could not connect to {where}{detail}"
+        return UpstreamError("server_error", text), True
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = _upstream_message(exc.body, exc.response.reason_phrase or "no message")
         code = _upstream_code(exc.body)
-        text = f"{where} returned HTTP {status}: {message}"
+        text = f"The {where} returned HTTP {status}: {message}"
         if status == 429:
             # Out of quota will not come back by waiting a few seconds.
             return UpstreamError("rate_limit_exceeded", text, status=status), code != "insufficient_quota"
         if status in (400, 413, 422):
             if code == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(message):
-                text = f"The prompt is too long for the model's context window ({text})"
+                text = f"The prompt is too long for the model's context window. {text}"
             return UpstreamError("invalid_prompt", text, status=status), False
         if status in (408, 409) or status >= 500:
             return UpstreamError("server_error", text, status=status), True
@@ -115,14 +128,14 @@ def map_error(exc: BaseException, backend: str, *, timeout_s: float) -> tuple[Up
         # An error event inside an otherwise successful stream.
         message = _upstream_message(exc.body, exc.message)
         code = _upstream_code(exc.body)
-        text = f"{where} reported an error while streaming: {message}"
+        text = f"The {where} reported an error while streaming: {message}"
         if code == "context_length_exceeded":
             return UpstreamError("invalid_prompt", text), False
         if code in ("rate_limit_exceeded", "rate_limit_error"):
             return UpstreamError("rate_limit_exceeded", text), True
         return UpstreamError("server_error", text), True
-    # Malformed JSON or SSE, or anything else from the transport: say what, not where in our code.
-    return UpstreamError("server_error", f"{where} sent an invalid response ({type(exc).__name__})."), False
+    # Malformed JSON or SSE, or anything else: say what, not where in our code.
+    return UpstreamError("server_error", f"The {where} sent an invalid response ({type(exc).__name__})"), False
 
 
 def _retry_after(exc: BaseException) -> float | None:
@@ -302,7 +315,7 @@ class OpenAIBackend:
                 error, retryable = map_error(exc, self.name, timeout_s=self.config.timeout_s)
                 if not retryable or attempt >= self.config.max_retries:
                     if attempt:
-                        error.message += f" (after {attempt + 1} attempts)"
+                        error.message = f"{error.message.rstrip('.')} (after {attempt + 1} attempts)"
                         error.args = (error.message,)
                     raise error from None
                 await asyncio.sleep(self._backoff(attempt, exc))
@@ -324,7 +337,7 @@ class OpenAIBackend:
                     return
                 except Exception as exc:
                     # After the first chunk a retry would repeat output: fail the call instead.
-                    error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s)
+                    error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s, streaming=True)
                     raise error from None
                 chunk = _chunk(raw, calls)
                 if chunk is not None:
