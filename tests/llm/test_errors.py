@@ -98,6 +98,18 @@ async def test_timeout_then_success_is_retried(upstream: FakeUpstream) -> None:
     assert result.content == "fine"
 
 
+async def test_stall_after_an_empty_first_chunk_is_still_retried(upstream: FakeUpstream) -> None:
+    # The leading {"role": "assistant"} chunk shows the caller nothing, so a retry repeats nothing.
+    backend = OpenAIBackend(config_for(upstream, timeout_s=0.3, max_retries=1))
+    upstream.push(Turn.hang(after=1), Turn.reply("second try"))
+    try:
+        result = await collect(backend.stream_chat(HELLO))
+    finally:
+        await backend.aclose()
+    assert result.content == "second try"
+    assert len(upstream.chat_requests) == 2
+
+
 async def test_connection_refused_is_server_error() -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))

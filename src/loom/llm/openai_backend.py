@@ -228,6 +228,16 @@ def _chunk(raw: ChatCompletionChunk, calls: _ToolCallNormalizer) -> ChatChunk | 
     )
 
 
+class _OpenStream:
+    """A response being read: the SDK stream, its iterator, and the first non-empty chunk."""
+
+    def __init__(self, stream: openai.AsyncStream[ChatCompletionChunk]) -> None:
+        self.stream = stream
+        self.iterator: AsyncIterator[ChatCompletionChunk] = stream.__aiter__()
+        self.calls = _ToolCallNormalizer()
+        self.first: ChatChunk | None = None
+
+
 class OpenAIBackend:
     """A `ChatBackend` speaking Chat Completions through `openai.AsyncOpenAI`."""
 
@@ -288,10 +298,11 @@ class OpenAIBackend:
             delay = min(cfg.retry_max_delay_s, max(delay, hinted))
         return delay
 
-    async def _open(
-        self, request: ChatRequest
-    ) -> tuple[openai.AsyncStream[ChatCompletionChunk], AsyncIterator[ChatCompletionChunk], ChatCompletionChunk | None]:
-        """Send the request and read its first chunk, retrying transient failures."""
+    async def _open(self, request: ChatRequest) -> _OpenStream:
+        """Send the request and read up to its first meaningful chunk, retrying transient failures.
+
+        Chunks with nothing in them (the usual leading `{"role": "assistant"}`) do not count: a failure
+        after them is still retried, since the caller has seen nothing yet."""
         body = self._body(request)
         attempt = 0
         while True:
@@ -303,12 +314,12 @@ class OpenAIBackend:
                     stream=True,
                     extra_body=body,
                 )
-                iterator = stream.__aiter__()
-                try:
-                    first: ChatCompletionChunk | None = await iterator.__anext__()
-                except StopAsyncIteration:
-                    first = None
-                return stream, iterator, first
+                opened = _OpenStream(stream)
+                async for raw in opened.iterator:
+                    opened.first = _chunk(raw, opened.calls)
+                    if opened.first is not None:
+                        break
+                return opened
             except Exception as exc:
                 if stream is not None:
                     await stream.close()
@@ -322,28 +333,25 @@ class OpenAIBackend:
                 attempt += 1
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
-        stream, iterator, first = await self._open(request)
-        calls = _ToolCallNormalizer()
+        opened = await self._open(request)
         try:
-            if first is None:
+            if opened.first is None:
                 return
-            chunk = _chunk(first, calls)
-            if chunk is not None:
-                yield chunk
+            yield opened.first
             while True:
                 try:
-                    raw = await iterator.__anext__()
+                    raw = await opened.iterator.__anext__()
                 except StopAsyncIteration:
                     return
                 except Exception as exc:
-                    # After the first chunk a retry would repeat output: fail the call instead.
+                    # The caller has seen output: a retry would repeat it, so fail the call instead.
                     error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s, streaming=True)
                     raise error from None
-                chunk = _chunk(raw, calls)
+                chunk = _chunk(raw, opened.calls)
                 if chunk is not None:
                     yield chunk
         finally:
-            await stream.close()
+            await opened.stream.close()
 
     async def aclose(self) -> None:
         await self._client.close()
