@@ -200,3 +200,14 @@ async def test_closing_the_stream_early_releases_a_hanging_upstream(upstream: Fa
         assert result.content == "next"
     finally:
         await backend.aclose()
+
+
+async def test_concurrent_streams_share_one_backend(upstream: FakeUpstream, backend: OpenAIBackend) -> None:
+    upstream.set_default(Turn.reply("same answer", chunk_size=2, chunk_delay_s=0.001))
+    requests = [ChatRequest(model="gpt-4o", messages=[{"role": "user", "content": f"q{i}"}]) for i in range(20)]
+
+    results = await asyncio.gather(*(collect(backend.stream_chat(r)) for r in requests))
+
+    assert {r.content for r in results} == {"same answer"}
+    asked = sorted(r.messages[0]["content"] for r in upstream.wait_for_requests(20))
+    assert asked == sorted(f"q{i}" for i in range(20))
