@@ -89,7 +89,7 @@ async def test_timeout_before_first_chunk_is_server_error(upstream: FakeUpstream
 
 
 async def test_timeout_then_success_is_retried(upstream: FakeUpstream) -> None:
-    backend = OpenAIBackend(config_for(upstream, timeout_s=0.3, max_retries=1))
+    backend = OpenAIBackend(config_for(upstream, timeout_s=1.0, max_retries=1))
     upstream.push(Turn.hang(after=0), Turn.reply("fine"))
     try:
         result = await collect(backend.stream_chat(HELLO))
@@ -100,7 +100,7 @@ async def test_timeout_then_success_is_retried(upstream: FakeUpstream) -> None:
 
 async def test_stall_after_an_empty_first_chunk_is_still_retried(upstream: FakeUpstream) -> None:
     # The leading {"role": "assistant"} chunk shows the caller nothing, so a retry repeats nothing.
-    backend = OpenAIBackend(config_for(upstream, timeout_s=0.3, max_retries=1))
+    backend = OpenAIBackend(config_for(upstream, timeout_s=1.0, max_retries=1))
     upstream.push(Turn.hang(after=1), Turn.reply("second try"))
     try:
         result = await collect(backend.stream_chat(HELLO))
