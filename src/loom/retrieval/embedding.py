@@ -63,7 +63,7 @@ def _load_wordllama(dim: int) -> Any:
 class WordLlamaEmbedder:
     """The bundled offline default: WordLlama `l2_supercat` (static token embeddings, fast on CPU)."""
 
-    def __init__(self, dimensions: int = 256, batch_size: int = 256) -> None:
+    def __init__(self, dimensions: int = 256, batch_size: int = 64) -> None:
         self._dimensions = dimensions
         self._batch_size = batch_size
 
@@ -79,8 +79,12 @@ class WordLlamaEmbedder:
         if not texts:
             return np.zeros((0, self._dimensions), dtype=np.float32)
         model = _load_wordllama(self._dimensions)
-        vectors = model.embed(list(texts), norm=False, batch_size=self._batch_size)
-        return normalise(vectors)
+        # Batches are padded to their longest text: embedding in length order wastes far less work.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = model.embed([texts[i] for i in order], norm=False, batch_size=self._batch_size)
+        out = np.empty_like(vectors)
+        out[order] = vectors
+        return normalise(out)
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         # CPU-bound: keep it off the event loop.
