@@ -120,7 +120,9 @@ class FileService:
             "created_at": created,
             "expires_at": created + ttl if ttl is not None else None,
             "filename": clean_filename(upload.filename),
-            "purpose": purpose,
+            # `evals` is accepted on upload, but the File object's `purpose` enum (spec and SDK types) lacks
+            # it: strict clients would reject the response. Shown as `user_data`; the column keeps `evals`.
+            "purpose": "user_data" if purpose == "evals" else purpose,
             "status": "processed",
             "status_details": None,
         }
