@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "alembic.runtime.migration"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = Settings.load()
     if args.command == "serve":
         return serve(args, settings)

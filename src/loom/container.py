@@ -9,9 +9,11 @@ from typing import Any
 
 from loom.config import Settings
 from loom.llm.routing import ModelRouter
+from loom.runs.engine import RunEngine
 from loom.services.assistants import AssistantService
 from loom.services.files import FileService
 from loom.services.keys import KeyRing
+from loom.services.runs import RunService
 from loom.services.threads import ThreadService
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
@@ -32,14 +34,18 @@ class Container:
         self.assistants = AssistantService(self.db)
         self.threads = ThreadService(self.db)
         self.files = FileService(self.db, self.blobs, settings.max_file_bytes, settings.upload_expiry_s)
+        self.engine = RunEngine(settings, self.db, self.router, self.blobs)
+        self.runs = RunService(self.db, self.engine)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await migrate(self.db.engine)
         self.blobs.clean_temp()
+        await self.engine.start()
         self._tasks.append(asyncio.create_task(self._janitor(), name="loom-janitor"))
 
     async def stop(self) -> None:
+        await self.engine.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from loom.api.http import JSON
 from loom.api.middleware import RequestIdMiddleware
-from loom.api.routes import assistants, files, models, threads
+from loom.api.routes import assistants, files, models, runs, threads
 from loom.container import Container
 from loom.errors import LoomError
 
@@ -46,7 +46,7 @@ def create_app(container: Container) -> FastAPI:
     async def health() -> JSON:
         return JSON({"status": "ok"})
 
-    for module in (assistants, threads, files, models):
+    for module in (assistants, threads, runs, files, models):
         app.include_router(module.router, prefix="/v1")
     app.add_middleware(RequestIdMiddleware)
     return app

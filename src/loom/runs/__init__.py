@@ -1,0 +1,1 @@
+"""The run engine: statuses, context building, model calls, tool dispatch, leases. Knows nothing of HTTP."""

@@ -1,0 +1,269 @@
+"""The run engine of one replica: starts executors, keeps their leases, recovers what others left behind.
+
+Runs execute as asyncio tasks in the replica that received the request advancing them (create,
+submit tool outputs). Each executing run holds a lease in its row, renewed while it works; a run
+whose lease lapsed (its process died) is failed with `server_error` by whichever replica notices.
+On PostgreSQL a cancel asked on one replica reaches the executing one through `NOTIFY`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from loom.clock import now
+from loom.config import Settings
+from loom.llm.routing import ModelRouter
+from loom.runs.bus import EventBus
+from loom.runs.context import FileReader
+from loom.runs.executor import _INTERRUPTED, RunExecutor
+from loom.runs.store import RunStore, public
+from loom.runs.tools import ServerTool
+from loom.services.common import files as files_collection
+from loom.services.common import messages, run_steps
+from loom.store import tables
+from loom.store.blobs import BlobStore
+from loom.store.db import Database
+
+log = logging.getLogger("loom.runs")
+_CHANNEL = "loom_run_control"
+
+
+class RunEngine:
+    def __init__(self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStore) -> None:
+        self.settings = settings
+        self.db = db
+        self.router = router
+        self.blobs = blobs
+        self.store = RunStore(db)
+        self.bus = EventBus()
+        self.replica = "replica_" + secrets.token_hex(6)
+        self.executors: dict[str, RunExecutor] = {}
+        self.server_tools: dict[str, ServerTool] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: list[asyncio.Task[None]] = []
+        self._listener: Any = None
+
+    def register_tool(self, tool: ServerTool) -> None:
+        self.server_tools[tool.type] = tool
+
+    def server_tools_for(self, tools: list[dict[str, Any]]) -> dict[str, tuple[ServerTool, dict[str, Any]]]:
+        """The run's tools Loom executes itself, by the function name the model sees."""
+        found: dict[str, tuple[ServerTool, dict[str, Any]]] = {}
+        for tool in tools:
+            impl = self.server_tools.get(tool["type"])
+            if impl is not None:
+                found[impl.function_name] = (impl, tool)
+        return found
+
+    def file_reader(self, project: str) -> FileReader:
+        async def read(file_id: str) -> tuple[str, bytes] | None:
+            async with self.db.read() as conn:
+                row = await files_collection.get_row(conn, project, file_id)
+            if row is None:
+                return None
+            return str(row.data["filename"]), Path(row.path).read_bytes()
+
+        return read
+
+    # Life cycle.
+
+    async def start(self) -> None:
+        if self.db.is_sqlite:
+            # One process owns a SQLite database: whatever was running when it stopped is orphaned now.
+            await self.recover(orphans_only=False)
+        self._background.append(asyncio.create_task(self._sweeper(), name="loom-run-sweeper"))
+        if not self.db.is_sqlite:
+            await self._listen()
+
+    async def stop(self) -> None:
+        for task in [*self._background, *self._tasks]:
+            task.cancel()
+        for task in [*self._background, *self._tasks]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+
+    # Executing.
+
+    def start_run(self, project: str, run_id: str) -> None:
+        task = asyncio.create_task(self._execute(project, run_id), name=f"run-{run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, project: str, run_id: str) -> None:
+        lease_s = self.settings.lease_s
+        claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)
+        if claimed is None:
+            self.bus.end(run_id)
+            return
+        executor = RunExecutor(self, project, run_id)
+        self.executors[run_id] = executor
+        renewer = asyncio.create_task(self._renew(executor))
+        try:
+            await executor.execute()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            self.executors.pop(run_id, None)
+            await self._release(run_id)
+            self.bus.end(run_id)
+
+    async def _renew(self, executor: RunExecutor) -> None:
+        every = max(self.settings.lease_s / 3, 0.2)
+        while True:
+            await asyncio.sleep(every)
+            state = await self.store.renew(executor.run_id, self.replica, time.time() + self.settings.lease_s)
+            if state == "cancelling" and not executor.cancel_requested:
+                executor.cancel()
+
+    async def _release(self, run_id: str) -> None:
+        t = tables.runs
+        with contextlib.suppress(Exception):
+            async with self.db.write() as conn:
+                await conn.execute(
+                    t.update()
+                    .where(t.c.id == run_id, t.c.lease_owner == self.replica)
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+
+    # Cancelling.
+
+    async def request_cancel(self, project: str, run_id: str) -> dict[str, Any] | None:
+        """`POST …/cancel`: queued/in-progress runs go to `cancelling` and their executor stops;
+        a run waiting for tool outputs has no executor, so it is cancelled at once."""
+        run = await self.store.transition(
+            project, run_id, "cancelling", allowed_from={"queued", "in_progress", "requires_action"}
+        )
+        if run is None:
+            return None
+        self.bus.publish(run_id, "thread.run.cancelling", public(run))
+        executor = self.executors.get(run_id)
+        if executor is not None:
+            executor.cancel()
+        elif await self._leased_elsewhere(run_id):
+            if not self.db.is_sqlite:
+                await self._notify_cancel(run_id)
+        else:
+            await self._cancel_here(project, run_id)
+        return run
+
+    async def _leased_elsewhere(self, run_id: str) -> bool:
+        t = tables.runs
+        async with self.db.read() as conn:
+            row = (await conn.execute(sa.select(t.c.lease_owner, t.c.lease_expires_at).where(t.c.id == run_id))).first()
+        return row is not None and row[0] not in (None, self.replica) and (row[1] or 0) > time.time()
+
+    async def _cancel_here(self, project: str, run_id: str) -> None:
+        """Finish a cancel for a run no live executor holds: close its open steps and messages."""
+        await self._close_leftovers(project, run_id, step_status="cancelled", reason="run_cancelled", error=None)
+        run = await self.store.transition(project, run_id, "cancelled", allowed_from={"cancelling"})
+        if run is not None:
+            self.bus.publish(run_id, "thread.run.cancelled", public(run))
+        self.bus.end(run_id)
+
+    async def _close_leftovers(
+        self, project: str, run_id: str, *, step_status: str, reason: str, error: dict[str, str] | None
+    ) -> None:
+        stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[step_status]
+        s, m = tables.run_steps, tables.messages
+        async with self.db.write() as conn:
+            for (step,) in (await conn.execute(sa.select(s.c.data).where(s.c.run_id == run_id))).all():
+                if step["status"] == "in_progress":
+                    step = dict(step)
+                    step.update(status=step_status, last_error=error, **{stamp: now()})
+                    await run_steps.replace(conn, project, step)
+                    self.bus.publish(run_id, f"thread.run.step.{step_status}", public(step))
+            for (message,) in (await conn.execute(sa.select(m.c.data).where(m.c.run_id == run_id))).all():
+                if message["status"] == "in_progress":
+                    message = dict(message)
+                    message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": reason})
+                    await messages.replace(conn, project, message)
+
+    async def _listen(self) -> None:
+        import asyncpg
+
+        url = self.db.engine.url.set(drivername="postgresql")
+        dsn = url.render_as_string(hide_password=False)
+        self._listener = await asyncpg.connect(dsn)
+
+        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            executor = self.executors.get(payload)
+            if executor is not None:
+                executor.cancel()
+
+        await self._listener.add_listener(_CHANNEL, on_notify)
+
+    async def _notify_cancel(self, run_id: str) -> None:
+        async with self.db.write() as conn:
+            await conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": _CHANNEL, "p": run_id})
+
+    # Recovery and expiry.
+
+    async def _sweeper(self) -> None:
+        every = max(min(self.settings.lease_s / 2, 5.0), 0.5)
+        while True:
+            try:
+                await self.recover(orphans_only=True)
+                await self.expire_waiting()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("run sweeper pass failed")
+            await asyncio.sleep(every)
+
+    async def recover(self, *, orphans_only: bool) -> int:
+        """Fail (or finish cancelling) runs whose executor is gone: never leave a run stuck in progress."""
+        t = tables.runs
+        query = sa.select(t.c.id, t.c.project, t.c.status).where(
+            t.c.status.in_(("queued", "in_progress", "cancelling"))
+        )
+        if orphans_only:
+            query = query.where(t.c.lease_expires_at.is_not(None), t.c.lease_expires_at < time.time())
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        count = 0
+        for run_id, project, state in rows:
+            if run_id in self.executors:
+                continue
+            error = {"code": "server_error", "message": _INTERRUPTED}
+            if state == "cancelling":
+                await self._close_leftovers(
+                    project, run_id, step_status="cancelled", reason="run_cancelled", error=None
+                )
+                run = await self.store.transition(project, run_id, "cancelled", allowed_from={"cancelling"})
+            else:
+                await self._close_leftovers(project, run_id, step_status="failed", reason="run_failed", error=error)
+                run = await self.store.transition(project, run_id, "failed", allowed_from={state}, last_error=error)
+            if run is not None:
+                count += 1
+                self.bus.publish(run_id, f"thread.run.{run['status']}", public(run))
+                self.bus.end(run_id)
+        return count
+
+    async def expire_waiting(self) -> int:
+        """Runs waiting for tool outputs past `expires_at` become `expired`."""
+        t = tables.runs
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(t.c.id, t.c.project).where(t.c.status == "requires_action", t.c.expires_at < now())
+                )
+            ).all()
+        for run_id, project in rows:
+            await self._close_leftovers(project, run_id, step_status="expired", reason="run_expired", error=None)
+            run = await self.store.transition(project, run_id, "expired", allowed_from={"requires_action"})
+            if run is not None:
+                self.bus.publish(run_id, "thread.run.expired", public(run))
+                self.bus.end(run_id)
+        return len(rows)

@@ -1,0 +1,132 @@
+"""Reads and writes of runs, steps and messages for the engine: every change committed before its event."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from loom.runs import status
+from loom.services.common import messages, run_steps, runs
+from loom.store import tables
+from loom.store.db import Database
+
+
+def public(obj: dict[str, Any]) -> dict[str, Any]:
+    """The wire view: Loom keeps its own bookkeeping under keys that start with `_`."""
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+class RunStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def get_run(self, project: str, run_id: str) -> dict[str, Any] | None:
+        async with self.db.read() as conn:
+            return await runs.get(conn, project, run_id)
+
+    async def transition(
+        self, project: str, run_id: str, target: str, *, allowed_from: set[str] | None = None, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Move the run to `target` if its *current* (committed) status allows; None if it does not.
+
+        The run is re-read inside the write transaction, so a concurrent metadata update or cancel
+        is never overwritten with a stale copy.
+        """
+        async with self.db.write() as conn:
+            row = await runs.get_row(conn, project, run_id, lock=True)
+            if row is None:
+                return None
+            run = dict(row.data)
+            if allowed_from is not None and run["status"] not in allowed_from:
+                return None
+            if not status.can_move(run["status"], target):
+                return None
+            status.apply(run, target, **fields)
+            lease = (
+                {}
+                if target in ("queued", "in_progress", "cancelling")
+                else {"lease_owner": None, "lease_expires_at": None}
+            )
+            await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **lease)
+        return run
+
+    async def update_run(self, project: str, run_id: str, **fields: Any) -> dict[str, Any] | None:
+        """Change fields that are not the status (usage bookkeeping)."""
+        async with self.db.write() as conn:
+            row = await runs.get_row(conn, project, run_id, lock=True)
+            if row is None:
+                return None
+            run = dict(row.data)
+            run.update(fields)
+            await runs.replace(conn, project, run)
+        return run
+
+    async def claim(self, project: str, run_id: str, owner: str, now_ts: float, until: float) -> dict[str, Any] | None:
+        """Take the lease of a queued run (None if it is not queued or another replica holds it)."""
+        t = tables.runs
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                t.update()
+                .where(
+                    t.c.id == run_id,
+                    t.c.project == project,
+                    t.c.status == "queued",
+                    sa.or_(t.c.lease_owner.is_(None), t.c.lease_owner == owner, t.c.lease_expires_at < now_ts),
+                )
+                .values(lease_owner=owner, lease_expires_at=until)
+            )
+            if not result.rowcount:
+                return None
+            return await runs.get(conn, project, run_id)
+
+    async def renew(self, run_id: str, owner: str, until: float) -> str | None:
+        """Extend the lease; returns the run's status (None if the lease was lost)."""
+        t = tables.runs
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                t.update().where(t.c.id == run_id, t.c.lease_owner == owner).values(lease_expires_at=until)
+            )
+            if not result.rowcount:
+                return None
+            row = (await conn.execute(sa.select(t.c.status).where(t.c.id == run_id))).first()
+        return str(row[0]) if row is not None else None
+
+    async def insert_objects(self, project: str, *objs: tuple[str, dict[str, Any]]) -> None:
+        """Insert steps and messages (kind, object) in one transaction."""
+        async with self.db.write() as conn:
+            for kind, obj in objs:
+                if kind == "step":
+                    await run_steps.insert(conn, project, obj, thread_id=obj["thread_id"], run_id=obj["run_id"])
+                else:
+                    await messages.insert(conn, project, obj, thread_id=obj["thread_id"], run_id=obj["run_id"])
+
+    async def save_objects(self, project: str, *objs: tuple[str, dict[str, Any]]) -> None:
+        async with self.db.write() as conn:
+            for kind, obj in objs:
+                if kind == "step":
+                    await run_steps.replace(conn, project, obj)
+                else:
+                    await messages.replace(conn, project, obj)
+
+    async def run_context(
+        self, project: str, run: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The thread's messages from before this run, this run's steps, and this run's messages by id."""
+        m, s = tables.messages, tables.run_steps
+        async with self.db.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(m.c.data).where(m.c.thread_id == run["thread_id"]).order_by(m.c.created_at, m.c.seq)
+                )
+            ).all()
+            step_rows = (
+                await conn.execute(sa.select(s.c.data).where(s.c.run_id == run["id"]).order_by(s.c.created_at, s.c.seq))
+            ).all()
+        history, own = [], {}
+        for (data,) in rows:
+            if data.get("run_id") == run["id"] and data["role"] == "assistant":
+                own[data["id"]] = dict(data)
+            else:
+                history.append(dict(data))
+        return history, [dict(r[0]) for r in step_rows], own

@@ -1,0 +1,229 @@
+"""Runs and run steps: the API's rules (active-run checks, tool output validation); execution is the engine's."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import sqlalchemy as sa
+
+from loom.clock import now
+from loom.errors import InvalidRequest, NotFound
+from loom.runs.bus import Event
+from loom.runs.engine import RunEngine
+from loom.runs.objects import new_run
+from loom.runs.status import TERMINAL
+from loom.runs.store import public
+from loom.schemas.runs import RunCreate, RunModify, SubmitToolOutputs, ThreadAndRunCreate
+from loom.schemas.threads import ThreadCreate
+from loom.services.common import ListParams, active_run, assistants, run_steps, runs, threads, tool_resources_wire
+from loom.services.threads import create_thread_row, insert_message
+from loom.store import tables
+from loom.store.db import Database
+from loom.store.repo import Page
+
+FILE_SEARCH_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
+
+Queue = asyncio.Queue[Event]
+
+
+def step_wire(step: dict[str, Any], include: list[str]) -> dict[str, Any]:
+    """A step as the API shows it; file-search result content only when `include[]` asks for it."""
+    wire = public(step)
+    if FILE_SEARCH_CONTENT in include or wire["type"] != "tool_calls":
+        return wire
+    calls = []
+    for call in wire["step_details"]["tool_calls"]:
+        if call.get("type") == "file_search" and call["file_search"].get("results"):
+            fs = dict(call["file_search"])
+            fs["results"] = [{k: v for k, v in r.items() if k != "content"} for r in fs["results"]]
+            call = {**call, "file_search": fs}
+        calls.append(call)
+    return {**wire, "step_details": {"type": "tool_calls", "tool_calls": calls}}
+
+
+def check_include(include: list[str]) -> list[str]:
+    for value in include:
+        if value != FILE_SEARCH_CONTENT:
+            raise InvalidRequest(
+                f"Invalid value: '{value}'. Supported values are: '{FILE_SEARCH_CONTENT}'.",
+                param="include",
+                code="invalid_value",
+            )
+    return include
+
+
+class RunService:
+    def __init__(self, db: Database, engine: RunEngine) -> None:
+        self.db = db
+        self.engine = engine
+
+    def _start(self, project: str, run_id: str, stream: bool) -> Queue | None:
+        queue = self.engine.bus.subscribe(run_id) if stream else None
+        self.engine.start_run(project, run_id)
+        return queue
+
+    async def create(
+        self, project: str, thread_id: str, req: RunCreate, include: list[str]
+    ) -> tuple[dict[str, Any], Queue | None]:
+        async with self.db.write() as conn:
+            thread = await threads.get_row(conn, project, thread_id, lock=True)
+            if thread is None:
+                raise NotFound("thread", thread_id)
+            assistant = await assistants.get(conn, project, req.assistant_id)
+            if assistant is None:
+                raise NotFound("assistant", req.assistant_id)
+            running = await active_run(conn, thread_id)
+            if running is not None:
+                raise InvalidRequest(f"Thread {thread_id} already has an active run {running}.")
+            self.engine.router.resolve(req.model or assistant["model"])
+            for message in req.additional_messages or []:
+                await insert_message(conn, project, thread_id, message)
+            run = new_run(thread_id, assistant, req, self.engine.settings.run_expiry_s)
+            run["_include"] = include
+            await runs.insert(conn, project, run, thread_id=thread_id, status="queued", expires_at=run["expires_at"])
+        return public(run), self._start(project, run["id"], bool(req.stream))
+
+    async def create_thread_and_run(
+        self, project: str, req: ThreadAndRunCreate
+    ) -> tuple[dict[str, Any], dict[str, Any], Queue | None]:
+        async with self.db.write() as conn:
+            assistant = await assistants.get(conn, project, req.assistant_id)
+            if assistant is None:
+                raise NotFound("assistant", req.assistant_id)
+            self.engine.router.resolve(req.model or assistant["model"])
+            thread = await create_thread_row(conn, project, req.thread or ThreadCreate())
+            if req.tool_resources is not None:
+                thread["tool_resources"] = await tool_resources_wire(
+                    conn, project, req.tool_resources, thread["tool_resources"]
+                )
+                await threads.replace(conn, project, thread)
+            run = new_run(thread["id"], assistant, req, self.engine.settings.run_expiry_s)
+            await runs.insert(conn, project, run, thread_id=thread["id"], status="queued", expires_at=run["expires_at"])
+        return thread, public(run), self._start(project, run["id"], bool(req.stream))
+
+    async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
+        if await threads.get_row(conn, project, thread_id) is None:
+            raise NotFound("thread", thread_id)
+        run = await runs.get(conn, project, run_id, parent=thread_id)
+        if run is None:
+            raise NotFound("run", run_id)
+        return run
+
+    async def get(self, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            return public(await self._thread_run(conn, project, thread_id, run_id))
+
+    async def list_runs(self, project: str, thread_id: str, params: ListParams) -> Page:
+        async with self.db.read() as conn:
+            if await threads.get_row(conn, project, thread_id) is None:
+                raise NotFound("thread", thread_id)
+            page = await runs.list(
+                conn,
+                project,
+                limit=params.limit,
+                order=params.order,
+                after=params.after,
+                before=params.before,
+                parent=thread_id,
+            )
+        return Page([public(r) for r in page.data], page.has_more)
+
+    async def modify(self, project: str, thread_id: str, run_id: str, req: RunModify) -> dict[str, Any]:
+        async with self.db.write() as conn:
+            run = await self._thread_run(conn, project, thread_id, run_id)
+            if req.metadata is not None:
+                run["metadata"] = dict(req.metadata)
+                await runs.replace(conn, project, run)
+        return public(run)
+
+    async def cancel(self, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            run = await self._thread_run(conn, project, thread_id, run_id)
+        if run["status"] in TERMINAL or run["status"] == "cancelling":
+            raise InvalidRequest(f"Cannot cancel run with status '{run['status']}'.")
+        cancelled = await self.engine.request_cancel(project, run_id)
+        if cancelled is None:
+            current = await self.get(project, thread_id, run_id)
+            raise InvalidRequest(f"Cannot cancel run with status '{current['status']}'.")
+        return public(cancelled)
+
+    async def submit_tool_outputs(
+        self, project: str, thread_id: str, run_id: str, req: SubmitToolOutputs
+    ) -> tuple[dict[str, Any], dict[str, Any], Queue | None]:
+        async with self.db.write() as conn:
+            run = await self._thread_run(conn, project, thread_id, run_id)
+            if run["status"] != "requires_action":
+                raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
+            pending = [c["id"] for c in run["required_action"]["submit_tool_outputs"]["tool_calls"]]
+            given: dict[str, str] = {}
+            for i, out in enumerate(req.tool_outputs):
+                if out.tool_call_id is None:
+                    raise InvalidRequest(
+                        f"Missing required parameter: 'tool_outputs[{i}].tool_call_id'.",
+                        param=f"tool_outputs[{i}].tool_call_id",
+                        code="missing_required_parameter",
+                    )
+                if out.tool_call_id not in pending:
+                    raise InvalidRequest(
+                        f"Invalid 'tool_outputs[{i}].tool_call_id': no pending tool call with id '{out.tool_call_id}'.",
+                        param=f"tool_outputs[{i}].tool_call_id",
+                        code="invalid_value",
+                    )
+                given[out.tool_call_id] = out.output or ""
+            missing = [c for c in pending if c not in given]
+            if missing:
+                raise InvalidRequest(
+                    f"Expected tool outputs for call_ids {pending}, got {list(given)}. Missing: {missing}.",
+                    param="tool_outputs",
+                    code="invalid_value",
+                )
+            step = await self._pending_step(conn, run_id)
+            for call in step["step_details"]["tool_calls"]:
+                if call["type"] == "function" and call["id"] in given:
+                    call["function"]["output"] = given[call["id"]]
+                    step.setdefault("_calls", {}).setdefault(call["id"], {})["output"] = given[call["id"]]
+            step.update(status="completed", completed_at=now())
+            await run_steps.replace(conn, project, step)
+        queued = await self.engine.store.transition(project, run_id, "queued", allowed_from={"requires_action"})
+        if queued is None:
+            raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
+        return public(step), public(queued), self._start(project, run_id, bool(req.stream))
+
+    async def _pending_step(self, conn: Any, run_id: str) -> dict[str, Any]:
+        s = tables.run_steps
+        rows = (
+            await conn.execute(
+                sa.select(s.c.data).where(s.c.run_id == run_id).order_by(s.c.created_at.desc(), s.c.seq.desc())
+            )
+        ).all()
+        for (data,) in rows:
+            if data["type"] == "tool_calls" and data["status"] == "in_progress":
+                return dict(data)
+        raise InvalidRequest("The run has no tool call waiting for outputs.")
+
+    async def list_steps(
+        self, project: str, thread_id: str, run_id: str, params: ListParams, include: list[str]
+    ) -> Page:
+        async with self.db.read() as conn:
+            await self._thread_run(conn, project, thread_id, run_id)
+            page = await run_steps.list(
+                conn,
+                project,
+                limit=params.limit,
+                order=params.order,
+                after=params.after,
+                before=params.before,
+                parent=run_id,
+            )
+        return Page([step_wire(s, include) for s in page.data], page.has_more)
+
+    async def get_step(
+        self, project: str, thread_id: str, run_id: str, step_id: str, include: list[str]
+    ) -> dict[str, Any]:
+        async with self.db.read() as conn:
+            await self._thread_run(conn, project, thread_id, run_id)
+            step = await run_steps.get(conn, project, step_id, parent=run_id)
+        if step is None:
+            raise NotFound("run step", step_id)
+        return step_wire(step, include)
