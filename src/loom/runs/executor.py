@@ -16,7 +16,7 @@ from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
 from loom.runs import context as ctx_mod
 from loom.runs.objects import new_assistant_message, new_step, usage_dict
 from loom.runs.store import public
-from loom.runs.tools import ServerTool, ToolContext
+from loom.runs.tools import Citation, ServerTool, ToolContext
 
 if TYPE_CHECKING:
     from loom.runs.engine import RunEngine
@@ -59,6 +59,9 @@ class RunExecutor:
         self.cancel_requested = False
         self._call: asyncio.Task[None] | None = None
         self.run: dict[str, Any] = {}
+        # From tool results, for the messages that follow them.
+        self.citations: list[Citation] = []
+        self.pending_images: list[str] = []
 
     # Events.
 
@@ -108,7 +111,13 @@ class RunExecutor:
         if assistant is None or thread is None:
             await self._fail("server_error", "The run's assistant or thread no longer exists.")
             return
-        tool_ctx = ToolContext(project=self.project, run=self.run, assistant=assistant, thread=thread)
+        tool_ctx = ToolContext(
+            project=self.project,
+            run=self.run,
+            assistant=assistant,
+            thread=thread,
+            include_content="step_details.tool_calls[*].file_search.results[*].content" in self.run.get("_include", []),
+        )
         route = engine.router.resolve(self.run["model"])
         for _ in range(MAX_MODEL_CALLS):
             if self.cancel_requested:
@@ -295,18 +304,55 @@ class RunExecutor:
             {"id": turn.message["id"], "object": "thread.message.delta", "delta": {"content": [part]}},
         )
 
-    def _content(self, turn: _Turn) -> list[dict[str, Any]]:
+    def _content(self, turn: _Turn, annotations: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         content: list[dict[str, Any]] = []
         if turn.text:
-            content.append({"type": "text", "text": {"value": turn.text, "annotations": []}})
+            content.append({"type": "text", "text": {"value": turn.text, "annotations": annotations or []}})
         if turn.refusal:
             content.append({"type": "refusal", "refusal": turn.refusal})
         return content
 
+    def _annotations(self, text: str) -> list[dict[str, Any]]:
+        """Annotations for every place the text quotes a citation marker or a sandbox file link."""
+        found: list[dict[str, Any]] = []
+        taken: set[int] = set()
+        for citation in sorted(self.citations, key=lambda c: -len(c.text)):
+            start = text.find(citation.text)
+            while start != -1:
+                if start not in taken:
+                    taken.add(start)
+                    found.append(
+                        {
+                            "type": citation.kind,
+                            "text": citation.text,
+                            "start_index": start,
+                            "end_index": start + len(citation.text),
+                            citation.kind: {"file_id": citation.file_id},
+                        }
+                    )
+                start = text.find(citation.text, start + 1)
+        return sorted(found, key=lambda a: a["start_index"])
+
     async def _complete_message(self, turn: _Turn, usage: dict[str, int], truncated: bool) -> None:
         message, step = turn.message, turn.message_step
         assert message is not None and step is not None
-        message["content"] = self._content(turn)
+        annotations = self._annotations(turn.text) if turn.text else []
+        message["content"] = self._content(turn, annotations)
+        delta_id = {"id": message["id"], "object": "thread.message.delta"}
+        if annotations:
+            parts = [{"index": i, **a} for i, a in enumerate(annotations)]
+            self.emit(
+                "thread.message.delta",
+                {**delta_id, "delta": {"content": [{"index": 0, "type": "text", "text": {"annotations": parts}}]}},
+            )
+        for file_id in self.pending_images:
+            block = {"type": "image_file", "image_file": {"file_id": file_id, "detail": "auto"}}
+            self.emit(
+                "thread.message.delta",
+                {**delta_id, "delta": {"content": [{"index": len(message["content"]), **block}]}},
+            )
+            message["content"].append(block)
+        self.pending_images = []
         if truncated:
             message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": "max_tokens"})
         else:

@@ -21,14 +21,25 @@ class ToolContext:
     include_content: bool = False
 
 
+@dataclass(frozen=True)
+class Citation:
+    """Where the model's answer quotes `text` (a marker like `【4:0†source】` or a `sandbox:/mnt/data/x`
+    link), the message gets an annotation of `kind` (`file_citation` or `file_path`) naming `file_id`."""
+
+    kind: str
+    text: str
+    file_id: str
+
+
 @dataclass
 class ToolResult:
     """`output` goes back to the model; `details` is the step's tool-call body (`{type: {...}}`)."""
 
     output: str
     details: dict[str, Any]
-    # Things the final assistant message should carry (e.g. file citations, images), by tool.
-    extras: dict[str, Any] = field(default_factory=dict)
+    # What the next assistant message should carry: annotations for text it quotes, images to show.
+    citations: list[Citation] = field(default_factory=list)
+    image_file_ids: list[str] = field(default_factory=list)
 
 
 class ServerTool(Protocol):
