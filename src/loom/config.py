@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     run_expiry_s: int = 600
     lease_s: float = 15.0
     poll_after_ms: int = 100
+    # Seconds of silence after which a run's event stream sends a `: keep-alive` comment.
+    sse_keepalive_s: float = 10.0
 
     # Files.
     max_file_bytes: int = 512 * 1024 * 1024

@@ -33,7 +33,7 @@ async def create_run(request: Request, project: Project, thread_id: str) -> Resp
     if queue is None:
         return JSON(run)
     first = [("thread.run.created", run), ("thread.run.queued", run)]
-    return event_stream(first, queue, run["id"], container.engine.bus)
+    return event_stream(first, queue, run["id"], container.engine.bus, container.settings.sse_keepalive_s)
 
 
 @router.post("/threads/runs")
@@ -44,7 +44,7 @@ async def create_thread_and_run(request: Request, project: Project) -> Response:
     if queue is None:
         return JSON(run)
     first = [("thread.created", thread), ("thread.run.created", run), ("thread.run.queued", run)]
-    return event_stream(first, queue, run["id"], container.engine.bus)
+    return event_stream(first, queue, run["id"], container.engine.bus, container.settings.sse_keepalive_s)
 
 
 @router.get("/threads/{thread_id}/runs")
@@ -78,7 +78,7 @@ async def submit_tool_outputs(request: Request, project: Project, thread_id: str
     if queue is None:
         return JSON(run)
     first = [("thread.run.step.completed", step), ("thread.run.queued", run)]
-    return event_stream(first, queue, run_id, container.engine.bus)
+    return event_stream(first, queue, run_id, container.engine.bus, container.settings.sse_keepalive_s)
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/steps")
