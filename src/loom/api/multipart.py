@@ -12,6 +12,9 @@ from loom.errors import InvalidRequest, PayloadTooLarge
 from loom.schemas.forms import Form, UploadedFile
 
 _MAX_FIELD_BYTES = 64 * 1024
+# A part's header line (Content-Disposition holds the file name). python-multipart's default (4 KB) refuses
+# long file names outright; they are accepted and shortened by the file service instead.
+_MAX_HEADER_BYTES = 32 * 1024
 _MAX_FIELDS = 64
 
 
@@ -129,6 +132,7 @@ async def read_form(
             "on_headers_finished": reader.on_headers_finished,
             "on_end": reader.on_end,
         },
+        max_header_size=_MAX_HEADER_BYTES,
     )
     try:
         async for chunk in body:
