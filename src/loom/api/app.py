@@ -46,7 +46,8 @@ def create_app(container: Container) -> FastAPI:
     async def health() -> JSON:
         return JSON({"status": "ok"})
 
-    for module in (assistants, threads, runs, files, models):
+    # runs first: its `POST /threads/runs` must win over threads' `POST /threads/{thread_id}`.
+    for module in (assistants, runs, threads, files, models):
         app.include_router(module.router, prefix="/v1")
     app.add_middleware(RequestIdMiddleware)
     return app
