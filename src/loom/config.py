@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 
 def _split_keys(value: object) -> list[str]:
@@ -51,15 +50,37 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     upload_expiry_s: int = 3600
 
-    # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only).
+    # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only: no isolation).
     sandbox: str = "bwrap"
+    # The sandbox's own virtualenv (made by `python -m loom.sandbox.setup`), and the interpreter it is
+    # made from (empty: /usr/bin/python3 when present, else this interpreter's base).
+    sandbox_env: Path = Path(".venv-sandbox")
+    sandbox_python: str = ""
+    # Where sessions' /mnt/data volumes and kernels' runtime files live (empty: <data_dir>/sandbox).
+    sandbox_dir: Path | None = None
+    # Limits, per execution or per session.
+    sandbox_timeout_s: float = 60.0
+    sandbox_memory_mb: int = 1024
+    sandbox_max_processes: int = 128
+    sandbox_disk_mb: int = 1024
+    sandbox_tmp_mb: int = 256
+    sandbox_max_output_bytes: int = 64 * 1024
+    sandbox_max_images: int = 16
+    # Sessions: idle expiry, how many live at once, and how many kernels are kept started in advance.
+    sandbox_idle_timeout_s: float = 1200.0
+    sandbox_max_sessions: int = 16
+    sandbox_pool_size: int = 2
+    # Start the sandbox (and its pool of kernels) at boot, in the background; false: on first use.
+    sandbox_prewarm: bool = True
+    # Host uids for sandboxes (when the server runs as root): one per live session, from this base up.
+    sandbox_uid_base: int = 1_500_000
+
     # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).
     embedding_provider: str = "wordllama"
     embedding_base_url: str = ""  # empty: upstream_base_url
     embedding_api_key: str = ""  # empty: upstream_api_key
     embedding_model: str = "text-embedding-3-small"
     embedding_dimensions: int | None = None
-
 
     # The raw TOML table, when a config file was given (sections are read by the parts that own them).
     file_config: dict[str, Any] = Field(default_factory=dict, exclude=True)

@@ -9,7 +9,10 @@ from typing import Any
 
 from loom.config import Settings
 from loom.llm.routing import ModelRouter
+from loom.runs.code_interpreter import CodeInterpreterTool
 from loom.runs.engine import RunEngine
+from loom.sandbox.manager import SandboxManager
+from loom.sandbox.types import Sandbox, SandboxUnavailable
 from loom.services.assistants import AssistantService
 from loom.services.files import FileService
 from loom.services.keys import KeyRing
@@ -21,6 +24,56 @@ from loom.store.migrate import migrate
 
 log = logging.getLogger("loom")
 _JANITOR_EVERY_S = 30.0
+
+
+class LazySandbox:
+    """The sandbox manager, started once: at boot when prewarming (in the background, so the API is up
+    at once), else on first use. A failed start leaves the code interpreter unavailable, never unsandboxed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.manager: SandboxManager | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self.error: str | None = None
+
+    def _ensure_started(self) -> asyncio.Task[None]:
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start(), name="loom-sandbox-start")
+        return self._starting
+
+    async def _start(self) -> None:
+        try:
+            manager = SandboxManager(self.settings)
+            await manager.start()
+            self.manager = manager
+        except SandboxUnavailable as exc:
+            self.error = exc.message
+            log.warning("code interpreter unavailable: %s", exc.message)
+        except Exception as exc:
+            self.error = "the sandbox failed to start; see the server log"
+            log.exception("code interpreter unavailable: %s", exc)
+
+    async def start(self) -> None:
+        if self.settings.sandbox_prewarm:
+            self._ensure_started()
+
+    async def session(self, key: str) -> Sandbox:
+        await self._ensure_started()
+        if self.manager is None:
+            raise SandboxUnavailable(self.error or "the sandbox is not available")
+        return await self.manager.session(key)
+
+    async def close_session(self, key: str) -> None:
+        if self.manager is not None:
+            await self.manager.close_session(key)
+
+    async def aclose(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._starting
+        if self.manager is not None:
+            await self.manager.aclose()
 
 
 class Container:
@@ -36,16 +89,21 @@ class Container:
         self.files = FileService(self.db, self.blobs, settings.max_file_bytes, settings.upload_expiry_s)
         self.engine = RunEngine(settings, self.db, self.router, self.blobs)
         self.runs = RunService(self.db, self.engine)
+        self.sandbox = LazySandbox(settings)
+        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db))
+        self.threads.on_delete.append(self.sandbox.close_session)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await migrate(self.db.engine)
         self.blobs.clean_temp()
         await self.engine.start()
+        await self.sandbox.start()
         self._tasks.append(asyncio.create_task(self._janitor(), name="loom-janitor"))
 
     async def stop(self) -> None:
         await self.engine.stop()
+        await self.sandbox.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

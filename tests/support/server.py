@@ -47,6 +47,8 @@ class LoomServer:
             "LOOM_UPSTREAM_BASE_URL": upstream_base_url,
             "LOOM_UPSTREAM_API_KEY": "sk-upstream",
             "LOOM_POLL_AFTER_MS": "20",
+            # Kernels start on first use: most test servers never run code.
+            "LOOM_SANDBOX_PREWARM": "false",
             **(extra_env or {}),
         }
         self.proc: subprocess.Popen[bytes] | None = None

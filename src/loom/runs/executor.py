@@ -88,6 +88,9 @@ class RunExecutor:
                 await self._finish_cancelled(_Turn())
             return
         self.run = run
+        # What earlier rounds of this run (before a requires_action pause) left for later messages.
+        self.citations = [Citation(**c) for c in run.get("_citations", [])]
+        self.pending_images = list(run.get("_pending_images", []))
         self.emit_run(run)
         try:
             await self._loop()
@@ -456,10 +459,22 @@ class RunExecutor:
             result = await impl.execute(
                 tool_ctx, tool, ToolCall(id=call_id, name=name, arguments=arguments), index, emit
             )
+            self.citations.extend(result.citations)
+            self.pending_images.extend(result.image_file_ids)
             calls.append({"id": call_id, "type": impl.type, **result.details})
             private[call_id] = {"name": name, "arguments": arguments, "output": result.output}
         step["step_details"] = {"type": "tool_calls", "tool_calls": calls}
         step["_calls"] = private
+        if self.citations or self.pending_images:
+            self.run = (
+                await self.store.update_run(
+                    self.project,
+                    self.run_id,
+                    _citations=[{"kind": c.kind, "text": c.text, "file_id": c.file_id} for c in self.citations],
+                    _pending_images=self.pending_images,
+                )
+                or self.run
+            )
         step["usage"] = step_usage
         if functions:
             await self.store.save_objects(self.project, ("step", step))

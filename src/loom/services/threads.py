@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +24,8 @@ from loom.services.common import (
 from loom.store import tables
 from loom.store.db import Database
 from loom.store.repo import Page
+
+log = logging.getLogger("loom")
 
 
 def content_wire(content: str | list[Any]) -> list[dict[str, Any]]:
@@ -107,6 +111,8 @@ async def delete_thread_rows(conn: AsyncConnection, thread_id: str) -> None:
 class ThreadService:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Called with the id of each deleted thread (e.g. to end its sandbox session).
+        self.on_delete: list[Callable[[str], Awaitable[None]]] = []
 
     async def create(self, project: str, req: ThreadCreate) -> dict[str, Any]:
         async with self.db.write() as conn:
@@ -138,6 +144,11 @@ class ThreadService:
             if not await threads.delete(conn, project, thread_id):
                 raise NotFound("thread", thread_id)
             await delete_thread_rows(conn, thread_id)
+        for hook in self.on_delete:
+            try:
+                await hook(thread_id)
+            except Exception:
+                log.exception("cleanup after deleting thread %s failed", thread_id)
         return {"id": thread_id, "object": "thread.deleted", "deleted": True}
 
     # Messages.
