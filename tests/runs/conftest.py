@@ -83,7 +83,9 @@ def run_server(backend: str, upstream: FakeUpstream) -> Iterator[LoomServer]:
     """One server per database backend for the session (tests isolate themselves by their own threads)."""
     url = new_database() if backend == "postgres" else ""
     server = LoomServer(
-        database_url=url, upstream_base_url=upstream.base_url, extra_env=server_env(upstream, LOOM_LEASE_S="3")
+        database_url=url,
+        upstream_base_url=upstream.base_url,
+        extra_env=server_env(upstream, LOOM_LEASE_S="3", LOOM_SSE_KEEPALIVE_S="0.3"),
     )
     server.start()
     try:
