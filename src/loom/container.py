@@ -9,8 +9,13 @@ from typing import Any
 
 from loom.config import Settings
 from loom.llm.routing import ModelRouter
+from loom.retrieval.embedding import embedder_from_settings
+from loom.retrieval.index import ChunkIndex
+from loom.retrieval.pg_index import PostgresChunkIndex
+from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from loom.runs.code_interpreter import CodeInterpreterTool
 from loom.runs.engine import RunEngine
+from loom.runs.file_search import FileSearchTool
 from loom.sandbox.manager import SandboxManager
 from loom.sandbox.types import Sandbox, SandboxUnavailable
 from loom.services.assistants import AssistantService
@@ -18,6 +23,7 @@ from loom.services.files import FileService
 from loom.services.keys import KeyRing
 from loom.services.runs import RunService
 from loom.services.threads import ThreadService
+from loom.services.vector_stores import IngestWorker, VectorStoreService
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
 from loom.store.migrate import migrate
@@ -89,6 +95,17 @@ class Container:
         self.files = FileService(self.db, self.blobs, settings.max_file_bytes, settings.upload_expiry_s)
         self.engine = RunEngine(settings, self.db, self.router, self.blobs)
         self.runs = RunService(self.db, self.engine)
+        # Vector stores and file search (retrieval library underneath; ingestion in the background).
+        self.embedder = embedder_from_settings(settings)
+        self.chunk_index: ChunkIndex = (
+            SQLiteChunkIndex(self.db.engine)
+            if self.db.is_sqlite
+            else PostgresChunkIndex(self.db.engine, self.embedder.dimensions)
+        )
+        self.vector_stores = VectorStoreService(self.db, self.chunk_index, self.embedder, settings.poll_after_ms)
+        self.ingest = IngestWorker(self.db, self.vector_stores, self.blobs.path_for)
+        self.files.delete_hooks.append(self.vector_stores.forget_file)
+        self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings)
         self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db))
         self.threads.on_delete.append(self.sandbox.close_session)
@@ -98,10 +115,12 @@ class Container:
         await migrate(self.db.engine)
         self.blobs.clean_temp()
         await self.engine.start()
+        await self.ingest.start()
         await self.sandbox.start()
         self._tasks.append(asyncio.create_task(self._janitor(), name="loom-janitor"))
 
     async def stop(self) -> None:
+        await self.ingest.stop()
         await self.engine.stop()
         await self.sandbox.aclose()
         for task in self._tasks:

@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 
 from loom.api.http import JSON
 from loom.api.middleware import RequestIdMiddleware
-from loom.api.routes import assistants, files, models, runs, threads
+from loom.api.routes import assistants, files, models, runs, threads, vector_stores
 from loom.container import Container
 from loom.errors import LoomError
 
@@ -47,7 +47,7 @@ def create_app(container: Container) -> FastAPI:
         return JSON({"status": "ok"})
 
     # runs first: its `POST /threads/runs` must win over threads' `POST /threads/{thread_id}`.
-    for module in (assistants, runs, threads, files, models):
+    for module in (assistants, runs, threads, files, models, vector_stores):
         app.include_router(module.router, prefix="/v1")
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -112,14 +112,16 @@ async def tool_resources_wire(
     fs = resources.file_search
     if fs is not None:
         ids = list(fs.vector_store_ids or [])
-        if getattr(fs, "vector_stores", None):
-            raise InvalidRequest(
-                "Creating vector stores through 'tool_resources.file_search.vector_stores' is not available yet: "
-                "create the vector store first and pass 'vector_store_ids'.",
-                param="tool_resources.file_search.vector_stores",
-                code="invalid_value",
-            )
         await require_vector_stores(conn, project, ids)
+        helpers = getattr(fs, "vector_stores", None) or []
+        if helpers:
+            # The create-a-store helper: a new store with these files (ingested in the background).
+            from loom.services.vector_stores import create_helper_store
+
+            for i, helper in enumerate(helpers):
+                ids.append(
+                    await create_helper_store(conn, project, helper, f"tool_resources.file_search.vector_stores[{i}]")
+                )
         wire["file_search"] = {"vector_store_ids": ids}
     return wire
 

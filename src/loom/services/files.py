@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import unicodedata
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from loom.store.blobs import BlobStore
 from loom.store.db import Database
 from loom.store.repo import Collection, Page
 
+log = logging.getLogger(__name__)
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _BATCH_DEFAULT_TTL = 30 * 24 * 3600
@@ -83,6 +86,15 @@ class FileService:
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.upload_expiry_s = upload_expiry_s
+        # Called with (project, file_id) after a File is deleted or expires (vector stores drop it).
+        self.delete_hooks: list[Callable[[str, str], Awaitable[None]]] = []
+
+    async def _after_delete(self, project: str, file_id: str) -> None:
+        for hook in self.delete_hooks:
+            try:
+                await hook(project, file_id)
+            except Exception:
+                log.exception("file delete hook failed for %s", file_id)
 
     async def create_from_form(self, project: str, form: Form) -> dict[str, Any]:
         """`POST /files`. Takes ownership of the form's temporary files: kept on success, removed on error."""
@@ -169,20 +181,23 @@ class FileService:
             if not await files.delete(conn, project, file_id):
                 raise NotFound("file", file_id)
         self.blobs.delete(file_id)
+        await self._after_delete(project, file_id)
         return {"id": file_id, "object": "file", "deleted": True}
 
     async def delete_expired(self) -> int:
         t = tables.files
         async with self.db.write() as conn:
-            expired = list(
-                (
-                    await conn.execute(sa.select(t.c.id).where(t.c.expires_at.is_not(None), t.c.expires_at <= now()))
-                ).scalars()
-            )
+            rows = (
+                await conn.execute(
+                    sa.select(t.c.id, t.c.project).where(t.c.expires_at.is_not(None), t.c.expires_at <= now())
+                )
+            ).all()
+            expired = [r[0] for r in rows]
             if expired:
                 await conn.execute(t.delete().where(t.c.id.in_(expired)))
-        for file_id in expired:
+        for file_id, project in rows:
             self.blobs.delete(file_id)
+            await self._after_delete(project, file_id)
         return len(expired)
 
     # Uploads.

@@ -86,6 +86,12 @@ async def insert_message(
         "metadata": dict(req.metadata or {}),
     }
     await messages.insert(conn, project, obj, thread_id=thread_id, run_id=run_id)
+    searchable = [a.file_id for a in req.attachments or [] if any(t.type == "file_search" for t in a.tools)]
+    if searchable:
+        # As OpenAI did: file_search attachments go into the thread's vector store (made if missing).
+        from loom.services.vector_stores import attach_to_thread_store
+
+        await attach_to_thread_store(conn, project, thread_id, searchable)
     return obj
 
 
