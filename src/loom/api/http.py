@@ -30,7 +30,27 @@ async def json_body(request: Request, *, optional: bool = False) -> dict[str, An
         if optional and body is None:
             return {}
         raise InvalidRequest(_JSON_ERROR)
+    if b"\\u0000" in raw:
+        _refuse_nul(body, "")
     return body
+
+
+def _refuse_nul(value: Any, path: str) -> None:
+    """PostgreSQL cannot store U+0000 in text or JSONB: refuse it on every database, with a 400 not a 500."""
+    if isinstance(value, str):
+        if "\0" in value:
+            raise InvalidRequest(
+                f"Invalid '{path}': strings may not contain the null character (\\u0000).",
+                param=path or None,
+                code="invalid_value",
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, path)
+            _refuse_nul(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _refuse_nul(item, f"{path}[{i}]")
 
 
 class JSON(Response):
