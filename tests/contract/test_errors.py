@@ -270,3 +270,21 @@ def test_no_409_for_conflicting_upload_actions(client: openai.OpenAI) -> None:
         client.uploads.cancel(upload.id)
     with pytest.raises(openai.BadRequestError):
         client.uploads.parts.create(upload.id, data=io.BytesIO(b"x"))
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/assistants", b'{"model": "gpt-4o", "name": "a\\u0000b"}', "name"),
+        ("/threads", b'{"metadata": {"k\\u0000": "v"}}', "metadata"),
+        ("/threads", b'{"messages": [{"role": "user", "content": "x\\u0000"}]}', "messages[0].content"),
+        ("/uploads", b'{"filename": "a\\u0000", "purpose": "assistants", "bytes": 1, "mime_type": "t"}', "filename"),
+    ],
+)
+def test_null_character_is_a_400_on_every_database(raw: httpx.Client, path: str, body: bytes, param: str) -> None:
+    # PostgreSQL cannot store U+0000 (it answered 500 before); both databases refuse it the same way.
+    error = _error(raw.post(path, content=body, headers={"Content-Type": "application/json"}), 400)
+    assert error["param"] == param and error["code"] == "invalid_value"
+    # An escaped backslash followed by "u0000" is ordinary text.
+    ok = raw.post("/assistants", content=b'{"model": "gpt-4o", "name": "\\\\u0000"}')
+    assert ok.status_code == 200 and ok.json()["name"] == "\\u0000"
