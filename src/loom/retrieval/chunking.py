@@ -168,10 +168,32 @@ class Chunk:
     tokens: int
 
 
+_ENCODE_SEGMENT = 200_000  # characters; the tokenizer refuses single inputs of 1,000,000 or more
+
+
+def _encode_long(enc: Encoding, text: str) -> list[int]:
+    """Encode text of any length: in segments cut after a newline (or a space), so tokens rarely change."""
+    if len(text) < _ENCODE_SEGMENT:
+        return list(enc.encode(text))
+    tokens: list[int] = []
+    start = 0
+    while start < len(text):
+        end = min(start + _ENCODE_SEGMENT, len(text))
+        if end < len(text):
+            cut = text.rfind("\n", start + _ENCODE_SEGMENT // 2, end)
+            if cut == -1:
+                cut = text.rfind(" ", start + _ENCODE_SEGMENT // 2, end)
+            if cut != -1:
+                end = cut + 1
+        tokens.extend(enc.encode(text[start:end]))
+        start = end
+    return tokens
+
+
 def chunk_text(text: str, strategy: ChunkingStrategy = AUTO, encoding: Encoding | None = None) -> list[Chunk]:
     """Split text into overlapping token windows; offsets are character offsets into `text`."""
     enc = encoding or get_encoding(CHUNK_ENCODING)
-    tokens = enc.encode(text)
+    tokens = _encode_long(enc, text)
     if not tokens:
         return []
     pieces = enc.token_bytes(tokens)
