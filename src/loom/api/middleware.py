@@ -20,6 +20,15 @@ _INTERNAL = {
     }
 }
 
+_NUL_IN_URL = {
+    "error": {
+        "message": "Invalid URL: the path and query string may not contain null characters (%00).",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "invalid_value",
+    }
+}
+
 
 class RequestIdMiddleware:
     """Every response carries `x-request-id`; an unhandled exception becomes a 500 that says nothing internal."""
@@ -33,6 +42,10 @@ class RequestIdMiddleware:
             return
         request_id = "req_" + secrets.token_hex(16)
         scope.setdefault("state", {})["request_id"] = request_id
+        if "\0" in scope["path"] or b"%00" in scope.get("query_string", b""):
+            # No id or filter can contain U+0000, and PostgreSQL refuses it in a query parameter (a 500).
+            await _send_json(send, 400, _NUL_IN_URL, request_id)
+            return
         started = False
 
         async def send_with_id(message: Message) -> None:
@@ -50,16 +63,20 @@ class RequestIdMiddleware:
             log.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope.get("path"), request_id)
             if started:
                 raise
-            body = json.dumps(_INTERNAL).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _send_json(send, 500, _INTERNAL, request_id)
+
+
+async def _send_json(send: Send, status: int, content: dict[str, Any], request_id: str) -> None:
+    body = json.dumps(content).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
