@@ -288,3 +288,21 @@ def test_null_character_is_a_400_on_every_database(raw: httpx.Client, path: str,
     # An escaped backslash followed by "u0000" is ordinary text.
     ok = raw.post("/assistants", content=b'{"model": "gpt-4o", "name": "\\\\u0000"}')
     assert ok.status_code == 200 and ok.json()["name"] == "\\u0000"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/assistants?after=asst_%00",
+        "/assistants/asst_%00",
+        "/threads/thread_%00/messages",
+        "/threads/thread_x/messages?run_id=run_%00",
+        "/files/file-%00",
+        "/files?purpose=assistants%00",
+        "/files/file-%00/content",
+    ],
+)
+def test_null_character_in_url_is_a_400(raw: httpx.Client, url: str) -> None:
+    # These were 500s on PostgreSQL, which refuses U+0000 in query parameters.
+    error = _error(raw.get(url), 400)
+    assert "null characters" in str(error["message"])
