@@ -1,0 +1,77 @@
+"""Vector-store fixtures: a scripted fake upstream and one Loom server per database backend pointed at it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from tests.conftest import sdk_client
+from tests.fakes.upstream import FakeUpstream
+from tests.support.postgres import new_database
+from tests.support.server import LoomServer
+
+ENV = {"LOOM_POLL_AFTER_MS": "20", "LOOM_UPSTREAM_MAX_RETRIES": "0"}
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(request: pytest.FixtureRequest) -> None:
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
+
+
+@pytest.fixture(scope="session")
+def vs_server(backend: str, upstream: FakeUpstream) -> Iterator[LoomServer]:
+    url = new_database() if backend == "postgres" else ""
+    server = LoomServer(database_url=url, upstream_base_url=upstream.base_url, extra_env=ENV)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def vs_other_key(vs_server: LoomServer) -> str:
+    result = vs_server.cli("keys", "create", "--project", "other")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture()
+def client(vs_server: LoomServer) -> openai.OpenAI:
+    return sdk_client(vs_server)
+
+
+@pytest.fixture()
+def other_client(vs_server: LoomServer, vs_other_key: str) -> openai.OpenAI:
+    return sdk_client(vs_server, vs_other_key)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def big_text(n_paragraphs: int, marker: str = "") -> bytes:
+    """A long plain-text document (distinct paragraphs, so chunks differ)."""
+    lines = [
+        f"Paragraph {i}: the archive of item {i * 7919 % 104729} lists shelf {i % 97}, row {i % 13}, "
+        f"and notes that volume {i} was catalogued after volume {i - 1}. {marker}"
+        for i in range(n_paragraphs)
+    ]
+    return "\n".join(lines).encode()
