@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     sandbox_pool_size: int = 2
     # Start the sandbox (and its pool of kernels) at boot, in the background; false: on first use.
     sandbox_prewarm: bool = True
-    # Host uids for sandboxes (when the server runs as root): one per live session, from this base up.
+    # Host uids for sandboxes (when the server runs as root): one per session, in a block of 1024 per
+    # server process, from this base up to base + 4096 * 1024.
     sandbox_uid_base: int = 1_500_000
 
     # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).

@@ -1,0 +1,502 @@
+"""The code-interpreter sandbox, for real: bubblewrap, an IPython kernel, short limits.
+
+Each escape attempt must be contained, and the manager must serve executions normally afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import resource
+import time
+from pathlib import Path
+
+import pytest
+
+from loom.sandbox import (
+    ExecutionResult,
+    ImageOutput,
+    LogOutput,
+    Sandbox,
+    SandboxFileError,
+    SandboxFileNotFound,
+    SandboxManager,
+    SandboxProvider,
+    SandboxUnavailable,
+    check_isolation,
+)
+from loom.sandbox import launcher as launcher_module
+from tests.sandbox.conftest import require_sandbox, sandbox_settings
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+async def healthy(manager: SandboxManager, key: str = "health") -> None:
+    """The manager still runs code normally, in an existing session and in a new one."""
+    box = await manager.session(key)
+    r = await box.execute("print(6 * 7)")
+    assert r.status == "ok", r
+    assert r.logs == "42\n"
+    fresh = await manager.session(f"{key}-fresh-{time.monotonic_ns()}")
+    r = await fresh.execute("print('fresh')")
+    assert r.logs == "fresh\n"
+    await manager.close_session(fresh.key)
+
+
+# ------------------------------------------------------------------------------------- the basics
+
+
+async def test_protocols(manager: SandboxManager) -> None:
+    assert isinstance(manager, SandboxProvider)
+    box = await manager.session("proto")
+    assert isinstance(box, Sandbox)
+    assert await manager.session("proto") is box
+
+
+async def test_state_kept_across_executions(manager: SandboxManager) -> None:
+    box = await manager.session("state")
+    r1 = await box.execute("x = 20\ndef f(y):\n    return x + y")
+    assert r1.status == "ok" and r1.logs == ""
+    r2 = await box.execute("f(22)")
+    assert r2.status == "ok"
+    assert r2.logs == "42\n"  # the value of the last expression
+    assert r2.sandboxed
+
+
+async def test_file_put_in_and_read_by_code(manager: SandboxManager) -> None:
+    box = await manager.session("files-in")
+    path = await box.put_file("data.csv", b"a,b\n1,2\n3,4\n")
+    assert path == "/mnt/data/data.csv"
+    r = await box.execute("import pandas as pd\ndf = pd.read_csv('/mnt/data/data.csv')\nprint(int(df['b'].sum()))")
+    assert r.status == "ok", r.logs
+    assert r.logs.strip() == "6"
+    # Names are reduced to a safe base name: no way out of /mnt/data.
+    assert await box.put_file("../../etc/evil.txt", b"x") == "/mnt/data/evil.txt"
+    assert await box.put_file("..\\..\\win.txt", b"x") == "/mnt/data/win.txt"
+    with pytest.raises(SandboxFileError):
+        await box.put_file("..", b"x")
+    r = await box.execute("import os; print(sorted(os.listdir('/mnt/data')))")
+    assert r.logs.strip() == "['data.csv', 'evil.txt', 'win.txt']"
+
+
+async def test_matplotlib_chart_is_png(manager: SandboxManager) -> None:
+    box = await manager.session("chart")
+    r = await box.execute(
+        "import matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3], [4, 1, 9])\n"
+        "plt.title('t')\n"
+        "print('before')\n"
+        "plt.show()\n"
+        "print('after')"
+    )
+    assert r.status == "ok", r.logs
+    assert len(r.images) == 1
+    png = r.images[0]
+    assert png.startswith(PNG_MAGIC)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as img:
+        img.verify()
+        assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+    # Text and image keep their order.
+    kinds = [type(o) for o in r.outputs]
+    assert kinds == [LogOutput, ImageOutput, LogOutput]
+    # A figure left open at the end of a cell is shown too.
+    r = await box.execute("fig, ax = plt.subplots()\nax.bar(['a', 'b'], [1, 2])")
+    assert len(r.images) == 1 and r.images[0].startswith(PNG_MAGIC)
+
+
+async def test_file_written_by_code_read_back(manager: SandboxManager) -> None:
+    box = await manager.session("files-out")
+    r = await box.execute(
+        "import os, pandas as pd\n"
+        "os.makedirs('/mnt/data/out', exist_ok=True)\n"
+        "pd.DataFrame({'n': [1, 2]}).to_csv('/mnt/data/out/result.csv', index=False)\n"
+        "open('/mnt/data/note.txt', 'w').write('hello')"
+    )
+    assert r.status == "ok", r.logs
+    assert await box.read_file("sandbox:/mnt/data/out/result.csv") == b"n\n1\n2\n"
+    assert await box.read_file("/mnt/data/note.txt") == b"hello"
+    assert await box.read_file("note.txt") == b"hello"
+    files = await box.list_files()
+    assert [(f.path, f.size) for f in files] == [("/mnt/data/note.txt", 5), ("/mnt/data/out/result.csv", 6)]
+    with pytest.raises(SandboxFileNotFound):
+        await box.read_file("/mnt/data/missing.txt")
+
+
+async def test_errors_are_logs(manager: SandboxManager) -> None:
+    box = await manager.session("errors")
+    r = await box.execute("y = 1\nprint('start')\n1 / 0")
+    assert isinstance(r, ExecutionResult)
+    assert r.status == "error"
+    assert r.error_name == "ZeroDivisionError"
+    assert r.logs.startswith("start\n")
+    assert "Traceback" in r.logs and "ZeroDivisionError: division by zero" in r.logs
+    assert "\x1b[" not in r.logs  # no terminal colours
+    r = await box.execute("import no_such_module")
+    assert r.status == "error" and r.error_name == "ModuleNotFoundError"
+    r = await box.execute("def broken(:\n  pass")
+    assert r.status == "error" and "SyntaxError" in r.logs
+    r = await box.execute("print(y)")  # the kernel is fine
+    assert r.status == "ok" and r.logs == "1\n"
+
+
+# ---------------------------------------------------------------------------- reading host files
+
+
+async def test_read_file_refuses_outside_and_links(manager: SandboxManager) -> None:
+    box = await manager.session("refuse")
+    for bad in ("/etc/passwd", "/mnt/data/../etc/passwd", "/mnt/data", "sandbox:/tmp/x", "/mnt/datax/y"):
+        with pytest.raises(SandboxFileError):
+            await box.read_file(bad)
+    r = await box.execute(
+        "import os\n"
+        "os.symlink('/etc/shadow', '/mnt/data/shadow')\n"
+        "os.symlink('/', '/mnt/data/root')\n"
+        "os.mkfifo('/mnt/data/fifo')\n"
+        "os.link('/mnt/data/shadow', '/mnt/data/hard', follow_symlinks=False)"
+    )
+    assert r.status == "ok", r.logs
+    with pytest.raises(SandboxFileError):
+        await box.read_file("/mnt/data/shadow")  # a link to the host's file: never followed
+    with pytest.raises(SandboxFileError):
+        await box.read_file("/mnt/data/hard")  # a hard link to the symlink: still a link
+    with pytest.raises(SandboxFileError):
+        await box.read_file("/mnt/data/root/etc/passwd")
+    with pytest.raises(SandboxFileError):
+        await asyncio.wait_for(box.read_file("/mnt/data/fifo"), 5)  # refused, not blocked on
+    listed = {f.path for f in await box.list_files()}
+    assert not listed & {"/mnt/data/shadow", "/mnt/data/root", "/mnt/data/fifo", "/mnt/data/hard"}
+    # put_file replaces a planted link instead of writing through it.
+    assert await box.put_file("shadow", b"mine") == "/mnt/data/shadow"
+    assert await box.read_file("/mnt/data/shadow") == b"mine"
+    assert Path("/etc/shadow").read_bytes() != b"mine"
+
+
+async def test_escape_read_host_files(manager: SandboxManager, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-HOST")
+    secret.chmod(0o644)
+    other = await manager.session("victim")
+    await other.execute("open('/mnt/data/mine.txt', 'w').write('VICTIM-SECRET')")
+    victim_host_path = other.volume.path / "mine.txt"  # type: ignore[attr-defined]
+    assert victim_host_path.exists()
+    box = await manager.session("thief")
+    code = f"""
+import os, glob
+found = []
+for p in [{str(secret)!r}, '/etc/shadow', '/etc/passwd', {str(victim_host_path)!r}, '/proc/1/root/etc/shadow',
+          '/root/.bash_history', '/proc/self/root/etc/shadow']:
+    try:
+        found.append((p, open(p).read()[:200]))
+    except OSError as e:
+        found.append((p, type(e).__name__))
+for pattern in ['/mnt/*', '/mnt/data/*', '/tmp/*', '/run/loom/*', '/home/*', '/work/*', '/root/*']:
+    found.append((pattern, glob.glob(pattern)))
+print(found)
+"""
+    r = await box.execute(code)
+    assert r.status == "ok", r.logs
+    assert "TOP-SECRET-HOST" not in r.logs
+    assert "VICTIM-SECRET" not in r.logs
+    assert "/etc/shadow', 'FileNotFoundError" in r.logs
+    r = await box.execute("print(open('/etc/passwd').read(), end='')")
+    assert r.logs == launcher_module.PASSWD  # the sandbox's own, not the host's
+    await healthy(manager)
+
+
+async def test_escape_network(manager: SandboxManager) -> None:
+    connections: list[int] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        box = await manager.session("net")
+        r = await box.execute(
+            "import socket\n"
+            "for host in ['127.0.0.1', '10.0.2.2', '1.1.1.1']:\n"
+            "    try:\n"
+            f"        socket.create_connection((host, {port}), timeout=1)\n"
+            "        print('CONNECTED', host)\n"
+            "    except OSError as e:\n"
+            "        print('blocked', host, type(e).__name__)\n"
+            "print(open('/proc/net/dev').read().split(chr(10))[2:])"
+        )
+        assert r.status == "ok", r.logs
+        assert "CONNECTED" not in r.logs
+        assert r.logs.count("blocked") == 3
+        await asyncio.sleep(0.2)
+        assert connections == []
+    finally:
+        server.close()
+        await server.wait_closed()
+    await healthy(manager)
+
+
+async def test_escape_write_outside_data(manager: SandboxManager) -> None:
+    box = await manager.session("writer")
+    env = Path(manager.settings.sandbox_env).absolute()
+    targets = ["/usr/pwn", "/opt/loom/env/pwn", "/opt/loom/boot.py", "/etc/passwd", "/pwn", "/run/loom/pwn",
+               "/run/loom/k-1", "/proc/sys/kernel/hostname"]  # fmt: skip
+    r = await box.execute(
+        "import os\n"
+        f"for p in {targets!r}:\n"
+        "    try:\n"
+        "        with open(p, 'w') as f: f.write('pwned')\n"
+        "        print('WROTE', p)\n"
+        "    except OSError as e:\n"
+        "        print('refused', p)\n"
+        "open('/tmp/scratch', 'w').write('ok')\n"
+        "print(open('/tmp/scratch').read())"
+    )
+    assert r.status == "ok", r.logs
+    assert "WROTE" not in r.logs
+    assert r.logs.count("refused") == len(targets)
+    assert r.logs.endswith("ok\n")  # a private /tmp is writable
+    assert not (env / "pwn").exists()
+    await healthy(manager)
+
+
+# ------------------------------------------------------------------------------------------- limits
+
+
+async def test_escape_fork_bomb(manager: SandboxManager) -> None:
+    box = await manager.session("forkbomb")
+    r = await box.execute(
+        "import os, time\n"
+        "for _ in range(20):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            while True:\n"
+        "                try:\n"
+        "                    os.fork()\n"
+        "                except OSError:\n"
+        "                    time.sleep(0.001)\n"
+        "    except OSError as e:\n"
+        "        print('fork refused:', e.strerror)\n"
+        "        break\n"
+        "time.sleep(60)",
+        timeout_s=2.0,
+    )
+    assert r.status in ("timeout", "crashed"), r
+    # Contained: the session's processes stayed under the limit and are gone once it is restarted.
+    r = await box.execute("import os; print(len(os.listdir('/proc')) < 200)")
+    assert r.status in ("ok", "error", "timeout", "crashed")
+    await manager.close_session("forkbomb")
+    await healthy(manager)
+
+
+async def test_escape_memory(manager: SandboxManager) -> None:
+    box = await manager.session("memory")
+    await box.execute("keep = 1")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = await box.execute("import numpy as np\na = np.ones(2 * 1024**3 // 8)\nprint('ALLOCATED')")
+    assert "ALLOCATED" not in r.logs
+    if manager.cgroups.memory:
+        assert r.status == "crashed" and r.kernel_restarted
+        assert "out of memory" in r.logs
+    else:
+        assert r.status == "error" and r.error_name == "MemoryError"
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert after - before < 200 * 1024  # KiB: the host did not pay for it
+    r = await box.execute("print('back')")
+    assert r.status == "ok" and r.logs == "back\n"
+    await healthy(manager)
+
+
+async def test_endless_loop_times_out(manager: SandboxManager) -> None:
+    box = await manager.session("loop")
+    await box.execute("kept = 'still here'")
+    t0 = time.monotonic()
+    r = await box.execute("while True:\n    pass", timeout_s=1.0)
+    assert time.monotonic() - t0 < 5
+    assert r.status == "timeout" and r.timed_out
+    assert "timed out after 1 s" in r.logs
+    assert not r.kernel_restarted
+    r = await box.execute("print(kept)")  # interrupted, not restarted: state kept
+    assert r.logs == "still here\n"
+    # Code that ignores the interrupt gets its kernel restarted.
+    r = await box.execute(
+        "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", timeout_s=1.0
+    )
+    assert r.status == "timeout" and r.timed_out and r.kernel_restarted
+    assert "restarted" in r.logs
+    r = await box.execute("print('after restart')")
+    assert r.status == "ok" and r.logs == "after restart\n"
+    await healthy(manager)
+
+
+async def test_printing_gigabytes(manager: SandboxManager) -> None:
+    limit = manager.limits.max_output_bytes
+    box = await manager.session("printer")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r = await box.execute(
+        "import sys, os\n"
+        "line = 'y' * 999 + '\\n'\n"
+        "for i in range(1_000_000):\n"  # 1 GB
+        "    sys.stdout.write(line)\n"
+        "os.write(1, b'z' * 10_000_000)\n"
+        "print('THE END')",
+        timeout_s=20,
+    )
+    assert r.truncated
+    assert len(r.logs.encode()) < limit + 1024
+    assert "output truncated" in r.logs
+    # A kernel that bypasses its own output limit (sending on iopub itself) is bounded by the host.
+    r = await box.execute(
+        "k = get_ipython().kernel\n"
+        "for i in range(300):\n"
+        "    k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'A' * 1_000_000},\n"
+        "                   parent=k.get_parent())\n"
+        "print('done')",
+        timeout_s=20,
+    )
+    assert r.truncated and len(r.logs.encode()) < limit + 1024
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert after - before < 300 * 1024  # KiB
+    r = await box.execute("print('quiet')")
+    assert r.logs == "quiet\n"
+
+
+async def test_output_truncation_keeps_the_end(manager: SandboxManager) -> None:
+    box = await manager.session("tail")
+    r = await box.execute("for i in range(5000):\n    print('line', i)\nraise ValueError('the end')")
+    assert r.status == "error" and r.truncated
+    assert r.logs.startswith("line 0\n")
+    assert "output truncated" in r.logs
+    assert r.logs.rstrip().endswith("ValueError: the end")
+
+
+async def test_escape_kill_parent(manager: SandboxManager) -> None:
+    box = await manager.session("killer")
+    r = await box.execute(
+        "import os, signal\nfor pid in (os.getppid(), 1):\n    os.kill(pid, signal.SIGKILL)\nprint('alive')"
+    )
+    # The sandbox's init cannot be killed from inside: nothing happened.
+    assert r.status == "ok" and r.logs == "alive\n"
+    r = await box.execute("import os, signal\nos.killpg(0, signal.SIGKILL)")
+    assert r.status == "crashed" and r.kernel_restarted and "died" in r.logs
+    r = await box.execute("import os\nos.kill(os.getpid(), 9)")
+    assert r.status == "crashed"
+    r = await box.execute("print('back')")
+    assert r.status == "ok" and r.logs == "back\n"
+    await healthy(manager)
+
+
+async def test_disk_limit(manager: SandboxManager) -> None:
+    box = await manager.session("disk")
+    r = await box.execute("open('/mnt/data/big', 'wb').write(b'0' * (64 * 1024 * 1024))", timeout_s=10)
+    assert r.status in ("error", "timeout"), r.logs
+    assert "No space left" in r.logs or "File too large" in r.logs or "over its limit" in r.logs
+    await box.execute("import os\nos.remove('/mnt/data/big') if os.path.exists('/mnt/data/big') else None")
+    with pytest.raises(SandboxFileError):
+        await box.put_file("huge.bin", b"0" * (64 * 1024 * 1024))
+    assert await box.put_file("small.bin", b"0" * 1024) == "/mnt/data/small.bin"
+
+
+# ----------------------------------------------------------------------------------------- sessions
+
+
+async def test_session_close_removes_its_files(manager: SandboxManager) -> None:
+    box = await manager.session("closing")
+    await box.put_file("a.txt", b"a")
+    host_dir = box.volume.path  # type: ignore[attr-defined]
+    assert (host_dir / "a.txt").exists()
+    await manager.close_session("closing")
+    assert box.closed
+    assert not host_dir.exists()
+    with pytest.raises(SandboxUnavailable):
+        await box.execute("1")
+    again = await manager.session("closing")  # the key starts afresh
+    r = await again.execute("import os; print(os.listdir('/mnt/data'))")
+    assert r.logs == "[]\n"
+
+
+async def test_pool_makes_first_execution_fast(manager: SandboxManager) -> None:
+    for _ in range(100):  # let the pool refill
+        if manager.pooled >= 1:
+            break
+        await asyncio.sleep(0.1)
+    t0 = time.monotonic()
+    box = await manager.session("pooled")
+    r = await box.execute("print('first')")
+    assert r.logs == "first\n"
+    assert time.monotonic() - t0 < 0.5  # a kernel start is ~1 s: this one came from the pool
+    await manager.close_session("pooled")
+
+
+async def test_bounded_sessions_and_idle_expiry(tmp_path: Path) -> None:
+    require_sandbox()
+    m = SandboxManager(sandbox_settings(tmp_path, sandbox_max_sessions=2, sandbox_pool_size=0,
+                                        sandbox_idle_timeout_s=60))  # fmt: skip
+    await m.start()
+    try:
+        a = await m.session("a")
+        await a.execute("v = 'a'")
+        b = await m.session("b")
+        await b.execute("v = 'b'")
+        await a.execute("v")  # b is now the least recently used
+        c = await m.session("c")
+        assert m.live_sessions == 2
+        assert b.closed and not a.closed and not c.closed
+        assert await m.reap_idle() == 0
+        m.idle_timeout_s = 0.2
+        await asyncio.sleep(0.3)
+        assert await m.reap_idle() == 2
+        assert a.closed and c.closed and m.live_sessions == 0
+        r = await (await m.session("a")).execute("print('new')")
+        assert r.logs == "new\n"
+    finally:
+        await m.aclose()
+
+
+async def test_unavailable_without_bubblewrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_sandbox()
+    real = launcher_module._which
+    monkeypatch.setattr(launcher_module, "_which", lambda name: None if name == "bwrap" else real(name))
+    m = SandboxManager(sandbox_settings(tmp_path))
+    with pytest.raises(SandboxUnavailable, match="bubblewrap"):
+        await m.start()
+    await m.aclose()
+    m = SandboxManager(sandbox_settings(tmp_path, sandbox_env=tmp_path / "nowhere"))
+    with pytest.raises(SandboxUnavailable, match=r"loom\.sandbox\.setup"):
+        await m.start()
+
+
+async def test_check_reports_isolation() -> None:
+    require_sandbox()
+    report = await asyncio.to_thread(check_isolation, sandbox_settings(Path("/tmp")))
+    text = report.format()
+    assert report.available, text
+    names = {i.name for i in report.items if i.ok}
+    assert {"bubblewrap", "environment", "network", "user namespace", "capabilities"} <= names
+    assert "sandbox: available" in text
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from loom.config import Settings
+
+    monkeypatch.setenv("LOOM_SANDBOX_ENV", "/opt/sbx")
+    monkeypatch.setenv("LOOM_SANDBOX_TIMEOUT_S", "5")
+    s = Settings()
+    assert str(s.sandbox_env) == "/opt/sbx" and s.sandbox_timeout_s == 5.0
+    assert os.environ["LOOM_SANDBOX_ENV"] == "/opt/sbx"
+
+
+async def test_unsafe_local_is_labelled(tmp_path: Path) -> None:
+    require_sandbox()
+    m = SandboxManager(sandbox_settings(tmp_path, sandbox="unsafe-local", sandbox_pool_size=0))
+    await m.start()
+    try:
+        box = await m.session("dev")
+        await box.put_file("in.txt", b"local")
+        r = await box.execute("print(open('in.txt').read())")
+        assert r.status == "ok" and r.logs == "local\n"
+        assert r.sandboxed is False
+    finally:
+        await m.aclose()
