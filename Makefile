@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test venv bubblewrap lint
+.PHONY: serve test venv bubblewrap sandbox-env lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,12 @@ bubblewrap:
 	  command -v bwrap >/dev/null 2>&1 || echo "loom: bubblewrap (bwrap) is not installed and could not be installed here: install the 'bubblewrap' package; the code interpreter is unavailable until then." >&2; \
 	}
 
-serve: venv bubblewrap
+# The code interpreter's own Python (numpy, pandas, matplotlib, …): a separate virtualenv, rebuilt only
+# when its pinned requirements change.
+sandbox-env: venv
+	$(BIN)/python -m loom.sandbox.setup -q
+
+serve: venv bubblewrap sandbox-env
 	$(BIN)/loom serve --host $(HOST) --port $(PORT)
 
 lint: venv
@@ -37,5 +42,5 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: venv bubblewrap lint
+test: venv bubblewrap sandbox-env lint
 	$(BIN)/pytest -q

@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from loom.errors import LoomError
 from loom.llm.types import ChatTool, ToolCall
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
 from loom.sandbox.types import DATA_DIR, SandboxProvider, SandboxUnavailable
@@ -135,7 +136,11 @@ class CodeInterpreterTool:
         for f in after:
             if before.get(f.path) == f.mtime:
                 continue
-            data = await session.read_file(f.path)
+            try:
+                data = await session.read_file(f.path)
+            except LoomError as exc:  # too large, or a link the code planted
+                model_notes.append(f"[file sandbox:{f.path} could not be returned: {exc.message}]")
+                continue
             made = await self.files.create_output(ctx.project, f.name, data)
             citations.append(Citation(kind="file_path", text=f"sandbox:{f.path}", file_id=made["id"]))
             model_notes.append(f"[file written: sandbox:{f.path}]")
