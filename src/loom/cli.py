@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("--project", default=None)
     p_revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     p_revoke.add_argument("key_id")
+    p_sandbox = sub.add_parser("sandbox", help="the code interpreter's sandbox")
+    sandbox_sub = p_sandbox.add_subparsers(dest="sandbox_command", required=True)
+    sandbox_sub.add_parser("check", help="report what isolation this machine provides")
+    p_setup = sandbox_sub.add_parser("setup", help="build the sandbox's Python environment")
+    p_setup.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -136,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args, settings)
     if args.command == "migrate":
         return _run_migrate(settings)
+    if args.command == "sandbox":
+        if args.sandbox_command == "check":
+            from loom.sandbox.check import check_isolation
+
+            report = check_isolation(settings)
+            print(report.format())
+            return 0 if report.available else 1
+        from loom.sandbox.setup import main as setup_main
+
+        return setup_main(list(args.rest))
     return _run_keys(args, settings)
 
 
