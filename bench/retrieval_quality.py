@@ -126,6 +126,7 @@ async def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="also measure the PostgreSQL index")
     parser.add_argument("--embedder", default="wordllama")
     parser.add_argument("--grid", action="store_true", help="try more fusion settings")
+    parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
     corpus, queries, qrels = load()
     embedder = make_embedder(args.embedder)
@@ -145,7 +146,8 @@ async def main() -> None:
     sqlite_engine = create_async_engine(f"sqlite+aiosqlite:///{tmp.name}/bench.db")
     from loom.retrieval.sqlite_index import SQLiteChunkIndex
 
-    backends.append(("sqlite", SQLiteChunkIndex(sqlite_engine)))
+    if not args.skip_sqlite:
+        backends.append(("sqlite", SQLiteChunkIndex(sqlite_engine)))
     pg_engine = None
     if args.postgres:
         from tests.support.postgres import new_database

@@ -86,6 +86,8 @@ def postgres_statements(dimensions: int = DEFAULT_DIMENSIONS) -> list[str]:
             text TEXT NOT NULL,
             embedding vector NOT NULL,
             embedding_dims INTEGER NOT NULL,
+            doc_len INTEGER NOT NULL DEFAULT 0,
+            term_freqs JSONB NOT NULL DEFAULT '{}'::jsonb,
             tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', text)) STORED
         )""",
         """CREATE INDEX IF NOT EXISTS retrieval_chunks_file

@@ -1,0 +1,157 @@
+"""Search latency (p50/p99 of one query, end to end: embed the query, vector + keyword, fuse, fetch).
+
+    .venv/bin/python bench/retrieval_latency.py [--sizes 10000,100000] [--postgres-sizes 100000]
+
+Chunks are synthetic: 150-word texts drawn from SciFact's word frequencies (read from
+../shared/data/ir/scifact, nothing copied) and random unit vectors of the bundled embedder's size;
+queries are SciFact's real test claims. Baseline printed alongside: the query embedding alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+from sqlalchemy import text  # noqa: E402
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
+
+from loom.retrieval.chunking import Chunk  # noqa: E402
+from loom.retrieval.embedding import WordLlamaEmbedder  # noqa: E402
+from loom.retrieval.index import ChunkIndex  # noqa: E402
+from loom.retrieval.search import SearchMode, search  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data" / "ir" / "scifact"
+WORDS_PER_CHUNK = 150
+CHUNKS_PER_FILE = 1000
+DIMS = 256
+
+
+def vocabulary() -> tuple[list[str], np.ndarray, list[str]]:
+    counts: Counter[str] = Counter()
+    with open(DATA / "corpus.jsonl") as f:
+        for line in f:
+            d = json.loads(line)
+            counts.update(re.findall(r"[a-z0-9]+", (d["title"] + " " + d["text"]).lower()))
+    words = [w for w, _ in counts.most_common(30000)]
+    freqs = np.array([counts[w] for w in words], dtype=np.float64)
+    queries = [json.loads(line)["text"] for line in open(DATA / "queries.jsonl")]
+    return words, freqs / freqs.sum(), queries
+
+
+def synthetic(n: int, seed: int, words: list[str], probs: np.ndarray) -> tuple[list[Chunk], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(len(words), size=(n, WORDS_PER_CHUNK), p=probs)
+    texts = [" ".join(words[i] for i in row) for row in ids]
+    vectors = rng.normal(size=(n, DIMS)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    chunks = [Chunk(i % CHUNKS_PER_FILE, t, 0, len(t), WORDS_PER_CHUNK) for i, t in enumerate(texts)]
+    return chunks, vectors
+
+
+async def fill(index: ChunkIndex, n: int, words: list[str], probs: np.ndarray) -> float:
+    start = time.perf_counter()
+    for f in range(0, n, CHUNKS_PER_FILE):
+        chunks, vectors = synthetic(min(CHUNKS_PER_FILE, n - f), f, words, probs)
+        file_id = f"file-{f // CHUNKS_PER_FILE}"
+        await index.put_file("vs_bench", file_id, f"{file_id}.txt", {"part": f // CHUNKS_PER_FILE})
+        await index.add_chunks("vs_bench", file_id, chunks, vectors)
+    return time.perf_counter() - start
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def measure(index: ChunkIndex, embedder: WordLlamaEmbedder, queries: list[str], label: str) -> None:
+    await search(index, embedder, ["vs_bench"], queries[0])  # warm caches (SQLite loads the matrix)
+    base: list[float] = []
+    for q in queries:
+        t0 = time.perf_counter()
+        await embedder.embed([q])
+        base.append((time.perf_counter() - t0) * 1000)
+    print(f"{label:<28} {'embed query only':<22} p50 {pct(base, 50):7.2f} ms  p99 {pct(base, 99):7.2f} ms")
+    modes: list[SearchMode] = ["vector", "keyword", "hybrid"]
+    for mode in modes:
+        lat: list[float] = []
+        for q in queries:
+            t0 = time.perf_counter()
+            await search(index, embedder, ["vs_bench"], q, mode=mode, max_num_results=10)
+            lat.append((time.perf_counter() - t0) * 1000)
+        print(f"{label:<28} {mode:<22} p50 {pct(lat, 50):7.2f} ms  p99 {pct(lat, 99):7.2f} ms")
+    lat = []
+    flt = {"type": "lt", "key": "part", "value": 10}
+    for q in queries:
+        t0 = time.perf_counter()
+        await search(index, embedder, ["vs_bench"], q, filters=flt)
+        lat.append((time.perf_counter() - t0) * 1000)
+    print(f"{label:<28} {'hybrid + filter (10%)':<22} p50 {pct(lat, 50):7.2f} ms  p99 {pct(lat, 99):7.2f} ms")
+
+
+async def build_hnsw(engine: AsyncEngine) -> float:
+    from loom.retrieval.schema import hnsw_index_statement
+
+    start = time.perf_counter()
+    async with engine.begin() as conn:
+        await conn.execute(text("SET maintenance_work_mem = '2GB'"))
+        await conn.execute(text("SET max_parallel_maintenance_workers = 1"))
+        await conn.execute(text(hnsw_index_statement(DIMS)))
+        await conn.execute(text("ANALYZE retrieval_chunks"))
+    return time.perf_counter() - start
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--postgres-sizes", default="100000")
+    parser.add_argument("--queries", type=int, default=200)
+    args = parser.parse_args()
+    words, probs, all_queries = vocabulary()
+    queries = all_queries[: args.queries]
+    embedder = WordLlamaEmbedder()
+    print(f"{len(queries)} queries, {WORDS_PER_CHUNK} words/chunk, {DIMS}-d vectors, hybrid = vector + BM25 fused")
+
+    from loom.retrieval.sqlite_index import SQLiteChunkIndex
+
+    for n in [int(s) for s in args.sizes.split(",") if s]:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine = create_async_engine(f"sqlite+aiosqlite:///{tmp}/lat.db")
+            index = SQLiteChunkIndex(engine)
+            await index.create_schema()
+            seconds = await fill(index, n, words, probs)
+            print(f"\n[sqlite] {n} chunks loaded in {seconds:.1f}s ({n / seconds:.0f} chunks/s)")
+            await measure(index, embedder, queries, f"sqlite {n}")
+            await engine.dispose()
+
+    from loom.retrieval.pg_index import PostgresChunkIndex
+    from tests.support.postgres import new_database
+
+    for n in [int(s) for s in args.postgres_sizes.split(",") if s]:
+        engine = create_async_engine(new_database("lat"))
+        pg = PostgresChunkIndex(engine)
+        await pg.create_schema()
+        async with engine.begin() as conn:  # bulk load first, build the graph once afterwards
+            await conn.execute(text(f"DROP INDEX IF EXISTS retrieval_chunks_hnsw_{DIMS}"))
+        seconds = await fill(pg, n, words, probs)
+        build = await build_hnsw(engine)
+        print(f"\n[postgres] {n} chunks loaded in {seconds:.1f}s, HNSW built in {build:.1f}s")
+        await measure(pg, embedder, queries, f"postgres {n}")
+        await engine.dispose()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
