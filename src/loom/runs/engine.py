@@ -34,6 +34,8 @@ from loom.store.db import Database
 
 log = logging.getLogger("loom.runs")
 _CHANNEL = "loom_run_control"
+# The shortest polling hint given to clients (ms).
+_MIN_POLL_MS = 5
 
 
 class RunEngine:
@@ -46,8 +48,11 @@ class RunEngine:
         self.bus = EventBus()
         self.replica = "replica_" + secrets.token_hex(6)
         self.executors: dict[str, RunExecutor] = {}
+        # When each run executing here last started (monotonic), for polling hints.
+        self._running_since: dict[str, float] = {}
         self.server_tools: dict[str, ServerTool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._local: dict[str, asyncio.Task[None]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._listener: Any = None
 
@@ -98,7 +103,13 @@ class RunEngine:
     def start_run(self, project: str, run_id: str) -> None:
         task = asyncio.create_task(self._execute(project, run_id), name=f"run-{run_id}")
         self._tasks.add(task)
+        self._local[run_id] = task
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _t: self._local.pop(run_id, None))
+
+    def runs_here(self, run_id: str) -> bool:
+        """Whether this replica is starting or executing the run (so its events are published here)."""
+        return run_id in self._local
 
     async def _execute(self, project: str, run_id: str) -> None:
         lease_s = self.settings.lease_s
@@ -108,6 +119,7 @@ class RunEngine:
             return
         executor = RunExecutor(self, project, run_id)
         self.executors[run_id] = executor
+        self._running_since[run_id] = time.monotonic()
         renewer = asyncio.create_task(self._renew(executor))
         try:
             await executor.execute()
@@ -116,6 +128,7 @@ class RunEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             self.executors.pop(run_id, None)
+            self._running_since.pop(run_id, None)
             await self._release(run_id)
             self.bus.end(run_id)
 
@@ -126,6 +139,19 @@ class RunEngine:
             state = await self.store.renew(executor.run_id, self.replica, time.time() + self.settings.lease_s)
             if state == "cancelling" and not executor.cancel_requested:
                 executor.cancel()
+
+    def poll_after_ms(self, run: dict[str, Any]) -> int:
+        """The `openai-poll-after-ms` hint for a run: short while it is young, so `create_and_poll`
+        sees a quick run finish promptly, growing with its age up to `poll_after_ms` (a quarter of
+        the time it has run so far: a long run is polled a few times per doubling of its age)."""
+        ceiling = self.settings.poll_after_ms
+        if not self.runs_here(run["id"]):
+            return ceiling
+        since = self._running_since.get(run["id"])
+        if since is None:
+            return min(ceiling, _MIN_POLL_MS)
+        age_ms = (time.monotonic() - since) * 1000
+        return int(min(ceiling, max(_MIN_POLL_MS, age_ms / 4)))
 
     async def _release(self, run_id: str) -> None:
         t = tables.runs

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
-from loom.runs.bus import Event
+from loom.runs.bus import END, Event
 from loom.runs.engine import RunEngine
 from loom.runs.objects import new_run
 from loom.runs.status import TERMINAL
@@ -23,6 +23,13 @@ from loom.store.db import Database
 from loom.store.repo import Page
 
 FILE_SEARCH_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
+
+# A poll from an SDK helper waits at most this long for the run to settle before answering.
+LONG_POLL_S = 2.0
+# The run events after which a poll answers at once (the SDK stops polling on these statuses).
+_SETTLED = frozenset(
+    f"thread.run.{s}" for s in ("requires_action", "completed", "failed", "cancelled", "expired", "incomplete")
+)
 
 Queue = asyncio.Queue[Event]
 
@@ -113,6 +120,30 @@ class RunService:
     async def get(self, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
         async with self.db.read() as conn:
             return public(await self._thread_run(conn, project, thread_id, run_id))
+
+    async def poll(self, project: str, thread_id: str, run_id: str, wait_s: float = LONG_POLL_S) -> dict[str, Any]:
+        """`GET` a run for an SDK poll helper: while the run is active and executing in this replica,
+        answer when it settles (or after `wait_s`), so `create_and_poll` returns as soon as the run
+        ends instead of after a whole polling interval. Other replicas' runs answer at once."""
+        if not self.engine.runs_here(run_id):
+            return await self.get(project, thread_id, run_id)
+        queue = self.engine.bus.subscribe(run_id)
+        try:
+            run = await self.get(project, thread_id, run_id)
+            if run["status"] not in ("queued", "in_progress", "cancelling"):
+                return run
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    event = await asyncio.wait_for(queue.get(), remaining)
+                except TimeoutError:
+                    break
+                if event is END or event.name in _SETTLED:
+                    break
+            return await self.get(project, thread_id, run_id)
+        finally:
+            self.engine.bus.unsubscribe(run_id, queue)
 
     async def list_runs(self, project: str, thread_id: str, params: ListParams) -> Page:
         async with self.db.read() as conn:

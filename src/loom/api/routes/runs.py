@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
@@ -20,8 +22,8 @@ def _include(request: Request) -> list[str]:
     return check_include(request.query_params.getlist("include[]") + request.query_params.getlist("include"))
 
 
-def _poll_headers(request: Request) -> dict[str, str]:
-    return {"openai-poll-after-ms": str(request.app.state.container.settings.poll_after_ms)}
+def _poll_headers(request: Request, run: dict[str, Any]) -> dict[str, str]:
+    return {"openai-poll-after-ms": str(request.app.state.container.engine.poll_after_ms(run))}
 
 
 @router.post("/threads/{thread_id}/runs")
@@ -55,8 +57,13 @@ async def list_runs(request: Request, project: Project, thread_id: str) -> JSON:
 
 @router.get("/threads/{thread_id}/runs/{run_id}")
 async def get_run(request: Request, project: Project, thread_id: str, run_id: str) -> JSON:
-    run = await request.app.state.container.runs.get(project, thread_id, run_id)
-    return JSON(run, headers=_poll_headers(request))
+    service = request.app.state.container.runs
+    # The SDK's poll helpers (create_and_poll, poll, …) say who they are; they get a long poll.
+    if request.headers.get("x-stainless-poll-helper") == "true":
+        run = await service.poll(project, thread_id, run_id)
+    else:
+        run = await service.get(project, thread_id, run_id)
+    return JSON(run, headers=_poll_headers(request, run))
 
 
 @router.post("/threads/{thread_id}/runs/{run_id}")
