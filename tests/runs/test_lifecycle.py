@@ -267,3 +267,20 @@ def test_function_tool_override_with_no_function(client: openai.OpenAI, upstream
         thread_id=thread.id, assistant_id=assistant.id, tools=[FUNCTION_TOOL]
     )
     assert upstream.last_request.body["tools"][0]["function"]["name"] == "get_weather"
+
+
+def test_sdk_poll_helper_gets_a_long_poll(
+    run_server: LoomServer, client: openai.OpenAI, upstream: FakeUpstream, assistant: Any
+) -> None:
+    """A GET from an SDK poll helper (`X-Stainless-Poll-Helper: true`) answers when the run settles;
+    a plain GET answers at once."""
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "slowly"}])
+    upstream.push(Turn.reply("eventually", delay_s=0.6))
+    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    headers = {"Authorization": "Bearer sk-test-default", "OpenAI-Beta": "assistants=v2"}
+    url = f"{run_server.base_url}/threads/{thread.id}/runs/{run.id}"
+    plain = httpx.get(url, headers=headers)
+    assert plain.json()["status"] in ("queued", "in_progress")
+    assert 1 <= int(plain.headers["openai-poll-after-ms"]) <= 20
+    polled = httpx.get(url, headers={**headers, "X-Stainless-Poll-Helper": "true"}, timeout=30)
+    assert polled.json()["status"] == "completed"
