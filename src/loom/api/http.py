@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pydantic_core
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -57,4 +58,5 @@ class JSON(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode()
+        # pydantic-core's serializer: compact UTF-8 like json.dumps(ensure_ascii=False), about 3x faster.
+        return pydantic_core.to_json(content)
