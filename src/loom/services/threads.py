@@ -14,8 +14,8 @@ from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
 from loom.schemas.threads import ImageFilePart, MessageCreate, MessageModify, TextPart, ThreadCreate, ThreadModify
 from loom.services.common import (
+    ACTIVE_RUN_STATUSES,
     ListParams,
-    active_run,
     messages,
     require_files,
     threads,
@@ -166,9 +166,21 @@ class ThreadService:
             raise NotFound("thread", thread_id)
 
     async def create_message(self, project: str, thread_id: str, req: MessageCreate) -> dict[str, Any]:
+        t, r = tables.threads, tables.runs
+        # The thread's existence and its active run in one statement: this runs inside the (on SQLite,
+        # serialized) write transaction, where every statement costs a round trip to the driver's thread.
+        active = (
+            sa.select(r.c.id)
+            .where(r.c.thread_id == t.c.id, r.c.status.in_(ACTIVE_RUN_STATUSES))
+            .limit(1)
+            .scalar_subquery()
+        )
+        check = sa.select(t.c.seq, active).where(t.c.id == thread_id, t.c.project == project)
         async with self.db.write() as conn:
-            await self._require_thread(conn, project, thread_id)
-            run_id = await active_run(conn, thread_id)
+            found = (await conn.execute(check)).first()
+            if found is None:
+                raise NotFound("thread", thread_id)
+            run_id = found[1]
             if run_id is not None:
                 raise InvalidRequest(f"Can't add messages to {thread_id} while a run {run_id} is active.")
             return await insert_message(conn, project, thread_id, req)
