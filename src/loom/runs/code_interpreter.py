@@ -33,8 +33,129 @@ _DESCRIPTION = (
 )
 
 
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+class CodeDecoder:
+    """Decodes the `code` value of `{"code": "…"}` arguments incrementally, fragment by fragment.
+
+    `feed` returns the code text decoded so far from the new fragment; an escape (`\\n`, `\\"`,
+    `\\uXXXX`, a surrogate pair) split across fragments is held until it is complete. The result never
+    depends on where the fragments were cut. When the arguments do not start like `{"code": "` (raw code,
+    another key first), `matched` stays False and nothing is ever returned: the caller falls back to
+    the whole arguments. Lenient where models are sloppy: raw newlines inside the string are kept.
+    """
+
+    def __init__(self) -> None:
+        self.matched = False
+        self.failed = False
+        self.done = False
+        self._head = ""
+        self._escape = ""
+        self._high: int | None = None  # a high surrogate waiting for its low half
+        self.text = ""
+
+    def _match_head(self) -> int | None:
+        """The index just after the string's opening quote; None while undecided; -1 when it is not."""
+        buf = self._head
+        i = _skip_space(buf, 0)
+        for token in ("{", '"code"', ":", '"'):
+            for ch in token:
+                if i == len(buf):
+                    return None
+                if buf[i] != ch:
+                    return -1
+                i += 1
+            i = _skip_space(buf, i) if token != '"' else i
+        return i
+
+    def feed(self, fragment: str) -> str:
+        if self.failed or self.done:
+            return ""
+        if not self.matched:
+            self._head += fragment
+            start = self._match_head()
+            if start is None:
+                return ""
+            if start < 0:
+                self.failed = True
+                self._head = ""
+                return ""
+            self.matched = True
+            fragment, self._head = self._head[start:], ""
+        out: list[str] = []
+        for ch in fragment:
+            if self._escape:
+                self._escape += ch
+                if self._escape[1] == "u":
+                    if len(self._escape) == 6:
+                        digits, self._escape = self._escape[2:], ""
+                        try:
+                            self._unit(int(digits, 16), out)
+                        except ValueError:
+                            self._char("\ufffd", out)
+                else:
+                    kind, self._escape = self._escape[1], ""
+                    self._char(_ESCAPES.get(kind, kind), out)
+            elif ch == "\\":
+                self._escape = ch
+            elif ch == '"':
+                self._char("", out)
+                self.done = True
+                break
+            else:
+                self._char(ch, out)
+        piece = "".join(out)
+        self.text += piece
+        return piece
+
+    def finish(self) -> str:
+        """What is left once the arguments are complete (a lone high surrogate at the very end)."""
+        if not self.matched or self.done:
+            return ""
+        out: list[str] = []
+        self._char("", out)
+        self.done = True
+        piece = "".join(out)
+        self.text += piece
+        return piece
+
+    def _char(self, ch: str, out: list[str]) -> None:
+        if self._high is not None:
+            out.append("\ufffd")  # a high surrogate not followed by a low one
+            self._high = None
+        out.append(ch)
+
+    def _unit(self, unit: int, out: list[str]) -> None:
+        if 0xD800 <= unit < 0xDC00:
+            self._char("", out)
+            self._high = unit
+        elif 0xDC00 <= unit < 0xE000:
+            if self._high is None:
+                out.append("\ufffd")
+            else:
+                out.append(chr(0x10000 + ((self._high - 0xD800) << 10) + (unit - 0xDC00)))
+                self._high = None
+        else:
+            self._char(chr(unit), out)
+
+
 def code_from_arguments(arguments: str) -> str:
-    """The `code` argument; models sometimes send the code itself instead of JSON."""
+    """The `code` argument; models sometimes send the code itself instead of JSON.
+
+    Decoded exactly as the streamed deltas decoded it (`CodeDecoder`), so that the input shown piece by
+    piece is the input that runs."""
+    decoder = CodeDecoder()
+    decoder.feed(arguments)
+    if decoder.matched:
+        decoder.finish()
+        return decoder.text
     try:
         value = json.loads(arguments or "{}")
     except ValueError:
@@ -45,9 +166,40 @@ def code_from_arguments(arguments: str) -> str:
     return value if isinstance(value, str) else arguments
 
 
+class CodeInputStream:
+    """The step deltas of one call's `code_interpreter.input` while the model writes it.
+
+    The executor sends `opening()` once when the call appears, `feed(fragment)` for each arguments
+    fragment, and `close(arguments)` when the call is complete; each returns a tool-call delta without
+    its `index` (or None when there is nothing new). The pieces concatenate to the step's final input."""
+
+    def __init__(self, call_id: str) -> None:
+        self.call_id = call_id
+        self.decoder = CodeDecoder()
+
+    def opening(self) -> dict[str, Any]:
+        return {"id": self.call_id, "type": "code_interpreter", "code_interpreter": {"input": "", "outputs": []}}
+
+    @staticmethod
+    def _delta(text: str) -> dict[str, Any] | None:
+        return {"type": "code_interpreter", "code_interpreter": {"input": text}} if text else None
+
+    def feed(self, fragment: str) -> dict[str, Any] | None:
+        return self._delta(self.decoder.feed(fragment))
+
+    def close(self, arguments: str) -> dict[str, Any] | None:
+        if self.decoder.matched:
+            return self._delta(self.decoder.finish())
+        # Raw code (or JSON of another shape): nothing was streamed; the whole input now.
+        return self._delta(code_from_arguments(arguments))
+
+
 class CodeInterpreterTool:
     type = "code_interpreter"
     function_name = "code_interpreter"
+    # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
+    # adds the outputs: the call's first delta (id, type) and the input are never sent twice.
+    streams_arguments = True
 
     def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database) -> None:
         self.sandbox = sandbox
@@ -68,6 +220,9 @@ class CodeInterpreterTool:
             },
         }
 
+    def argument_stream(self, call_id: str) -> CodeInputStream:
+        return CodeInputStream(call_id)
+
     async def _input_file_ids(self, ctx: ToolContext) -> list[str]:
         ids: list[str] = []
         for owner in (ctx.assistant, ctx.thread):
@@ -84,10 +239,8 @@ class CodeInterpreterTool:
     async def execute(
         self, ctx: ToolContext, tool: dict[str, Any], call: ToolCall, index: int, emit: EmitDelta
     ) -> ToolResult:
+        # The call's first delta and its input were streamed by the executor (`streams_arguments`).
         code = code_from_arguments(call.arguments)
-        await emit({"id": call.id, "type": "code_interpreter", "code_interpreter": {"input": "", "outputs": []}})
-        if code:
-            await emit({"type": "code_interpreter", "code_interpreter": {"input": code}})
         try:
             session = await self.sandbox.session(ctx.thread["id"])
             present = {f.name: f for f in await session.list_files()}

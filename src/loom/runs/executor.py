@@ -45,6 +45,9 @@ class _Turn:
         self.tool_step: dict[str, Any] | None = None
         # upstream index → (our call id, name, argument fragments)
         self.calls: dict[int, tuple[str, str, list[str]]] = {}
+        # upstream index → the argument stream of a server tool that shows its input as it is written
+        # (`streams_arguments`: code_interpreter's `CodeInputStream`: opening(), feed(), close()).
+        self.arg_streams: dict[int, Any] = {}
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.flushed_at = time.monotonic()
@@ -398,7 +401,11 @@ class RunExecutor:
                     "function": {"name": name or "", "arguments": "", "output": None},
                 }
                 self._step_delta(step, body)
-            # Server tools show their first delta when they run (their arguments are not the user's business).
+            elif getattr(server[0], "streams_arguments", False):
+                stream = server[0].argument_stream(our_id)  # type: ignore[attr-defined]
+                turn.arg_streams[index] = stream
+                self._step_delta(step, {"index": position, **stream.opening()})
+            # Other server tools show their first delta when they run (their arguments are not the user's business).
         elif name:
             cid, old, parts = turn.calls[index]
             turn.calls[index] = (cid, old + name, parts)
@@ -406,6 +413,8 @@ class RunExecutor:
             turn.calls[index][2].append(arguments)
             if turn.calls[index][1] not in server_tools:
                 self._step_delta(step, {"index": position, "type": "function", "function": {"arguments": arguments}})
+            elif index in turn.arg_streams and (piece := turn.arg_streams[index].feed(arguments)) is not None:
+                self._step_delta(step, {"index": position, **piece})
 
     def _step_delta(self, step: dict[str, Any], call: dict[str, Any]) -> None:
         self.emit(
@@ -456,6 +465,8 @@ class RunExecutor:
             async def emit(delta: dict[str, Any], _index: int = index) -> None:
                 self._step_delta(step, {"index": _index, **delta})
 
+            if upstream_index in turn.arg_streams and (rest := turn.arg_streams[upstream_index].close(arguments)):
+                await emit(rest)
             result = await impl.execute(
                 tool_ctx, tool, ToolCall(id=call_id, name=name, arguments=arguments), index, emit
             )
