@@ -36,6 +36,15 @@ class Collection:
     def __init__(self, table: sa.Table, parent_column: str | None = None) -> None:
         self.table = table
         self.parent_column = parent_column
+        # `get` is the hottest query: built once with bound parameters, SQLAlchemy neither rebuilds the
+        # statement nor recomputes its cache key per call.
+        by_id = sa.select(table.c.data).where(
+            table.c.id == sa.bindparam("object_id"), table.c.project == sa.bindparam("project")
+        )
+        self._get_stmt = by_id
+        self._get_in_parent_stmt = (
+            by_id.where(table.c[parent_column] == sa.bindparam("parent")) if parent_column is not None else by_id
+        )
 
     def _scope(self, project: str, parent: str | None) -> list[sa.ColumnElement[bool]]:
         clauses: list[sa.ColumnElement[bool]] = [self.table.c.project == project]
@@ -43,13 +52,12 @@ class Collection:
             clauses.append(self.table.c[self.parent_column] == parent)
         return clauses
 
-    async def get(
-        self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None
-    ) -> Obj | None:
-        t = self.table
-        row = (
-            await conn.execute(sa.select(t.c.data).where(t.c.id == object_id, *self._scope(project, parent)))
-        ).first()
+    async def get(self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None) -> Obj | None:
+        if self.parent_column is not None and parent is not None:
+            params = {"object_id": object_id, "project": project, "parent": parent}
+            row = (await conn.execute(self._get_in_parent_stmt, params)).first()
+        else:
+            row = (await conn.execute(self._get_stmt, {"object_id": object_id, "project": project})).first()
         return dict(row[0]) if row is not None else None
 
     async def get_row(
@@ -69,9 +77,7 @@ class Collection:
 
     async def insert(self, conn: AsyncConnection, project: str, obj: Obj, **columns: Any) -> None:
         await conn.execute(
-            self.table.insert().values(
-                id=obj["id"], project=project, created_at=obj["created_at"], data=obj, **columns
-            )
+            self.table.insert().values(id=obj["id"], project=project, created_at=obj["created_at"], data=obj, **columns)
         )
 
     async def replace(
@@ -82,9 +88,7 @@ class Collection:
             t.update().where(t.c.id == obj["id"], *self._scope(project, parent)).values(data=obj, **columns)
         )
 
-    async def delete(
-        self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None
-    ) -> bool:
+    async def delete(self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None) -> bool:
         t = self.table
         result = await conn.execute(t.delete().where(t.c.id == object_id, *self._scope(project, parent)))
         return bool(result.rowcount)
@@ -132,9 +136,7 @@ class Collection:
         self, conn: AsyncConnection, scope: Sequence[sa.ColumnElement[bool]], object_id: str, param: str
     ) -> sa.Tuple:
         t = self.table
-        row = (
-            await conn.execute(sa.select(t.c.created_at, t.c.seq).where(t.c.id == object_id, *scope))
-        ).first()
+        row = (await conn.execute(sa.select(t.c.created_at, t.c.seq).where(t.c.id == object_id, *scope))).first()
         if row is None:
             raise InvalidRequest(
                 f"Invalid '{param}': no object with id '{object_id}' in this list.",
