@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     embedding_api_key: str = ""  # empty: upstream_api_key
     embedding_model: str = "text-embedding-3-small"
     embedding_dimensions: int | None = None
+    # Vector stores: ingestion tasks at once per process; seconds between passes expiring stores.
+    ingest_concurrency: int = 2
+    vector_store_janitor_s: float = 60.0
 
     # The raw TOML table, when a config file was given (sections are read by the parts that own them).
     file_config: dict[str, Any] = Field(default_factory=dict, exclude=True)

@@ -103,7 +103,13 @@ class Container:
             else PostgresChunkIndex(self.db.engine, self.embedder.dimensions)
         )
         self.vector_stores = VectorStoreService(self.db, self.chunk_index, self.embedder, settings.poll_after_ms)
-        self.ingest = IngestWorker(self.db, self.vector_stores, self.blobs.path_for)
+        self.ingest = IngestWorker(
+            self.db,
+            self.vector_stores,
+            self.blobs.path_for,
+            concurrency=settings.ingest_concurrency,
+            janitor_s=settings.vector_store_janitor_s,
+        )
         self.files.delete_hooks.append(self.vector_stores.forget_file)
         self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings)

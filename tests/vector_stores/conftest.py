@@ -14,7 +14,7 @@ from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import new_database
 from tests.support.server import LoomServer
 
-ENV = {"LOOM_POLL_AFTER_MS": "20", "LOOM_UPSTREAM_MAX_RETRIES": "0"}
+ENV = {"LOOM_POLL_AFTER_MS": "20", "LOOM_UPSTREAM_MAX_RETRIES": "0", "LOOM_VECTOR_STORE_JANITOR_S": "0.5"}
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final, cast
 
 import openai
 from openai import AssistantEventHandler
@@ -11,7 +11,7 @@ from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.vector_stores.conftest import wait_for
 
 NOTES = b"The capital of Freedonia is Gnarlytown. Gnarlytown has three hundred bridges over the Zarn river.\n"
-INCLUDE = "step_details.tool_calls[*].file_search.results[*].content"
+INCLUDE: Final = "step_details.tool_calls[*].file_search.results[*].content"
 
 
 def _store_with_notes(client: openai.OpenAI) -> tuple[str, str]:
@@ -21,6 +21,11 @@ def _store_with_notes(client: openai.OpenAI) -> tuple[str, str]:
     )
     assert f.status == "completed"
     return vs.id, f.id
+
+
+def fs_results(step: Any) -> list[Any]:
+    """The file_search results of a step's first tool call (SDK unions make this untyped)."""
+    return list(step.step_details.tool_calls[0].file_search.results or [])
 
 
 def _tool_message(upstream: FakeUpstream) -> dict[str, Any]:
@@ -59,7 +64,7 @@ def test_run_searches_and_cites(client: openai.OpenAI, upstream: FakeUpstream) -
     assert text.value[annotation.start_index : annotation.end_index] == marker
 
     steps = client.beta.threads.runs.steps.list(thread_id=thread.id, run_id=run.id, order="asc").data
-    call = steps[0].step_details.tool_calls[0]  # type: ignore[union-attr]
+    call: Any = steps[0].step_details.tool_calls[0]  # type: ignore[union-attr]
     assert call.type == "file_search"
     assert call.file_search.ranking_options.ranker == "default_2024_08_21"
     assert call.file_search.ranking_options.score_threshold == 0.0
@@ -70,7 +75,7 @@ def test_run_searches_and_cites(client: openai.OpenAI, upstream: FakeUpstream) -
     with_content = client.beta.threads.runs.steps.retrieve(
         step_id=steps[0].id, thread_id=thread.id, run_id=run.id, include=[INCLUDE]
     )
-    [full] = with_content.step_details.tool_calls[0].file_search.results  # type: ignore[union-attr]
+    [full] = fs_results(with_content)
     assert full.content is not None and "Gnarlytown" in (full.content[0].text or "")
 
 
@@ -115,7 +120,7 @@ def test_streamed_run_fires_callbacks_and_annotates(client: openai.OpenAI, upstr
     run_id = handler.get_final_run().id
     steps = client.beta.threads.runs.steps.list(thread_id=thread.id, run_id=run_id, include=[INCLUDE]).data
     tool_step = next(s for s in steps if s.type == "tool_calls")
-    results = tool_step.step_details.tool_calls[0].file_search.results  # type: ignore[union-attr]
+    results = fs_results(tool_step)
     assert results is not None and results[0].file_id == file_id and results[0].content
 
 
@@ -125,7 +130,7 @@ def test_max_num_results_defaults_and_override(client: openai.OpenAI, upstream: 
     batch = client.vector_stores.file_batches.upload_and_poll(vector_store_id=vs.id, files=docs, poll_interval_ms=20)
     assert batch.file_counts.completed == 8
 
-    def results_for(model: str, tool: dict[str, Any]) -> int:
+    def results_for(model: str, tool: Any) -> int:
         assistant = client.beta.assistants.create(
             model=model, tools=[tool], tool_resources={"file_search": {"vector_store_ids": [vs.id]}}
         )
@@ -136,7 +141,7 @@ def test_max_num_results_defaults_and_override(client: openai.OpenAI, upstream: 
         )
         assert run.status == "completed", run.last_error
         step = client.beta.threads.runs.steps.list(thread_id=thread.id, run_id=run.id, order="asc").data[0]
-        return len(step.step_details.tool_calls[0].file_search.results)  # type: ignore[union-attr]
+        return len(fs_results(step))
 
     assert results_for("gpt-4o", {"type": "file_search"}) == 8
     assert results_for("gpt-3.5-turbo", {"type": "file_search"}) == 5
@@ -151,7 +156,7 @@ def test_attachments_and_helper_create_stores(client: openai.OpenAI, upstream: F
         tools=[{"type": "file_search"}],
         tool_resources={"file_search": {"vector_stores": [{"file_ids": [file_id], "metadata": {"k": "v"}}]}},
     )
-    [helper_store] = assistant.tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+    [helper_store] = cast(Any, assistant.tool_resources).file_search.vector_store_ids
     store = wait_for(
         lambda: (s := client.vector_stores.retrieve(helper_store)).file_counts.completed == 1 and s,
         what="helper store ingestion",
@@ -168,7 +173,7 @@ def test_attachments_and_helper_create_stores(client: openai.OpenAI, upstream: F
         attachments=[{"file_id": other, "tools": [{"type": "file_search"}]}],
     )
     thread = client.beta.threads.retrieve(thread.id)
-    [thread_store] = thread.tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+    [thread_store] = cast(Any, thread.tool_resources).file_search.vector_store_ids
     assert thread_store != helper_store
     ts = client.vector_stores.retrieve(thread_store)
     assert ts.expires_after is not None and ts.expires_after.days == 7
@@ -176,5 +181,5 @@ def test_attachments_and_helper_create_stores(client: openai.OpenAI, upstream: F
     run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, poll_interval_ms=20)
     assert run.status == "completed", run.last_error
     step = client.beta.threads.runs.steps.list(thread_id=thread.id, run_id=run.id, order="asc").data[0]
-    found = {r.file_id for r in step.step_details.tool_calls[0].file_search.results}  # type: ignore[union-attr]
+    found = {r.file_id for r in fs_results(step)}
     assert other in found  # the run waited for the thread store's ingestion and searched both stores

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any, cast
+
 import httpx
 import openai
 import pytest
@@ -26,7 +30,7 @@ def test_store_lifecycle(client: openai.OpenAI) -> None:
     assert vs.object == "vector_store" and vs.id.startswith("vs_")
     assert vs.status == "completed" and vs.usage_bytes == 0 and vs.file_counts.total == 0
     assert vs.expires_after is not None and vs.expires_after.days == 3
-    assert vs.expires_at == vs.last_active_at + 3 * 86400
+    assert vs.last_active_at is not None and vs.expires_at == vs.last_active_at + 3 * 86400
 
     updated = client.vector_stores.update(vs.id, name="kb2", metadata={"team": "b"}, expires_after=None)
     assert updated.name == "kb2" and updated.metadata == {"team": "b"}
@@ -79,7 +83,7 @@ def test_upload_and_poll_counts_usage_and_content(client: openai.OpenAI, vs_serv
     assert store.usage_bytes == f.usage_bytes and store.status == "completed"
 
     content = client.vector_stores.files.content(file_id=f.id, vector_store_id=vs.id)
-    assert content.object == "vector_store.file_content.page"  # type: ignore[attr-defined]
+    assert cast(Any, content).object == "vector_store.file_content.page"
     assert "".join(c.text or "" for c in content.data) == NOTES.decode().strip()
 
     raw = httpx.get(
@@ -158,7 +162,7 @@ def test_search_queries_filters_threshold_rewrite(client: openai.OpenAI) -> None
         client.vector_stores.search(vs.id, query="x", max_num_results=51)
     assert err.value.param == "max_num_results"
     with pytest.raises(openai.BadRequestError):
-        client.vector_stores.search(vs.id, query="x", filters={"type": "near", "key": "a", "value": 1})  # type: ignore[typeddict-item]
+        client.vector_stores.search(vs.id, query="x", filters=cast(Any, {"type": "near", "key": "a", "value": 1}))
 
 
 def test_file_batches_upload_and_poll_list_and_cancel(client: openai.OpenAI) -> None:
@@ -168,7 +172,7 @@ def test_file_batches_upload_and_poll_list_and_cancel(client: openai.OpenAI) -> 
         files=[("a.md", b"# Alpha\nAlpha centauri is a star system."), ("b.txt", b"Beta particles are electrons.")],
         poll_interval_ms=20,
     )
-    assert batch.object == "vector_store.file_batch" and batch.id.startswith("vsfb_")
+    assert cast(str, batch.object) == "vector_store.file_batch" and batch.id.startswith("vsfb_")
     assert batch.status == "completed" and batch.file_counts.completed == 2 and batch.file_counts.total == 2
     listed = client.vector_stores.file_batches.list_files(batch.id, vector_store_id=vs.id)
     assert len(listed.data) == 2 and all(x.status == "completed" for x in listed.data)
@@ -255,8 +259,10 @@ def test_deleting_a_file_removes_it_from_every_store(client: openai.OpenAI) -> N
     file_id = upload(client, "shared.txt", NOTES)
     keep = upload(client, "keep.txt", RECIPES)
     stores = [client.vector_stores.create(name=f"s{i}", file_ids=[file_id, keep]) for i in range(2)]
-    for vs in stores:
-        wait_for(lambda vs=vs: client.vector_stores.retrieve(vs.id).file_counts.completed == 2, what="ingestion")
+    wait_for(
+        lambda: all(client.vector_stores.retrieve(vs.id).file_counts.completed == 2 for vs in stores),
+        what="ingestion",
+    )
     client.files.delete(file_id)
     for vs in stores:
         store = client.vector_stores.retrieve(vs.id)
@@ -271,7 +277,7 @@ def test_other_project_gets_404s(client: openai.OpenAI, other_client: openai.Ope
     file_id = upload(client, "mine.txt", NOTES)
     vs = client.vector_stores.create(name="mine", file_ids=[file_id])
     batch = client.vector_stores.file_batches.create(vector_store_id=vs.id, file_ids=[file_id])
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: other_client.vector_stores.retrieve(vs.id),
         lambda: other_client.vector_stores.update(vs.id, name="x"),
         lambda: other_client.vector_stores.delete(vs.id),
@@ -306,3 +312,45 @@ def test_beta_header_optional(vs_server: LoomServer) -> None:
     assert with_beta.status_code == 200
     v1 = httpx.get(f"{vs_server.base_url}/vector_stores", headers={**headers, "OpenAI-Beta": "assistants=v1"})
     assert v1.status_code == 400 and v1.json()["error"]["code"] == "invalid_beta"
+
+
+async def _age_store(server: LoomServer, store_id: str, days: int) -> None:
+    """Move a store's clock back `days` days in the database (what waiting that long would do)."""
+    from sqlalchemy import select
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from loom.store import tables
+
+    url = server.database_url or f"sqlite+aiosqlite:///{(server.data_dir / 'loom.db').resolve()}"
+    engine = create_async_engine(url)
+    try:
+        t = tables.vector_stores
+        async with engine.begin() as conn:
+            data = dict((await conn.execute(select(t.c.data).where(t.c.id == store_id))).scalar_one())
+            shift = days * 86400
+            data["created_at"] -= shift
+            data["last_active_at"] -= shift
+            data["expires_at"] -= shift
+            await conn.execute(t.update().where(t.c.id == store_id).values(data=data, expires_at=data["expires_at"]))
+    finally:
+        await engine.dispose()
+
+
+def test_expired_store_answers_expired_and_is_emptied(client: openai.OpenAI, vs_server: LoomServer) -> None:
+    file_id = upload(client, "notes.txt", NOTES)
+    vs = client.vector_stores.create(
+        name="short-lived", file_ids=[file_id], expires_after={"anchor": "last_active_at", "days": 1}
+    )
+    wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.completed == 1, what="ingestion")
+    client.vector_stores.search(vs.id, query="Gnarlytown")  # use moves last_active_at
+    asyncio.run(_age_store(vs_server, vs.id, 2))
+
+    store = client.vector_stores.retrieve(vs.id)
+    assert store.status == "expired"
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.search(vs.id, query="Gnarlytown")
+    with pytest.raises(openai.BadRequestError):
+        client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id)
+    # The janitor removes its files and chunks; the store keeps answering `expired`.
+    wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.total == 0, what="expired store cleanup")
+    assert client.vector_stores.retrieve(vs.id).status == "expired" and client.files.retrieve(file_id).id == file_id

@@ -641,12 +641,14 @@ class IngestWorker:
         *,
         concurrency: int = 2,
         poll_s: float = 0.5,
+        janitor_s: float = 60.0,
     ) -> None:
         self.db = db
         self.service = service
         self.path_for = blobs_path  # file id -> Path of its bytes
         self.concurrency = concurrency
         self.poll_s = poll_s
+        self.janitor_s = janitor_s
         self._wake = asyncio.Event()
         self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
@@ -674,7 +676,7 @@ class IngestWorker:
                 await self.service.expire()
             except Exception:
                 log.exception("vector store expiry pass failed")
-            await asyncio.sleep(60.0)
+            await asyncio.sleep(self.janitor_s)
 
     async def _run(self) -> None:
         while True:
