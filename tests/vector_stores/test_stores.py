@@ -354,3 +354,22 @@ def test_expired_store_answers_expired_and_is_emptied(client: openai.OpenAI, vs_
     # The janitor removes its files and chunks; the store keeps answering `expired`.
     wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.total == 0, what="expired store cleanup")
     assert client.vector_stores.retrieve(vs.id).status == "expired" and client.files.retrieve(file_id).id == file_id
+
+
+def test_api_writes_while_a_large_file_ingests(client: openai.OpenAI) -> None:
+    """Ingestion runs in the background: writes and reads keep working (and succeed) meanwhile."""
+    vs = client.vector_stores.create(name="busy")
+    big = upload(client, "big.txt", big_text(12_000, "pulsar"))
+    client.vector_stores.files.create(vector_store_id=vs.id, file_id=big)
+    small_ids = []
+    for i in range(15):
+        other = client.vector_stores.create(name=f"side-{i}", metadata={"i": str(i)})
+        client.vector_stores.update(other.id, name=f"side-{i}-renamed")
+        small = upload(client, f"s{i}.txt", f"side note {i} about comets".encode())
+        client.vector_stores.files.create(vector_store_id=vs.id, file_id=small)
+        small_ids.append(small)
+        client.vector_stores.search(vs.id, query="comets")
+    wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.in_progress == 0, what="ingestion", timeout=120)
+    store = client.vector_stores.retrieve(vs.id)
+    assert store.file_counts.completed == 16 and store.file_counts.failed == 0
+    assert client.vector_stores.search(vs.id, query="pulsar archive shelf").data[0].file_id == big

@@ -23,7 +23,7 @@ import functools
 import hashlib
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +33,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
-from loom.retrieval.chunking import AUTO, ChunkingStrategy, parse_chunking_strategy
-from loom.retrieval.embedding import Embedder
+from loom.retrieval.chunking import AUTO, Chunk, ChunkingStrategy, parse_chunking_strategy
+from loom.retrieval.embedding import Embedder, Vectors
 from loom.retrieval.errors import FileProcessingError
 from loom.retrieval.filters import parse_filter
-from loom.retrieval.index import STOPWORDS, ChunkIndex
+from loom.retrieval.index import STOPWORDS, Candidate, ChunkIndex, FileEntry, StoredChunk
 from loom.retrieval.ingest import ingest_file
 from loom.retrieval.search import SearchResult, search
 from loom.schemas.common import parse
@@ -53,12 +53,13 @@ from loom.services.common import ListParams, require_files, threads
 from loom.services.common import vector_stores as stores
 from loom.store import tables
 from loom.store.db import Database
-from loom.store.repo import Collection, Page
+from loom.store.repo import Collection as Table
+from loom.store.repo import Page
 
 log = logging.getLogger(__name__)
 
-store_files = Collection(tables.vector_store_files, parent_column="vector_store_id")
-batches = Collection(tables.vector_store_file_batches, parent_column="vector_store_id")
+store_files = Table(tables.vector_store_files, parent_column="vector_store_id")
+batches = Table(tables.vector_store_file_batches, parent_column="vector_store_id")
 
 DAY_S = 86_400
 THREAD_STORE_DAYS = 7  # stores made for a thread's attachments expire 7 days after last use (as OpenAI's)
@@ -246,10 +247,67 @@ def rewrite_query(query: str) -> str:
     return " ".join(kept or words) or query
 
 
+class SerializedWrites:
+    """A ChunkIndex whose writes queue with this process's other SQLite writers.
+
+    SQLite has one writer: an API transaction that read and then writes fails with SQLITE_BUSY (no
+    waiting) if the index committed in between, so index writes take `Database.write()`'s turn too.
+    """
+
+    def __init__(self, inner: ChunkIndex, db: Database) -> None:
+        self.inner = inner
+        self.db = db
+
+    async def create_schema(self) -> None:
+        async with self.db.write():
+            await self.inner.create_schema()
+
+    async def put_file(
+        self, vector_store_id: str, file_id: str, filename: str, attributes: Mapping[str, Any] | None = None
+    ) -> None:
+        async with self.db.write():
+            await self.inner.put_file(vector_store_id, file_id, filename, attributes)
+
+    async def set_attributes(self, vector_store_id: str, file_id: str, attributes: Mapping[str, Any] | None) -> None:
+        async with self.db.write():
+            await self.inner.set_attributes(vector_store_id, file_id, attributes)
+
+    async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
+        async with self.db.write():
+            await self.inner.add_chunks(vector_store_id, file_id, chunks, vectors)
+
+    async def delete_file(self, vector_store_id: str, file_id: str) -> int:
+        async with self.db.write():
+            return await self.inner.delete_file(vector_store_id, file_id)
+
+    async def delete_store(self, vector_store_id: str) -> int:
+        async with self.db.write():
+            return await self.inner.delete_store(vector_store_id)
+
+    async def list_files(self, vector_store_ids: Sequence[str]) -> list[FileEntry]:
+        return await self.inner.list_files(vector_store_ids)
+
+    async def file_chunks(self, vector_store_id: str, file_id: str) -> list[StoredChunk]:
+        return await self.inner.file_chunks(vector_store_id, file_id)
+
+    async def vector_candidates(
+        self, vector_store_ids: Sequence[str], vector: Vectors, limit: int, file_ids: Collection[str] | None = None
+    ) -> list[Candidate]:
+        return await self.inner.vector_candidates(vector_store_ids, vector, limit, file_ids)
+
+    async def keyword_candidates(
+        self, vector_store_ids: Sequence[str], terms: Sequence[str], limit: int, file_ids: Collection[str] | None = None
+    ) -> list[Candidate]:
+        return await self.inner.keyword_candidates(vector_store_ids, terms, limit, file_ids)
+
+    async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
+        return await self.inner.get_chunks(chunk_ids)
+
+
 class VectorStoreService:
     def __init__(self, db: Database, index: ChunkIndex, embedder: Embedder, poll_after_ms: int = 100) -> None:
         self.db = db
-        self.index = index
+        self.index: ChunkIndex = SerializedWrites(index, db) if db.is_sqlite else index
         self.embedder = embedder
         self.poll_after_ms = poll_after_ms
         self.worker: IngestWorker | None = None
