@@ -7,15 +7,24 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pydantic_core
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+
+def _dumps(value: Any) -> str:
+    return pydantic_core.to_json(value).decode()
+
+
+# Objects are stored as JSON documents: pydantic-core reads and writes them about 3x faster than json.
+_JSON = {"json_serializer": _dumps, "json_deserializer": pydantic_core.from_json}
 
 
 def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Enough pooled connections for a busy server: overflow connections are closed when returned,
         # and with aiosqlite each one is a thread to start and stop.
-        engine = create_async_engine(url, pool_size=24, max_overflow=16)
+        engine = create_async_engine(url, pool_size=24, max_overflow=16, **_JSON)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -27,7 +36,7 @@ def make_engine(url: str) -> AsyncEngine:
             cursor.close()
 
         return engine
-    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True, **_JSON)
 
 
 class Database:
