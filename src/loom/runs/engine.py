@@ -53,6 +53,8 @@ class RunEngine:
         self.server_tools: dict[str, ServerTool] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._local: dict[str, asyncio.Task[None]] = {}
+        # Cancels asked for runs whose task here has not registered its executor yet.
+        self._cancel_pending: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
         self._listener: Any = None
 
@@ -114,15 +116,21 @@ class RunEngine:
     async def _execute(self, project: str, run_id: str) -> None:
         lease_s = self.settings.lease_s
         claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)
+        cancel_asked = run_id in self._cancel_pending
+        self._cancel_pending.discard(run_id)
         if claimed is None:
+            if cancel_asked:
+                await self._cancel_here(project, run_id)
             self.bus.end(run_id)
             return
         executor = RunExecutor(self, project, run_id)
         self.executors[run_id] = executor
         self._running_since[run_id] = time.monotonic()
+        if cancel_asked:
+            executor.cancel()
         renewer = asyncio.create_task(self._renew(executor))
         try:
-            await executor.execute()
+            await executor.execute(claimed)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -177,6 +185,9 @@ class RunEngine:
         executor = self.executors.get(run_id)
         if executor is not None:
             executor.cancel()
+        elif run_id in self._local:
+            # Its task is claiming it right now: the task finishes the cancel, whichever way the claim goes.
+            self._cancel_pending.add(run_id)
         elif await self._leased_elsewhere(run_id):
             if not self.db.is_sqlite:
                 await self._notify_cancel(run_id)

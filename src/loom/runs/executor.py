@@ -83,13 +83,8 @@ class RunExecutor:
 
     # The run.
 
-    async def execute(self) -> None:
-        run = await self.store.transition(self.project, self.run_id, "in_progress", allowed_from={"queued"})
-        if run is None:
-            current = await self.store.get_run(self.project, self.run_id)
-            if current is not None and current["status"] == "cancelling":
-                await self._finish_cancelled(_Turn())
-            return
+    async def execute(self, run: dict[str, Any]) -> None:
+        """Execute a run the engine has claimed (already committed as `in_progress`)."""
         self.run = run
         # What earlier rounds of this run (before a requires_action pause) left for later messages.
         self.citations = [Citation(**c) for c in run.get("_citations", [])]

@@ -63,7 +63,8 @@ class RunStore:
         return run
 
     async def claim(self, project: str, run_id: str, owner: str, now_ts: float, until: float) -> dict[str, Any] | None:
-        """Take the lease of a queued run (None if it is not queued or another replica holds it)."""
+        """Take the lease of a queued run and move it to `in_progress`, in one transaction (one commit
+        less before the first token); None if it is not queued or another replica holds it."""
         t = tables.runs
         async with self.db.write() as conn:
             result = await conn.execute(
@@ -78,7 +79,13 @@ class RunStore:
             )
             if not result.rowcount:
                 return None
-            return await runs.get(conn, project, run_id)
+            row = await runs.get_row(conn, project, run_id, lock=True)
+            if row is None:
+                return None
+            run = dict(row.data)
+            status.apply(run, "in_progress")
+            await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"])
+        return run
 
     async def renew(self, run_id: str, owner: str, until: float) -> str | None:
         """Extend the lease; returns the run's status (None if the lease was lost)."""
