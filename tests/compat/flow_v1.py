@@ -1,3 +1,4 @@
+# mypy: disable-error-code="union-attr,index"
 """The core flow with an old openai-python 1.x, run by that SDK's own interpreter (not the test venv).
 
 Usage: python flow_v1.py BASE_URL API_KEY. Prints "ok" and exits 0 when every check passed.

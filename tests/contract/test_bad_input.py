@@ -134,7 +134,7 @@ def test_traversal_writes_nothing_outside_the_data_dir(server: LoomServer) -> No
     # The bytes are stored under Loom's own ids, inside the data directory.
     assert len(new) == 5 and all(marker not in str(p) for p in new)
     assert all(p.resolve().is_relative_to(server.data_dir.resolve()) for p in new)
-    for ancestor in list(server.data_dir.parents)[:3] + [Path("/tmp"), Path.cwd()]:
+    for ancestor in [*list(server.data_dir.parents)[:3], Path("/tmp"), Path.cwd()]:
         assert not (ancestor / marker).exists()
 
 

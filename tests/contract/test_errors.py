@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -95,7 +96,7 @@ def test_401_malformed_authorization(loom_server: LoomServer) -> None:
 
 def test_unknown_field(client: openai.OpenAI) -> None:
     thread = client.beta.threads.create()
-    calls = [
+    calls: list[Callable[[], object]] = [
         lambda: client.beta.assistants.create(model="gpt-4o", extra_body={"file_ids": []}),
         lambda: client.beta.threads.create(extra_body={"bogus": 1}),
         lambda: client.beta.threads.update(thread.id, extra_body={"bogus": 1}),
@@ -117,7 +118,7 @@ def test_unknown_field(client: openai.OpenAI) -> None:
 def test_metadata_limits(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.beta.threads.create(metadata={f"k{i}": "v" for i in range(17)})
-    assert err.value.body == {  # type: ignore[comparison-overlap]
+    assert err.value.body == {
         "message": "Invalid 'metadata': too many properties. Expected an object with at most 16 properties, "
         "but got an object with 17 properties instead.",
         "type": "invalid_request_error",
@@ -141,7 +142,7 @@ def test_metadata_limits(client: openai.OpenAI) -> None:
     assert err.value.code == "string_above_max_length"
     # The limits themselves are fine.
     ok = client.beta.threads.create(metadata={f"{i:064d}": "v" * 512 for i in range(16)})
-    assert len(ok.metadata or {}) == 16  # type: ignore[arg-type]
+    assert len(ok.metadata or {}) == 16
 
 
 def test_wrong_type(client: openai.OpenAI) -> None:

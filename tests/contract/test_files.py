@@ -72,9 +72,7 @@ def test_expires_after(client: openai.OpenAI) -> None:
 
 def test_list_with_purpose_filter(client: openai.OpenAI) -> None:
     tag = secrets.token_hex(4)
-    vision = [
-        client.files.create(file=(f"{tag}-{i}.png", io.BytesIO(b"p")), purpose="vision").id for i in range(3)
-    ]
+    vision = [client.files.create(file=(f"{tag}-{i}.png", io.BytesIO(b"p")), purpose="vision").id for i in range(3)]
     other = client.files.create(file=(f"{tag}-a.txt", io.BytesIO(b"a")), purpose="user_data").id
     listed = [f for f in client.files.list(purpose="vision") if f.filename.startswith(tag)]
     assert [f.id for f in listed] == vision[::-1]

@@ -106,7 +106,7 @@ def test_list_orders_and_cursors(client: openai.OpenAI, thread_id: str) -> None:
     made = [client.beta.threads.messages.create(thread_id, role="user", content=str(i)).id for i in range(5)]
     page = client.beta.threads.messages.list(thread_id, limit=2)
     assert [m.id for m in page.data] == made[::-1][:2] and page.has_more
-    assert page.first_id == made[4] and page.last_id == made[3]
+    assert page.first_id == made[4] and page.last_id == made[3]  # type: ignore[attr-defined]
     after = client.beta.threads.messages.list(thread_id, limit=2, order="asc", after=made[1])
     assert [m.id for m in after.data] == made[2:4]
     before = client.beta.threads.messages.list(thread_id, limit=2, order="asc", before=made[3])

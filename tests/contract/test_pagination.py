@@ -48,7 +48,7 @@ def test_pages_report_has_more_first_and_last(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.beta.threads.messages.list(thread.id, order="asc")]
     page = client.beta.threads.messages.list(thread.id, order="asc", limit=2)
     assert [m.id for m in page.data] == ids[:2] and page.has_more
-    assert page.first_id == ids[0] and page.last_id == ids[1]
+    assert page.first_id == ids[0] and page.last_id == ids[1]  # type: ignore[attr-defined]
     last = client.beta.threads.messages.list(thread.id, order="asc", limit=2, after=ids[3])
     assert [m.id for m in last.data] == ids[4:] and not last.has_more
     exact = client.beta.threads.messages.list(thread.id, order="asc", limit=5)
