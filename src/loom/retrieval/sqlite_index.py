@@ -40,6 +40,9 @@ class SQLiteChunkIndex:
         self._engine = engine
         self._cache: dict[str, _StoreVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # Document frequencies for the keyword query planner; any write clears them.
+        self._df: dict[str, int] = {}
+        self._rows: int | None = None
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -47,6 +50,8 @@ class SQLiteChunkIndex:
 
     def _invalidate(self, vector_store_id: str) -> None:
         self._cache.pop(vector_store_id, None)
+        self._df.clear()
+        self._rows = None
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None
@@ -176,6 +181,23 @@ class SQLiteChunkIndex:
         found.sort(key=lambda c: c.score, reverse=True)
         return found[:limit]
 
+    async def _document_frequencies(self, terms: Sequence[str]) -> tuple[int, dict[str, int]]:
+        """Rows in the whole FTS index, and rows holding each term (cached until the next write)."""
+        missing = [t for t in terms if t not in self._df]
+        async with self._engine.connect() as conn:
+            if self._rows is None:
+                self._rows = int((await conn.execute(text("SELECT count(*) FROM retrieval_chunks"))).scalar_one())
+            for term in missing:
+                self._df[term] = int(
+                    (
+                        await conn.execute(
+                            text("SELECT count(*) FROM retrieval_chunks_fts WHERE retrieval_chunks_fts MATCH :m"),
+                            {"m": "text : " + _phrase(term)},
+                        )
+                    ).scalar_one()
+                )
+        return self._rows, {t: self._df[t] for t in terms}
+
     async def keyword_candidates(
         self,
         vector_store_ids: Sequence[str],
@@ -183,26 +205,38 @@ class SQLiteChunkIndex:
         limit: int,
         file_ids: Collection[str] | None = None,
     ) -> list[Candidate]:
-        if not terms:
+        if not terms or (file_ids is not None and not file_ids):
             return []
-        # Each term quoted: FTS5 syntax characters in user text are then plain text.
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        sql = (
-            "SELECT c.id, -bm25(retrieval_chunks_fts) AS score FROM retrieval_chunks_fts "
-            "JOIN retrieval_chunks c ON c.id = retrieval_chunks_fts.rowid "
-            "WHERE retrieval_chunks_fts MATCH :match AND c.vector_store_id IN :vs"
-        )
-        params: dict[str, Any] = {"match": match, "vs": list(vector_store_ids), "k": limit}
-        names = ["vs"]
-        if file_ids is not None:
-            if not file_ids:
+        rows, df = await self._document_frequencies(terms)
+        # FTS5's BM25 gives a term in half the rows or more an IDF of ~0 (it floors it at 1e-6), so
+        # such terms change no score: dropping them only spares scoring the rows they alone match.
+        kept = [t for t in terms if df[t] > 0 and 2 * df[t] < rows]
+        if not kept:
+            kept = [t for t in terms if df[t] > 0]
+            if not kept:
                 return []
-            sql += " AND c.file_id IN :files"
+        stores = " OR ".join("vector_store_id : " + _phrase(vs) for vs in dict.fromkeys(vector_store_ids))
+        match = f"({stores}) AND ({' OR '.join('text : ' + _phrase(t) for t in kept)})"
+        # Column weights: the text counts, the store id column does not.
+        score = "bm25(retrieval_chunks_fts, 1.0, 0.0)"
+        params: dict[str, Any] = {"match": match, "k": limit}
+        if file_ids is None:
+            sql = (
+                f"SELECT rowid, -{score} FROM retrieval_chunks_fts WHERE retrieval_chunks_fts MATCH :match "
+                f"ORDER BY {score} LIMIT :k"
+            )
+            stmt: Any = text(sql)
+        else:
+            sql = (
+                f"SELECT c.id, -{score} FROM retrieval_chunks_fts JOIN retrieval_chunks c "
+                "ON c.id = retrieval_chunks_fts.rowid WHERE retrieval_chunks_fts MATCH :match "
+                f"AND c.vector_store_id IN :vs AND c.file_id IN :files ORDER BY {score} LIMIT :k"
+            )
+            params["vs"] = list(vector_store_ids)
             params["files"] = list(file_ids)
-            names.append("files")
-        sql += " ORDER BY bm25(retrieval_chunks_fts) LIMIT :k"
+            stmt = _expanding(sql, "vs", "files")
         async with self._engine.connect() as conn:
-            result = await conn.execute(_expanding(sql, *names), params)
+            result = await conn.execute(stmt, params)
             return [Candidate(int(r[0]), float(r[1])) for r in result]
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
@@ -219,6 +253,11 @@ class SQLiteChunkIndex:
                 {"ids": list(chunk_ids)},
             )
             return {int(r[0]): _stored(r) for r in result}
+
+
+def _phrase(value: str) -> str:
+    """An FTS5 string literal: user text can then never be read as query syntax."""
+    return '"' + value.replace('"', '""') + '"'
 
 
 def _stored(r: Any) -> StoredChunk:
