@@ -24,7 +24,9 @@ def make_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         # Enough pooled connections for a busy server: overflow connections are closed when returned,
         # and with aiosqlite each one is a thread to start and stop.
-        engine = create_async_engine(url, pool_size=24, max_overflow=16, **_JSON)
+        # No reset on return: every use ends its own transaction (`connect()` rolls back, `begin()` commits),
+        # and the extra ROLLBACK after each commit is one more trip to aiosqlite's thread.
+        engine = create_async_engine(url, pool_size=24, max_overflow=16, pool_reset_on_return=None, **_JSON)
 
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
