@@ -137,7 +137,8 @@ class RunEngine:
                 await renewer
             self.executors.pop(run_id, None)
             self._running_since.pop(run_id, None)
-            await self._release(run_id)
+            if not executor.lease_cleared:  # one write less per run when it ended normally
+                await self._release(run_id)
             self.bus.end(run_id)
 
     async def _renew(self, executor: RunExecutor) -> None:

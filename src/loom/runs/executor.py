@@ -60,6 +60,7 @@ class RunExecutor:
         self.run_id = run_id
         self.store = engine.store
         self.cancel_requested = False
+        self.lease_cleared = False
         self._call: asyncio.Task[None] | None = None
         self.run: dict[str, Any] = {}
         # From tool results, for the messages that follow them.
@@ -72,6 +73,9 @@ class RunExecutor:
         self.engine.bus.publish(self.run_id, name, data)
 
     def emit_run(self, run: dict[str, Any]) -> None:
+        if run["status"] not in ("queued", "in_progress", "cancelling"):
+            # The transition that committed this status also dropped the lease (RunStore.transition).
+            self.lease_cleared = True
         self.emit(f"thread.run.{run['status']}", public(run))
 
     # Cancellation.
@@ -179,9 +183,12 @@ class RunExecutor:
                 usage["prompt_tokens"] + call_usage.prompt_tokens,
                 usage["completion_tokens"] + call_usage.completion_tokens,
             )
-            self.run = await self.store.update_run(self.project, self.run_id, _usage=total) or self.run
             step_usage = usage_dict(call_usage.prompt_tokens, call_usage.completion_tokens)
             truncated = turn.finish_reason == "length"
+            if turn.tool_step is not None or (truncated and cap_completion is not None):
+                # The run goes on (or ends incomplete): keep the running total. A run that completes
+                # now gets it with its final transition instead (one write less).
+                self.run = await self.store.update_run(self.project, self.run_id, _usage=total) or self.run
             if turn.message is not None:
                 await self._complete_message(
                     turn, step_usage if turn.tool_step is None else usage_dict(0, 0), truncated
@@ -192,7 +199,7 @@ class RunExecutor:
                     await self._incomplete(reason)
                     return
             if turn.tool_step is None:
-                done = await self.store.transition(self.project, self.run_id, "completed", usage=total)
+                done = await self.store.transition(self.project, self.run_id, "completed", usage=total, _usage=total)
                 if done is None:
                     await self._settle_after_race(turn)
                     return
