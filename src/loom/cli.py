@@ -36,7 +36,8 @@ async def _has_keys(settings: Settings) -> bool:
     db = Database(settings.effective_database_url)
     try:
         await migrate(db.engine)
-        return any(k.revoked_at is None for k in await keys.list_keys(db))
+        # Any key ever created counts, revoked or not: the server is then closed, never open (see KeyRing).
+        return bool(await keys.list_keys(db))
     finally:
         await db.dispose()
 

@@ -50,19 +50,14 @@ class KeyRing:
         is_open, until = self._open
         if time.monotonic() < until:
             return not is_open
+        # Revoked keys count: revoking the last key must lock the server, not open it to every token.
         async with self.db.read() as conn:
-            count = (
-                await conn.execute(
-                    sa.select(sa.func.count())
-                    .select_from(tables.api_keys)
-                    .where(tables.api_keys.c.revoked_at.is_(None))
-                )
-            ).scalar_one()
+            count = (await conn.execute(sa.select(sa.func.count()).select_from(tables.api_keys))).scalar_one()
         self._open = (count == 0, time.monotonic() + _CACHE_S)
         return count > 0
 
     async def is_open(self) -> bool:
-        """True when no key is configured: any bearer token is then accepted (loopback only)."""
+        """True when no key was ever configured: any bearer token is then accepted (loopback only)."""
         return not await self._any_keys()
 
     async def authenticate(self, authorization: str | None) -> str:
