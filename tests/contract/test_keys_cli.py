@@ -88,6 +88,17 @@ def test_open_mode_then_first_key_closes_it() -> None:
         assert _status(server, "anything") == 401
         assert checked_client(server, key).beta.assistants.retrieve(made.id).id == made.id
 
+        # Revoking the last key must not reopen the server to every token.
+        revoked = server.cli("keys", "revoke", _key_id(server, "default"))
+        assert revoked.returncode == 0, revoked.stderr
+        deadline = time.monotonic() + 15
+        while _status(server, key) == 200:
+            assert time.monotonic() < deadline, "revoked key still accepted"
+            time.sleep(0.2)
+        time.sleep(2.5)  # past the 2 s cache: what the server decides now is what it will keep deciding
+        assert _status(server, "anything") == 401
+        assert _status(server, key) == 401
+
 
 def _serve(server: LoomServer, port: int, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
