@@ -163,6 +163,10 @@ class RunExecutor:
                 temperature=self.run["temperature"],
                 top_p=self.run["top_p"],
                 max_tokens=(cap_completion - usage["completion_tokens"]) if cap_completion is not None else None,
+                # Only set for reasoning models (o-series): others reject the field.
+                extra_body=(
+                    {"reasoning_effort": self.run["reasoning_effort"]} if self.run.get("reasoning_effort") else None
+                ),
             )
             turn = _Turn()
             self._call = asyncio.create_task(self._stream(route.backend, request, turn, server_tools))
