@@ -219,3 +219,14 @@ def test_thread_and_run_knobs(client: openai.OpenAI, upstream: FakeUpstream, ass
     body = upstream.last_request.body
     assert body["model"] == "gpt-4o-mini" and body["messages"][0] == {"role": "system", "content": "Only this."}
     assert body["temperature"] == 0.5
+
+
+def test_reasoning_effort_is_passed_and_echoed(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+    thread = _thread(client)
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, model="o3-mini", reasoning_effort="low"
+    )
+    assert run.status == "completed" and run.reasoning_effort == "low"
+    assert upstream.last_request.body["reasoning_effort"] == "low"
+    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert run.reasoning_effort is None and "reasoning_effort" not in upstream.last_request.body
