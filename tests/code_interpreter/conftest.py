@@ -140,7 +140,7 @@ def healthy(client: openai.OpenAI, upstream: FakeUpstream, thread_id: str, assis
     assert r.logs == "42\n", r.logs
     r = run_code(client, upstream, new_thread(client), assistant_id, "print('fresh')")
     assert r.logs == "fresh\n", r.logs
-    assert client.models.list().data
+    assert client.beta.assistants.retrieve(assistant_id).id == assistant_id
 
 
 def find_host_file(name: str, roots: list[Path], depth: int = 6) -> list[Path]:

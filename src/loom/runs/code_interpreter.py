@@ -33,6 +33,28 @@ _DESCRIPTION = (
 )
 
 
+# Run in the kernel after an execution was stopped by the time limit: processes the code started (a fork
+# bomb's children keep forking after the interrupt) would hold the session's process and memory budget
+# until the cgroup's OOM killer takes the kernel in a later execution. kill(-1) reaches every process of
+# the sandbox's pid namespace but the kernel itself and the sandbox's init, atomically with respect to
+# fork; the kernel then reaps its own children (zombies count against the process limit).
+_REAP_STRAYS = """
+import os as _loom_os, signal as _loom_signal, time as _loom_time
+try:
+    _loom_os.kill(-1, _loom_signal.SIGKILL)
+except OSError:
+    pass
+_loom_end = _loom_time.monotonic() + 2
+while _loom_time.monotonic() < _loom_end:
+    try:
+        if _loom_os.waitpid(-1, _loom_os.WNOHANG) == (0, 0):
+            _loom_time.sleep(0.01)
+    except ChildProcessError:
+        break
+del _loom_os, _loom_signal, _loom_time, _loom_end
+"""
+_REAP_TIMEOUT_S = 5.0
+
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
@@ -254,6 +276,8 @@ class CodeInterpreterTool:
                     await session.put_file(meta["filename"], path.read_bytes())
             before = {f.path: f.mtime for f in await session.list_files()}
             result = await session.execute(code)
+            if result.status == "timeout" and not result.kernel_restarted:
+                await session.execute(_REAP_STRAYS, timeout_s=_REAP_TIMEOUT_S)
             after = await session.list_files()
         except SandboxUnavailable as exc:
             text = f"The code interpreter is unavailable: {exc.message}"
