@@ -375,3 +375,57 @@ def test_failed_run_streams_failed_then_done(
     run = handler.get_final_run()
     assert run.status == "failed" and run.last_error is not None and run.last_error.code == "rate_limit_exceeded"
     assert handler.events[-1] == "thread.run.failed"
+
+
+def test_cancel_while_streaming_ends_the_stream(
+    run_server: LoomServer, upstream: FakeUpstream, client: openai.OpenAI, assistant: Any
+) -> None:
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "go on"}])
+    upstream.push(Turn.hang(after=4))
+    frames: list[tuple[str, Any]] = []
+    with httpx.stream(
+        "POST",
+        f"{run_server.base_url}/threads/{thread.id}/runs",
+        json={"assistant_id": assistant.id, "stream": True},
+        headers=HEADERS,
+        timeout=30,
+    ) as response:
+        lines = response.iter_lines()
+        name = ""
+        for line in lines:
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data = line[6:]
+                frames.append((name, data if data == "[DONE]" else json.loads(data)))
+                if name == "thread.message.delta" and sum(n == name for n, _ in frames) == 2:
+                    run_id = frames[0][1]["id"]
+                    client.beta.threads.runs.cancel(run_id, thread_id=thread.id)
+    names = squeeze([n for n, _ in frames])
+    assert names[-6:] == [
+        "thread.message.delta",
+        "thread.run.cancelling",
+        "thread.message.incomplete",
+        "thread.run.step.cancelled",
+        "thread.run.cancelled",
+        "done",
+    ]
+    incomplete = dict(frames)["thread.message.incomplete"]
+    assert incomplete["incomplete_details"] == {"reason": "run_cancelled"}
+    streamed = "".join(d["delta"]["content"][0]["text"]["value"] for n, d in frames if n == "thread.message.delta")
+    assert incomplete["content"][0]["text"]["value"] == streamed
+
+
+def test_refusal_is_streamed_and_kept(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "something bad"}])
+    upstream.push(Turn.refuse("I can't help with that.", chunk_size=6))
+    stream = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id, stream=True)
+    events = list(stream)
+    deltas = [e.data.delta.content for e in events if e.event == "thread.message.delta"]
+    parts = [p for content in deltas for p in content or []]
+    assert parts and all(p.type == "refusal" and p.index == 0 for p in parts)
+    assert "".join(p.refusal or "" for p in parts if p.type == "refusal") == "I can't help with that."
+    message = client.beta.threads.messages.list(thread.id).data[0]
+    assert message.status == "completed"
+    assert [c.type for c in message.content] == ["refusal"]
+    assert message.content[0].refusal == "I can't help with that."  # type: ignore[union-attr]
