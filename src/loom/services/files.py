@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 UPLOAD_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _BATCH_DEFAULT_TTL = 30 * 24 * 3600
+# The `status` column (not the object) of an upload one request is assembling into a File.
+_COMPLETING = "completing"
 upload_parts = Collection(tables.upload_parts)
 
 
@@ -240,9 +242,12 @@ class FileService:
         return _public(obj)
 
     async def _pending_upload(self, conn: Any, project: str, upload_id: str) -> dict[str, Any]:
-        obj = await uploads.get(conn, project, upload_id)
-        if obj is None:
+        row = await uploads.get_row(conn, project, upload_id)
+        if row is None:
             raise NotFound("upload", upload_id)
+        obj = dict(row.data)
+        if row.status == _COMPLETING:
+            raise InvalidRequest(f"Upload {upload_id} is being completed: it no longer accepts changes.")
         if obj["status"] == "pending" and obj["expires_at"] <= now():
             obj["status"] = "expired"
             await uploads.replace(conn, project, obj, status="expired")
@@ -302,6 +307,17 @@ class FileService:
                 param="part_ids",
                 code="invalid_value",
             )
+        # Claim the upload before assembling it: of concurrent completions only one may make a File.
+        u = tables.uploads
+        claim = (
+            u.update()
+            .where(u.c.id == upload_id, u.c.project == project, u.c.status == "pending")
+            .values(status=_COMPLETING)
+        )
+        async with self.db.write() as conn:
+            claimed = (await conn.execute(claim)).rowcount
+        if not claimed:
+            raise InvalidRequest(f"Upload {upload_id} is being completed: it no longer accepts changes.")
         temp = self.blobs.new_temp()
         digest = hashlib.md5(usedforsecurity=False)
         try:
@@ -323,6 +339,12 @@ class FileService:
                 obj["purpose"],
                 obj["_file_ttl"],
             )
+        except BaseException:
+            async with self.db.write() as conn:
+                await conn.execute(
+                    u.update().where(u.c.id == upload_id, u.c.status == _COMPLETING).values(status="pending")
+                )
+            raise
         finally:
             temp.unlink(missing_ok=True)
         async with self.db.write() as conn:
