@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import time
 from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
@@ -129,3 +131,24 @@ def test_expired_upload_refuses_parts_and_completion(short_lived_uploads: LoomSe
         time.sleep(0.2)
     with pytest.raises(openai.BadRequestError):
         client.uploads.complete(upload.id, part_ids=[part.id])
+
+
+def test_concurrent_completions_make_one_file(client: openai.OpenAI, loom_server: LoomServer) -> None:
+    size = 4 * 1024 * 1024  # large enough that assembling it takes a while
+    upload = client.uploads.create(bytes=size, filename="race.bin", mime_type="text/plain", purpose="assistants")
+    part = client.uploads.parts.create(upload.id, data=io.BytesIO(b"r" * size))
+
+    def complete(_: int) -> httpx.Response:
+        return httpx.post(
+            f"{loom_server.base_url}/uploads/{upload.id}/complete",
+            json={"part_ids": [part.id]},
+            headers={"Authorization": "Bearer sk-test-default"},
+            timeout=60,
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        responses = list(pool.map(complete, range(4)))
+    assert sorted(r.status_code for r in responses) == [200, 400, 400, 400]
+    made = [f.id for f in client.files.list(purpose="assistants") if f.filename == "race.bin"]
+    winner = next(r for r in responses if r.status_code == 200).json()
+    assert made == [winner["file"]["id"]]
