@@ -22,7 +22,7 @@ from tests.support.postgres import new_database
 from tests.support.server import LoomServer
 
 TINY_WINDOW = 700
-FUNCTION_TOOL: dict[str, Any] = {
+FUNCTION_TOOL: Any = {
     "type": "function",
     "function": {
         "name": "get_weather",

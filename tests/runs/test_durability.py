@@ -34,7 +34,7 @@ def test_kill_9_mid_run_fails_the_run_and_keeps_finished_work(backend: str, upst
     first = _restartable(backend, upstream).start()
     try:
         client = sdk_client(first)
-        assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])  # type: ignore[list-item]
+        assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])
         thread = client.beta.threads.create(messages=[{"role": "user", "content": "weather then talk"}])
         # A waiting run: it must survive the crash and take its outputs afterwards.
         waiting_thread = client.beta.threads.create(messages=[{"role": "user", "content": "wait"}])

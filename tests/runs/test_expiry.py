@@ -24,7 +24,7 @@ def expiring_server(upstream: FakeUpstream) -> Iterator[LoomServer]:
 
 def test_unanswered_tool_calls_expire_the_run(expiring_server: LoomServer, upstream: FakeUpstream) -> None:
     client = sdk_client(expiring_server)
-    assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])  # type: ignore[list-item]
+    assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "weather?"}])
     upstream.push(Turn.calls(ToolCallSpec("get_weather", {"city": "Kyiv"})))
     run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)

@@ -95,7 +95,7 @@ def test_usage_is_summed_over_model_calls(client: openai.OpenAI, upstream: FakeU
         Turn.calls(ToolCallSpec("get_weather", {"city": "Oslo"}), usage={"prompt_tokens": 50, "completion_tokens": 7})
     )
     run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
-    assert run.status == "requires_action"
+    assert run.status == "requires_action" and run.required_action is not None
     upstream.push(Turn.reply("Cold.", usage={"prompt_tokens": 70, "completion_tokens": 2}))
     call = run.required_action.submit_tool_outputs.tool_calls[0]
     run = client.beta.threads.runs.submit_tool_outputs_and_poll(
