@@ -9,7 +9,7 @@ import pydantic_core
 from starlette.requests import Request
 from starlette.responses import Response
 
-from loom.errors import InvalidRequest
+from loom.errors import InvalidRequest, PayloadTooLarge
 
 _JSON_ERROR = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP "
@@ -17,8 +17,33 @@ _JSON_ERROR = (
 )
 
 
+# The largest JSON body accepted. The biggest legitimate one is a thread created with 32 messages of long
+# text; anything far beyond that is refused before it is held in memory.
+MAX_JSON_BYTES = 32 * 1024 * 1024
+
+
+def _too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Request body too large: a JSON body may be at most {MAX_JSON_BYTES} bytes.", code="request_too_large"
+    )
+
+
+async def _read_bounded(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_JSON_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_JSON_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_body(request: Request, *, optional: bool = False) -> dict[str, Any]:
-    raw = await request.body()
+    raw = await _read_bounded(request)
     if not raw.strip():
         if optional:
             return {}
