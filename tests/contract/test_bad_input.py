@@ -294,3 +294,20 @@ def test_too_many_or_too_long_form_fields(server: LoomServer) -> None:
         response = http.post("/files", data={"purpose": "p" * 100_000}, files={"file": ("a.txt", b"a")})
         assert response.status_code == 400
     snapshot.assert_unchanged()
+
+
+def test_huge_json_body_is_refused_without_being_held(server: LoomServer) -> None:
+    snapshot = Snapshot(server)
+    total = 40 * MB
+
+    def body() -> Iterator[bytes]:
+        yield b'{"model": "gpt-4o", "instructions": "'
+        yield from (b"a" * MB for _ in range(total // MB))
+        yield b'"}'
+
+    with raw_client(server) as http:
+        for headers in ({}, {"Content-Length": str(total + 39)}):
+            response = http.post("/assistants", content=body(), headers={"Content-Type": "application/json", **headers})
+            assert response.status_code == 413, response.text
+            assert response.json()["error"]["code"] == "request_too_large"
+    snapshot.assert_unchanged()
