@@ -141,31 +141,54 @@ def test_writing_outside_mnt_data(client: openai.OpenAI, upstream: FakeUpstream,
     healthy(client, upstream, thread, assistant_id)
 
 
-def test_fork_bomb(client: openai.OpenAI, upstream: FakeUpstream, assistant_id: str) -> None:
-    code = (
-        "import os, time\n"
-        "for _ in range(50):\n"
-        "    try:\n"
-        "        if os.fork() == 0:\n"
-        "            while True:\n"
-        "                try:\n"
-        "                    os.fork()\n"
-        "                except OSError:\n"
-        "                    time.sleep(0.001)\n"
-        "    except OSError as e:\n"
-        "        print('fork refused:', e.strerror)\n"
-        "        break\n"
-        "time.sleep(600)\n"
-    )
+FORK_BOMB = (
+    "import os, time\n"
+    "for _ in range(50):\n"
+    "    try:\n"
+    "        if os.fork() == 0:\n"
+    "            while True:\n"
+    "                try:\n"
+    "                    os.fork()\n"
+    "                except OSError:\n"
+    "                    pass\n"
+    "    except OSError as e:\n"
+    "        print('fork refused:', e.strerror)\n"
+    "        break\n"
+)
+
+
+@pytest.mark.parametrize("ending", ["waits", "returns"])
+def test_fork_bomb(client: openai.OpenAI, upstream: FakeUpstream, assistant_id: str, ending: str) -> None:
+    """The bomb's first process waits (stopped by the time limit), or returns at once leaving the bomb
+    running in the background."""
+    code = FORK_BOMB + ("time.sleep(600)\n" if ending == "waits" else "print('returned')\n")
     thread = new_thread(client)
-    r = run_code(client, upstream, thread, assistant_id, code, reply="That did not work.")
-    assert f"timed out after {TIMEOUT_S} s" in r.logs or "out of memory" in r.logs, r.logs
-    # Interrupted (or killed and restarted), the kernel is alone again: the bomb's processes are gone and
-    # do not eat the session's process and memory budget in the next runs.
+    run_code(client, upstream, thread, assistant_id, "kept = 'here'")
+    bomb = run_code(client, upstream, thread, assistant_id, code, reply="That did not work.")
+    if ending == "waits":
+        assert f"timed out after {TIMEOUT_S} s" in bomb.logs or "out of memory" in bomb.logs, bomb.logs
+    else:
+        assert "returned" in bomb.logs or "out of memory" in bomb.logs, bomb.logs
+    # The kernel is alone again: the bomb's processes are gone, and do not eat the session's process and
+    # memory budget (and the host's CPU) in the next runs.
     count = "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))"
     r = run_code(client, upstream, thread, assistant_id, count)
     assert int(r.logs) <= 3, r.logs  # the sandbox's init, the kernel (and its boot wrapper)
+    if "out of memory" not in bomb.logs:  # interrupted, not restarted: variables kept
+        r = run_code(client, upstream, thread, assistant_id, "print(kept)")
+        assert r.logs == "here\n", r.logs
     healthy(client, upstream, thread, assistant_id)
+
+
+def test_multiprocessing_pool_survives_between_runs(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant_id: str
+) -> None:
+    """Cleaning up after a fork bomb does not break a pool of workers kept in a variable."""
+    thread = new_thread(client)
+    r = run_code(client, upstream, thread, assistant_id, "import multiprocessing as mp\npool = mp.Pool(2)\nprint('ok')")
+    assert r.logs == "ok\n", r.logs
+    r = run_code(client, upstream, thread, assistant_id, "print(pool.map(abs, [-1, -2, 3]))")
+    assert r.logs == "[1, 2, 3]\n", r.logs
 
 
 def test_memory_far_past_the_limit(

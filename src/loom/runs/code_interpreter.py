@@ -33,26 +33,32 @@ _DESCRIPTION = (
 )
 
 
-# Run in the kernel after an execution was stopped by the time limit: processes the code started (a fork
-# bomb's children keep forking after the interrupt) would hold the session's process and memory budget
-# until the cgroup's OOM killer takes the kernel in a later execution. kill(-1) reaches every process of
-# the sandbox's pid namespace but the kernel itself and the sandbox's init, atomically with respect to
-# fork; the kernel then reaps its own children (zombies count against the process limit).
+# Run in the kernel after each execution: processes the code left behind (a fork bomb's children, which
+# keep forking after an interrupt or after the code returned) would hold the session's process and memory
+# budget, and burn CPU, until the OOM killer takes the kernel in some later execution. They are killed
+# when the execution was stopped by the time limit, or when there are more than a pool of workers would
+# need (a `multiprocessing.Pool` kept in a variable survives ordinary executions). kill(-1) reaches every
+# process of the sandbox's pid namespace but the kernel itself and the sandbox's init (pid 1), atomically
+# with respect to fork; the kernel then reaps its own children (zombies count against the process limit).
 _REAP_STRAYS = """
 import os as _loom_os, signal as _loom_signal, time as _loom_time
-try:
-    _loom_os.kill(-1, _loom_signal.SIGKILL)
-except OSError:
-    pass
-_loom_end = _loom_time.monotonic() + 2
-while _loom_time.monotonic() < _loom_end:
+if {force} or sum(1 for _loom_p in _loom_os.listdir('/proc') if _loom_p.isdigit()) - 2 > {most}:
     try:
-        if _loom_os.waitpid(-1, _loom_os.WNOHANG) == (0, 0):
-            _loom_time.sleep(0.01)
-    except ChildProcessError:
-        break
-del _loom_os, _loom_signal, _loom_time, _loom_end
+        _loom_os.kill(-1, _loom_signal.SIGKILL)
+    except OSError:
+        pass
+    _loom_end = _loom_time.monotonic() + 2
+    while _loom_time.monotonic() < _loom_end:
+        try:
+            if _loom_os.waitpid(-1, _loom_os.WNOHANG) == (0, 0):
+                _loom_time.sleep(0.01)
+        except ChildProcessError:
+            break
+    del _loom_end
+del _loom_os, _loom_signal, _loom_time
 """
+# Other processes (besides the sandbox's init and the kernel) an execution may leave running.
+_MOST_LEFT_PROCESSES = 16
 _REAP_TIMEOUT_S = 5.0
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
@@ -276,8 +282,10 @@ class CodeInterpreterTool:
                     await session.put_file(meta["filename"], path.read_bytes())
             before = {f.path: f.mtime for f in await session.list_files()}
             result = await session.execute(code)
-            if result.status == "timeout" and not result.kernel_restarted:
-                await session.execute(_REAP_STRAYS, timeout_s=_REAP_TIMEOUT_S)
+            if result.status in ("ok", "error", "timeout") and not result.kernel_restarted:
+                force = result.status == "timeout"
+                reap = _REAP_STRAYS.format(force=force, most=_MOST_LEFT_PROCESSES)
+                await session.execute(reap, timeout_s=_REAP_TIMEOUT_S)
             after = await session.list_files()
         except SandboxUnavailable as exc:
             text = f"The code interpreter is unavailable: {exc.message}"
