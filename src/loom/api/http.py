@@ -44,7 +44,7 @@ async def _read_bounded(request: Request) -> bytes:
 
 async def json_body(request: Request, *, optional: bool = False) -> dict[str, Any]:
     raw = await _read_bounded(request)
-    if not raw.strip():
+    if not raw.strip(b" \t\r\n"):  # JSON's whitespace only: a lone vertical tab is not an empty body
         if optional:
             return {}
         raise InvalidRequest(_JSON_ERROR)
