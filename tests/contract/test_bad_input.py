@@ -311,3 +311,12 @@ def test_huge_json_body_is_refused_without_being_held(server: LoomServer) -> Non
             assert response.status_code == 413, response.text
             assert response.json()["error"]["code"] == "request_too_large"
     snapshot.assert_unchanged()
+
+
+def test_body_of_non_json_whitespace_is_malformed(server: LoomServer) -> None:
+    with raw_client(server) as http:
+        for body in (b"\x0b", b"\x0c", b"\xa0"):
+            response = http.post("/threads", content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, (body, response.text)
+        # Real JSON whitespace is an empty body, which createThread accepts.
+        assert http.post("/threads", content=b" \r\n\t").status_code == 200
