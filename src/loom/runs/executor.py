@@ -48,6 +48,8 @@ class _Turn:
         # upstream index → the argument stream of a server tool that shows its input as it is written
         # (`streams_arguments`: code_interpreter's `CodeInputStream`: opening(), feed(), close()).
         self.arg_streams: dict[int, Any] = {}
+        # position → tool-call deltas held back until the calls before it have run (see `_call_delta`).
+        self.held: dict[int, list[dict[str, Any]]] = {}
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.flushed_at = time.monotonic()
@@ -193,6 +195,16 @@ class RunExecutor:
                 # The run goes on (or ends incomplete): keep the running total. A run that completes
                 # now gets it with its final transition instead (one write less).
                 self.run = await self.store.update_run(self.project, self.run_id, _usage=total) or self.run
+            completes = turn.tool_step is None and not (truncated and cap_completion is not None)
+            if turn.message is not None and completes:
+                done = await self._complete_message(
+                    turn, step_usage, truncated, complete_run={"usage": total, "_usage": total}
+                )
+                if done is None:
+                    await self._settle_after_race(turn)
+                    return
+                self.emit_run(done)
+                return
             if turn.message is not None:
                 await self._complete_message(
                     turn, step_usage if turn.tool_step is None else usage_dict(0, 0), truncated
@@ -345,7 +357,11 @@ class RunExecutor:
                 start = text.find(citation.text, start + 1)
         return sorted(found, key=lambda a: a["start_index"])
 
-    async def _complete_message(self, turn: _Turn, usage: dict[str, int], truncated: bool) -> None:
+    async def _complete_message(
+        self, turn: _Turn, usage: dict[str, int], truncated: bool, *, complete_run: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Finish the turn's message and its step. With `complete_run` (the completed run's fields) the
+        run is moved to `completed` in the same transaction; returns that run (None if it could not move)."""
         message, step = turn.message, turn.message_step
         assert message is not None and step is not None
         annotations = self._annotations(turn.text) if turn.text else []
@@ -370,11 +386,18 @@ class RunExecutor:
         else:
             message.update(status="completed", completed_at=now())
         step.update(status="completed", completed_at=now(), usage=usage)
-        await self.store.save_objects(self.project, ("message", message), ("step", step))
+        done = None
+        if complete_run is None:
+            await self.store.save_objects(self.project, ("message", message), ("step", step))
+        else:
+            done = await self.store.save_and_transition(
+                self.project, self.run_id, [("message", message), ("step", step)], "completed", **complete_run
+            )
         self.emit(f"thread.message.{message['status']}", public(message))
         self.emit("thread.run.step.completed", public(step))
         turn.message = None
         turn.message_step = None
+        return done
 
     async def _tool_delta(
         self,
@@ -406,11 +429,11 @@ class RunExecutor:
                     "type": "function",
                     "function": {"name": name or "", "arguments": "", "output": None},
                 }
-                self._step_delta(step, body)
+                self._call_delta(turn, position, body)
             elif getattr(server[0], "streams_arguments", False):
                 stream = server[0].argument_stream(our_id)  # type: ignore[attr-defined]
                 turn.arg_streams[index] = stream
-                self._step_delta(step, {"index": position, **stream.opening()})
+                self._call_delta(turn, position, {"index": position, **stream.opening()})
             # Other server tools show their first delta when they run (their arguments are not the user's business).
         elif name:
             cid, old, parts = turn.calls[index]
@@ -418,9 +441,22 @@ class RunExecutor:
         if arguments:
             turn.calls[index][2].append(arguments)
             if turn.calls[index][1] not in server_tools:
-                self._step_delta(step, {"index": position, "type": "function", "function": {"arguments": arguments}})
+                self._call_delta(
+                    turn, position, {"index": position, "type": "function", "function": {"arguments": arguments}}
+                )
             elif index in turn.arg_streams and (piece := turn.arg_streams[index].feed(arguments)) is not None:
-                self._step_delta(step, {"index": position, **piece})
+                self._call_delta(turn, position, {"index": position, **piece})
+
+    def _call_delta(self, turn: _Turn, position: int, call: dict[str, Any]) -> None:
+        """A call's delta while the model writes the calls. The calls after the first one that streams its
+        input (code_interpreter) are held until it has run: its outputs come after the model's turn, and
+        the SDK fires on_tool_call_created again for an index that deltas go back to."""
+        assert turn.tool_step is not None
+        streaming = [sorted(turn.calls).index(i) for i in turn.arg_streams]
+        if streaming and position > min(streaming):
+            turn.held.setdefault(position, []).append(call)
+        else:
+            self._step_delta(turn.tool_step, call)
 
     def _step_delta(self, step: dict[str, Any], call: dict[str, Any]) -> None:
         self.emit(
@@ -448,6 +484,8 @@ class RunExecutor:
         private: dict[str, dict[str, str]] = {}
         functions: list[dict[str, Any]] = []
         for position, upstream_index in enumerate(sorted(turn.calls)):
+            for held in turn.held.pop(position, []):
+                self._step_delta(step, held)
             call_id, name, parts = turn.calls[upstream_index]
             arguments = "".join(parts)
             server = server_tools.get(name)

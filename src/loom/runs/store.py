@@ -34,21 +34,34 @@ class RunStore:
         is never overwritten with a stale copy.
         """
         async with self.db.write() as conn:
-            row = await runs.get_row(conn, project, run_id, lock=True)
-            if row is None:
-                return None
-            run = dict(row.data)
-            if allowed_from is not None and run["status"] not in allowed_from:
-                return None
-            if not status.can_move(run["status"], target):
-                return None
-            status.apply(run, target, **fields)
-            lease = (
-                {}
-                if target in ("queued", "in_progress", "cancelling")
-                else {"lease_owner": None, "lease_expires_at": None}
-            )
-            await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **lease)
+            return await self._transition(conn, project, run_id, target, allowed_from, fields)
+
+    async def save_and_transition(
+        self, project: str, run_id: str, objs: list[tuple[str, dict[str, Any]]], target: str, **fields: Any
+    ) -> dict[str, Any] | None:
+        """`save_objects` and `transition` in one transaction (one commit less at the end of a run).
+        The objects are saved even when the transition is not allowed."""
+        async with self.db.write() as conn:
+            await self._save(conn, project, objs)
+            return await self._transition(conn, project, run_id, target, None, fields)
+
+    @staticmethod
+    async def _transition(
+        conn: Any, project: str, run_id: str, target: str, allowed_from: set[str] | None, fields: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        row = await runs.get_row(conn, project, run_id, lock=True)
+        if row is None:
+            return None
+        run = dict(row.data)
+        if allowed_from is not None and run["status"] not in allowed_from:
+            return None
+        if not status.can_move(run["status"], target):
+            return None
+        status.apply(run, target, **fields)
+        lease = (
+            {} if target in ("queued", "in_progress", "cancelling") else {"lease_owner": None, "lease_expires_at": None}
+        )
+        await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **lease)
         return run
 
     async def update_run(self, project: str, run_id: str, **fields: Any) -> dict[str, Any] | None:
@@ -110,11 +123,15 @@ class RunStore:
 
     async def save_objects(self, project: str, *objs: tuple[str, dict[str, Any]]) -> None:
         async with self.db.write() as conn:
-            for kind, obj in objs:
-                if kind == "step":
-                    await run_steps.replace(conn, project, obj)
-                else:
-                    await messages.replace(conn, project, obj)
+            await self._save(conn, project, list(objs))
+
+    @staticmethod
+    async def _save(conn: Any, project: str, objs: list[tuple[str, dict[str, Any]]]) -> None:
+        for kind, obj in objs:
+            if kind == "step":
+                await run_steps.replace(conn, project, obj)
+            else:
+                await messages.replace(conn, project, obj)
 
     async def run_context(
         self, project: str, run: dict[str, Any]
