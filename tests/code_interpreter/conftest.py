@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,6 +142,16 @@ def healthy(client: openai.OpenAI, upstream: FakeUpstream, thread_id: str, assis
     r = run_code(client, upstream, new_thread(client), assistant_id, "print('fresh')")
     assert r.logs == "fresh\n", r.logs
     assert client.beta.assistants.retrieve(assistant_id).id == assistant_id
+
+
+def sandbox_roots(server: LoomServer) -> list[Path]:
+    """Where the server's sandbox keeps sessions' /mnt/data on the host: its data dir, and its runtime
+    folder (`loom-sbx-<pid>-*` in the first world-traversable temporary folder)."""
+    assert server.proc is not None
+    parents = {Path(tempfile.gettempdir()), Path("/tmp"), Path("/dev/shm"), Path("/run")}
+    runtime = [p for parent in parents for p in parent.glob(f"loom-sbx-{server.proc.pid}-*")]
+    assert runtime, "the sandbox's runtime folder was not found"
+    return [server.data_dir, *runtime]
 
 
 def find_host_file(name: str, roots: list[Path], depth: int = 6) -> list[Path]:

@@ -19,6 +19,7 @@ from tests.code_interpreter.conftest import (
     healthy,
     new_thread,
     run_code,
+    sandbox_roots,
 )
 from tests.fakes.upstream import FakeUpstream
 from tests.support.server import LoomServer
@@ -79,7 +80,7 @@ def test_reading_host_files(
     victim = new_thread(client, messages=[{"role": "user", "content": "DB-SECRET-" + uuid.uuid4().hex}])
     marker = f"victim-{uuid.uuid4().hex}.txt"
     run_code(client, upstream, victim, assistant_id, f"open('/mnt/data/{marker}', 'w').write('VICTIM-SECRET')")
-    (victim_host_path,) = find_host_file(marker, [Path("/tmp"), Path("/dev/shm"), ci_server.data_dir])
+    (victim_host_path,) = find_host_file(marker, sandbox_roots(ci_server))
     database = (ci_server.data_dir / "loom.db").resolve()
     assert database.exists() and b"DB-SECRET-" in database.read_bytes() + (
         database.with_name("loom.db-wal").read_bytes() if database.with_name("loom.db-wal").exists() else b""
@@ -259,4 +260,30 @@ def test_killing_the_kernels_parent(
     # was restarted: the run says so and completes.
     assert r.logs == "alive\n" or "died" in r.logs, r.logs
     assert ci_server.proc is not None and ci_server.proc.poll() is None
+    healthy(client, upstream, thread, assistant_id)
+
+
+def test_links_to_host_files_are_not_returned(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant_id: str, ci_server: LoomServer
+) -> None:
+    """Files the code leaves in /mnt/data become Files: a link planted there to a host file (the server's
+    database, /etc/shadow) is never followed; the model is told the file could not be returned."""
+    database = (ci_server.data_dir / "loom.db").resolve()
+    code = (
+        "import os\n"
+        f"os.symlink({str(database)!r}, '/mnt/data/db.sqlite')\n"
+        "os.symlink('/etc/shadow', '/mnt/data/shadow.txt')\n"
+        "os.symlink('/proc/1/root/etc/shadow', '/mnt/data/root-shadow.txt')\n"
+        "print('planted')\n"
+    )
+    reply = "Files: sandbox:/mnt/data/db.sqlite sandbox:/mnt/data/shadow.txt sandbox:/mnt/data/root-shadow.txt"
+    thread = new_thread(client)
+    r = run_code(client, upstream, thread, assistant_id, code, reply=reply)
+    assert r.logs == "planted\n"
+    assert "file written" not in r.tool_message["content"]
+    message = client.beta.threads.messages.list(thread, order="desc", limit=1).data[0]
+    assert message.content[0].type == "text" and message.content[0].text.value == reply
+    assert message.content[0].text.annotations == []
+    outputs = [f for f in client.files.list(purpose="assistants_output").data if f.created_at >= r.run.created_at]
+    assert not [f for f in outputs if f.filename in ("db.sqlite", "shadow.txt", "root-shadow.txt")]
     healthy(client, upstream, thread, assistant_id)

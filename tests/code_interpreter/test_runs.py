@@ -7,7 +7,6 @@ import json
 import struct
 import uuid
 import zlib
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -17,7 +16,7 @@ from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import ImageFile, Message, Text
 from openai.types.beta.threads.runs import RunStep, ToolCall, ToolCallDelta
 
-from tests.code_interpreter.conftest import find_host_file, new_thread, run_code, wait_until
+from tests.code_interpreter.conftest import find_host_file, new_thread, run_code, sandbox_roots, wait_until
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.support.server import LoomServer
 
@@ -76,7 +75,7 @@ def test_deleting_the_thread_ends_its_session(
     thread = new_thread(client)
     marker = f"marker-{uuid.uuid4().hex}.txt"
     run_code(client, upstream, thread, assistant_id, f"kept = 'old'\nopen('/mnt/data/{marker}', 'w').write('x')")
-    roots = [Path("/tmp"), Path("/dev/shm"), ci_server.data_dir]
+    roots = sandbox_roots(ci_server)
     assert find_host_file(marker, roots), "the session's /mnt/data was not found on the host"
     assert client.beta.threads.delete(thread).deleted
     # The session's kernel and files are gone with the thread.
@@ -296,3 +295,38 @@ def test_streaming_callbacks_in_order(client: openai.OpenAI, upstream: FakeUpstr
     assert stored.type == "tool_calls"
     assert stored.tool_calls[0].id == call.id
     assert stored.tool_calls[0].code_interpreter.input == code  # type: ignore[union-attr]
+
+
+def test_parallel_calls_stream_each_input(client: openai.OpenAI, upstream: FakeUpstream, assistant_id: str) -> None:
+    """Two calls in one model turn: each gets its own index, id and input; both run, in order."""
+    thread = new_thread(client)
+    first, second = "a = 20\nprint('first', a)", "print('second', a + 1)"
+    upstream.push(
+        Turn.calls(
+            ToolCallSpec("code_interpreter", {"code": first}),
+            ToolCallSpec("code_interpreter", {"code": second}),
+            arguments_chunk_size=5,
+        ),
+        Turn.reply("Both ran."),
+    )
+    handler = Recorder()
+    with client.beta.threads.runs.stream(thread_id=thread, assistant_id=assistant_id, event_handler=handler) as s:
+        s.until_done()
+    assert handler.current_run is not None and handler.current_run.status == "completed"
+    created = [p for name, p in handler.events if name == "tool_call_created"]
+    assert [c.index for c in created] == [0, 1]
+    assert len(handler.delta_ids) == 2 and len(set(handler.delta_ids)) == 2
+    step = client.beta.threads.runs.steps.list(thread_id=thread, run_id=handler.current_run.id, order="asc").data[0]
+    assert step.step_details.type == "tool_calls"
+    calls = step.step_details.tool_calls
+    assert [c.id for c in calls] == handler.delta_ids
+    assert [c.code_interpreter.input for c in calls] == [first, second]  # type: ignore[union-attr]
+    logs = [c.code_interpreter.outputs[0].logs for c in calls]  # type: ignore[union-attr]
+    assert logs == ["first 20\n", "second 21\n"]
+    # What the SDK accumulated from the stream says the same: nothing was repeated or lost.
+    done: dict[str, Any] = {}
+    for name, payload in handler.events:
+        if name == "tool_call_done":
+            done.setdefault(payload.id, payload)
+    streamed = [(c.id, c.code_interpreter.input, c.code_interpreter.outputs[0].logs) for c in done.values()]
+    assert streamed == [(c.id, c.code_interpreter.input, log) for c, log in zip(calls, logs, strict=True)]  # type: ignore[union-attr]
