@@ -195,6 +195,16 @@ class RunExecutor:
                 # The run goes on (or ends incomplete): keep the running total. A run that completes
                 # now gets it with its final transition instead (one write less).
                 self.run = await self.store.update_run(self.project, self.run_id, _usage=total) or self.run
+            completes = turn.tool_step is None and not (truncated and cap_completion is not None)
+            if turn.message is not None and completes:
+                done = await self._complete_message(
+                    turn, step_usage, truncated, complete_run={"usage": total, "_usage": total}
+                )
+                if done is None:
+                    await self._settle_after_race(turn)
+                    return
+                self.emit_run(done)
+                return
             if turn.message is not None:
                 await self._complete_message(
                     turn, step_usage if turn.tool_step is None else usage_dict(0, 0), truncated
@@ -347,7 +357,11 @@ class RunExecutor:
                 start = text.find(citation.text, start + 1)
         return sorted(found, key=lambda a: a["start_index"])
 
-    async def _complete_message(self, turn: _Turn, usage: dict[str, int], truncated: bool) -> None:
+    async def _complete_message(
+        self, turn: _Turn, usage: dict[str, int], truncated: bool, *, complete_run: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """Finish the turn's message and its step. With `complete_run` (the completed run's fields) the
+        run is moved to `completed` in the same transaction; returns that run (None if it could not move)."""
         message, step = turn.message, turn.message_step
         assert message is not None and step is not None
         annotations = self._annotations(turn.text) if turn.text else []
@@ -372,11 +386,18 @@ class RunExecutor:
         else:
             message.update(status="completed", completed_at=now())
         step.update(status="completed", completed_at=now(), usage=usage)
-        await self.store.save_objects(self.project, ("message", message), ("step", step))
+        done = None
+        if complete_run is None:
+            await self.store.save_objects(self.project, ("message", message), ("step", step))
+        else:
+            done = await self.store.save_and_transition(
+                self.project, self.run_id, [("message", message), ("step", step)], "completed", **complete_run
+            )
         self.emit(f"thread.message.{message['status']}", public(message))
         self.emit("thread.run.step.completed", public(step))
         turn.message = None
         turn.message_step = None
+        return done
 
     async def _tool_delta(
         self,
