@@ -330,3 +330,53 @@ def test_parallel_calls_stream_each_input(client: openai.OpenAI, upstream: FakeU
             done.setdefault(payload.id, payload)
     streamed = [(c.id, c.code_interpreter.input, c.code_interpreter.outputs[0].logs) for c in done.values()]
     assert streamed == [(c.id, c.code_interpreter.input, log) for c, log in zip(calls, logs, strict=True)]  # type: ignore[union-attr]
+
+
+def test_code_interpreter_and_a_function_in_one_turn(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    """The function call written after the code is shown after the code has run (no index revisited),
+    then the run waits for its output, and goes on with it."""
+    weather = {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+    assistant = client.beta.assistants.create(
+        model="gpt-4o",
+        tools=[{"type": "code_interpreter"}, weather],  # type: ignore[list-item]
+    )
+    thread = new_thread(client)
+    upstream.push(
+        Turn.calls(
+            ToolCallSpec("code_interpreter", {"code": "print(2 ** 10)"}),
+            ToolCallSpec("get_weather", {"city": "Paris"}),
+            arguments_chunk_size=4,
+        ),
+        Turn.reply("1024, and sunny."),
+    )
+    handler = Recorder()
+    with client.beta.threads.runs.stream(thread_id=thread, assistant_id=assistant.id, event_handler=handler) as s:
+        s.until_done()
+    run = handler.current_run
+    assert run is not None and run.status == "requires_action"
+    created = [p for name, p in handler.events if name == "tool_call_created"]
+    assert [(c.index, c.type) for c in created] == [(0, "code_interpreter"), (1, "function")]
+    (call,) = run.required_action.submit_tool_outputs.tool_calls  # type: ignore[union-attr]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    step = client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id).data[0]
+    assert step.step_details.type == "tool_calls"
+    code_call = step.step_details.tool_calls[0]
+    assert code_call.type == "code_interpreter" and code_call.code_interpreter.outputs[0].logs == "1024\n"  # type: ignore[union-attr]
+    handler = Recorder()
+    with client.beta.threads.runs.submit_tool_outputs_stream(
+        thread_id=thread,
+        run_id=run.id,
+        tool_outputs=[{"tool_call_id": call.id, "output": "sunny"}],
+        event_handler=handler,
+    ) as s:
+        s.until_done()
+    assert handler.current_run is not None and handler.current_run.status == "completed"
+    assert ("text_done", "1024, and sunny.") in handler.events
+    tool_messages = [m for m in upstream.requests[-1].messages if m.get("role") == "tool"]
+    assert [m["content"] for m in tool_messages] == ["1024\n", "sunny"]
