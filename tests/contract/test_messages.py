@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import openai
 import pytest
+
+from tests.contract.conftest import checked_client
+from tests.fakes.upstream import FakeUpstream, Turn
+from tests.support.server import LoomServer
 
 
 @pytest.fixture()
@@ -141,3 +146,37 @@ def test_unknown_thread_is_404(client: openai.OpenAI) -> None:
     assert err.value.body["message"] == "No thread found with id 'thread_nope'."  # type: ignore[index]
     with pytest.raises(openai.NotFoundError):
         client.beta.threads.messages.list("thread_nope")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def run_server(upstream: FakeUpstream) -> Iterator[LoomServer]:
+    """A server whose model is the scripted fake upstream, so that runs write messages of their own."""
+    with LoomServer(upstream_base_url=upstream.base_url, extra_env={"LOOM_POLL_AFTER_MS": "20"}) as server:
+        yield server
+
+
+def test_run_id_filter_with_a_real_run(run_server: LoomServer, upstream: FakeUpstream) -> None:
+    client = checked_client(run_server)
+    assistant = client.beta.assistants.create(model="gpt-4o")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Hello?"}])
+    upstream.push(Turn.reply("First answer."))
+    first = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert first.status == "completed", first.last_error
+    client.beta.threads.messages.create(thread.id, role="user", content="And again?")
+    upstream.push(Turn.reply("Second answer."))
+    second = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert second.status == "completed", second.last_error
+
+    everything = list(client.beta.threads.messages.list(thread.id, order="asc"))
+    assert [m.role for m in everything] == ["user", "assistant", "user", "assistant"]
+    for run, text in ((first, "First answer."), (second, "Second answer.")):
+        only = list(client.beta.threads.messages.list(thread.id, run_id=run.id))
+        assert [m.content[0].text.value for m in only] == [text]  # type: ignore[union-attr]
+        assert only[0].run_id == run.id and only[0].assistant_id == assistant.id
+    assert list(client.beta.threads.messages.list(thread.id, run_id="run_unknown")) == []
