@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +47,8 @@ def vocabulary() -> tuple[list[str], np.ndarray, list[str]]:
             counts.update(re.findall(r"[a-z0-9]+", (d["title"] + " " + d["text"]).lower()))
     words = [w for w, _ in counts.most_common(30000)]
     freqs = np.array([counts[w] for w in words], dtype=np.float64)
-    queries = [json.loads(line)["text"] for line in open(DATA / "queries.jsonl")]
+    with open(DATA / "queries.jsonl") as f:
+        queries = [json.loads(line)["text"] for line in f]
     return words, freqs / freqs.sum(), queries
 
 
@@ -137,8 +137,9 @@ async def main() -> None:
             await measure(index, embedder, queries, f"sqlite {n}")
             await engine.dispose()
 
-    from loom.retrieval.pg_index import PostgresChunkIndex
     from tests.support.postgres import new_database
+
+    from loom.retrieval.pg_index import PostgresChunkIndex
 
     for n in [int(s) for s in args.postgres_sizes.split(",") if s]:
         engine = create_async_engine(new_database("lat"))

@@ -7,6 +7,7 @@ similarity (clipped to 0..1) with the BM25 score divided by the best BM25 score 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -52,6 +53,10 @@ class SearchResult:
             "attributes": self.attributes,
             "content": [{"type": "text", "text": self.text}],
         }
+
+
+async def _nothing() -> list[Candidate]:
+    return []
 
 
 def _clip(x: float) -> float:
@@ -159,12 +164,15 @@ async def run_search(
 
     best: dict[int, float] = {}
     for i, q in enumerate(queries):
-        vec: list[Candidate] = []
-        kw: list[Candidate] = []
-        if vectors is not None:
-            vec = await index.vector_candidates(vector_store_ids, vectors[i], limit, allowed)
-        if mode != "vector":
-            kw = await index.keyword_candidates(vector_store_ids, query_terms(q), limit, allowed)
+        # The two lists are independent: fetch them concurrently (different connections/threads).
+        vec, kw = await asyncio.gather(
+            index.vector_candidates(vector_store_ids, vectors[i], limit, allowed)
+            if vectors is not None
+            else _nothing(),
+            index.keyword_candidates(vector_store_ids, query_terms(q), limit, allowed)
+            if mode != "vector"
+            else _nothing(),
+        )
         for cid, score in fuse(vec, kw, mode, fusion).items():
             if score > best.get(cid, -1.0):
                 best[cid] = score

@@ -177,7 +177,8 @@ class SQLiteChunkIndex:
         found: list[Candidate] = []
         for vs in dict.fromkeys(vector_store_ids):
             store = await self._store_vectors(vs)
-            found.extend(_top_k(store, query, limit, file_ids))
+            # A 100k x 256 matrix product takes milliseconds: not on the event loop.
+            found.extend(await asyncio.to_thread(_top_k, store, query, limit, file_ids))
         found.sort(key=lambda c: c.score, reverse=True)
         return found[:limit]
 
