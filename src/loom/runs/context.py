@@ -22,9 +22,20 @@ FileReader = Callable[[str], Awaitable[tuple[str, bytes] | None]]
 @dataclass
 class Prompt:
     messages: list[ChatMessage]
-    tokens: int
+    model: str
+    tools: list[ChatTool]
     # True when `max_prompt_tokens` could not be met even after truncation.
     over_budget: bool = False
+    # The prompt's size when truncation had to count it; otherwise counted on first use.
+    counted: int | None = None
+
+    @property
+    def tokens(self) -> int:
+        if self.counted is None:
+            self.counted = (
+                sum(count_message(m, self.model) for m in self.messages) + count_tools(self.tools, self.model) + 3
+            )
+        return self.counted
 
 
 def _text_of(content: list[dict[str, Any]]) -> str:
@@ -122,6 +133,24 @@ def count_tools(tools: list[ChatTool], model: str) -> int:
     return tokens.count_tokens(json.dumps(tools), model) if tools else 0
 
 
+def _utf8(text: str) -> int:
+    return len(text.encode())
+
+
+def bound_message(message: ChatMessage) -> int:
+    """An upper bound of `count_message` with no tokenizer: a BPE token covers at least one byte."""
+    total = _MESSAGE_OVERHEAD
+    content = message.get("content")
+    if isinstance(content, str):
+        total += _utf8(content)
+    elif isinstance(content, list):
+        for part in content:
+            total += _utf8(part["text"]) if part.get("type") == "text" else _IMAGE_TOKENS
+    for call in message.get("tool_calls") or []:
+        total += _utf8(call["function"]["name"] + call["function"]["arguments"]) + 3
+    return total
+
+
 def build_prompt(
     *,
     model: str,
@@ -139,11 +168,16 @@ def build_prompt(
     if truncation.get("type") == "last_messages" and truncation.get("last_messages"):
         history = history[-int(truncation["last_messages"]) :]
     system: list[ChatMessage] = [{"role": "system", "content": instructions}] if instructions else []
-    fixed = sum(count_message(m, model) for m in system + transcript) + count_tools(tools, model) + 3
-    costs = [count_message(m, model) for m in history]
     budget = context_window - completion_reserve
     if max_prompt_tokens is not None:
         budget = min(budget, max_prompt_tokens)
+    everything = system + history + transcript
+    # Most prompts fit with room to spare: prove it from byte counts and skip tokenizing the whole
+    # thread on every model call (and loading a tokenizer at all when the upstream reports usage).
+    if sum(bound_message(m) for m in everything) + (_utf8(json.dumps(tools)) if tools else 0) + 3 <= budget:
+        return Prompt(messages=everything, model=model, tools=tools)
+    fixed = sum(count_message(m, model) for m in system + transcript) + count_tools(tools, model) + 3
+    costs = [count_message(m, model) for m in history]
     total = fixed + sum(costs)
     start = 0
     # Keep at least the newest message: without it there is nothing to answer.
@@ -151,4 +185,6 @@ def build_prompt(
         total -= costs[start]
         start += 1
     over = max_prompt_tokens is not None and total > max_prompt_tokens
-    return Prompt(messages=system + history[start:] + transcript, tokens=total, over_budget=over)
+    return Prompt(
+        messages=system + history[start:] + transcript, model=model, tools=tools, over_budget=over, counted=total
+    )
