@@ -6,7 +6,7 @@ from typing import Any
 
 from loom import tokens
 from loom.llm.types import ChatMessage
-from loom.runs.context import build_prompt, count_message
+from loom.runs.context import bound_message, build_prompt, count_message
 
 AUTO = {"type": "auto", "last_messages": None}
 
@@ -88,3 +88,22 @@ def test_the_runs_own_transcript_is_never_dropped() -> None:
     prompt = _build(history, transcript=transcript, context_window=one * 3, completion_reserve=0)
     assert prompt.messages[-2:] == transcript
     assert prompt.messages[0] == {"role": "system", "content": "Be brief."}
+
+
+def test_byte_bound_is_never_below_the_token_count() -> None:
+    samples = ["", "hello", "Grüße 日本語 🚀🚀🚀", "x" * 1000, '<|endoftext|> {"a": [1, 2]}', "\n\n\t  "]
+    for text in samples:
+        for model in ("gpt-4o", "gpt-4"):
+            message: ChatMessage = {"role": "user", "content": text}
+            assert bound_message(message) >= count_message(message, model)
+
+
+def test_a_prompt_that_obviously_fits_is_counted_only_when_asked() -> None:
+    history = _history(3)
+    prompt = _build(history)
+    assert prompt.counted is None  # nothing was tokenized
+    assert prompt.tokens == sum(count_message(m, "gpt-4o") for m in prompt.messages) + 3
+    # Close to the limit the exact count decides, and gives the same answer as counting everything.
+    exact = prompt.tokens
+    tight = _build(history, context_window=exact, completion_reserve=0)
+    assert tight.counted == exact and tight.messages == prompt.messages
