@@ -429,3 +429,49 @@ def test_refusal_is_streamed_and_kept(client: openai.OpenAI, upstream: FakeUpstr
     assert message.status == "completed"
     assert [c.type for c in message.content] == ["refusal"]
     assert message.content[0].refusal == "I can't help with that."  # type: ignore[union-attr]
+
+
+def test_every_streamed_state_is_already_committed(
+    run_server: LoomServer, upstream: FakeUpstream, client: openai.OpenAI, assistant: Any
+) -> None:
+    """Whatever an event announces can be read back the moment the event arrives (commit before publish)."""
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "check"}])
+    upstream.push(
+        Turn.calls(ToolCallSpec("get_weather", {"city": "Graz"}), chunk_delay_s=0.02),
+    )
+    order = ["queued", "in_progress", "requires_action", "cancelling", "cancelled", "completed"]
+    checked: list[str] = []
+    with httpx.stream(
+        "POST",
+        f"{run_server.base_url}/threads/{thread.id}/runs",
+        json={"assistant_id": assistant.id, "stream": True},
+        headers=HEADERS,
+        timeout=30,
+    ) as response:
+        name = ""
+        for line in response.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+                continue
+            if not line.startswith("data: {"):
+                continue
+            data = json.loads(line[6:])
+            if name.startswith("thread.run.step."):
+                if name == "thread.run.step.delta":
+                    continue
+                step = client.beta.threads.runs.steps.retrieve(data["id"], thread_id=thread.id, run_id=data["run_id"])
+                assert step.status == data["status"], name
+                checked.append(name)
+            elif name.startswith("thread.run."):
+                run = client.beta.threads.runs.retrieve(data["id"], thread_id=thread.id)
+                assert order.index(run.status) >= order.index(data["status"]), (name, run.status)
+                checked.append(name)
+    assert checked == [
+        "thread.run.created",
+        "thread.run.queued",
+        "thread.run.in_progress",
+        "thread.run.step.created",
+        "thread.run.step.in_progress",
+        "thread.run.requires_action",
+    ]
+    client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
