@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from typing import Any
 
 from loom.llm import ChatAccumulator, ChatChunk, ChatRequest, OpenAIBackend, ToolCallDelta, Usage, collect
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
@@ -46,7 +47,7 @@ async def test_request_fields_are_sent_as_chat_completions_fields(
     upstream: FakeUpstream, backend: OpenAIBackend
 ) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "Be brief."},
         {
             "role": "user",
@@ -191,7 +192,7 @@ async def test_closing_the_stream_early_releases_a_hanging_upstream(upstream: Fa
     backend = OpenAIBackend(config_for(upstream, timeout_s=60.0))
     upstream.push(Turn.hang(after=3))
     try:
-        async with contextlib.aclosing(backend.stream_chat(HELLO)) as stream:
+        async with contextlib.aclosing(backend.stream_chat(HELLO)) as stream:  # type: ignore[type-var]  # an async generator
             first = await anext(stream)
         assert first.content == "p"
         # The upstream stays usable for the next call on the same client.

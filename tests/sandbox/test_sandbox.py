@@ -180,7 +180,7 @@ async def test_escape_read_host_files(manager: SandboxManager, tmp_path: Path) -
     secret.chmod(0o644)
     other = await manager.session("victim")
     await other.execute("open('/mnt/data/mine.txt', 'w').write('VICTIM-SECRET')")
-    victim_host_path = other.volume.path / "mine.txt"  # type: ignore[attr-defined]
+    victim_host_path = other.volume.path / "mine.txt"
     assert victim_host_path.exists()
     box = await manager.session("thief")
     code = f"""
@@ -405,7 +405,7 @@ async def test_disk_limit(manager: SandboxManager) -> None:
 async def test_session_close_removes_its_files(manager: SandboxManager) -> None:
     box = await manager.session("closing")
     await box.put_file("a.txt", b"a")
-    host_dir = box.volume.path  # type: ignore[attr-defined]
+    host_dir = box.volume.path
     assert (host_dir / "a.txt").exists()
     await manager.close_session("closing")
     assert box.closed

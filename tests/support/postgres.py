@@ -22,10 +22,10 @@ def _get_server() -> Any:
     global _server
     with _lock:
         if _server is None:
-            import pgserver
+            from pgserver import get_server  # type: ignore[attr-defined]  # untyped re-export
 
             root = Path(os.environ.get("LOOM_TEST_PGDATA", Path(tempfile.gettempdir()) / "loom-test-pg"))
-            _server = pgserver.get_server(root, cleanup_mode="stop")
+            _server = get_server(root, cleanup_mode="stop")
         return _server
 
 
