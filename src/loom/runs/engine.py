@@ -102,8 +102,9 @@ class RunEngine:
 
     # Executing.
 
-    def start_run(self, project: str, run_id: str) -> None:
-        task = asyncio.create_task(self._execute(project, run_id), name=f"run-{run_id}")
+    def start_run(self, project: str, run_id: str, run: dict[str, Any] | None = None) -> None:
+        """Execute a queued run here. `run` (as just committed) lets the first reads overlap the claim."""
+        task = asyncio.create_task(self._execute(project, run_id, run), name=f"run-{run_id}")
         self._tasks.add(task)
         self._local[run_id] = task
         task.add_done_callback(self._tasks.discard)
@@ -113,17 +114,22 @@ class RunEngine:
         """Whether this replica is starting or executing the run (so its events are published here)."""
         return run_id in self._local
 
-    async def _execute(self, project: str, run_id: str) -> None:
+    async def _execute(self, project: str, run_id: str, hint: dict[str, Any] | None = None) -> None:
         lease_s = self.settings.lease_s
+        preload = asyncio.create_task(self.store.preload(project, hint)) if hint is not None else None
         claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)
         cancel_asked = run_id in self._cancel_pending
         self._cancel_pending.discard(run_id)
         if claimed is None:
+            if preload is not None:
+                preload.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await preload
             if cancel_asked:
                 await self._cancel_here(project, run_id)
             self.bus.end(run_id)
             return
-        executor = RunExecutor(self, project, run_id)
+        executor = RunExecutor(self, project, run_id, preload)
         self.executors[run_id] = executor
         self._running_since[run_id] = time.monotonic()
         if cancel_asked:

@@ -15,7 +15,7 @@ from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
 from loom.runs import context as ctx_mod
 from loom.runs.objects import new_assistant_message, new_step, usage_dict
-from loom.runs.store import public
+from loom.runs.store import Preloaded, RunContext, public
 from loom.runs.tools import Citation, ServerTool, ToolContext
 
 if TYPE_CHECKING:
@@ -56,8 +56,12 @@ class _Turn:
 
 
 class RunExecutor:
-    def __init__(self, engine: RunEngine, project: str, run_id: str) -> None:
+    def __init__(
+        self, engine: RunEngine, project: str, run_id: str, preload: asyncio.Task[Preloaded] | None = None
+    ) -> None:
         self.engine = engine
+        # Reads for the first model call, started while the run was being claimed.
+        self._preload = preload
         self.project = project
         self.run_id = run_id
         self.store = engine.store
@@ -110,11 +114,9 @@ class RunExecutor:
 
     async def _loop(self) -> None:
         engine = self.engine
-        async with engine.db.read() as conn:
-            from loom.services.common import assistants, threads
-
-            assistant = await assistants.get(conn, self.project, self.run["assistant_id"])
-            thread = await threads.get(conn, self.project, self.run["thread_id"])
+        preload, self._preload = self._preload, None
+        assistant, thread, first_context = await (preload or self.store.preload(self.project, self.run))
+        context: RunContext | None = first_context
         if assistant is None or thread is None:
             await self._fail("server_error", "The run's assistant or thread no longer exists.")
             return
@@ -137,7 +139,9 @@ class RunExecutor:
                 return
             server_tools = engine.server_tools_for(self.run["tools"])
             chat_tools = self._chat_tools(tool_ctx, server_tools)
-            history, steps, own = await self.store.run_context(self.project, self.run)
+            if context is None:
+                context = await self.store.run_context(self.project, self.run)
+            (history, steps, own), context = context, None
             reader = engine.file_reader(self.project)
             prompt = ctx_mod.build_prompt(
                 model=route.upstream_model,

@@ -7,9 +7,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from loom.runs import status
-from loom.services.common import messages, run_steps, runs
+from loom.services.common import assistants, messages, run_steps, runs, threads
 from loom.store import tables
 from loom.store.db import Database
+
+# The thread's messages from before the run, the run's steps, the run's own messages by id.
+RunContext = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]
+# The run's assistant and thread (None if deleted) and its context.
+Preloaded = tuple[dict[str, Any] | None, dict[str, Any] | None, RunContext]
 
 
 def public(obj: dict[str, Any]) -> dict[str, Any]:
@@ -133,21 +138,32 @@ class RunStore:
             else:
                 await messages.replace(conn, project, obj)
 
-    async def run_context(
-        self, project: str, run: dict[str, Any]
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
-        """The thread's messages from before this run, this run's steps, and this run's messages by id."""
-        m, s = tables.messages, tables.run_steps
+    async def preload(self, project: str, run: dict[str, Any]) -> Preloaded:
+        """What a run's first model call needs, read in one go (while the run is being claimed)."""
         async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(m.c.data).where(m.c.thread_id == run["thread_id"]).order_by(m.c.created_at, m.c.seq)
-                )
-            ).all()
-            step_rows = (
-                await conn.execute(sa.select(s.c.data).where(s.c.run_id == run["id"]).order_by(s.c.created_at, s.c.seq))
-            ).all()
-        history, own = [], {}
+            assistant = await assistants.get(conn, project, run["assistant_id"])
+            thread = await threads.get(conn, project, run["thread_id"])
+            context = await self._run_context(conn, run)
+        return assistant, thread, context
+
+    async def run_context(self, project: str, run: dict[str, Any]) -> RunContext:
+        """The thread's messages from before this run, this run's steps, and this run's messages by id."""
+        async with self.db.read() as conn:
+            return await self._run_context(conn, run)
+
+    @staticmethod
+    async def _run_context(conn: Any, run: dict[str, Any]) -> RunContext:
+        m, s = tables.messages, tables.run_steps
+        rows = (
+            await conn.execute(
+                sa.select(m.c.data).where(m.c.thread_id == run["thread_id"]).order_by(m.c.created_at, m.c.seq)
+            )
+        ).all()
+        step_rows = (
+            await conn.execute(sa.select(s.c.data).where(s.c.run_id == run["id"]).order_by(s.c.created_at, s.c.seq))
+        ).all()
+        history: list[dict[str, Any]] = []
+        own: dict[str, dict[str, Any]] = {}
         for (data,) in rows:
             if data.get("run_id") == run["id"] and data["role"] == "assistant":
                 own[data["id"]] = dict(data)

@@ -65,9 +65,9 @@ class RunService:
         self.db = db
         self.engine = engine
 
-    def _start(self, project: str, run_id: str, stream: bool) -> Queue | None:
-        queue = self.engine.bus.subscribe(run_id) if stream else None
-        self.engine.start_run(project, run_id)
+    def _start(self, project: str, run: dict[str, Any], stream: bool) -> Queue | None:
+        queue = self.engine.bus.subscribe(run["id"]) if stream else None
+        self.engine.start_run(project, run["id"], run)
         return queue
 
     async def create(
@@ -89,7 +89,7 @@ class RunService:
             run = new_run(thread_id, assistant, req, self.engine.settings.run_expiry_s)
             run["_include"] = include
             await runs.insert(conn, project, run, thread_id=thread_id, status="queued", expires_at=run["expires_at"])
-        return public(run), self._start(project, run["id"], bool(req.stream))
+        return public(run), self._start(project, run, bool(req.stream))
 
     async def create_thread_and_run(
         self, project: str, req: ThreadAndRunCreate
@@ -107,7 +107,7 @@ class RunService:
                 await threads.replace(conn, project, thread)
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_expiry_s)
             await runs.insert(conn, project, run, thread_id=thread["id"], status="queued", expires_at=run["expires_at"])
-        return thread, public(run), self._start(project, run["id"], bool(req.stream))
+        return thread, public(run), self._start(project, run, bool(req.stream))
 
     async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
         if await threads.get_row(conn, project, thread_id) is None:
@@ -219,7 +219,7 @@ class RunService:
         queued = await self.engine.store.transition(project, run_id, "queued", allowed_from={"requires_action"})
         if queued is None:
             raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
-        return public(step), public(queued), self._start(project, run_id, bool(req.stream))
+        return public(step), public(queued), self._start(project, queued, bool(req.stream))
 
     async def _pending_step(self, conn: Any, run_id: str) -> dict[str, Any]:
         s = tables.run_steps
