@@ -115,8 +115,9 @@ async def main() -> None:
         await run(index, embedder, "sqlite pdf", pdf)
         await engine.dispose()
     if args.postgres:
-        from loom.retrieval.pg_index import PostgresChunkIndex
         from tests.support.postgres import new_database
+
+        from loom.retrieval.pg_index import PostgresChunkIndex
 
         engine = create_async_engine(new_database("ingest"))
         pg = PostgresChunkIndex(engine)
