@@ -31,6 +31,9 @@ class _StoreVectors:
     matrix: Vectors
 
 
+MAX_MATCHED = 20000
+
+
 def _expanding(sql: str, *names: str) -> Any:
     return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
 
@@ -216,6 +219,11 @@ class SQLiteChunkIndex:
             kept = [t for t in terms if df[t] > 0]
             if not kept:
                 return []
+        # Bound the rows to score: past MAX_MATCHED, the commonest of the remaining terms are left
+        # out (lowest IDF, so the smallest share of any score); ranking then rests on rarer terms.
+        kept.sort(key=lambda t: df[t])
+        while len(kept) > 1 and sum(df[t] for t in kept) > MAX_MATCHED:
+            kept.pop()
         stores = " OR ".join("vector_store_id : " + _phrase(vs) for vs in dict.fromkeys(vector_store_ids))
         match = f"({stores}) AND ({' OR '.join('text : ' + _phrase(t) for t in kept)})"
         # Column weights: the text counts, the store id column does not.
