@@ -475,3 +475,18 @@ def test_every_streamed_state_is_already_committed(
         "thread.run.requires_action",
     ]
     client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
+
+
+def test_stream_helper_with_include(client: openai.OpenAI, upstream: FakeUpstream, assistant: Any) -> None:
+    """`runs.stream(include=[…])` sends `include[]` in the query; the run streams as usual."""
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "hi"}])
+    upstream.push(Turn.reply("with include"))
+    handler = Recorder()
+    with client.beta.threads.runs.stream(
+        thread_id=thread.id,
+        assistant_id=assistant.id,
+        include=["step_details.tool_calls[*].file_search.results[*].content"],
+        event_handler=handler,
+    ) as s:
+        s.until_done()
+    assert handler.get_final_run().status == "completed" and handler.text == "with include"
