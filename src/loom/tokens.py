@@ -11,8 +11,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-import bpe_openai
-
 O200K = "o200k_base"
 CL100K = "cl100k_base"
 
@@ -45,6 +43,10 @@ class Encoding:
     """A thin typed wrapper over a `bpe_openai` encoding. Special-token text is encoded as plain text."""
 
     def __init__(self, name: str) -> None:
+        # Imported on first use: the vocabularies take ~70 MB, which a server whose upstream reports
+        # usage (and whose prompts fit) never needs.
+        import bpe_openai
+
         self.name = name
         self._enc: Any = bpe_openai.get_encoding(name)
 
