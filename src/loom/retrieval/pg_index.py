@@ -31,7 +31,7 @@ def vector_literal(vector: Any) -> str:
 
 BM25_K1 = 1.2
 BM25_B = 0.75
-STATS_TTL_S = 30.0
+STATS_TTL_S = 300.0
 MAX_SCORED = 5000
 _CHUNK_COLUMNS = (
     "c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, c.end_offset, c.text, "
@@ -47,6 +47,7 @@ class PostgresChunkIndex:
         self._ef_search = int(ef_search)
         self._stats: dict[tuple[str, ...], tuple[int, float, float]] = {}
         self._df: dict[tuple[tuple[str, ...], str], tuple[int, float]] = {}
+        self._common: tuple[dict[str, float], float] | None = None
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -241,19 +242,48 @@ class PostgresChunkIndex:
             else:
                 missing.append(lex)
         if missing:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT l, (SELECT count(*) FROM retrieval_chunks c WHERE c.vector_store_id = ANY(:vs) "
-                        "AND c.tsv @@ CAST(quote_literal(l) AS tsquery)) FROM unnest(CAST(:lex AS text[])) AS l"
-                    ),
-                    {"vs": list(key), "lex": missing},
-                )
-            ).all()
-            for r in rows:
-                out[str(r[0])] = int(r[1])
-                self._df[(key, str(r[0]))] = (int(r[1]), now)
+            # Common lexemes: ANALYZE's element statistics of the tsvector column already hold their
+            # frequency (table-wide), and counting their rows is what costs. Rare ones are counted.
+            n, _ = await self._corpus_stats(conn, vector_store_ids)
+            common = await self._common_lexemes(conn)
+            to_count = [lex for lex in missing if lex not in common]
+            for lex in missing:
+                if lex in common:
+                    out[lex] = max(1, round(common[lex] * n))
+            if to_count:
+                rows = (
+                    await conn.execute(
+                        text(
+                            "SELECT l, (SELECT count(*) FROM retrieval_chunks c WHERE c.vector_store_id = ANY(:vs) "
+                            "AND c.tsv @@ CAST(quote_literal(l) AS tsquery)) FROM unnest(CAST(:lex AS text[])) AS l"
+                        ),
+                        {"vs": list(key), "lex": to_count},
+                    )
+                ).all()
+                out.update({str(r[0]): int(r[1]) for r in rows})
+            for lex in missing:
+                self._df[(key, lex)] = (out[lex], now)
         return out
+
+    async def _common_lexemes(self, conn: AsyncConnection) -> dict[str, float]:
+        """Lexeme -> share of rows, for the tsvector column's most common elements (pg_stats)."""
+        now = time.monotonic()
+        if self._common is not None and now - self._common[1] < STATS_TTL_S:
+            return self._common[0]
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT CAST(CAST(most_common_elems AS text) AS text[]), most_common_elem_freqs FROM pg_stats "
+                    "WHERE tablename = 'retrieval_chunks' AND attname = 'tsv' AND schemaname = current_schema()"
+                )
+            )
+        ).first()
+        common: dict[str, float] = {}
+        if row is not None and row[0] is not None and row[1] is not None:
+            # The frequency array carries three extra trailing values (min, max, null share).
+            common = {str(lex): float(f) for lex, f in zip(row[0], row[1][: len(row[0])], strict=True)}
+        self._common = (common, now)
+        return common
 
     async def keyword_candidates(
         self,
@@ -305,9 +335,6 @@ class PostgresChunkIndex:
             rest = [sum(bounds[j:]) for j in range(len(order) + 1)]
             # Start with the rarest terms that can fill the candidate list.
             size, covered = 0, 0
-            if file_ids is not None:
-                # Filtered: the planner walks the allowed files' rows anyway, so one pass does.
-                size = len(order)
             while size < len(order) and (covered < limit or size == 0):
                 covered += df[order[size]]
                 size += 1
@@ -332,13 +359,25 @@ class PostgresChunkIndex:
 
     @staticmethod
     def _bm25_sql(with_files: bool) -> str:
-        return (
-            "SELECT c.id, (SELECT sum(q.idf * (tf * (:k1 + 1)) / (tf + :k1 * (1 - :b + :b * c.doc_len / :avgdl))) "
+        score = (
+            "(SELECT sum(q.idf * (tf * (:k1 + 1)) / (tf + :k1 * (1 - :b + :b * c.doc_len / :avgdl))) "
             "FROM unnest(CAST(:lex AS text[]), CAST(:idf AS float8[])) AS q(lexeme, idf), "
-            "LATERAL CAST(COALESCE(c.term_freqs ->> q.lexeme, '0') AS float8) AS tf) AS score "
-            "FROM retrieval_chunks c WHERE c.tsv @@ CAST(:tsq AS tsquery) AND c.vector_store_id = ANY(:vs)"
-            + (" AND c.file_id = ANY(:files)" if with_files else "")
-            + " ORDER BY score DESC, c.id LIMIT :k"
+            "LATERAL CAST(COALESCE(c.term_freqs ->> q.lexeme, '0') AS float8) AS tf)"
+        )
+        if not with_files:
+            return (
+                f"SELECT c.id, {score} AS score FROM retrieval_chunks c "
+                "WHERE c.tsv @@ CAST(:tsq AS tsquery) AND c.vector_store_id = ANY(:vs) "
+                "ORDER BY score DESC, c.id LIMIT :k"
+            )
+        # Filtered: find the matching rows through the GIN index first (bounded by the MaxScore
+        # term choice), then keep the allowed files'; the planner would otherwise walk every row
+        # of the allowed files and score each one.
+        return (
+            "WITH m AS MATERIALIZED (SELECT id FROM retrieval_chunks "
+            "WHERE tsv @@ CAST(:tsq AS tsquery) AND vector_store_id = ANY(:vs)) "
+            f"SELECT c.id, {score} AS score FROM m JOIN retrieval_chunks c ON c.id = m.id "
+            "WHERE c.file_id = ANY(:files) ORDER BY score DESC, c.id LIMIT :k"
         )
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
