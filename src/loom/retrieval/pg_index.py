@@ -187,6 +187,9 @@ class PostgresChunkIndex:
         dims = int(np.asarray(vector).size)
         params: dict[str, Any] = {"q": vector_literal(vector), "d": dims, "vs": list(vector_store_ids), "k": limit}
         async with self._engine.begin() as conn:
+            # asyncpg prepares statements; after five runs PostgreSQL may switch to a generic plan
+            # that cannot see how selective `file_id = ANY(...)` is and scans every row (20x slower).
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             if file_ids is not None:
                 # Filtered: HNSW post-filtering would lose results (no iterative scans before pgvector
                 # 0.8), and filtered sets are usually small, so search them exactly.
@@ -308,6 +311,7 @@ class PostgresChunkIndex:
             )
             if not lexemes:
                 return []
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             n, avgdl = await self._corpus_stats(conn, vector_store_ids)
             df = await self._document_frequencies(conn, vector_store_ids, lexemes)
             df = {lex: d for lex, d in df.items() if d}
