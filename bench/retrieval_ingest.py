@@ -40,7 +40,9 @@ def abstracts() -> list[str]:
 
 
 def text_files(docs: list[str], n_files: int, size: int) -> list[tuple[str, bytes]]:
-    files, buf, i = [], [], 0
+    files: list[tuple[str, bytes]] = []
+    buf: list[str] = []
+    i = 0
     while len(files) < n_files:
         buf.append(docs[i % len(docs)])
         i += 1

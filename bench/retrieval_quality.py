@@ -1,6 +1,6 @@
 """Retrieval quality on SciFact (BEIR test split): nDCG@10 and recall@100 per search mode.
 
-    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama|minilm]
+    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama]
 
 Reads the corpus from ../shared/data/ir/scifact (CC BY-NC: never copied into this repository),
 indexes every abstract (title + text) as one file of one vector store with the `auto` chunking,
@@ -113,11 +113,6 @@ async def evaluate(
 def make_embedder(name: str) -> Embedder:
     if name == "wordllama":
         return WordLlamaEmbedder()
-    if name == "minilm":
-        sys.path.insert(0, str(ROOT / "bench"))
-        from retrieval_minilm import MiniLMEmbedder
-
-        return MiniLMEmbedder()
     raise SystemExit(f"unknown embedder {name}")
 
 
