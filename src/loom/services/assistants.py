@@ -47,9 +47,7 @@ class AssistantService:
 
     async def list(self, project: str, params: ListParams) -> Page:
         async with self.db.read() as conn:
-            return await assistants.list(
-                conn, project, limit=params.limit, order=params.order, after=params.after, before=params.before
-            )
+            return await assistants.list(conn, project, params)
 
     async def modify(self, project: str, assistant_id: str, req: AssistantModify) -> dict[str, Any]:
         async with self.db.write() as conn:

@@ -174,9 +174,7 @@ class FileService:
         if purpose is not None:
             where.append(tables.files.c.purpose == purpose)
         async with self.db.read() as conn:
-            return await files.list(
-                conn, project, limit=params.limit, order=params.order, after=params.after, where=where
-            )
+            return await files.list(conn, project, params, where=where)
 
     async def delete(self, project: str, file_id: str) -> dict[str, Any]:
         async with self.db.write() as conn:

@@ -152,10 +152,7 @@ class RunService:
             page = await runs.list(
                 conn,
                 project,
-                limit=params.limit,
-                order=params.order,
-                after=params.after,
-                before=params.before,
+                params,
                 parent=thread_id,
             )
         return Page([public(r) for r in page.data], page.has_more)
@@ -241,10 +238,7 @@ class RunService:
             page = await run_steps.list(
                 conn,
                 project,
-                limit=params.limit,
-                order=params.order,
-                after=params.after,
-                before=params.before,
+                params,
                 parent=run_id,
             )
         return Page([step_wire(s, include) for s in page.data], page.has_more)

@@ -192,10 +192,7 @@ class ThreadService:
             return await messages.list(
                 conn,
                 project,
-                limit=params.limit,
-                order=params.order,
-                after=params.after,
-                before=params.before,
+                params,
                 parent=thread_id,
                 where=where,
             )

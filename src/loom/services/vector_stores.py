@@ -355,9 +355,7 @@ class VectorStoreService:
 
     async def list(self, project: str, params: ListParams) -> Page:
         async with self.db.read() as conn:
-            page = await stores.list(
-                conn, project, limit=params.limit, order=params.order, after=params.after, before=params.before
-            )
+            page = await stores.list(conn, project, params)
             data = [await store_wire(conn, s) for s in page.data]
         return Page(data=data, has_more=page.has_more)
 
@@ -466,10 +464,7 @@ class VectorStoreService:
             page = await store_files.list(
                 conn,
                 project,
-                limit=params.limit,
-                order=params.order,
-                after=params.after,
-                before=params.before,
+                params,
                 parent=vector_store_id,
                 where=where,
             )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -13,6 +13,19 @@ from loom.errors import InvalidRequest
 
 Order = Literal["asc", "desc"]
 Obj = dict[str, Any]
+
+
+class PageParams(Protocol):
+    """`limit`, `order`, `after`, `before` of a list request."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def order(self) -> Order: ...
+    @property
+    def after(self) -> str | None: ...
+    @property
+    def before(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -97,15 +110,13 @@ class Collection:
         self,
         conn: AsyncConnection,
         project: str,
+        params: PageParams,
         *,
-        limit: int,
-        order: Order = "desc",
-        after: str | None = None,
-        before: str | None = None,
         parent: str | None = None,
         where: Sequence[sa.ColumnElement[bool]] = (),
     ) -> Page:
         """A page ordered by (created_at, seq): `seq` breaks ties so no object is skipped or repeated."""
+        limit, order, after, before = params.limit, params.order, params.after, params.before
         t = self.table
         scope = [*self._scope(project, parent), *where]
         key = sa.tuple_(t.c.created_at, t.c.seq)
