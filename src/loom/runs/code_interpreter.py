@@ -227,7 +227,6 @@ class CodeInterpreterTool:
     function_name = "code_interpreter"
     # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
     # adds the outputs: the call's first delta (id, type) and the input are never sent twice.
-    streams_arguments = True
 
     def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database) -> None:
         self.sandbox = sandbox
@@ -267,7 +266,7 @@ class CodeInterpreterTool:
     async def execute(
         self, ctx: ToolContext, tool: dict[str, Any], call: ToolCall, index: int, emit: EmitDelta
     ) -> ToolResult:
-        # The call's first delta and its input were streamed by the executor (`streams_arguments`).
+        # The call's first delta and its input were streamed by the executor (`StreamsArguments`).
         code = code_from_arguments(call.arguments)
         try:
             session = await self.sandbox.session(ctx.thread["id"])

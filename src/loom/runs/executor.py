@@ -16,7 +16,7 @@ from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
 from loom.runs import context as ctx_mod
 from loom.runs.objects import new_assistant_message, new_step, usage_dict
 from loom.runs.store import Preloaded, RunContext, public
-from loom.runs.tools import Citation, ServerTool, ToolContext
+from loom.runs.tools import ArgumentStream, Citation, ServerTool, StreamsArguments, ToolContext
 
 if TYPE_CHECKING:
     from loom.runs.engine import RunEngine
@@ -46,8 +46,8 @@ class _Turn:
         # upstream index → (our call id, name, argument fragments)
         self.calls: dict[int, tuple[str, str, list[str]]] = {}
         # upstream index → the argument stream of a server tool that shows its input as it is written
-        # (`streams_arguments`: code_interpreter's `CodeInputStream`: opening(), feed(), close()).
-        self.arg_streams: dict[int, Any] = {}
+        # (a `StreamsArguments` tool: the code interpreter).
+        self.arg_streams: dict[int, ArgumentStream] = {}
         # position → tool-call deltas held back until the calls before it have run (see `_call_delta`).
         self.held: dict[int, list[dict[str, Any]]] = {}
         self.finish_reason: str | None = None
@@ -434,8 +434,8 @@ class RunExecutor:
                     "function": {"name": name or "", "arguments": "", "output": None},
                 }
                 self._call_delta(turn, position, body)
-            elif getattr(server[0], "streams_arguments", False):
-                stream = server[0].argument_stream(our_id)  # type: ignore[attr-defined]
+            elif isinstance(server[0], StreamsArguments):
+                stream = server[0].argument_stream(our_id)
                 turn.arg_streams[index] = stream
                 self._call_delta(turn, position, {"index": position, **stream.opening()})
             # Other server tools show their first delta when they run (their arguments are not the user's business).

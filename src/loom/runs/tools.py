@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from loom.llm.types import ChatTool, ToolCall
 
@@ -56,3 +56,22 @@ class ServerTool(Protocol):
     ) -> ToolResult:
         """Run one call. Emit at least one delta (the first carrying the call id) before returning."""
         ...
+
+
+class ArgumentStream(Protocol):
+    """Shows a server tool's call while the model writes its arguments: each method returns a
+    tool-call delta (without `index`) or None when there is nothing new to show."""
+
+    def opening(self) -> dict[str, Any]: ...
+
+    def feed(self, fragment: str) -> dict[str, Any] | None: ...
+
+    def close(self, arguments: str) -> dict[str, Any] | None: ...
+
+
+@runtime_checkable
+class StreamsArguments(Protocol):
+    """A server tool whose input is streamed as the model writes it (code interpreter); its `execute`
+    then does not show the input again."""
+
+    def argument_stream(self, call_id: str) -> ArgumentStream: ...
