@@ -46,6 +46,8 @@ class SQLiteChunkIndex:
         # Document frequencies for the keyword query planner; any write clears them.
         self._df: dict[str, int] = {}
         self._rows: int | None = None
+        # Bumped by every write, so counts read across a write are not cached.
+        self._generation = 0
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -55,6 +57,7 @@ class SQLiteChunkIndex:
         self._cache.pop(vector_store_id, None)
         self._df.clear()
         self._rows = None
+        self._generation += 1
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None
@@ -187,12 +190,17 @@ class SQLiteChunkIndex:
 
     async def _document_frequencies(self, terms: Sequence[str]) -> tuple[int, dict[str, int]]:
         """Rows in the whole FTS index, and rows holding each term (cached until the next write)."""
-        missing = [t for t in terms if t not in self._df]
+        # Read into locals: a write may clear the cache while this coroutine waits on the database.
+        generation = self._generation
+        rows = self._rows
+        df = {t: self._df[t] for t in terms if t in self._df}
         async with self._engine.connect() as conn:
-            if self._rows is None:
-                self._rows = int((await conn.execute(text("SELECT count(*) FROM retrieval_chunks"))).scalar_one())
-            for term in missing:
-                self._df[term] = int(
+            if rows is None:
+                rows = int((await conn.execute(text("SELECT count(*) FROM retrieval_chunks"))).scalar_one())
+            for term in terms:
+                if term in df:
+                    continue
+                df[term] = int(
                     (
                         await conn.execute(
                             text("SELECT count(*) FROM retrieval_chunks_fts WHERE retrieval_chunks_fts MATCH :m"),
@@ -200,7 +208,10 @@ class SQLiteChunkIndex:
                         )
                     ).scalar_one()
                 )
-        return self._rows, {t: self._df[t] for t in terms}
+        if generation == self._generation:  # nothing was written meanwhile: the counts may be cached
+            self._rows = rows
+            self._df.update(df)
+        return rows, df
 
     async def keyword_candidates(
         self,
