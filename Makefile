@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test venv bubblewrap sandbox-env lint
+.PHONY: serve test venv bubblewrap node sandbox-env lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ bubblewrap:
 	  command -v bwrap >/dev/null 2>&1 || echo "loom: bubblewrap (bwrap) is not installed and could not be installed here: install the 'bubblewrap' package; the code interpreter is unavailable until then." >&2; \
 	}
 
+# Node.js and npm, for the test that drives Loom with the openai npm package (tests/node). Installed
+# where we may (as root with apt); the test installs its npm dependencies itself.
+node:
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq nodejs npm >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq nodejs npm >/dev/null 2>&1)) || true; \
+	  fi; \
+	  command -v node >/dev/null 2>&1 || echo "loom: node and npm are not installed and could not be installed here: install the 'nodejs' and 'npm' packages to run the Node client test." >&2; \
+	}
+
 # The code interpreter's own Python (numpy, pandas, matplotlib, …): a separate virtualenv, rebuilt only
 # when its pinned requirements change.
 sandbox-env: venv
@@ -42,5 +52,5 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: venv bubblewrap sandbox-env lint
+test: venv bubblewrap node sandbox-env lint
 	$(BIN)/pytest -q
