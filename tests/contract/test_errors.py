@@ -76,6 +76,15 @@ def test_401_missing_key(loom_server: LoomServer) -> None:
             assert error["type"] == "invalid_request_error"
 
 
+def test_401_before_the_beta_header_rule(loom_server: LoomServer) -> None:
+    """No key and no OpenAI-Beta header: the missing key is what the client hears about first."""
+    with raw_client(loom_server, key=None, beta=False) as anonymous:
+        for path in ("/assistants", "/threads/thread_x", "/threads/thread_x/runs", "/vector_stores"):
+            _error(anonymous.get(path), 401)
+    with raw_client(loom_server, beta=False) as keyed:
+        assert _error(keyed.get("/assistants"), 400)["code"] == "invalid_beta"
+
+
 def test_401_wrong_key(loom_server: LoomServer) -> None:
     with raw_client(loom_server, key="sk-wrong-key-123456") as stranger:
         error = _error(stranger.get("/assistants"), 401)

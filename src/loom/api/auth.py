@@ -18,8 +18,11 @@ async def authenticate(request: Request) -> str:
 Project = Annotated[str, Depends(authenticate)]
 
 
-async def require_beta(request: Request) -> None:
-    """Assistants and threads need `OpenAI-Beta: assistants=v2` (CONFORMANCE §1.2)."""
+async def require_beta(request: Request, _project: Project) -> None:
+    """Assistants and threads need `OpenAI-Beta: assistants=v2` (CONFORMANCE §1.2).
+
+    Depends on authentication so that a request with neither a key nor the header gets the 401 first
+    (FastAPI runs `authenticate` once per request and shares its result with the route)."""
     beta = request.headers.get("openai-beta", "")
     values = {v.strip() for v in beta.split(",")}
     if "assistants=v2" in values:
@@ -37,7 +40,7 @@ async def require_beta(request: Request) -> None:
     )
 
 
-async def optional_beta(request: Request) -> None:
+async def optional_beta(request: Request, project: Project) -> None:
     """Vector stores accept the header or its absence, but not the retired v1."""
     if "assistants=v1" in request.headers.get("openai-beta", ""):
-        await require_beta(request)
+        await require_beta(request, project)
