@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import time
 import uuid
 import zlib
 from typing import Any
@@ -380,3 +381,32 @@ def test_code_interpreter_and_a_function_in_one_turn(client: openai.OpenAI, upst
     assert ("text_done", "1024, and sunny.") in handler.events
     tool_messages = [m for m in upstream.requests[-1].messages if m.get("role") == "tool"]
     assert [m["content"] for m in tool_messages] == ["1024\n", "sunny"]
+
+
+def test_cancel_between_two_code_calls_ends_cancelled(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant_id: str
+) -> None:
+    """A cancel that arrives while the first of two calls runs: the second never runs, and the run ends
+    `cancelled` with its tool step cancelled (it must not stay `cancelling`)."""
+    thread = new_thread(client)
+    upstream.push(
+        Turn.calls(
+            ToolCallSpec("code_interpreter", {"code": "import time; time.sleep(2); print('first done')"}),
+            ToolCallSpec("code_interpreter", {"code": "print('second ran')"}),
+        ),
+        Turn.reply("not reached"),
+    )
+    run = client.beta.threads.runs.create(thread_id=thread, assistant_id=assistant_id)
+    deadline = time.monotonic() + 30
+    while client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id).data == []:
+        assert time.monotonic() < deadline, "the tool step never appeared"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert client.beta.threads.runs.cancel(thread_id=thread, run_id=run.id).status == "cancelling"
+    while (current := client.beta.threads.runs.retrieve(thread_id=thread, run_id=run.id)).status == "cancelling":
+        assert time.monotonic() < deadline, "the run stayed cancelling"
+        time.sleep(0.05)
+    assert current.status == "cancelled"
+    step = client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id).data[0]
+    assert step.status == "cancelled"
+    assert len(upstream.chat_requests) == 1, "no model call after the cancel"

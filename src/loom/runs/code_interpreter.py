@@ -224,6 +224,7 @@ class CodeInputStream:
 
 class CodeInterpreterTool:
     type = "code_interpreter"
+    interruptible = False
     function_name = "code_interpreter"
     # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
     # adds the outputs: the call's first delta (id, type) and the input are never sent twice.

@@ -30,10 +30,6 @@ _FLUSH_EVERY_S = 1.0
 _INTERRUPTED = "The run was interrupted before it finished (the server executing it stopped)."
 
 
-class _Cancelled(Exception):
-    pass
-
-
 class _Turn:
     """What one model call has produced so far."""
 
@@ -67,7 +63,7 @@ class RunExecutor:
         self.store = engine.store
         self.cancel_requested = False
         self.lease_cleared = False
-        self._call: asyncio.Task[None] | None = None
+        self._call: asyncio.Task[Any] | None = None
         self.run: dict[str, Any] = {}
         # From tool results, for the messages that follow them.
         self.citations: list[Citation] = []
@@ -102,8 +98,6 @@ class RunExecutor:
         self.emit_run(run)
         try:
             await self._loop()
-        except _Cancelled:
-            pass
         except UpstreamError as exc:
             await self._fail(exc.code, exc.message)
         except asyncio.CancelledError:
@@ -507,7 +501,8 @@ class RunExecutor:
                 continue
             impl, tool = server
             if self.cancel_requested:
-                raise _Cancelled
+                await self._finish_cancelled(turn)
+                return True
             index = position
 
             async def emit(delta: dict[str, Any], _index: int = index) -> None:
@@ -515,9 +510,20 @@ class RunExecutor:
 
             if upstream_index in turn.arg_streams and (rest := turn.arg_streams[upstream_index].close(arguments)):
                 await emit(rest)
-            result = await impl.execute(
-                tool_ctx, tool, ToolCall(id=call_id, name=name, arguments=arguments), index, emit
+            running = asyncio.create_task(
+                impl.execute(tool_ctx, tool, ToolCall(id=call_id, name=name, arguments=arguments), index, emit)
             )
+            if impl.interruptible:
+                self._call = running  # a cancel stops it at once; others finish (bounded by their own limits)
+            try:
+                result = await running
+            except asyncio.CancelledError:
+                if not self.cancel_requested:
+                    raise
+                await self._finish_cancelled(turn)
+                return True
+            finally:
+                self._call = None
             self.citations.extend(result.citations)
             self.pending_images.extend(result.image_file_ids)
             calls.append({"id": call_id, "type": impl.type, **result.details})

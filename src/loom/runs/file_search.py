@@ -58,6 +58,7 @@ def _queries(arguments: str) -> list[str]:
 
 class FileSearchTool:
     type = "file_search"
+    interruptible = True
     function_name = "file_search"
 
     def __init__(self, service: VectorStoreService, wait_s: float = 60.0) -> None:

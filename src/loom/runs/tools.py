@@ -48,6 +48,9 @@ class ServerTool(Protocol):
     type: str
     # The function name the model sees.
     function_name: str
+    # Whether a run's cancel may stop `execute` midway (a search may; code in a kernel runs to its own
+    # time limit, so the session is never left mid-execution).
+    interruptible: bool
 
     def chat_tool(self, ctx: ToolContext, tool: dict[str, Any]) -> ChatTool: ...
 
