@@ -115,3 +115,26 @@ def test_kill_9_before_the_run_started(backend: str, upstream: FakeUpstream) -> 
         assert client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data == []
     finally:
         second.stop()
+
+
+def test_graceful_stop_mid_run_leaves_it_to_another_replica(upstream: FakeUpstream) -> None:
+    """SIGTERM to the replica executing a run (a deploy, a scale-down): the survivor fails the run once
+    the stopped replica's lease lapses — a stop never leaves the run `in_progress` for ever."""
+    url = new_database()
+    env = server_env(upstream, LOOM_LEASE_S="1")
+    a = LoomServer(database_url=url, upstream_base_url=upstream.base_url, extra_env=env).start()
+    b = LoomServer(database_url=url, upstream_base_url=upstream.base_url, extra_env=env).start()
+    try:
+        client_a, client_b = sdk_client(a), sdk_client(b)
+        assistant = client_a.beta.assistants.create(model="gpt-4o")
+        thread = client_a.beta.threads.create(messages=[{"role": "user", "content": "x"}])
+        upstream.push(Turn.hang(after=0))
+        run = client_a.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+        upstream.wait_for_requests(1)
+        a.stop()
+        ended = wait_status(client_b, thread.id, run.id, {"failed", "cancelled", "completed"})
+        assert ended.status == "failed" and ended.last_error is not None
+        assert ended.last_error.code == "server_error"
+    finally:
+        a.stop()
+        b.stop()

@@ -169,13 +169,16 @@ class RunEngine:
         return int(min(ceiling, max(_MIN_POLL_MS, age_ms / 4)))
 
     async def _release(self, run_id: str) -> None:
+        """Give up the lease of a run whose executor stopped without ending it (shutdown, a bug): the
+        lease is left lapsed, not cleared, so the recovery sweep of any replica fails the run instead
+        of leaving it active forever."""
         t = tables.runs
         with contextlib.suppress(Exception):
             async with self.db.write() as conn:
                 await conn.execute(
                     t.update()
                     .where(t.c.id == run_id, t.c.lease_owner == self.replica)
-                    .values(lease_owner=None, lease_expires_at=None)
+                    .values(lease_owner=None, lease_expires_at=0.0)
                 )
 
     # Cancelling.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -65,6 +66,11 @@ class RunService:
         self.db = db
         self.engine = engine
 
+    def _lease(self) -> dict[str, Any]:
+        """A new run is leased to this replica from its first commit: if the process dies before the
+        executor starts, the lease lapses and another replica fails the run (never stuck `queued`)."""
+        return {"lease_owner": self.engine.replica, "lease_expires_at": time.time() + self.engine.settings.lease_s}
+
     def _start(self, project: str, run: dict[str, Any], stream: bool) -> Queue | None:
         queue = self.engine.bus.subscribe(run["id"]) if stream else None
         self.engine.start_run(project, run["id"], run)
@@ -88,7 +94,9 @@ class RunService:
                 await insert_message(conn, project, thread_id, message)
             run = new_run(thread_id, assistant, req, self.engine.settings.run_expiry_s)
             run["_include"] = include
-            await runs.insert(conn, project, run, thread_id=thread_id, status="queued", expires_at=run["expires_at"])
+            await runs.insert(
+                conn, project, run, thread_id=thread_id, status="queued", expires_at=run["expires_at"], **self._lease()
+            )
         return public(run), self._start(project, run, bool(req.stream))
 
     async def create_thread_and_run(
@@ -106,7 +114,15 @@ class RunService:
                 )
                 await threads.replace(conn, project, thread)
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_expiry_s)
-            await runs.insert(conn, project, run, thread_id=thread["id"], status="queued", expires_at=run["expires_at"])
+            await runs.insert(
+                conn,
+                project,
+                run,
+                thread_id=thread["id"],
+                status="queued",
+                expires_at=run["expires_at"],
+                **self._lease(),
+            )
         return thread, public(run), self._start(project, run, bool(req.stream))
 
     async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
