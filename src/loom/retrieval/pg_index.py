@@ -363,8 +363,12 @@ class PostgresChunkIndex:
 
     @staticmethod
     def _bm25_sql(with_files: bool) -> str:
+        # Every parameter is cast: PostgreSQL infers an untyped parameter's type from its operand, so
+        # `:b * c.doc_len` bound b (0.75) as an integer and `c.doc_len / :avgdl` divided integers,
+        # which flattened length normalisation (SciFact keyword nDCG@10 0.671 instead of 0.687).
         score = (
-            "(SELECT sum(q.idf * (tf * (:k1 + 1)) / (tf + :k1 * (1 - :b + :b * c.doc_len / :avgdl))) "
+            "(SELECT sum(q.idf * (tf * (CAST(:k1 AS float8) + 1)) / (tf + CAST(:k1 AS float8) * "
+            "(1 - CAST(:b AS float8) + CAST(:b AS float8) * c.doc_len / CAST(:avgdl AS float8)))) "
             "FROM unnest(CAST(:lex AS text[]), CAST(:idf AS float8[])) AS q(lexeme, idf), "
             "LATERAL CAST(COALESCE(c.term_freqs ->> q.lexeme, '0') AS float8) AS tf)"
         )
