@@ -1,4 +1,4 @@
-"""PostgreSQL index: pgvector HNSW (cosine) for vectors, tsvector + GIN with ts_rank_cd for keywords.
+"""PostgreSQL index: pgvector HNSW (cosine) for vectors, tsvector + GIN with BM25 for keywords.
 
 Vectors travel as pgvector's text form, cast in SQL, so the index needs no codec registered on the
 application's engine. The column is dimension-less; each embedding size has a partial HNSW index
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.index import Attributes, Candidate, FileEntry, StoredChunk
-from loom.retrieval.schema import DEFAULT_DIMENSIONS, create_schema, hnsw_index_statement
+from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema, hnsw_index_statement
 from loom.retrieval.sqlite_index import _stored
 
 
@@ -103,8 +103,8 @@ class PostgresChunkIndex:
             for c, v in zip(chunks, vectors, strict=True)
         ]
         async with self._engine.begin() as conn:
-            # BM25 needs |D| and per-term frequencies; both come from the same english tsvector the
-            # GIN index holds, computed once here so that queries read them with a jsonb lookup.
+            # BM25 needs |D| and per-term frequencies; both come from the same tsvector (configuration
+            # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per query.
             await conn.execute(
                 text(
                     "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
@@ -112,7 +112,7 @@ class PostgresChunkIndex:
                     "SELECT :vs, :f, :i, :s, :e, :t, :text, CAST(CAST(:emb AS text) AS vector), :d, s.len, s.tf "
                     "FROM (SELECT COALESCE(sum(array_length(positions, 1)), 0) AS len, "
                     "COALESCE(jsonb_object_agg(lexeme, array_length(positions, 1)), '{}'::jsonb) AS tf "
-                    "FROM unnest(to_tsvector('english', CAST(:text AS text)))) AS s"
+                    f"FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', CAST(:text AS text)))) AS s"
                 ),
                 rows,
             )
@@ -304,7 +304,8 @@ class PostgresChunkIndex:
             lexemes: list[str] = list(
                 (
                     await conn.execute(
-                        text("SELECT tsvector_to_array(to_tsvector('english', :q))"), {"q": " ".join(terms)}
+                        text(f"SELECT tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :q))"),
+                        {"q": " ".join(terms)},
                     )
                 ).scalar_one()
                 or []
