@@ -42,20 +42,26 @@ _DESCRIPTION = (
 # with respect to fork; the kernel then reaps its own children (zombies count against the process limit).
 _REAP_STRAYS = """
 import os as _loom_os, signal as _loom_signal, time as _loom_time
-if {force} or sum(1 for _loom_p in _loom_os.listdir('/proc') if _loom_p.isdigit()) - 2 > {most}:
-    try:
-        _loom_os.kill(-1, _loom_signal.SIGKILL)
-    except OSError:
-        pass
+def _loom_strays():
+    _keep = {{1, _loom_os.getpid(), _loom_os.getppid()}}
+    return [p for p in _loom_os.listdir('/proc') if p.isdigit() and int(p) not in _keep]
+if {force} or len(_loom_strays()) > {most}:
     _loom_end = _loom_time.monotonic() + 2
-    while _loom_time.monotonic() < _loom_end:
+    # Until none is left (zombies included, which the sandbox's init reaps when it gets to them):
+    # a process forked while kill(-1) ran is caught by the next round.
+    while _loom_strays() and _loom_time.monotonic() < _loom_end:
         try:
-            if _loom_os.waitpid(-1, _loom_os.WNOHANG) == (0, 0):
-                _loom_time.sleep(0.01)
+            _loom_os.kill(-1, _loom_signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            while _loom_os.waitpid(-1, _loom_os.WNOHANG) != (0, 0):
+                pass
         except ChildProcessError:
-            break
+            pass
+        _loom_time.sleep(0.01)
     del _loom_end
-del _loom_os, _loom_signal, _loom_time
+del _loom_os, _loom_signal, _loom_time, _loom_strays
 """
 # Other processes (besides the sandbox's init and the kernel) an execution may leave running.
 _MOST_LEFT_PROCESSES = 16
