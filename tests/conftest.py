@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from collections.abc import Iterator
 
 import openai
 import pytest
 
-from tests.support.postgres import new_database
-from tests.support.server import LoomServer
+from tests.support.postgres import drop_created_databases, new_database
+from tests.support.server import CREATED_DIRS, LoomServer
 
 DEFAULT_KEY = "sk-test-default"
 
@@ -24,6 +25,15 @@ def sdk_client(server: LoomServer, key: str = DEFAULT_KEY, **kwargs: object) -> 
         max_retries=0,
         **kwargs,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_up_after_the_session() -> Iterator[None]:
+    """Leave nothing behind: the servers' data directories and the test databases."""
+    yield
+    for path in CREATED_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
+    drop_created_databases()
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

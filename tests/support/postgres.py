@@ -34,11 +34,23 @@ def _socket_dir(uri: str) -> str:
     return query["host"][0]
 
 
+# Databases made by this test session, dropped when it ends (tests/conftest.py).
+CREATED_DATABASES: list[str] = []
+
+
+def drop_created_databases() -> None:
+    if _server is None:
+        return
+    while CREATED_DATABASES:
+        _server.psql(f"DROP DATABASE IF EXISTS {CREATED_DATABASES.pop()} WITH (FORCE);")
+
+
 def new_database(prefix: str = "loom") -> str:
     """Create an empty database with pgvector enabled; return its SQLAlchemy asyncpg URL."""
     server = _get_server()
     name = f"{prefix}_{secrets.token_hex(6)}"
     server.psql(f"CREATE DATABASE {name};")
+    CREATED_DATABASES.append(name)
     host = _socket_dir(server.get_uri())
     url = f"postgresql+asyncpg://postgres@/{name}?host={host}"
     return url

@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
+# Data directories the servers of this test session made, removed when the session ends (tests/conftest.py).
+CREATED_DIRS: list[Path] = []
 
 
 def free_port() -> int:
@@ -36,7 +38,10 @@ class LoomServer:
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
     ) -> None:
-        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="loom-test-"))
+        if data_dir is None:
+            data_dir = Path(tempfile.mkdtemp(prefix="loom-test-"))
+            CREATED_DIRS.append(data_dir)
+        self.data_dir = data_dir
         self.database_url = database_url
         self.port = free_port()
         self.env = {
