@@ -111,6 +111,9 @@ async def store_wire(conn: AsyncConnection, store: dict[str, Any]) -> dict[str, 
     counts = await file_counts(conn, store["id"])
     wire = public(store)
     wire["file_counts"] = counts
+    if wire.get("expires_after") is None:
+        # Optional but not nullable in OpenAI's schema: absent when the store has no expiry policy.
+        wire.pop("expires_after", None)
     if _expired(store):
         wire["status"] = "expired"
     else:
