@@ -56,9 +56,7 @@ def loom_server(backend: str) -> Iterator[LoomServer]:
 @pytest.fixture(scope="session")
 def other_key(loom_server: LoomServer) -> str:
     """A key of a second project, created with `loom keys create` while the server runs."""
-    result = loom_server.cli("keys", "create", "--project", "other")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return loom_server.new_project_key()
 
 
 @pytest.fixture()

@@ -8,8 +8,7 @@ The servers get a TOML config with two extra model names:
 from __future__ import annotations
 
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import new_database
-from tests.support.server import LoomServer
+from tests.support.server import LoomServer, wait_for
 
 TINY_WINDOW = 700
 FUNCTION_TOOL: Any = {
@@ -102,16 +101,6 @@ def client(run_server: LoomServer) -> openai.OpenAI:
 @pytest.fixture()
 def assistant(client: openai.OpenAI) -> Any:
     return client.beta.assistants.create(model="gpt-4o", instructions="You are terse.", tools=[FUNCTION_TOOL])
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def wait_status(client: openai.OpenAI, thread_id: str, run_id: str, statuses: set[str], timeout: float = 20.0) -> Any:

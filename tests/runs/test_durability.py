@@ -7,9 +7,9 @@ from typing import Any
 
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
-from tests.runs.conftest import FUNCTION_TOOL, server_env, wait_for, wait_status
+from tests.runs.conftest import FUNCTION_TOOL, server_env, wait_status
 from tests.support.postgres import new_database
-from tests.support.server import LoomServer
+from tests.support.server import LoomServer, wait_for
 
 
 def _restartable(backend: str, upstream: FakeUpstream) -> LoomServer:

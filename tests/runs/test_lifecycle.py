@@ -10,8 +10,8 @@ import openai
 import pytest
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
-from tests.runs.conftest import FUNCTION_TOOL, wait_for, wait_status
-from tests.support.server import LoomServer
+from tests.runs.conftest import FUNCTION_TOOL, wait_status
+from tests.support.server import LoomServer, wait_for
 
 
 def test_create_and_poll_completes_with_message_steps_and_usage(

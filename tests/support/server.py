@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,17 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 class LoomServer:
@@ -97,6 +109,12 @@ class LoomServer:
             text=True,
             timeout=60,
         )
+
+    def new_project_key(self, project: str = "other") -> str:
+        """A key of another project, made with `loom keys create` while the server runs."""
+        result = self.cli("keys", "create", "--project", project)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import new_database
 from tests.support.server import LoomServer
+from tests.support.server import wait_for as support_wait_for
 
 ENV = {"LOOM_POLL_AFTER_MS": "20", "LOOM_UPSTREAM_MAX_RETRIES": "0", "LOOM_VECTOR_STORE_JANITOR_S": "0.5"}
 
@@ -42,9 +42,7 @@ def vs_server(backend: str, upstream: FakeUpstream) -> Iterator[LoomServer]:
 
 @pytest.fixture(scope="session")
 def vs_other_key(vs_server: LoomServer) -> str:
-    result = vs_server.cli("keys", "create", "--project", "other")
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+    return vs_server.new_project_key()
 
 
 @pytest.fixture()
@@ -58,13 +56,8 @@ def other_client(vs_server: LoomServer, vs_other_key: str) -> openai.OpenAI:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+    """Ingestion can take a while on a loaded machine: a longer default than the shared helper's."""
+    return support_wait_for(predicate, timeout, what)
 
 
 def big_text(n_paragraphs: int, marker: str = "") -> bytes:
