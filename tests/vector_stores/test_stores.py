@@ -373,3 +373,22 @@ def test_api_writes_while_a_large_file_ingests(client: openai.OpenAI) -> None:
     store = client.vector_stores.retrieve(vs.id)
     assert store.file_counts.completed == 16 and store.file_counts.failed == 0
     assert client.vector_stores.search(vs.id, query="pulsar archive shelf").data[0].file_id == big
+
+
+def test_attribute_limits(client: openai.OpenAI) -> None:
+    """File attributes: ≤16 keys, keys ≤64 chars, values strings (≤512), numbers or booleans."""
+    vs = client.vector_stores.create(name="attrs")
+    file_id = upload(client, "a.txt", b"attributes")
+    bad: list[tuple[dict[str, Any], str, str]] = [
+        ({str(i): i for i in range(17)}, "attributes", "object_above_max_properties"),
+        ({"k" * 65: "v"}, "attributes." + "k" * 65, "string_above_max_length"),
+        ({"nested": {"a": 1}}, "attributes.nested", "invalid_type"),
+        ({"long": "x" * 513}, "attributes.long", "string_above_max_length"),
+    ]
+    for attributes, param, code in bad:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id, attributes=attributes)
+        assert (err.value.param, err.value.code) == (param, code), err.value.body
+    ok = {"year": 2024, "draft": False, "team": "x" * 512, "score": 0.5}
+    created = client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id, attributes=ok)
+    assert created.attributes == ok

@@ -198,47 +198,52 @@ def tagged(key: str = "type") -> Callable[[object], str | None]:
     return pick
 
 
-# Metadata: ≤16 pairs, keys ≤64 chars, string values ≤512 chars (CONFORMANCE §1.4 wording).
-def _check_metadata(value: object) -> object:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise openai_error(
-            f"Invalid type for 'metadata': expected an object, but got {json_type_name(value)} instead.",
-            "metadata",
-            "invalid_type",
-        )
-    if len(value) > 16:
-        raise openai_error(
-            "Invalid 'metadata': too many properties. Expected an object with at most 16 properties, "
-            f"but got an object with {len(value)} properties instead.",
-            "metadata",
-            "object_above_max_properties",
-        )
-    for key, item in value.items():
-        if len(key) > 64:
+def key_value_map(field: str, allowed: tuple[type, ...], expected: str) -> Callable[[object], object]:
+    """A validator for OpenAI's small key-value maps (`metadata`, vector-store file `attributes`):
+    ≤16 pairs, keys ≤64 chars, values of the `allowed` types, strings ≤512 chars (CONFORMANCE §1.4 wording)."""
+
+    def check(value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
             raise openai_error(
-                f"Invalid property name in 'metadata': '{key}' is too long. Expected a string with maximum "
-                f"length 64, but got a string with length {len(key)} instead.",
-                f"metadata.{key}",
-                "string_above_max_length",
-            )
-        if not isinstance(item, str):
-            raise openai_error(
-                f"Invalid type for 'metadata.{key}': expected a string, but got {json_type_name(item)} instead.",
-                f"metadata.{key}",
+                f"Invalid type for '{field}': expected an object, but got {json_type_name(value)} instead.",
+                field,
                 "invalid_type",
             )
-        if len(item) > 512:
+        if len(value) > 16:
             raise openai_error(
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length 512, "
-                f"but got a string with length {len(item)} instead.",
-                f"metadata.{key}",
-                "string_above_max_length",
+                f"Invalid '{field}': too many properties. Expected an object with at most 16 properties, "
+                f"but got an object with {len(value)} properties instead.",
+                field,
+                "object_above_max_properties",
             )
-    return value
+        for key, item in value.items():
+            if len(key) > 64:
+                raise openai_error(
+                    f"Invalid property name in '{field}': '{key}' is too long. Expected a string with maximum "
+                    f"length 64, but got a string with length {len(key)} instead.",
+                    f"{field}.{key}",
+                    "string_above_max_length",
+                )
+            if not isinstance(item, allowed):
+                raise openai_error(
+                    f"Invalid type for '{field}.{key}': expected {expected}, but got {json_type_name(item)} instead.",
+                    f"{field}.{key}",
+                    "invalid_type",
+                )
+            if isinstance(item, str) and len(item) > 512:
+                raise openai_error(
+                    f"Invalid '{field}.{key}': string too long. Expected a string with maximum length 512, "
+                    f"but got a string with length {len(item)} instead.",
+                    f"{field}.{key}",
+                    "string_above_max_length",
+                )
+        return value
+
+    return check
 
 
-Metadata = Annotated[dict[str, str] | None, BeforeValidator(_check_metadata)]
+Metadata = Annotated[dict[str, str] | None, BeforeValidator(key_value_map("metadata", (str,), "a string"))]
 
 __all__ = ["Discriminator", "Literal", "Metadata", "Request", "Tag", "openai_error", "parse", "tagged", "translate"]

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from loom.schemas.common import Metadata, Request, json_type_name, openai_error
+from loom.schemas.common import Metadata, Request, key_value_map, openai_error
 
 
 class ExpiresAfter(Request):
@@ -18,49 +18,11 @@ class ExpiresAfter(Request):
     days: Annotated[int, Field(ge=1, le=365)]
 
 
-def _check_attributes(value: object) -> object:
-    """`VectorStoreFileAttributes`: ≤16 keys, keys ≤64 chars, values string ≤512 | number | boolean."""
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise openai_error(
-            f"Invalid type for 'attributes': expected an object, but got {json_type_name(value)} instead.",
-            "attributes",
-            "invalid_type",
-        )
-    if len(value) > 16:
-        raise openai_error(
-            "Invalid 'attributes': too many properties. Expected an object with at most 16 properties, "
-            f"but got an object with {len(value)} properties instead.",
-            "attributes",
-            "object_above_max_properties",
-        )
-    for key, item in value.items():
-        if len(key) > 64:
-            raise openai_error(
-                f"Invalid property name in 'attributes': '{key}' is too long. Expected a string with maximum "
-                f"length 64, but got a string with length {len(key)} instead.",
-                f"attributes.{key}",
-                "string_above_max_length",
-            )
-        if not isinstance(item, str | int | float | bool):
-            raise openai_error(
-                f"Invalid type for 'attributes.{key}': expected a string, number or boolean, but got "
-                f"{json_type_name(item)} instead.",
-                f"attributes.{key}",
-                "invalid_type",
-            )
-        if isinstance(item, str) and len(item) > 512:
-            raise openai_error(
-                f"Invalid 'attributes.{key}': string too long. Expected a string with maximum length 512, "
-                f"but got a string with length {len(item)} instead.",
-                f"attributes.{key}",
-                "string_above_max_length",
-            )
-    return value
-
-
-Attributes = Annotated[dict[str, Any] | None, BeforeValidator(_check_attributes)]
+# `VectorStoreFileAttributes`: values are strings (≤512), numbers or booleans.
+Attributes = Annotated[
+    dict[str, Any] | None,
+    BeforeValidator(key_value_map("attributes", (str, int, float, bool), "a string, number or boolean")),
+]
 
 
 class VectorStoreCreate(Request):
