@@ -389,6 +389,6 @@ def test_attribute_limits(client: openai.OpenAI) -> None:
         with pytest.raises(openai.BadRequestError) as err:
             client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id, attributes=attributes)
         assert (err.value.param, err.value.code) == (param, code), err.value.body
-    ok = {"year": 2024, "draft": False, "team": "x" * 512, "score": 0.5}
+    ok: dict[str, str | float | bool] = {"year": 2024, "draft": False, "team": "x" * 512, "score": 0.5}
     created = client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id, attributes=ok)
     assert created.attributes == ok
