@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import openai
 import pytest
 
-from tests.support.postgres import drop_created_databases, new_database
+from tests.fakes.upstream import FakeUpstream
+from tests.support.postgres import database_url_for, drop_created_databases
 from tests.support.server import CREATED_DIRS, LoomServer
 
 DEFAULT_KEY = "sk-test-default"
@@ -44,13 +45,22 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def loom_server(backend: str) -> Iterator[LoomServer]:
     """One server per database backend for the whole session; tests isolate themselves by the ids they create."""
-    url = new_database() if backend == "postgres" else ""
-    server = LoomServer(database_url=url)
-    server.start()
-    try:
+    with LoomServer(database_url=database_url_for(backend)) as server:
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    """The scripted model, shared by the session's servers that run models."""
+    with FakeUpstream() as fake:
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstream(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the fake scripts it from scratch."""
+    if "upstream" in request.fixturenames:
+        request.getfixturevalue("upstream").reset()
 
 
 @pytest.fixture(scope="session")

@@ -38,17 +38,6 @@ def _require_sandbox() -> None:
 
 
 @pytest.fixture(scope="session")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _fresh_upstream(upstream: FakeUpstream) -> None:
-    upstream.reset()
-
-
-@pytest.fixture(scope="session")
 def ci_server(upstream: FakeUpstream) -> Iterator[LoomServer]:
     _require_sandbox()
     server = LoomServer(

@@ -1,25 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from loom.llm import BackendConfig, OpenAIBackend
 from tests.fakes.upstream import FakeUpstream
-
-
-@pytest.fixture(scope="session")
-def _upstream_server() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def upstream(_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
-    _upstream_server.reset()
-    yield _upstream_server
-    _upstream_server.reset()
 
 
 def config_for(upstream: FakeUpstream, **overrides: Any) -> BackendConfig:

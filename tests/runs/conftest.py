@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
-from tests.support.postgres import new_database
+from tests.support.postgres import database_url_for
 from tests.support.server import LoomServer, wait_for
 
 TINY_WINDOW = 700
@@ -65,32 +65,13 @@ def server_env(upstream: FakeUpstream, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _fresh_upstream(request: pytest.FixtureRequest) -> None:
-    """Every test scripts the shared fake from scratch."""
-    if "upstream" in request.fixturenames:
-        request.getfixturevalue("upstream").reset()
-
-
-@pytest.fixture(scope="session")
 def run_server(backend: str, upstream: FakeUpstream) -> Iterator[LoomServer]:
     """One server per database backend for the session (tests isolate themselves by their own threads)."""
-    url = new_database() if backend == "postgres" else ""
-    server = LoomServer(
-        database_url=url,
-        upstream_base_url=upstream.base_url,
-        extra_env=server_env(upstream, LOOM_LEASE_S="3", LOOM_SSE_KEEPALIVE_S="0.3"),
-    )
-    server.start()
-    try:
+    env = server_env(upstream, LOOM_LEASE_S="3", LOOM_SSE_KEEPALIVE_S="0.3")
+    with LoomServer(
+        database_url=database_url_for(backend), upstream_base_url=upstream.base_url, extra_env=env
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture()

@@ -54,3 +54,8 @@ def new_database(prefix: str = "loom") -> str:
     host = _socket_dir(server.get_uri())
     url = f"postgresql+asyncpg://postgres@/{name}?host={host}"
     return url
+
+
+def database_url_for(backend: str) -> str:
+    """`LOOM_DATABASE_URL` for a test server: a fresh PostgreSQL database, or "" (SQLite in its data dir)."""
+    return new_database() if backend == "postgres" else ""

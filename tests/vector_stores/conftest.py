@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
-from tests.support.postgres import new_database
+from tests.support.postgres import database_url_for
 from tests.support.server import LoomServer
 from tests.support.server import wait_for as support_wait_for
 
@@ -18,26 +18,11 @@ ENV = {"LOOM_POLL_AFTER_MS": "20", "LOOM_UPSTREAM_MAX_RETRIES": "0", "LOOM_VECTO
 
 
 @pytest.fixture(scope="session")
-def upstream() -> Iterator[FakeUpstream]:
-    with FakeUpstream() as fake:
-        yield fake
-
-
-@pytest.fixture(autouse=True)
-def _fresh_upstream(request: pytest.FixtureRequest) -> None:
-    if "upstream" in request.fixturenames:
-        request.getfixturevalue("upstream").reset()
-
-
-@pytest.fixture(scope="session")
 def vs_server(backend: str, upstream: FakeUpstream) -> Iterator[LoomServer]:
-    url = new_database() if backend == "postgres" else ""
-    server = LoomServer(database_url=url, upstream_base_url=upstream.base_url, extra_env=ENV)
-    server.start()
-    try:
+    with LoomServer(
+        database_url=database_url_for(backend), upstream_base_url=upstream.base_url, extra_env=ENV
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
