@@ -1,6 +1,10 @@
 """Search latency (p50/p99 of one query, end to end: embed the query, vector + keyword, fuse, fetch).
 
-    .venv/bin/python bench/retrieval_latency.py [--sizes 10000,100000] [--postgres-sizes 100000]
+    .venv/bin/python bench/retrieval_latency.py [--sizes 10000,100000] [--postgres-sizes 100000] [--reuse NAME]
+
+`--reuse NAME` keeps each PostgreSQL table in a database named `NAME_<size>` (under pgserver's data
+dir, LOOM_TEST_PGDATA) and reuses it on later runs, so a million chunks are loaded once; drop it with
+`--drop`. Without it every run loads into a fresh database that is dropped afterwards.
 
 Chunks are synthetic: 150-word texts drawn from SciFact's word frequencies (read from
 ../shared/data/ir/scifact, nothing copied) and random unit vectors of the bundled embedder's size;
@@ -114,11 +118,69 @@ async def build_hnsw(engine: AsyncEngine) -> float:
     return time.perf_counter() - start
 
 
+def kept_database(name: str) -> tuple[str, bool]:
+    """The URL of a bench database that outlives this run, and whether it is already loaded (a
+    database left by an interrupted load has no `bench_meta` table: it is dropped and made again)."""
+    from tests.support.postgres import _get_server, _socket_dir
+
+    server = _get_server()
+    url = f"postgresql+asyncpg://postgres@/{name}?host={_socket_dir(server.get_uri())}"
+    if "(1 row)" in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';"):
+        probe = server.psql(f"\\c {name}\nSELECT to_regclass('bench_meta') IS NOT NULL AS loaded;")
+        if " t\n" in probe:
+            return url, True
+        server.psql(f"DROP DATABASE {name} WITH (FORCE);")
+    server.psql(f"CREATE DATABASE {name};")
+    return url, False
+
+
+def drop_kept(name: str) -> None:
+    from tests.support.postgres import _get_server
+
+    _get_server().psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+
+
+PG_SETTINGS = (
+    "server_version",
+    "shared_buffers",
+    "effective_cache_size",
+    "work_mem",
+    "jit",
+    "max_parallel_workers_per_gather",
+    "random_page_cost",
+)
+
+
+async def show_settings(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        values = [f"{s}={(await conn.execute(text(f'SHOW {s}'))).scalar_one()}" for s in PG_SETTINGS]
+        ext = (await conn.execute(text("SELECT extversion FROM pg_extension WHERE extname = 'vector'"))).scalar()
+    print("[postgres settings] " + " ".join(values) + f" pgvector={ext}")
+
+
+async def load_postgres(url: str, n: int, words: list[str], probs: np.ndarray) -> AsyncEngine:
+    from loom.retrieval.pg_index import PostgresChunkIndex
+
+    engine = create_async_engine(url)
+    pg = PostgresChunkIndex(engine)
+    await pg.create_schema()
+    async with engine.begin() as conn:  # bulk load first, build the graph once afterwards
+        await conn.execute(text(f"DROP INDEX IF EXISTS retrieval_chunks_hnsw_{DIMS}"))
+    seconds = await fill(pg, n, words, probs)
+    build = await build_hnsw(engine)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE bench_meta (chunks int, load_s float8, hnsw_s float8)"))
+        await conn.execute(text("INSERT INTO bench_meta VALUES (:n, :l, :h)"), {"n": n, "l": seconds, "h": build})
+    return engine
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--postgres-sizes", default="100000")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--reuse", default="", help="keep PostgreSQL tables in databases NAME_<size>")
+    parser.add_argument("--drop", action="store_true", help="with --reuse: drop those databases at the end")
     args = parser.parse_args()
     words, probs, all_queries = vocabulary()
     queries = all_queries[: args.queries]
@@ -137,22 +199,32 @@ async def main() -> None:
             await measure(index, embedder, queries, f"sqlite {n}")
             await engine.dispose()
 
-    from tests.support.postgres import new_database
+    from tests.support.postgres import drop_created_databases, new_database
 
     from loom.retrieval.pg_index import PostgresChunkIndex
 
     for n in [int(s) for s in args.postgres_sizes.split(",") if s]:
-        engine = create_async_engine(new_database("lat"))
-        pg = PostgresChunkIndex(engine)
-        await pg.create_schema()
-        async with engine.begin() as conn:  # bulk load first, build the graph once afterwards
-            await conn.execute(text(f"DROP INDEX IF EXISTS retrieval_chunks_hnsw_{DIMS}"))
-        seconds = await fill(pg, n, words, probs)
-        build = await build_hnsw(engine)
-        print(f"\n[postgres] {n} chunks loaded in {seconds:.1f}s, HNSW built in {build:.1f}s")
+        if args.reuse:
+            url, loaded = kept_database(f"{args.reuse}_{n}")
+        else:
+            url, loaded = new_database("lat"), False
+        if loaded:
+            engine = create_async_engine(url)
+            pg = PostgresChunkIndex(engine)
+            await pg.create_schema()  # brings a kept database up to the current schema
+        else:
+            engine = await load_postgres(url, n, words, probs)
+            pg = PostgresChunkIndex(engine)
+        async with engine.connect() as conn:
+            chunks, seconds, build = (await conn.execute(text("SELECT * FROM bench_meta"))).one()
+        reused = " (kept database, loaded earlier)" if loaded else ""
+        print(f"\n[postgres] {chunks} chunks loaded in {seconds:.1f}s, HNSW built in {build:.1f}s{reused}")
+        await show_settings(engine)
         await measure(pg, embedder, queries, f"postgres {n}")
         await engine.dispose()
-
+        if args.reuse and args.drop:
+            drop_kept(f"{args.reuse}_{n}")
+    drop_created_databases()
 
 if __name__ == "__main__":
     asyncio.run(main())
