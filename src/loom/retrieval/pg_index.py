@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -31,7 +30,6 @@ def vector_literal(vector: Any) -> str:
 
 BM25_K1 = 1.2
 BM25_B = 0.75
-STATS_TTL_S = 300.0
 MAX_SCORED = 5000
 _CHUNK_COLUMNS = (
     "c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, c.end_offset, c.text, "
@@ -45,9 +43,6 @@ class PostgresChunkIndex:
         self._engine = engine
         self._dims = int(dimensions)
         self._ef_search = int(ef_search)
-        self._stats: dict[tuple[str, ...], tuple[int, float, float]] = {}
-        self._df: dict[tuple[tuple[str, ...], str], tuple[int, float]] = {}
-        self._common: tuple[dict[str, float], float] | None = None
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -87,60 +82,82 @@ class PostgresChunkIndex:
         if not chunks:
             return
         dims = int(np.asarray(vectors).shape[1])
-        rows = [
-            {
-                "vs": vector_store_id,
-                "f": file_id,
-                "i": c.index,
-                "s": c.start,
-                "e": c.end,
-                "t": c.tokens,
-                # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
-                "text": c.text.replace("\x00", ""),
-                "emb": vector_literal(v),
-                "d": dims,
-            }
-            for c, v in zip(chunks, vectors, strict=True)
-        ]
         async with self._engine.begin() as conn:
             # BM25 needs |D| and per-term frequencies; both come from the same tsvector (configuration
-            # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per query.
+            # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per
+            # query. The store's statistics (lexeme document frequencies, chunk count, total length)
+            # move in the same statement, so they always match the committed chunks.
             await conn.execute(
                 text(
-                    "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
-                    "end_offset, token_count, text, embedding, embedding_dims, doc_len, term_freqs) "
-                    "SELECT :vs, :f, :i, :s, :e, :t, :text, CAST(CAST(:emb AS text) AS vector), :d, s.len, s.tf "
-                    "FROM (SELECT COALESCE(sum(array_length(positions, 1)), 0) AS len, "
+                    "WITH ins AS (INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, "
+                    "start_offset, end_offset, token_count, text, embedding, embedding_dims, doc_len, term_freqs) "
+                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, s.len, s.tf "
+                    "FROM unnest(CAST(:i AS int[]), CAST(:s AS int[]), CAST(:e AS int[]), CAST(:t AS int[]), "
+                    "CAST(:txt AS text[]), CAST(:emb AS text[])) AS r(i, s, e, t, txt, emb) "
+                    "CROSS JOIN LATERAL (SELECT COALESCE(sum(array_length(positions, 1)), 0) AS len, "
                     "COALESCE(jsonb_object_agg(lexeme, array_length(positions, 1)), '{}'::jsonb) AS tf "
-                    f"FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', CAST(:text AS text)))) AS s"
+                    f"FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', r.txt))) AS s "
+                    "RETURNING tsv, doc_len), "
+                    # Sorted, so that two ingests into one store lock shared lexemes in the same order.
+                    "terms AS (INSERT INTO retrieval_terms (vector_store_id, lexeme, df) "
+                    "SELECT :vs, t.lexeme, count(*) FROM ins, LATERAL unnest(tsvector_to_array(ins.tsv)) AS t(lexeme) "
+                    "GROUP BY t.lexeme ORDER BY t.lexeme "
+                    "ON CONFLICT (vector_store_id, lexeme) DO UPDATE SET df = retrieval_terms.df + excluded.df) "
+                    "INSERT INTO retrieval_store_stats (vector_store_id, chunks, total_len) "
+                    "SELECT :vs, count(*), COALESCE(sum(doc_len), 0) FROM ins "
+                    "ON CONFLICT (vector_store_id) DO UPDATE SET chunks = retrieval_store_stats.chunks + "
+                    "excluded.chunks, total_len = retrieval_store_stats.total_len + excluded.total_len"
                 ),
-                rows,
+                {
+                    "vs": vector_store_id,
+                    "f": file_id,
+                    "d": dims,
+                    "i": [c.index for c in chunks],
+                    "s": [c.start for c in chunks],
+                    "e": [c.end for c in chunks],
+                    "t": [c.tokens for c in chunks],
+                    # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
+                    "txt": [c.text.replace("\x00", "") for c in chunks],
+                    "emb": [vector_literal(v) for v in vectors],
+                },
             )
-        self._stats.clear()
-        self._df.clear()
 
     async def delete_file(self, vector_store_id: str, file_id: str) -> int:
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs AND file_id = :f"),
-                {"vs": vector_store_id, "f": file_id},
-            )
+            removed = (
+                await conn.execute(
+                    text(
+                        "WITH d AS (DELETE FROM retrieval_chunks WHERE vector_store_id = :vs AND file_id = :f "
+                        "RETURNING tsv, doc_len), "
+                        "t AS (UPDATE retrieval_terms r SET df = r.df - x.n FROM (SELECT t.lexeme, count(*) AS n "
+                        "FROM d, LATERAL unnest(tsvector_to_array(d.tsv)) AS t(lexeme) GROUP BY t.lexeme) AS x "
+                        "WHERE r.vector_store_id = :vs AND r.lexeme = x.lexeme), "
+                        "s AS (UPDATE retrieval_store_stats SET chunks = chunks - (SELECT count(*) FROM d), "
+                        "total_len = total_len - (SELECT COALESCE(sum(doc_len), 0) FROM d) "
+                        "WHERE vector_store_id = :vs) "
+                        "SELECT count(*) FROM d"
+                    ),
+                    {"vs": vector_store_id, "f": file_id},
+                )
+            ).scalar_one()
+            if removed:
+                # A separate statement: the CTE's updates are not visible to the rest of its statement.
+                await conn.execute(
+                    text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs AND df <= 0"), {"vs": vector_store_id}
+                )
             await conn.execute(
                 text("DELETE FROM retrieval_files WHERE vector_store_id = :vs AND file_id = :f"),
                 {"vs": vector_store_id, "f": file_id},
             )
-        self._stats.clear()
-        self._df.clear()
-        return int(result.rowcount or 0)
+        return int(removed)
 
     async def delete_store(self, vector_store_id: str) -> int:
+        params = {"vs": vector_store_id}
         async with self._engine.begin() as conn:
-            result = await conn.execute(
-                text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs"), {"vs": vector_store_id}
-            )
-            await conn.execute(text("DELETE FROM retrieval_files WHERE vector_store_id = :vs"), {"vs": vector_store_id})
-        self._stats.clear()
-        self._df.clear()
+            result = await conn.execute(text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs"), params)
+            await conn.execute(text("DELETE FROM retrieval_files WHERE vector_store_id = :vs"), params)
+            await conn.execute(text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs"), params)
+            await conn.execute(text("DELETE FROM retrieval_store_stats WHERE vector_store_id = :vs"), params)
         return int(result.rowcount or 0)
 
     async def list_files(self, vector_store_ids: Sequence[str]) -> list[FileEntry]:
@@ -211,83 +228,6 @@ class PostgresChunkIndex:
                 found = await self._exact(conn, params, with_files=False)
             return found
 
-    async def _corpus_stats(self, conn: AsyncConnection, vector_store_ids: Sequence[str]) -> tuple[int, float]:
-        """Chunk count and mean length of these stores, cached briefly (exact BM25 needs neither
-        to the last row, and counting a million rows per query would dominate latency)."""
-        key = tuple(sorted(set(vector_store_ids)))
-        cached = self._stats.get(key)
-        now = time.monotonic()
-        if cached is not None and now - cached[2] < STATS_TTL_S:
-            return cached[0], cached[1]
-        row = (
-            await conn.execute(
-                text("SELECT count(*), avg(doc_len) FROM retrieval_chunks WHERE vector_store_id = ANY(:vs)"),
-                {"vs": list(key)},
-            )
-        ).one()
-        n, avgdl = int(row[0]), float(row[1] or 1.0)
-        self._stats[key] = (n, avgdl, now)
-        return n, avgdl
-
-    async def _document_frequencies(
-        self, conn: AsyncConnection, vector_store_ids: Sequence[str], lexemes: Sequence[str]
-    ) -> dict[str, int]:
-        """Chunks holding each lexeme in these stores, cached briefly: counting a common word's
-        rows costs tens of milliseconds at 100k chunks, and BM25 barely moves with a few more."""
-        key = tuple(sorted(set(vector_store_ids)))
-        now = time.monotonic()
-        out: dict[str, int] = {}
-        missing: list[str] = []
-        for lex in lexemes:
-            hit = self._df.get((key, lex))
-            if hit is not None and now - hit[1] < STATS_TTL_S:
-                out[lex] = hit[0]
-            else:
-                missing.append(lex)
-        if missing:
-            # Common lexemes: ANALYZE's element statistics of the tsvector column already hold their
-            # frequency (table-wide), and counting their rows is what costs. Rare ones are counted.
-            n, _ = await self._corpus_stats(conn, vector_store_ids)
-            common = await self._common_lexemes(conn)
-            to_count = [lex for lex in missing if lex not in common]
-            for lex in missing:
-                if lex in common:
-                    out[lex] = max(1, round(common[lex] * n))
-            if to_count:
-                rows = (
-                    await conn.execute(
-                        text(
-                            "SELECT l, (SELECT count(*) FROM retrieval_chunks c WHERE c.vector_store_id = ANY(:vs) "
-                            "AND c.tsv @@ CAST(quote_literal(l) AS tsquery)) FROM unnest(CAST(:lex AS text[])) AS l"
-                        ),
-                        {"vs": list(key), "lex": to_count},
-                    )
-                ).all()
-                out.update({str(r[0]): int(r[1]) for r in rows})
-            for lex in missing:
-                self._df[(key, lex)] = (out[lex], now)
-        return out
-
-    async def _common_lexemes(self, conn: AsyncConnection) -> dict[str, float]:
-        """Lexeme -> share of rows, for the tsvector column's most common elements (pg_stats)."""
-        now = time.monotonic()
-        if self._common is not None and now - self._common[1] < STATS_TTL_S:
-            return self._common[0]
-        row = (
-            await conn.execute(
-                text(
-                    "SELECT CAST(CAST(most_common_elems AS text) AS text[]), most_common_elem_freqs FROM pg_stats "
-                    "WHERE tablename = 'retrieval_chunks' AND attname = 'tsv' AND schemaname = current_schema()"
-                )
-            )
-        ).first()
-        common: dict[str, float] = {}
-        if row is not None and row[0] is not None and row[1] is not None:
-            # The frequency array carries three extra trailing values (min, max, null share).
-            common = {str(lex): float(f) for lex, f in zip(row[0], row[1][: len(row[0])], strict=True)}
-        self._common = (common, now)
-        return common
-
     async def keyword_candidates(
         self,
         vector_store_ids: Sequence[str],
@@ -301,38 +241,34 @@ class PostgresChunkIndex:
         if not terms or (file_ids is not None and not file_ids):
             return []
         async with self._engine.connect() as conn:
-            lexemes: list[str] = list(
-                (
-                    await conn.execute(
-                        text(f"SELECT tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', :q))"),
-                        {"q": " ".join(terms)},
-                    )
-                ).scalar_one()
-                or []
-            )
-            if not lexemes:
+            # One round trip: the query's lexemes (same configuration as the documents), each one's
+            # document frequency in these stores and the stores' size, from the tables `add_chunks`
+            # keeps.
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT l.lexeme, (SELECT sum(df) FROM retrieval_terms t WHERE t.vector_store_id = ANY(:vs) "
+                        "AND t.lexeme = l.lexeme), s.n, s.len FROM (SELECT sum(chunks) AS n, sum(total_len) AS len "
+                        "FROM retrieval_store_stats WHERE vector_store_id = ANY(:vs)) AS s LEFT JOIN "
+                        f"unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', CAST(:q AS text)))) "
+                        "AS l(lexeme) ON true"
+                    ),
+                    {"vs": list(vector_store_ids), "q": " ".join(terms)},
+                )
+            ).all()
+            n = int(rows[0][2] or 0)
+            df = {str(r[0]): int(r[1]) for r in rows if r[0] is not None and r[1]}
+            if not df or n <= 0:
                 return []
-            await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
-            n, avgdl = await self._corpus_stats(conn, vector_store_ids)
-            df = await self._document_frequencies(conn, vector_store_ids, lexemes)
-            df = {lex: d for lex, d in df.items() if d}
-            if not df:
-                return []
+            avgdl = max(float(rows[0][3] or 0) / n, 1.0)
             idf = {lex: math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for lex, d in df.items()}
+            await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
             # MaxScore: score only chunks holding one of the rarer terms, adding terms (rarest first)
             # until the chunks left out, which hold only the remaining common terms, cannot beat
             # the current k-th score. Exact, and it skips scanning the huge posting sets of
             # common words, which dominate the cost of an OR query.
             order = sorted(idf, key=lambda lex: -idf[lex])
-            params: dict[str, Any] = {
-                "lex": list(idf),
-                "idf": list(idf.values()),
-                "vs": list(vector_store_ids),
-                "k1": BM25_K1,
-                "b": BM25_B,
-                "avgdl": max(avgdl, 1.0),
-                "k": limit,
-            }
+            params: dict[str, Any] = {"vs": list(vector_store_ids), "k": limit}
             if file_ids is not None:
                 params["files"] = list(file_ids)
             bounds = [idf[x] * (BM25_K1 + 1) for x in order]
@@ -343,10 +279,11 @@ class PostgresChunkIndex:
             while size < len(order) and (covered < limit or size == 0):
                 covered += df[order[size]]
                 size += 1
+            sql = _bm25_sql(order, idf, avgdl, file_ids is not None)
             found: list[Candidate] = []
             while True:
                 params["tsq"] = " | ".join("'" + x.replace("'", "''") + "'" for x in order[:size])
-                result = await conn.execute(text(self._bm25_sql(file_ids is not None)), params)
+                result = await conn.execute(text(sql), params)
                 found = [Candidate(int(r[0]), float(r[1])) for r in result]
                 if size == len(order):
                     break
@@ -362,33 +299,6 @@ class PostgresChunkIndex:
                 size = grow
             return found
 
-    @staticmethod
-    def _bm25_sql(with_files: bool) -> str:
-        # Every parameter is cast: PostgreSQL infers an untyped parameter's type from its operand, so
-        # `:b * c.doc_len` bound b (0.75) as an integer and `c.doc_len / :avgdl` divided integers,
-        # which flattened length normalisation (SciFact keyword nDCG@10 0.671 instead of 0.687).
-        score = (
-            "(SELECT sum(q.idf * (tf * (CAST(:k1 AS float8) + 1)) / (tf + CAST(:k1 AS float8) * "
-            "(1 - CAST(:b AS float8) + CAST(:b AS float8) * c.doc_len / CAST(:avgdl AS float8)))) "
-            "FROM unnest(CAST(:lex AS text[]), CAST(:idf AS float8[])) AS q(lexeme, idf), "
-            "LATERAL CAST(COALESCE(c.term_freqs ->> q.lexeme, '0') AS float8) AS tf)"
-        )
-        if not with_files:
-            return (
-                f"SELECT c.id, {score} AS score FROM retrieval_chunks c "
-                "WHERE c.tsv @@ CAST(:tsq AS tsquery) AND c.vector_store_id = ANY(:vs) "
-                "ORDER BY score DESC, c.id LIMIT :k"
-            )
-        # Filtered: find the matching rows through the GIN index first (bounded by the MaxScore
-        # term choice), then keep the allowed files'; the planner would otherwise walk every row
-        # of the allowed files and score each one.
-        return (
-            "WITH m AS MATERIALIZED (SELECT id FROM retrieval_chunks "
-            "WHERE tsv @@ CAST(:tsq AS tsquery) AND vector_store_id = ANY(:vs)) "
-            f"SELECT c.id, {score} AS score FROM m JOIN retrieval_chunks c ON c.id = m.id "
-            "WHERE c.file_id = ANY(:files) ORDER BY score DESC, c.id LIMIT :k"
-        )
-
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
         if not chunk_ids:
             return {}
@@ -397,6 +307,50 @@ class PostgresChunkIndex:
                 text(f"SELECT {_CHUNK_COLUMNS} WHERE c.id = ANY(:ids)"), {"ids": [int(i) for i in chunk_ids]}
             )
             return {int(r[0]): _stored(r) for r in result}
+
+
+_NAME_BYTES = 63  # PostgreSQL truncates longer identifiers (NAMEDATALEN - 1)
+
+
+def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, with_files: bool) -> str:
+    """The BM25 scoring statement for these lexemes; `:tsq` picks which chunks get scored.
+
+    A chunk's term frequencies are one compressed jsonb value: `jsonb_to_record` decompresses it
+    once per chunk and reads every query lexeme (a `->>` per lexeme decompressed it each time,
+    twice the cost). The lexemes are the record's column names, so they are quoted identifiers;
+    one too long for an identifier is read with `->>` instead. Constants are written into the
+    statement as float literals (PostgreSQL would otherwise infer an untyped parameter's type from
+    its operand: `:b * c.doc_len` bound b as an integer once, which flattened length normalisation).
+    """
+    columns: list[str] = []
+    terms: list[str] = []
+    for lex in lexemes:
+        if len(lex.encode()) <= _NAME_BYTES:
+            name = '"' + lex.replace('"', '""') + '"'
+            columns.append(f"{name} float8")
+            tf = f"COALESCE(x.{name}, 0)"
+        else:
+            tf = "COALESCE(CAST(c.term_freqs ->> '" + lex.replace("'", "''") + "' AS float8), 0)"
+        terms.append(f"{idf[lex]!r} * {tf} / ({tf} + n.norm)")
+    norm = f"{BM25_K1!r} * (1 - {BM25_B!r} + {BM25_B!r} * c.doc_len / {avgdl!r})"
+    score = f"{BM25_K1 + 1!r} * (" + " + ".join(terms) + ")"
+    record = f", LATERAL jsonb_to_record(c.term_freqs) AS x({', '.join(columns)})" if columns else ""
+    source = f"CROSS JOIN LATERAL (SELECT {norm} AS norm) AS n{record}"
+    if not with_files:
+        return (
+            f"SELECT c.id, {score} AS score FROM retrieval_chunks c {source} "
+            "WHERE c.tsv @@ CAST(:tsq AS tsquery) AND c.vector_store_id = ANY(:vs) "
+            "ORDER BY score DESC, c.id LIMIT :k"
+        )
+    # Filtered: find the matching rows through the GIN index first (bounded by the MaxScore
+    # term choice), then keep the allowed files'; the planner would otherwise walk every row
+    # of the allowed files and score each one.
+    return (
+        "WITH m AS MATERIALIZED (SELECT id FROM retrieval_chunks "
+        "WHERE tsv @@ CAST(:tsq AS tsquery) AND vector_store_id = ANY(:vs)) "
+        f"SELECT c.id, {score} AS score FROM m JOIN retrieval_chunks c ON c.id = m.id {source} "
+        "WHERE c.file_id = ANY(:files) ORDER BY score DESC, c.id LIMIT :k"
+    )
 
 
 def _json(value: Any) -> dict[str, Any]:

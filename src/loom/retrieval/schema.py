@@ -1,7 +1,9 @@
 """Retrieval tables, as raw dialect-specific DDL (FTS5 on SQLite; pgvector + tsvector on PostgreSQL).
 
-The Alembic revision `0002_retrieval` and `create_schema` (tests, ad-hoc setups) run the same
-statements, so the two can never drift.
+The Alembic revisions `0002_retrieval` (`schema_statements`) and `0003_retrieval_term_stats`
+(`term_stats_statements`) and `create_schema` (tests, ad-hoc setups) run the same statements, so
+they can never drift. Statements of a revision never change once released: a later schema change
+is a new list and a new revision.
 """
 
 from __future__ import annotations
@@ -124,6 +126,43 @@ def postgres_statements(dimensions: int = DEFAULT_DIMENSIONS) -> list[str]:
     ]
 
 
+# Revision 0003: BM25 statistics kept at ingest (PostgreSQL only; SQLite's FTS5 keeps its own).
+# Counting a lexeme's chunks per query cost tens of milliseconds per term at a million chunks; a
+# row per (store, lexeme) is one index probe. `PostgresChunkIndex.add_chunks` / `delete_file` /
+# `delete_store` maintain both tables in the statements that change the chunks. Existing rows are
+# counted once, when the tables are created (an upgraded database, or `create_schema` on an older one).
+POSTGRES_TERM_STATS = [
+    """DO $$ BEGIN
+    IF to_regclass('retrieval_terms') IS NULL THEN
+        CREATE TABLE retrieval_terms (
+            vector_store_id TEXT NOT NULL,
+            lexeme TEXT NOT NULL,
+            df BIGINT NOT NULL,
+            PRIMARY KEY (vector_store_id, lexeme)
+        );
+        INSERT INTO retrieval_terms (vector_store_id, lexeme, df)
+            SELECT c.vector_store_id, t.lexeme, count(*) FROM retrieval_chunks c,
+            LATERAL unnest(tsvector_to_array(c.tsv)) AS t(lexeme) GROUP BY c.vector_store_id, t.lexeme;
+    END IF;
+    END $$""",
+    """DO $$ BEGIN
+    IF to_regclass('retrieval_store_stats') IS NULL THEN
+        CREATE TABLE retrieval_store_stats (
+            vector_store_id TEXT PRIMARY KEY,
+            chunks BIGINT NOT NULL,
+            total_len BIGINT NOT NULL
+        );
+        INSERT INTO retrieval_store_stats (vector_store_id, chunks, total_len)
+            SELECT vector_store_id, count(*), sum(doc_len) FROM retrieval_chunks GROUP BY vector_store_id;
+    END IF;
+    END $$""",
+]
+
+POSTGRES_TERM_STATS_DROP = [
+    "DROP TABLE IF EXISTS retrieval_store_stats",
+    "DROP TABLE IF EXISTS retrieval_terms",
+]
+
 POSTGRES_DROP = [
     "DROP TABLE IF EXISTS retrieval_chunks",
     "DROP TABLE IF EXISTS retrieval_files",
@@ -144,7 +183,16 @@ def drop_statements(dialect_name: str) -> list[str]:
     return list(SQLITE_DROP if dialect_name == "sqlite" else POSTGRES_DROP)
 
 
+def term_stats_statements(dialect_name: str) -> list[str]:
+    """Revision 0003's statements (none on SQLite)."""
+    return list(POSTGRES_TERM_STATS) if dialect_name == "postgresql" else []
+
+
+def term_stats_drop_statements(dialect_name: str) -> list[str]:
+    return list(POSTGRES_TERM_STATS_DROP) if dialect_name == "postgresql" else []
+
+
 async def create_schema(conn: AsyncConnection, dimensions: int = DEFAULT_DIMENSIONS) -> None:
-    """Create the retrieval tables on this connection's database (idempotent)."""
-    for statement in schema_statements(conn.dialect.name, dimensions):
+    """Create the retrieval tables on this connection's database, or bring them up to date (idempotent)."""
+    for statement in schema_statements(conn.dialect.name, dimensions) + term_stats_statements(conn.dialect.name):
         await conn.execute(text(statement))
