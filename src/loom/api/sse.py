@@ -30,21 +30,30 @@ def frame(name: str, data: Any) -> bytes:
 async def _events(
     first: list[tuple[str, Any]], queue: asyncio.Queue[Event], run_id: str, bus: EventBus, keepalive_s: float
 ) -> AsyncIterator[bytes]:
+    # Events published together (a step and its message opening, then the first delta) go out in one
+    # write: each write to the socket is a system call, and on loopback the reader's wake-up with it.
     try:
-        for name, data in first:
-            yield frame(name, data)
-        while True:
-            try:
-                event = await asyncio.wait_for(queue.get(), keepalive_s)
-            except TimeoutError:
-                yield b": keep-alive\n\n"
+        batch = [frame(name, data) for name, data in first]
+        ended = False
+        while not ended:
+            if not batch:
+                try:
+                    event = await asyncio.wait_for(queue.get(), keepalive_s)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+            elif queue.empty():
+                yield b"".join(batch)
+                batch = []
                 continue
+            else:
+                event = queue.get_nowait()
             if event is END:
                 break
-            yield frame(event.name, event.data)
-            if event.name in _LAST:
-                break
-        yield frame("done", "[DONE]")
+            batch.append(frame(event.name, event.data))
+            ended = event.name in _LAST
+        batch.append(frame("done", "[DONE]"))
+        yield b"".join(batch)
     finally:
         bus.unsubscribe(run_id, queue)
 
