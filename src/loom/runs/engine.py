@@ -24,7 +24,7 @@ from loom.llm.routing import ModelRouter
 from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
 from loom.runs.executor import _INTERRUPTED, RunExecutor
-from loom.runs.store import RunStore, public
+from loom.runs.store import Preloaded, RunStore, public
 from loom.runs.tools import ServerTool
 from loom.services.common import files as files_collection
 from loom.services.common import messages, run_steps
@@ -102,9 +102,10 @@ class RunEngine:
 
     # Executing.
 
-    def start_run(self, project: str, run_id: str, run: dict[str, Any] | None = None) -> None:
-        """Execute a queued run here. `run` (as just committed) lets the first reads overlap the claim."""
-        task = asyncio.create_task(self._execute(project, run_id, run), name=f"run-{run_id}")
+    def start_run(self, project: str, run_id: str, run: dict[str, Any] | None = None, *, claimed: bool = False) -> None:
+        """Execute a run here: a queued one (`run` as just committed lets the first reads overlap the
+        claim), or with `claimed`, one committed `in_progress` and leased to this replica already."""
+        task = asyncio.create_task(self._execute(project, run_id, run, claimed), name=f"run-{run_id}")
         self._tasks.add(task)
         self._local[run_id] = task
         task.add_done_callback(self._tasks.discard)
@@ -114,10 +115,16 @@ class RunEngine:
         """Whether this replica is starting or executing the run (so its events are published here)."""
         return run_id in self._local
 
-    async def _execute(self, project: str, run_id: str, hint: dict[str, Any] | None = None) -> None:
+    async def _execute(
+        self, project: str, run_id: str, hint: dict[str, Any] | None = None, preclaimed: bool = False
+    ) -> None:
         lease_s = self.settings.lease_s
-        preload = asyncio.create_task(self.store.preload(project, hint)) if hint is not None else None
-        claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)
+        preload: asyncio.Task[Preloaded] | None = None
+        if preclaimed:
+            claimed = hint
+        else:
+            preload = asyncio.create_task(self.store.preload(project, hint)) if hint is not None else None
+            claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)
         cancel_asked = run_id in self._cancel_pending
         self._cancel_pending.discard(run_id)
         if claimed is None:

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.runs import status
 from loom.runs.bus import END, Event
 from loom.runs.engine import RunEngine
 from loom.runs.objects import new_run
@@ -71,10 +72,30 @@ class RunService:
         executor starts, the lease lapses and another replica fails the run (never stuck `queued`)."""
         return {"lease_owner": self.engine.replica, "lease_expires_at": time.time() + self.engine.settings.lease_s}
 
-    def _start(self, project: str, run: dict[str, Any], stream: bool) -> Queue | None:
+    def _start(self, project: str, run: dict[str, Any], stream: bool, *, claimed: bool = False) -> Queue | None:
         queue = self.engine.bus.subscribe(run["id"]) if stream else None
-        self.engine.start_run(project, run["id"], run)
+        self.engine.start_run(project, run["id"], run, claimed=claimed)
         return queue
+
+    async def _insert_started(
+        self, conn: Any, project: str, run: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Insert a new run already claimed by this replica and `in_progress`, in the creating
+        transaction: `queued` is a status it passes through, so its events (`created`, `queued`, then
+        `in_progress`) all follow this one commit, and the run needs no second transaction to start.
+        Returns the run as created (`queued`, what the API answers) and as stored."""
+        created = public(run)
+        started = status.apply(dict(run), "in_progress")
+        await runs.insert(
+            conn,
+            project,
+            started,
+            thread_id=run["thread_id"],
+            status="in_progress",
+            expires_at=started["expires_at"],
+            **self._lease(),
+        )
+        return created, started
 
     async def create(
         self, project: str, thread_id: str, req: RunCreate, include: list[str]
@@ -94,10 +115,8 @@ class RunService:
                 await insert_message(conn, project, thread_id, message)
             run = new_run(thread_id, assistant, req, self.engine.settings.run_expiry_s)
             run["_include"] = include
-            await runs.insert(
-                conn, project, run, thread_id=thread_id, status="queued", expires_at=run["expires_at"], **self._lease()
-            )
-        return public(run), self._start(project, run, bool(req.stream))
+            created, started = await self._insert_started(conn, project, run)
+        return created, self._start(project, started, bool(req.stream), claimed=True)
 
     async def create_thread_and_run(
         self, project: str, req: ThreadAndRunCreate
@@ -114,16 +133,8 @@ class RunService:
                 )
                 await threads.replace(conn, project, thread)
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_expiry_s)
-            await runs.insert(
-                conn,
-                project,
-                run,
-                thread_id=thread["id"],
-                status="queued",
-                expires_at=run["expires_at"],
-                **self._lease(),
-            )
-        return thread, public(run), self._start(project, run, bool(req.stream))
+            created, started = await self._insert_started(conn, project, run)
+        return thread, created, self._start(project, started, bool(req.stream), claimed=True)
 
     async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
         if await threads.get_row(conn, project, thread_id) is None:
