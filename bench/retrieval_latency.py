@@ -226,5 +226,6 @@ async def main() -> None:
             drop_kept(f"{args.reuse}_{n}")
     drop_created_databases()
 
+
 if __name__ == "__main__":
     asyncio.run(main())
