@@ -1,0 +1,169 @@
+"""PostgreSQL's BM25 statistics (lexeme document frequencies, store sizes), kept at ingest by
+`PostgresChunkIndex` and backfilled by migration 0003; checked against a recount from the chunks."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from sqlalchemy import inspect, text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from loom.retrieval.chunking import Chunk
+from loom.retrieval.pg_index import PostgresChunkIndex
+from loom.retrieval.schema import schema_statements
+from tests.support.postgres import new_database
+
+VERSIONS = Path(__file__).resolve().parents[2] / "src/loom/store/migrations/versions"
+TEXTS = [
+    "Magma rises through the crust and erupts from volcanoes as lava and ash.",
+    "Lava flows cool into basalt; volcanic ash is carried far by the wind.",
+    "Blue whales are the largest animals ever known to have lived on Earth.",
+]
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(new_database("stats"))
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+def _chunks(texts: list[str]) -> tuple[list[Chunk], np.ndarray]:
+    vectors = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
+    return [Chunk(i, t, 0, len(t), len(t.split())) for i, t in enumerate(texts)], vectors
+
+
+async def _stats(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, int]]]:
+    async with engine.connect() as conn:
+        terms = await conn.execute(text("SELECT vector_store_id, lexeme, df FROM retrieval_terms"))
+        stores = await conn.execute(text("SELECT vector_store_id, chunks, total_len FROM retrieval_store_stats"))
+        return {(r[0], r[1]): int(r[2]) for r in terms}, {r[0]: (int(r[1]), int(r[2])) for r in stores if r[1]}
+
+
+async def _recount(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, int]]]:
+    async with engine.connect() as conn:
+        terms = await conn.execute(
+            text(
+                "SELECT vector_store_id, l, count(*) FROM retrieval_chunks, unnest(tsvector_to_array(tsv)) AS l "
+                "GROUP BY vector_store_id, l"
+            )
+        )
+        stores = await conn.execute(
+            text("SELECT vector_store_id, count(*), sum(doc_len) FROM retrieval_chunks GROUP BY vector_store_id")
+        )
+        return {(r[0], r[1]): int(r[2]) for r in terms}, {r[0]: (int(r[1]), int(r[2])) for r in stores}
+
+
+async def test_statistics_follow_adds_and_deletes(engine: AsyncEngine) -> None:
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.create_schema()
+    for store, file_id, texts in [
+        ("vs_a", "file-1", TEXTS[:2]),
+        ("vs_a", "file-2", TEXTS[1:]),
+        ("vs_b", "file-1", TEXTS),
+    ]:
+        await index.put_file(store, file_id, f"{file_id}.txt")
+        await index.add_chunks(store, file_id, *_chunks(texts))
+    expected = await _recount(engine)
+    assert await _stats(engine) == expected
+    assert expected[0][("vs_a", "lava")] == 3  # one chunk of file-1, two of file-2
+    assert expected[1]["vs_b"][0] == 3
+
+    assert await index.delete_file("vs_a", "file-2") == 2
+    assert await _stats(engine) == await _recount(engine)
+    terms, _ = await _stats(engine)
+    assert ("vs_a", "whale") not in terms  # no chunk of vs_a holds it any more: no zero rows left
+    assert terms[("vs_b", "whale")] == 1
+
+    assert await index.delete_store("vs_b") == 3
+    assert await _stats(engine) == await _recount(engine)
+    assert await index.delete_file("vs_a", "file-missing") == 0
+    assert await _stats(engine) == await _recount(engine)
+
+
+async def test_keyword_search_uses_current_statistics(engine: AsyncEngine) -> None:
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.create_schema()
+    await index.put_file("vs_a", "file-1", "a.txt")
+    await index.add_chunks("vs_a", "file-1", *_chunks(TEXTS))
+    first = await index.keyword_candidates(["vs_a"], ["lava", "whales"], 10)
+    assert len(first) == 3
+    # After a delete, the remaining chunks are ranked with the new (smaller) store's statistics at once.
+    await index.put_file("vs_a", "file-2", "b.txt")
+    await index.add_chunks("vs_a", "file-2", *_chunks(["whales and whales and more whales"]))
+    assert (await index.keyword_candidates(["vs_a"], ["whales"], 10))[0].score > 0
+    await index.delete_file("vs_a", "file-1")
+    only = await index.keyword_candidates(["vs_a"], ["lava", "whales"], 10)
+    assert len(only) == 1
+    assert await index.keyword_candidates(["vs_a"], ["lava"], 10) == []
+
+
+def _revision(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"rev_{name}", VERSIONS / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run(sync_conn: object, module: ModuleType, step: str) -> set[str]:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    ctx = MigrationContext.configure(sync_conn)  # type: ignore[arg-type]
+    with Operations.context(ctx):
+        getattr(module, step)()
+    return set(inspect(sync_conn).get_table_names())
+
+
+async def test_migration_0003_backfills_a_0002_database(engine: AsyncEngine) -> None:
+    rev = _revision("0003_retrieval_term_stats.py")
+    assert (rev.revision, rev.down_revision) == ("0003", "0002")
+    async with engine.begin() as conn:
+        for statement in schema_statements("postgresql"):  # what revision 0002 made
+            await conn.execute(text(statement))
+        # Rows as 0002's PostgresChunkIndex wrote them: no statistics tables yet.
+        for i, (store, body) in enumerate([("vs_a", TEXTS[0]), ("vs_a", TEXTS[1]), ("vs_b", TEXTS[2])]):
+            await conn.execute(
+                text(
+                    "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, end_offset, "
+                    "token_count, text, embedding, embedding_dims, doc_len, term_freqs) SELECT :vs, 'file-1', :i, 0, "
+                    "1, 1, :t, CAST('[1,0]' AS vector), 2, (SELECT COALESCE(sum(array_length(positions, 1)), 0) "
+                    "FROM unnest(to_tsvector('loom_english', CAST(:t AS text)))), '{}'"
+                ),
+                {"vs": store, "i": i, "t": body},
+            )
+        tables = await conn.run_sync(_run, rev, "upgrade")
+    assert {"retrieval_terms", "retrieval_store_stats"} <= tables
+    expected = await _recount(engine)
+    assert await _stats(engine) == expected
+    assert expected[0][("vs_a", "lava")] == 2
+    assert expected[1]["vs_b"][0] == 1
+
+    # The upgraded database then keeps them up to date.
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.put_file("vs_b", "file-2", "w.txt")
+    await index.add_chunks("vs_b", "file-2", *_chunks(["Whales sing."]))
+    assert await _stats(engine) == await _recount(engine)
+
+    async with engine.begin() as conn:
+        tables = await conn.run_sync(_run, rev, "downgrade")
+    assert not {"retrieval_terms", "retrieval_store_stats"} & tables
+    assert "retrieval_chunks" in tables
+
+
+async def test_migration_0003_on_sqlite_changes_nothing(tmp_path: Path) -> None:
+    rev = _revision("0003_retrieval_term_stats.py")
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
+    async with engine.begin() as conn:
+        before = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        assert await conn.run_sync(_run, rev, "upgrade") == before
+        assert await conn.run_sync(_run, rev, "downgrade") == before
+    await engine.dispose()
