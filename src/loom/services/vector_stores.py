@@ -254,7 +254,8 @@ class SerializedWrites:
     """A ChunkIndex whose writes queue with this process's other SQLite writers.
 
     SQLite has one writer: an API transaction that read and then writes fails with SQLITE_BUSY (no
-    waiting) if the index committed in between, so index writes take `Database.write()`'s turn too.
+    waiting) if the index committed in between, so index writes take their turn too
+    (`Database.writer_turn`: the lock without a transaction of its own, which would hold SQLite's).
     """
 
     def __init__(self, inner: ChunkIndex, db: Database) -> None:
@@ -262,29 +263,29 @@ class SerializedWrites:
         self.db = db
 
     async def create_schema(self) -> None:
-        async with self.db.write():
+        async with self.db.writer_turn():
             await self.inner.create_schema()
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Mapping[str, Any] | None = None
     ) -> None:
-        async with self.db.write():
+        async with self.db.writer_turn():
             await self.inner.put_file(vector_store_id, file_id, filename, attributes)
 
     async def set_attributes(self, vector_store_id: str, file_id: str, attributes: Mapping[str, Any] | None) -> None:
-        async with self.db.write():
+        async with self.db.writer_turn():
             await self.inner.set_attributes(vector_store_id, file_id, attributes)
 
     async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
-        async with self.db.write():
+        async with self.db.writer_turn():
             await self.inner.add_chunks(vector_store_id, file_id, chunks, vectors)
 
     async def delete_file(self, vector_store_id: str, file_id: str) -> int:
-        async with self.db.write():
+        async with self.db.writer_turn():
             return await self.inner.delete_file(vector_store_id, file_id)
 
     async def delete_store(self, vector_store_id: str) -> int:
-        async with self.db.write():
+        async with self.db.writer_turn():
             return await self.inner.delete_store(vector_store_id)
 
     async def list_files(self, vector_store_ids: Sequence[str]) -> list[FileEntry]:

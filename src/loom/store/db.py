@@ -101,6 +101,16 @@ class Database:
                 raise
             await conn.commit()
 
+    @asynccontextmanager
+    async def writer_turn(self) -> AsyncIterator[None]:
+        """This process's turn to write, for a writer with an engine of its own (the retrieval index
+        on `engine`): no other `write()` runs meanwhile, so neither waits on the other's lock."""
+        if not self.is_sqlite:
+            yield
+            return
+        async with self._write_lock:
+            yield
+
     @staticmethod
     async def _begin_immediate(conn: AsyncConnection) -> None:
         """Take SQLite's write lock now (a deferred transaction could fail at its first write), waiting
