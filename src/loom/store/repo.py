@@ -58,6 +58,9 @@ class Collection:
         self._get_in_parent_stmt = (
             by_id.where(table.c[parent_column] == sa.bindparam("parent")) if parent_column is not None else by_id
         )
+        # Writes and row reads, built once per shape: constructing a statement and its cache key costs
+        # more than SQLite's own work for a one-row write (about 70 µs of 110 µs per insert).
+        self._statements: dict[tuple[object, ...], sa.Executable] = {}
 
     def _scope(self, project: str, parent: str | None) -> list[sa.ColumnElement[bool]]:
         clauses: list[sa.ColumnElement[bool]] = [self.table.c.project == project]
@@ -82,24 +85,51 @@ class Collection:
         *,
         lock: bool = False,
     ) -> sa.Row[Any] | None:
-        t = self.table
-        query = sa.select(t).where(t.c.id == object_id, *self._scope(project, parent))
-        if lock and conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        return (await conn.execute(query)).first()
+        in_parent = self.parent_column is not None and parent is not None
+        for_update = lock and conn.dialect.name == "postgresql"
+        key = ("get_row", in_parent, for_update)
+        query = self._statements.get(key)
+        if query is None:
+            t = self.table
+            select = sa.select(t).where(t.c.id == sa.bindparam("w_id"), t.c.project == sa.bindparam("w_project"))
+            if in_parent:
+                select = select.where(t.c[str(self.parent_column)] == sa.bindparam("w_parent"))
+            query = self._statements[key] = select.with_for_update() if for_update else select
+        params = {"w_id": object_id, "w_project": project}
+        if in_parent:
+            params["w_parent"] = str(parent)
+        return (await conn.execute(query, params)).first()
+
+    def _values(self, columns: Any) -> dict[str, sa.BindParameter[Any]]:
+        return {name: sa.bindparam(f"v_{name}", type_=self.table.c[name].type) for name in columns}
 
     async def insert(self, conn: AsyncConnection, project: str, obj: Obj, **columns: Any) -> None:
-        await conn.execute(
-            self.table.insert().values(id=obj["id"], project=project, created_at=obj["created_at"], data=obj, **columns)
-        )
+        key = ("insert", *columns)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            names = ("id", "project", "created_at", "data", *columns)
+            stmt = self._statements[key] = self.table.insert().values(**self._values(names))
+        params = {f"v_{name}": value for name, value in columns.items()}
+        params.update(v_id=obj["id"], v_project=project, v_created_at=obj["created_at"], v_data=obj)
+        await conn.execute(stmt, params)
 
     async def replace(
         self, conn: AsyncConnection, project: str, obj: Obj, parent: str | None = None, **columns: Any
     ) -> None:
-        t = self.table
-        await conn.execute(
-            t.update().where(t.c.id == obj["id"], *self._scope(project, parent)).values(data=obj, **columns)
-        )
+        in_parent = self.parent_column is not None and parent is not None
+        key = ("replace", in_parent, *columns)
+        stmt = self._statements.get(key)
+        if stmt is None:
+            t = self.table
+            where = [t.c.id == sa.bindparam("w_id"), t.c.project == sa.bindparam("w_project")]
+            if in_parent:
+                where.append(t.c[str(self.parent_column)] == sa.bindparam("w_parent"))
+            stmt = self._statements[key] = t.update().where(*where).values(**self._values(("data", *columns)))
+        params = {f"v_{name}": value for name, value in columns.items()}
+        params.update(v_data=obj, w_id=obj["id"], w_project=project)
+        if in_parent:
+            params["w_parent"] = str(parent)
+        await conn.execute(stmt, params)
 
     async def delete(self, conn: AsyncConnection, project: str, object_id: str, parent: str | None = None) -> bool:
         t = self.table
