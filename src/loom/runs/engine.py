@@ -102,10 +102,19 @@ class RunEngine:
 
     # Executing.
 
-    def start_run(self, project: str, run_id: str, run: dict[str, Any] | None = None, *, claimed: bool = False) -> None:
+    def start_run(
+        self,
+        project: str,
+        run_id: str,
+        run: dict[str, Any] | None = None,
+        *,
+        claimed: bool = False,
+        preloaded: Preloaded | None = None,
+    ) -> None:
         """Execute a run here: a queued one (`run` as just committed lets the first reads overlap the
-        claim), or with `claimed`, one committed `in_progress` and leased to this replica already."""
-        task = asyncio.create_task(self._execute(project, run_id, run, claimed), name=f"run-{run_id}")
+        claim), or with `claimed`, one committed `in_progress` and leased to this replica already,
+        with what its first model call needs when the creating transaction read it (`preloaded`)."""
+        task = asyncio.create_task(self._execute(project, run_id, run, claimed, preloaded), name=f"run-{run_id}")
         self._tasks.add(task)
         self._local[run_id] = task
         task.add_done_callback(self._tasks.discard)
@@ -116,12 +125,20 @@ class RunEngine:
         return run_id in self._local
 
     async def _execute(
-        self, project: str, run_id: str, hint: dict[str, Any] | None = None, preclaimed: bool = False
+        self,
+        project: str,
+        run_id: str,
+        hint: dict[str, Any] | None = None,
+        preclaimed: bool = False,
+        preloaded: Preloaded | None = None,
     ) -> None:
         lease_s = self.settings.lease_s
-        preload: asyncio.Task[Preloaded] | None = None
+        preload: asyncio.Future[Preloaded] | None = None
         if preclaimed:
             claimed = hint
+            if preloaded is not None:
+                preload = asyncio.get_running_loop().create_future()
+                preload.set_result(preloaded)
         else:
             preload = asyncio.create_task(self.store.preload(project, hint)) if hint is not None else None
             claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)

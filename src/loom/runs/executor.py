@@ -53,10 +53,10 @@ class _Turn:
 
 class RunExecutor:
     def __init__(
-        self, engine: RunEngine, project: str, run_id: str, preload: asyncio.Task[Preloaded] | None = None
+        self, engine: RunEngine, project: str, run_id: str, preload: asyncio.Future[Preloaded] | None = None
     ) -> None:
         self.engine = engine
-        # Reads for the first model call, started while the run was being claimed.
+        # Reads for the first model call: started while the run was being claimed, or done already.
         self._preload = preload
         self.project = project
         self.run_id = run_id
@@ -286,6 +286,10 @@ class RunExecutor:
                     turn.flushed_at = time.monotonic()
                     turn.message["content"] = self._content(turn)
                     await self.store.save_objects(self.project, ("message", turn.message))
+                # Let the streams send this chunk's events before the next is read: a fast upstream's
+                # whole answer can sit in one read buffer, and reading on would hold the first token
+                # back until the model's turn is processed.
+                await asyncio.sleep(0)
 
     async def _open_message(self, turn: _Turn) -> None:
         message = new_assistant_message(self.run)

@@ -146,13 +146,19 @@ class RunStore:
             context = await self._run_context(conn, run)
         return assistant, thread, context
 
+    @classmethod
+    async def new_run_context(cls, conn: Any, run: dict[str, Any]) -> RunContext:
+        """The context of a run being created, read in its creating transaction."""
+        return await cls._run_context(conn, run, new=True)
+
     async def run_context(self, project: str, run: dict[str, Any]) -> RunContext:
         """The thread's messages from before this run, this run's steps, and this run's messages by id."""
         async with self.db.read() as conn:
             return await self._run_context(conn, run)
 
     @staticmethod
-    async def _run_context(conn: Any, run: dict[str, Any]) -> RunContext:
+    async def _run_context(conn: Any, run: dict[str, Any], *, new: bool = False) -> RunContext:
+        """`new`: the run was created in this transaction, so it has no steps to read yet."""
         m, s = tables.messages, tables.run_steps
         rows = (
             await conn.execute(
@@ -160,8 +166,12 @@ class RunStore:
             )
         ).all()
         step_rows = (
-            await conn.execute(sa.select(s.c.data).where(s.c.run_id == run["id"]).order_by(s.c.created_at, s.c.seq))
-        ).all()
+            []
+            if new
+            else (
+                await conn.execute(sa.select(s.c.data).where(s.c.run_id == run["id"]).order_by(s.c.created_at, s.c.seq))
+            ).all()
+        )
         history: list[dict[str, Any]] = []
         own: dict[str, dict[str, Any]] = {}
         for (data,) in rows:

@@ -15,7 +15,7 @@ from loom.runs.bus import END, Event
 from loom.runs.engine import RunEngine
 from loom.runs.objects import new_run
 from loom.runs.status import TERMINAL
-from loom.runs.store import public
+from loom.runs.store import Preloaded, RunStore, public
 from loom.schemas.runs import RunCreate, RunModify, SubmitToolOutputs, ThreadAndRunCreate
 from loom.schemas.threads import ThreadCreate
 from loom.services.common import ListParams, active_run, assistants, run_steps, runs, threads, tool_resources_wire
@@ -72,9 +72,17 @@ class RunService:
         executor starts, the lease lapses and another replica fails the run (never stuck `queued`)."""
         return {"lease_owner": self.engine.replica, "lease_expires_at": time.time() + self.engine.settings.lease_s}
 
-    def _start(self, project: str, run: dict[str, Any], stream: bool, *, claimed: bool = False) -> Queue | None:
+    def _start(
+        self,
+        project: str,
+        run: dict[str, Any],
+        stream: bool,
+        *,
+        claimed: bool = False,
+        preloaded: Preloaded | None = None,
+    ) -> Queue | None:
         queue = self.engine.bus.subscribe(run["id"]) if stream else None
-        self.engine.start_run(project, run["id"], run, claimed=claimed)
+        self.engine.start_run(project, run["id"], run, claimed=claimed, preloaded=preloaded)
         return queue
 
     async def _insert_started(
@@ -116,7 +124,9 @@ class RunService:
             run = new_run(thread_id, assistant, req, self.engine.settings.run_expiry_s)
             run["_include"] = include
             created, started = await self._insert_started(conn, project, run)
-        return created, self._start(project, started, bool(req.stream), claimed=True)
+            # The executor's first reads, done here: this transaction has the assistant and thread.
+            preloaded = (assistant, dict(thread.data), await RunStore.new_run_context(conn, started))
+        return created, self._start(project, started, bool(req.stream), claimed=True, preloaded=preloaded)
 
     async def create_thread_and_run(
         self, project: str, req: ThreadAndRunCreate
@@ -134,7 +144,8 @@ class RunService:
                 await threads.replace(conn, project, thread)
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_expiry_s)
             created, started = await self._insert_started(conn, project, run)
-        return thread, created, self._start(project, started, bool(req.stream), claimed=True)
+            preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started))
+        return thread, created, self._start(project, started, bool(req.stream), claimed=True, preloaded=preloaded)
 
     async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
         if await threads.get_row(conn, project, thread_id) is None:
