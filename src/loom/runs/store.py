@@ -17,6 +17,19 @@ RunContext = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[st
 Preloaded = tuple[dict[str, Any] | None, dict[str, Any] | None, RunContext]
 
 
+# Read before every model call; built once.
+_THREAD_MESSAGES = (
+    sa.select(tables.messages.c.data)
+    .where(tables.messages.c.thread_id == sa.bindparam("thread_id"))
+    .order_by(tables.messages.c.created_at, tables.messages.c.seq)
+)
+_RUN_STEPS = (
+    sa.select(tables.run_steps.c.data)
+    .where(tables.run_steps.c.run_id == sa.bindparam("run_id"))
+    .order_by(tables.run_steps.c.created_at, tables.run_steps.c.seq)
+)
+
+
 def public(obj: dict[str, Any]) -> dict[str, Any]:
     """The wire view: Loom keeps its own bookkeeping under keys that start with `_`."""
     return {k: v for k, v in obj.items() if not k.startswith("_")}
@@ -159,19 +172,8 @@ class RunStore:
     @staticmethod
     async def _run_context(conn: Any, run: dict[str, Any], *, new: bool = False) -> RunContext:
         """`new`: the run was created in this transaction, so it has no steps to read yet."""
-        m, s = tables.messages, tables.run_steps
-        rows = (
-            await conn.execute(
-                sa.select(m.c.data).where(m.c.thread_id == run["thread_id"]).order_by(m.c.created_at, m.c.seq)
-            )
-        ).all()
-        step_rows = (
-            []
-            if new
-            else (
-                await conn.execute(sa.select(s.c.data).where(s.c.run_id == run["id"]).order_by(s.c.created_at, s.c.seq))
-            ).all()
-        )
+        rows = (await conn.execute(_THREAD_MESSAGES, {"thread_id": run["thread_id"]})).all()
+        step_rows = [] if new else (await conn.execute(_RUN_STEPS, {"run_id": run["id"]})).all()
         history: list[dict[str, Any]] = []
         own: dict[str, dict[str, Any]] = {}
         for (data,) in rows:

@@ -126,11 +126,14 @@ async def tool_resources_wire(
     return wire
 
 
+# Built once: checked on every message and run creation.
+_ACTIVE_RUN = (
+    sa.select(tables.runs.c.id)
+    .where(tables.runs.c.thread_id == sa.bindparam("thread_id"), tables.runs.c.status.in_(ACTIVE_RUN_STATUSES))
+    .limit(1)
+)
+
+
 async def active_run(conn: AsyncConnection, thread_id: str) -> str | None:
-    t = tables.runs
-    row = (
-        await conn.execute(
-            sa.select(t.c.id).where(t.c.thread_id == thread_id, t.c.status.in_(ACTIVE_RUN_STATUSES)).limit(1)
-        )
-    ).first()
+    row = (await conn.execute(_ACTIVE_RUN, {"thread_id": thread_id})).first()
     return row[0] if row is not None else None
