@@ -7,6 +7,7 @@ application's engine. The column is dimension-less; each embedding size has a pa
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Collection, Sequence
@@ -31,6 +32,14 @@ def vector_literal(vector: Any) -> str:
 BM25_K1 = 1.2
 BM25_B = 0.75
 MAX_SCORED = 5000
+FIRST_PASS_ROWS = 2000
+CO_OCCURRING_TERMS = 8
+MAX_GROUPS = 6  # each an index scan of its own
+# Settings for one search transaction, whatever the server's defaults: asyncpg prepares statements,
+# and after five runs PostgreSQL may switch to a generic plan that cannot see how selective a
+# tsquery or a file list is; and at a million chunks the planner's costs pass `jit_above_cost`, so
+# with the default `jit = on` a 10 ms query spent ~100 ms compiling itself first.
+_SESSION_SETTINGS = "set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
 _CHUNK_COLUMNS = (
     "c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, c.end_offset, c.text, "
     "f.attributes FROM retrieval_chunks c JOIN retrieval_files f "
@@ -206,13 +215,16 @@ class PostgresChunkIndex:
         async with self._engine.begin() as conn:
             # asyncpg prepares statements; after five runs PostgreSQL may switch to a generic plan
             # that cannot see how selective `file_id = ANY(...)` is and scans every row (20x slower).
-            await conn.execute(text("SET LOCAL plan_cache_mode = force_custom_plan"))
+            # JIT: see `_SESSION_SETTINGS`.
+            await conn.execute(
+                text(f"SELECT {_SESSION_SETTINGS}, set_config('hnsw.ef_search', :ef, true)"),
+                {"ef": str(max(self._ef_search, limit))},
+            )
             if file_ids is not None:
                 # Filtered: HNSW post-filtering would lose results (no iterative scans before pgvector
                 # 0.8), and filtered sets are usually small, so search them exactly.
                 params["files"] = list(file_ids)
                 return await self._exact(conn, params, with_files=True)
-            await conn.execute(text(f"SET LOCAL hnsw.ef_search = {max(self._ef_search, limit)}"))
             result = await conn.execute(
                 text(
                     f"SELECT id, 1 - ((embedding::vector({dims})) <=> CAST(CAST(:q AS text) AS vector({dims}))) "
@@ -250,16 +262,15 @@ class PostgresChunkIndex:
         async with self._engine.connect() as conn:
             # One round trip: the query's lexemes (same configuration as the documents), each one's
             # document frequency in these stores and the stores' size (tables `add_chunks` keeps),
-            # and this transaction's planner settings: asyncpg prepares statements, and after five
-            # runs PostgreSQL may switch to a generic plan that cannot see how selective the
-            # tsquery is; and a sequential scan would decompress every chunk's tsvector to test it
-            # where a bitmap scan of the GIN index needs none (the planner does not cost that).
+            # and this transaction's planner settings (`_SESSION_SETTINGS`; a sequential scan would
+            # decompress every chunk's tsvector to test it where a bitmap scan of the GIN index
+            # needs none, and the planner does not cost that).
             rows = (
                 await conn.execute(
                     text(
                         "SELECT l.lexeme, (SELECT sum(df) FROM retrieval_terms t WHERE t.vector_store_id = ANY(:vs) "
-                        "AND t.lexeme = l.lexeme), s.n, s.len, set_config('plan_cache_mode', 'force_custom_plan', "
-                        "true), set_config('enable_seqscan', 'off', true) FROM (SELECT sum(chunks) AS n, "
+                        f"AND t.lexeme = l.lexeme), s.n, s.len, {_SESSION_SETTINGS}, "
+                        "set_config('enable_seqscan', 'off', true) FROM (SELECT sum(chunks) AS n, "
                         "sum(total_len) AS len FROM retrieval_store_stats WHERE vector_store_id = ANY(:vs)) AS s "
                         f"LEFT JOIN unnest(tsvector_to_array(to_tsvector('{TEXT_SEARCH_CONFIG}', CAST(:q AS text)))) "
                         "AS l(lexeme) ON true"
@@ -275,13 +286,23 @@ class PostgresChunkIndex:
             idf = {lex: math.log(1.0 + (n - d + 0.5) / (d + 0.5)) for lex, d in df.items()}
             order = sorted(idf, key=lambda lex: (-idf[lex], lex))  # rarest first
             bound = {lex: idf[lex] * (BM25_K1 + 1) for lex in order}
-            sql = _bm25_sql(order, idf, avgdl, file_ids is not None)
             params: dict[str, Any] = {"vs": list(vector_store_ids), "k": limit}
             if file_ids is not None:
                 params["files"] = list(file_ids)
 
             async def scored(lexemes: Sequence[str]) -> list[Candidate]:
-                params["tsq"] = " | ".join(_quote(x) for x in lexemes)
+                return await scored_groups([[x] for x in lexemes])
+
+            async def scored_groups(groups: Sequence[Sequence[str]]) -> list[Candidate]:
+                # The single terms as one OR query (one walk of the GIN index); AND groups as one
+                # condition each, so that each is an index scan of its own that skips through the
+                # longer posting lists (one tsquery ORing ANDs reads all of them in full).
+                if all(len(g) == 1 for g in groups):
+                    queries = [" | ".join(_quote(g[0]) for g in groups)]
+                else:
+                    queries = [" & ".join(_quote(x) for x in g) for g in groups]
+                params.update({f"q{i}": q for i, q in enumerate(queries)})
+                sql = _bm25_sql(order, idf, avgdl, len(queries), file_ids is not None)
                 result = await conn.execute(text(sql), params)
                 return [Candidate(int(r[0]), float(r[1])) for r in result]
 
@@ -292,6 +313,12 @@ class PostgresChunkIndex:
             while size < len(order) and (covered < limit or size == 0):
                 covered += df[order[size]]
                 size += 1
+            if covered > FIRST_PASS_ROWS:
+                # Even the rarest terms are in too many chunks (a large store, a query of common
+                # words): score the chunks holding two or three of the rarer terms together.
+                groups = _co_occurring(order, df, n, bound, limit)
+                if groups:
+                    return await scored_groups(groups)
             while True:
                 found = await scored(order[:size])
                 if size == len(order):
@@ -322,11 +349,34 @@ def _quote(lexeme: str) -> str:
     return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def _co_occurring(
+    order: Sequence[str], df: dict[str, int], n: int, bound: dict[str, float], limit: int
+) -> list[tuple[str, ...]]:
+    """AND groups of two (else three) of the rarer query terms, best-scoring groups first, as many
+    as fit MAX_SCORED chunks (estimated as if terms occurred independently); [] if no group size
+    gives at least `limit` chunks that way. Terms in a tenth of the chunks or more are left out:
+    they add little to a score, and intersecting their posting lists costs more than it saves."""
+    terms = [x for x in order if df[x] * 10 < n][:CO_OCCURRING_TERMS]
+    for size in (2, 3):
+        groups = sorted(itertools.combinations(terms, size), key=lambda g: -sum(bound[x] for x in g))
+        chosen: list[tuple[str, ...]] = []
+        rows = 0.0
+        for g in groups:
+            estimate = n * math.prod(df[x] / n for x in g)
+            if rows + estimate <= FIRST_PASS_ROWS and len(chosen) < MAX_GROUPS:
+                chosen.append(g)
+                rows += estimate
+        if rows >= limit:
+            return chosen
+    return []
+
+
 _NAME_BYTES = 63  # PostgreSQL truncates longer identifiers (NAMEDATALEN - 1)
 
 
-def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, with_files: bool) -> str:
-    """The BM25 scoring statement for these lexemes; `:tsq` picks which chunks get scored.
+def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, queries: int, with_files: bool) -> str:
+    """The BM25 scoring statement for these lexemes; chunks matching one of the tsqueries `:q0`,
+    `:q1`, ... get scored.
 
     A chunk's term frequencies are one compressed jsonb value: `jsonb_to_record` decompresses it
     once per chunk and reads every query lexeme (a `->>` per lexeme decompressed it each time,
@@ -349,10 +399,11 @@ def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, with_
     score = f"{BM25_K1 + 1!r} * (" + " + ".join(terms) + ")"
     record = f", LATERAL jsonb_to_record(c.term_freqs) AS x({', '.join(columns)})" if columns else ""
     source = f"CROSS JOIN LATERAL (SELECT {norm} AS norm) AS n{record}"
+    match = " OR ".join(f"tsv @@ CAST(:q{i} AS tsquery)" for i in range(queries))
     if not with_files:
         return (
             f"SELECT c.id, {score} AS score FROM retrieval_chunks c {source} "
-            "WHERE c.tsv @@ CAST(:tsq AS tsquery) AND c.vector_store_id = ANY(:vs) "
+            f"WHERE ({match}) AND c.vector_store_id = ANY(:vs) "
             "ORDER BY score DESC, c.id LIMIT :k"
         )
     # Filtered: find the matching rows through the GIN index first (bounded by the MaxScore
@@ -360,7 +411,7 @@ def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, with_
     # of the allowed files and score each one.
     return (
         "WITH m AS MATERIALIZED (SELECT id FROM retrieval_chunks "
-        "WHERE tsv @@ CAST(:tsq AS tsquery) AND vector_store_id = ANY(:vs)) "
+        f"WHERE ({match}) AND vector_store_id = ANY(:vs)) "
         f"SELECT c.id, {score} AS score FROM m JOIN retrieval_chunks c ON c.id = m.id {source} "
         "WHERE c.file_id = ANY(:files) ORDER BY score DESC, c.id LIMIT :k"
     )
