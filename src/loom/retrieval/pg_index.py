@@ -37,8 +37,9 @@ CO_OCCURRING_TERMS = 8
 MAX_GROUPS = 6  # each an index scan of its own
 # Settings for one search transaction, whatever the server's defaults: asyncpg prepares statements,
 # and after five runs PostgreSQL may switch to a generic plan that cannot see how selective a
-# tsquery or a file list is; and at a million chunks the planner's costs pass `jit_above_cost`, so
-# with the default `jit = on` a 10 ms query spent ~100 ms compiling itself first.
+# tsquery or a file list is. And no JIT: a server built with LLVM compiles every plan whose cost
+# estimate passes `jit_above_cost` (100000; an exact vector scan over 100k chunks estimates 167k),
+# which takes longer than these few-millisecond queries run (pgserver's build has no JIT at all).
 _SESSION_SETTINGS = "set_config('plan_cache_mode', 'force_custom_plan', true), set_config('jit', 'off', true)"
 _CHUNK_COLUMNS = (
     "c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, c.end_offset, c.text, "
