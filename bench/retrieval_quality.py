@@ -1,6 +1,6 @@
 """Retrieval quality on SciFact (BEIR test split): nDCG@10 and recall@100 per search mode.
 
-    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama]
+    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama|minilm]
 
 Reads the corpus from ../shared/data/ir/scifact (CC BY-NC: never copied into this repository),
 indexes every abstract (title + text) as one file of one vector store with the `auto` chunking,
@@ -113,6 +113,11 @@ async def evaluate(
 def make_embedder(name: str) -> Embedder:
     if name == "wordllama":
         return WordLlamaEmbedder()
+    if name == "minilm":
+        # Benchmark only: all-MiniLM-L6-v2 in numpy, weights hash-checked, corpus vectors cached on disk.
+        from bench.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
     raise SystemExit(f"unknown embedder {name}")
 
 
