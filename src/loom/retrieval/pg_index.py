@@ -32,7 +32,11 @@ def vector_literal(vector: Any) -> str:
 BM25_K1 = 1.2
 BM25_B = 0.75
 MAX_SCORED = 5000
-FIRST_PASS_ROWS = 2000
+# Keyword search in a store of LARGE_STORE chunks or more scores at most about FIRST_PASS_ROWS
+# chunks in its first pass (see `keyword_candidates`); in smaller stores the first pass scores
+# every chunk holding its terms, however many, so that they always get the exact ranking.
+FIRST_PASS_ROWS = 1000
+LARGE_STORE = 50_000
 CO_OCCURRING_TERMS = 8
 MAX_GROUPS = 6  # each an index scan of its own
 # Settings for one search transaction, whatever the server's defaults: asyncpg prepares statements,
@@ -49,10 +53,20 @@ _CHUNK_COLUMNS = (
 
 
 class PostgresChunkIndex:
-    def __init__(self, engine: AsyncEngine, dimensions: int = DEFAULT_DIMENSIONS, ef_search: int = 100) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        dimensions: int = DEFAULT_DIMENSIONS,
+        ef_search: int = 100,
+        *,
+        first_pass_rows: int = FIRST_PASS_ROWS,
+        large_store: int = LARGE_STORE,
+    ) -> None:
         self._engine = engine
         self._dims = int(dimensions)
         self._ef_search = int(ef_search)
+        self._first_pass_rows = int(first_pass_rows)
+        self._large_store = int(large_store)
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -257,6 +271,12 @@ class PostgresChunkIndex:
         current k-th score (a term adds at most `idf * (k1 + 1)`). Exact, and it skips scanning
         the huge posting sets of common words, which dominate the cost of an OR query; past
         MAX_SCORED chunks it stops (approximate, bounded latency).
+
+        In a large store even the rarest query term can be in thousands of chunks (at a million
+        chunks, ~5 us each to score). Past `first_pass_rows` of them the ranking is approximate:
+        the chunks holding two or three of the rarer terms together are scored (each AND group
+        is one GIN scan, and their top is where BM25's top is), else the first `first_pass_rows`
+        chunks holding the rarest term.
         """
         if not terms or (file_ids is not None and not file_ids):
             return []
@@ -294,7 +314,7 @@ class PostgresChunkIndex:
             async def scored(lexemes: Sequence[str]) -> list[Candidate]:
                 return await scored_groups([[x] for x in lexemes])
 
-            async def scored_groups(groups: Sequence[Sequence[str]]) -> list[Candidate]:
+            async def scored_groups(groups: Sequence[Sequence[str]], cap: int | None = None) -> list[Candidate]:
                 # The single terms as one OR query (one walk of the GIN index); AND groups as one
                 # condition each, so that each is an index scan of its own that skips through the
                 # longer posting lists (one tsquery ORing ANDs reads all of them in full).
@@ -303,7 +323,8 @@ class PostgresChunkIndex:
                 else:
                     queries = [" & ".join(_quote(x) for x in g) for g in groups]
                 params.update({f"q{i}": q for i, q in enumerate(queries)})
-                sql = _bm25_sql(order, idf, avgdl, len(queries), file_ids is not None)
+                sql = _bm25_sql(order, idf, avgdl, len(queries), file_ids is not None, cap is not None)
+                params["cap"] = cap
                 result = await conn.execute(text(sql), params)
                 return [Candidate(int(r[0]), float(r[1])) for r in result]
 
@@ -314,12 +335,15 @@ class PostgresChunkIndex:
             while size < len(order) and (covered < limit or size == 0):
                 covered += df[order[size]]
                 size += 1
-            if covered > FIRST_PASS_ROWS:
+            if covered > self._first_pass_rows and n >= self._large_store:
                 # Even the rarest terms are in too many chunks (a large store, a query of common
                 # words): score the chunks holding two or three of the rarer terms together.
-                groups = _co_occurring(order, df, n, bound, limit)
+                groups = _co_occurring(order, df, n, bound, limit, self._first_pass_rows)
                 if groups:
                     return await scored_groups(groups)
+                # Too few chunks hold two of them: score the first `first_pass_rows` chunks found
+                # holding the rarest term (approximate, bounded latency).
+                return await scored_groups([[order[0]]], cap=self._first_pass_rows)
             while True:
                 found = await scored(order[:size])
                 if size == len(order):
@@ -351,10 +375,10 @@ def _quote(lexeme: str) -> str:
 
 
 def _co_occurring(
-    order: Sequence[str], df: dict[str, int], n: int, bound: dict[str, float], limit: int
+    order: Sequence[str], df: dict[str, int], n: int, bound: dict[str, float], limit: int, budget: int
 ) -> list[tuple[str, ...]]:
     """AND groups of two (else three) of the rarer query terms, best-scoring groups first, as many
-    as fit MAX_SCORED chunks (estimated as if terms occurred independently); [] if no group size
+    as fit `budget` chunks (estimated as if terms occurred independently); [] if no group size
     gives at least `limit` chunks that way. Terms in a tenth of the chunks or more are left out:
     they add little to a score, and intersecting their posting lists costs more than it saves."""
     terms = [x for x in order if df[x] * 10 < n][:CO_OCCURRING_TERMS]
@@ -364,7 +388,7 @@ def _co_occurring(
         rows = 0.0
         for g in groups:
             estimate = n * math.prod(df[x] / n for x in g)
-            if rows + estimate <= FIRST_PASS_ROWS and len(chosen) < MAX_GROUPS:
+            if rows + estimate <= budget and len(chosen) < MAX_GROUPS:
                 chosen.append(g)
                 rows += estimate
         if rows >= limit:
@@ -375,9 +399,11 @@ def _co_occurring(
 _NAME_BYTES = 63  # PostgreSQL truncates longer identifiers (NAMEDATALEN - 1)
 
 
-def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, queries: int, with_files: bool) -> str:
+def _bm25_sql(
+    lexemes: Sequence[str], idf: dict[str, float], avgdl: float, queries: int, with_files: bool, capped: bool
+) -> str:
     """The BM25 scoring statement for these lexemes; chunks matching one of the tsqueries `:q0`,
-    `:q1`, ... get scored.
+    `:q1`, ... get scored (only the first `:cap` found if `capped`).
 
     A chunk's term frequencies are one compressed jsonb value: `jsonb_to_record` decompresses it
     once per chunk and reads every query lexeme (a `->>` per lexeme decompressed it each time,
@@ -401,7 +427,7 @@ def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, queri
     record = f", LATERAL jsonb_to_record(c.term_freqs) AS x({', '.join(columns)})" if columns else ""
     source = f"CROSS JOIN LATERAL (SELECT {norm} AS norm) AS n{record}"
     match = " OR ".join(f"tsv @@ CAST(:q{i} AS tsquery)" for i in range(queries))
-    if not with_files:
+    if not with_files and not capped:
         return (
             f"SELECT c.id, {score} AS score FROM retrieval_chunks c {source} "
             f"WHERE ({match}) AND c.vector_store_id = ANY(:vs) "
@@ -412,9 +438,9 @@ def _bm25_sql(lexemes: Sequence[str], idf: dict[str, float], avgdl: float, queri
     # of the allowed files and score each one.
     return (
         "WITH m AS MATERIALIZED (SELECT id FROM retrieval_chunks "
-        f"WHERE ({match}) AND vector_store_id = ANY(:vs)) "
+        f"WHERE ({match}) AND vector_store_id = ANY(:vs){' LIMIT :cap' if capped else ''}) "
         f"SELECT c.id, {score} AS score FROM m JOIN retrieval_chunks c ON c.id = m.id {source} "
-        "WHERE c.file_id = ANY(:files) ORDER BY score DESC, c.id LIMIT :k"
+        f"{'WHERE c.file_id = ANY(:files) ' if with_files else ''}ORDER BY score DESC, c.id LIMIT :k"
     )
 
 
