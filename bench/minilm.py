@@ -257,7 +257,7 @@ class VectorCache:
             keys = np.array(list(self.pending), dtype="S32")
             vectors = np.stack(list(self.pending.values()))
             name = f"shard-{time.time_ns()}-{os.getpid()}"
-            tmp = self.directory / f"{name}.tmp.npz"
+            tmp = self.directory / f"partial-{name}.npz"  # not matched by the loader until renamed
             np.savez(tmp, keys=keys, vectors=vectors)
             os.replace(tmp, self.directory / f"{name}.npz")
             self.pending.clear()
