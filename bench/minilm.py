@@ -241,7 +241,8 @@ class VectorCache:
             for shard in sorted(directory.glob("shard-*.npz")):
                 with np.load(shard) as data:
                     for key, vec in zip(data["keys"], data["vectors"], strict=True):
-                        self.vectors[bytes(key)] = vec.astype(np.float32)
+                        # numpy strips trailing NUL bytes from "S32" items: pad the digest back to 32.
+                        self.vectors[bytes(key).ljust(32, b"\0")] = vec.astype(np.float32)
 
     def put(self, key: bytes, vector: F32) -> None:
         self.vectors[key] = vector
@@ -360,6 +361,17 @@ def self_check(docs: int) -> None:
     print(f"padding: max abs difference {drift:.2e}; a long text has {len(enc.tokenizer.encode(long).ids)} pieces")
     assert drift < 1e-5, drift
     assert len(enc.tokenizer.encode(long).ids) == MAX_TOKENS
+
+    # The on-disk cache gives back every key, those ending in NUL bytes included.
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = VectorCache(Path(tmp))
+        keys = [bytes([i]) * 31 + b"\0" for i in range(1, 4)] + [hashlib.sha256(b"x").digest()]
+        for i, k in enumerate(keys):
+            cache.put(k, np.full(HIDDEN, i, dtype=np.float32))
+        cache.flush()
+        reloaded = VectorCache(Path(tmp)).vectors
+        assert all(float(reloaded[k][0]) == i for i, k in enumerate(keys)), sorted(reloaded)
+    print("vector cache: round trip ok")
 
     data = ROOT.parent / "shared" / "data" / "ir" / "scifact" / "corpus.jsonl"
     if docs and data.exists():
