@@ -311,22 +311,14 @@ class PostgresChunkIndex:
             if file_ids is not None:
                 params["files"] = list(file_ids)
 
-            async def scored(lexemes: Sequence[str]) -> list[Candidate]:
-                return await scored_groups([[x] for x in lexemes])
-
-            async def scored_groups(groups: Sequence[Sequence[str]], cap: int | None = None) -> list[Candidate]:
-                # The single terms as one OR query (one walk of the GIN index); AND groups as one
-                # condition each, so that each is an index scan of its own that skips through the
-                # longer posting lists (one tsquery ORing ANDs reads all of them in full).
-                if all(len(g) == 1 for g in groups):
-                    queries = [" | ".join(_quote(g[0]) for g in groups)]
-                else:
-                    queries = [" & ".join(_quote(x) for x in g) for g in groups]
-                params.update({f"q{i}": q for i, q in enumerate(queries)})
+            async def scored(queries: Sequence[str], cap: int | None = None) -> list[Candidate]:
+                params.update({f"q{i}": q for i, q in enumerate(queries)}, cap=cap)
                 sql = _bm25_sql(order, idf, avgdl, len(queries), file_ids is not None, cap is not None)
-                params["cap"] = cap
                 result = await conn.execute(text(sql), params)
                 return [Candidate(int(r[0]), float(r[1])) for r in result]
+
+            def any_of(lexemes: Sequence[str]) -> str:
+                return " | ".join(_quote(x) for x in lexemes)
 
             # rest[j]: the best score a chunk can reach holding only terms order[j:].
             rest = [sum(bound[x] for x in order[j:]) for j in range(len(order) + 1)]
@@ -340,14 +332,14 @@ class PostgresChunkIndex:
                 # words): score the chunks holding two or three of the rarer terms together.
                 groups = _co_occurring(order, df, n, bound, limit, self._first_pass_rows)
                 if groups:
-                    return await scored_groups(groups)
+                    # One condition per AND group, so that each is an index scan of its own that
+                    # skips through the longer posting lists (one tsquery ORing ANDs reads them all).
+                    return await scored([" & ".join(_quote(x) for x in g) for g in groups])
                 # Too few chunks hold two of them: score the first `first_pass_rows` chunks found
                 # holding the rarest term (approximate, bounded latency).
-                return await scored_groups([[order[0]]], cap=self._first_pass_rows)
-            while True:
-                found = await scored(order[:size])
-                if size == len(order):
-                    break
+                return await scored([any_of(order[:1])], cap=self._first_pass_rows)
+            found = await scored([any_of(order[:size])])
+            while size < len(order):
                 threshold = found[-1].score if len(found) >= limit else 0.0
                 if rest[size] <= threshold:
                     break
@@ -357,6 +349,11 @@ class PostgresChunkIndex:
                 # ranking is by the rarer terms' chunks only (approximate, bounded latency).
                 if sum(df[x] for x in order[:grow]) > MAX_SCORED:
                     break
+                # Only the chunks not scored yet: a score counts every query term, so the chunks
+                # holding one of the first terms already have theirs.
+                more = await scored([f"({any_of(order[size:grow])}) & !({any_of(order[:size])})"])
+                best = {c.chunk_id: c.score for c in found + more}
+                found = [Candidate(i, v) for i, v in sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
                 size = grow
             return found
 
