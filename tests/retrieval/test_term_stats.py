@@ -210,3 +210,21 @@ async def test_large_store_without_co_occurrence_scores_a_bounded_sample(engine:
     assert scores == sorted(scores, reverse=True)
     # Filtered the same way: only the allowed file's chunks.
     assert await index.keyword_candidates(["vs_a"], ["filler3", "filler4"], 100, file_ids=["file-2"]) == []
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_fresh_database_migrates_through_0003(backend: str, tmp_path: Path) -> None:
+    from loom.store.migrate import migrate
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else new_database("mig")
+    engine = create_async_engine(url)
+    try:
+        await migrate(engine)
+        await migrate(engine)  # again: nothing to do
+        async with engine.connect() as conn:
+            version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
+            assert version >= "0003"
+            tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
+        assert ({"retrieval_terms", "retrieval_store_stats"} <= tables) == (backend == "postgres")
+    finally:
+        await engine.dispose()
