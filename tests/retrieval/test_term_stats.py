@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from loom.retrieval.chunking import Chunk
-from loom.retrieval.pg_index import PostgresChunkIndex
+from loom.retrieval.pg_index import PostgresChunkIndex, _lock_store
 from loom.retrieval.schema import schema_statements
 from tests.support.postgres import new_database
 
@@ -228,3 +229,47 @@ async def test_fresh_database_migrates_through_0003(backend: str, tmp_path: Path
         assert ({"retrieval_terms", "retrieval_store_stats"} <= tables) == (backend == "postgres")
     finally:
         await engine.dispose()
+
+
+async def test_concurrent_ingests_and_deletes_of_one_store_keep_the_statistics(engine: AsyncEngine) -> None:
+    """Ingests and deletes of one store at the same time update the same lexeme rows in different
+    orders; the per-store lock makes them take turns, so none deadlocks and the counts stay exact."""
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.create_schema()
+    words = ["lava", "ash", "magma", "crust", "basalt", "whale", "ocean", "plankton", "wind", "volcano"]
+    texts = [" ".join(words[(i + j) % len(words)] for j in range(6)) for i in range(40)]
+
+    async def ingest(n: int) -> None:
+        await index.put_file("vs_busy", f"file-{n}", f"{n}.txt")
+        await index.add_chunks("vs_busy", f"file-{n}", *_chunks(texts[n:] + texts[:n]))
+
+    for n in range(0, 8, 2):
+        await ingest(n)
+    # Deletes of the even files race ingests of the odd ones, several rounds.
+    results = await asyncio.gather(
+        *[ingest(n) for n in range(1, 8, 2)], *[index.delete_file("vs_busy", f"file-{n}") for n in range(0, 8, 2)]
+    )
+    assert results[4:] == [40, 40, 40, 40]
+    assert await _stats(engine) == await _recount(engine)
+    counted = await _recount(engine)
+    assert counted[1]["vs_busy"][0] == 4 * 40
+
+
+async def test_statistics_writes_of_one_store_take_turns(engine: AsyncEngine) -> None:
+    """While a transaction holds a store's write lock, an ingest and a delete of that store wait for
+    it (another store's do not)."""
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.create_schema()
+    await index.put_file("vs_a", "file-1", "1.txt")
+    await index.add_chunks("vs_a", "file-1", *_chunks(TEXTS))
+    async with engine.connect() as holder:
+        await holder.execute(text("BEGIN"))
+        await _lock_store(holder, "vs_a")
+        ingest = asyncio.create_task(index.add_chunks("vs_a", "file-2", *_chunks(TEXTS)))
+        delete = asyncio.create_task(index.delete_file("vs_a", "file-1"))
+        await index.add_chunks("vs_b", "file-1", *_chunks(TEXTS))  # not held up
+        await asyncio.sleep(0.3)
+        assert not ingest.done() and not delete.done()
+        await holder.execute(text("COMMIT"))
+    await asyncio.wait_for(asyncio.gather(ingest, delete), 30)
+    assert await _stats(engine) == await _recount(engine)

@@ -52,6 +52,20 @@ _CHUNK_COLUMNS = (
 )
 
 
+# The first key of the per-store write lock (two-key advisory locks are a space of their own, apart
+# from the one-key locks ingestion takes per file).
+_STORE_LOCK_CLASS = 0x4C4F  # "LO"
+
+
+async def _lock_store(conn: AsyncConnection, vector_store_id: str) -> None:
+    """Serialize this transaction with the store's other statistics writes until it ends. Two writes
+    of one store update the same lexeme rows, and a delete's UPDATE and an ingest's INSERT … ON
+    CONFLICT take those row locks in different orders: without this they could deadlock."""
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(:c, hashtext(:vs))"), {"c": _STORE_LOCK_CLASS, "vs": vector_store_id}
+    )
+
+
 class PostgresChunkIndex:
     def __init__(
         self,
@@ -107,6 +121,7 @@ class PostgresChunkIndex:
             return
         dims = int(np.asarray(vectors).shape[1])
         async with self._engine.begin() as conn:
+            await _lock_store(conn, vector_store_id)
             # BM25 needs |D| and per-term frequencies; both come from the same tsvector (configuration
             # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per
             # query. The store's statistics (lexeme document frequencies, chunk count, total length)
@@ -148,6 +163,7 @@ class PostgresChunkIndex:
 
     async def delete_file(self, vector_store_id: str, file_id: str) -> int:
         async with self._engine.begin() as conn:
+            await _lock_store(conn, vector_store_id)
             removed = (
                 await conn.execute(
                     text(
@@ -178,6 +194,7 @@ class PostgresChunkIndex:
     async def delete_store(self, vector_store_id: str) -> int:
         params = {"vs": vector_store_id}
         async with self._engine.begin() as conn:
+            await _lock_store(conn, vector_store_id)
             result = await conn.execute(text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs"), params)
             await conn.execute(text("DELETE FROM retrieval_files WHERE vector_store_id = :vs"), params)
             await conn.execute(text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs"), params)
