@@ -127,10 +127,10 @@ async def build_hnsw(engine: AsyncEngine) -> float:
 def kept_database(name: str) -> tuple[str, bool]:
     """The URL of a bench database that outlives this run, and whether it is already loaded (a
     database left by an interrupted load has no `bench_meta` table: it is dropped and made again)."""
-    from tests.support.postgres import _get_server, _socket_dir
+    from tests.support.postgres import pg_server, url_for_database
 
-    server = _get_server()
-    url = f"postgresql+asyncpg://postgres@/{name}?host={_socket_dir(server.get_uri())}"
+    server = pg_server()
+    url = url_for_database(name)
     if "(1 row)" in server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';"):
         probe = server.psql(f"\\c {name}\nSELECT to_regclass('bench_meta') IS NOT NULL AS loaded;")
         if " t\n" in probe:
@@ -141,9 +141,9 @@ def kept_database(name: str) -> tuple[str, bool]:
 
 
 def drop_kept(name: str) -> None:
-    from tests.support.postgres import _get_server
+    from tests.support.postgres import pg_server
 
-    _get_server().psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
+    pg_server().psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE);")
 
 
 PG_SETTINGS = (

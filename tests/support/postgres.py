@@ -18,7 +18,8 @@ _lock = threading.Lock()
 _server: Any = None
 
 
-def _get_server() -> Any:
+def pg_server() -> Any:
+    """The session's PostgreSQL server (pgserver), started on first use."""
     global _server
     with _lock:
         if _server is None:
@@ -34,6 +35,11 @@ def _socket_dir(uri: str) -> str:
     return query["host"][0]
 
 
+def url_for_database(name: str) -> str:
+    """The SQLAlchemy asyncpg URL of database `name` on `pg_server()`."""
+    return f"postgresql+asyncpg://postgres@/{name}?host={_socket_dir(pg_server().get_uri())}"
+
+
 # Databases made by this test session, dropped when it ends (tests/conftest.py).
 CREATED_DATABASES: list[str] = []
 
@@ -47,13 +53,10 @@ def drop_created_databases() -> None:
 
 def new_database(prefix: str = "loom") -> str:
     """Create an empty database with pgvector enabled; return its SQLAlchemy asyncpg URL."""
-    server = _get_server()
     name = f"{prefix}_{secrets.token_hex(6)}"
-    server.psql(f"CREATE DATABASE {name};")
+    pg_server().psql(f"CREATE DATABASE {name};")
     CREATED_DATABASES.append(name)
-    host = _socket_dir(server.get_uri())
-    url = f"postgresql+asyncpg://postgres@/{name}?host={host}"
-    return url
+    return url_for_database(name)
 
 
 def database_url_for(backend: str) -> str:
