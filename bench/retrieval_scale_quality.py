@@ -179,6 +179,7 @@ async def measure(engine: AsyncEngine, queries: dict[str, str], exhaustive: bool
 
 def report(n: int, distractors: int, runs: list[Run], qrels: dict[str, set[str]], doc_of: dict[int, str]) -> list[str]:
     ref = next(r for r in runs if r.name == "exact")
+    full = next((r for r in runs if r.name == "exhaustive"), None)
     lines = []
     for run in runs:
         qids = list(run.rankings)
@@ -186,19 +187,26 @@ def report(n: int, distractors: int, runs: list[Run], qrels: dict[str, set[str]]
         rec = np.mean([recall_at_100(documents(run.rankings[q], doc_of), qrels[q]) for q in qids])
         o10 = np.mean([overlap(ref.rankings[q], run.rankings[q], 10) for q in qids])
         o100 = np.mean([overlap(ref.rankings[q], run.rankings[q], 100) for q in qids])
+        if full is not None:  # against exact BM25; "same": share of queries with the very same top 100
+            e10 = np.mean([overlap(full.rankings[q], run.rankings[q], 10) for q in qids])
+            e100 = np.mean([overlap(full.rankings[q], run.rankings[q], 100) for q in qids])
+            same = np.mean([full.rankings[q] == run.rankings[q] for q in qids])
+            vs_full = f"{e10:7.3f} {e100:7.3f} {same:6.1%}"
+        else:
+            vs_full = f"{'-':>7} {'-':>7} {'-':>6}"
         groups = sum(1 for p in run.approximate.values() if p == "groups")
         sample = sum(1 for p in run.approximate.values() if p == "sample")
         approx = f"{(groups + sample) / len(qids):5.1%} ({groups}g/{sample}s)"
         lines.append(
             f"{distractors:>9} {n:>9} {run.name:<10} {ndcg:8.4f} {rec:8.4f} {approx:>17} "
-            f"{o10:7.3f} {o100:7.3f} {pct(run.latency, 50):9.2f} {pct(run.latency, 99):9.2f}"
+            f"{o10:7.3f} {o100:7.3f} {vs_full} {pct(run.latency, 50):9.2f} {pct(run.latency, 99):9.2f}"
         )
     return lines
 
 
 HEADER = (
     f"{'distract.':>9} {'chunks':>9} {'index':<10} {'nDCG@10':>8} {'R@100':>8} {'approx. path':>17} "
-    f"{'ov@10':>7} {'ov@100':>7} {'p50 ms':>9} {'p99 ms':>9}"
+    f"{'ov@10':>7} {'ov@100':>7} {'ex@10':>7} {'ex@100':>7} {'same':>6} {'p50 ms':>9} {'p99 ms':>9}"
 )
 
 
@@ -245,6 +253,7 @@ async def main() -> None:
     drop_created_databases()
     print("\napprox. path: share of queries (g: co-occurring term groups, s: capped sample of the rarest term)")
     print("ov@k: share of the exact ranking's top k chunks also in this one's top k")
+    print("ex@k, same: the same against exact BM25 (--exhaustive), and the share of identical top 100s")
     print("\n".join([HEADER, *table]))
 
 
