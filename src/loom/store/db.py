@@ -38,8 +38,8 @@ def make_engine(url: str, *, inline: bool = False) -> AsyncEngine:
             if not database or database == ":memory:":
                 raise ValueError("the inline SQLite driver needs a database file")
             extra["async_creator"] = inline_creator(database)
-        # Enough pooled connections for a busy server: overflow connections are closed when returned,
-        # and with aiosqlite each one is a thread to start and stop.
+        # Enough pooled connections for a busy server: overflow connections are closed when returned
+        # (with aiosqlite, each one is a thread to start and stop).
         # No reset on return: every use ends its own transaction (`connect()` rolls back, `begin()` commits),
         # and the extra ROLLBACK after each commit is one more trip to aiosqlite's thread.
         engine = create_async_engine(url, pool_size=24, max_overflow=16, pool_reset_on_return=None, **_JSON, **extra)
@@ -65,9 +65,10 @@ def _locked(exc: OperationalError) -> bool:
 class Database:
     """Reads run concurrently; on SQLite, writes of this process go one at a time.
 
-    SQLite allows one writer. A deferred transaction that read and then writes fails with SQLITE_BUSY
-    (no waiting) when another connection wrote meanwhile, so this process's writers queue on a lock
-    instead of racing. PostgreSQL needs no such lock: its row locks do the work.
+    SQLite allows one writer: this process's writers queue on an asyncio lock instead of racing, and
+    each takes SQLite's write lock when it begins (`BEGIN IMMEDIATE`; a deferred transaction that read
+    and then writes would fail with SQLITE_BUSY if another process wrote meanwhile). PostgreSQL needs
+    no such lock: its row locks do the work.
 
     On SQLite, `read()` and `write()` execute on the event loop's thread (their statements are short
     lookups and single-row writes; see `loom.store.sqlite_inline`), and `engine` is a threaded
