@@ -168,7 +168,7 @@ async def measure(engine: AsyncEngine, queries: dict[str, str], exhaustive: bool
                     found, ms, path = await keyword(run, q)
                     if timed or run.name == "exhaustive":
                         run.latency.append(ms)
-                    else:
+                    if not timed:
                         run.rankings[qid] = [c.chunk_id for c in found]
                         if path is not None:
                             run.approximate[qid] = path
