@@ -1,7 +1,7 @@
 """What the approximate keyword ranking of large PostgreSQL stores costs in quality.
 
     nice -n 10 .venv/bin/python bench/retrieval_scale_quality.py [--distractors 1000000,100000] [--reuse NAME]
-        [--drop] [--exhaustive]
+        [--drop] [--exhaustive] [--single-pass] [--queries N]
 
 One vector store holds SciFact's abstracts (chunked as bench/retrieval_quality.py does) and N synthetic
 distractor chunks (bench/retrieval_latency.py's generator: 150 words drawn from SciFact's word
