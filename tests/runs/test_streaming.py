@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -232,18 +233,23 @@ def _frames(response: httpx.Response) -> tuple[list[tuple[str, Any]], bytes]:
     return frames, raw
 
 
+def _stream_run(server: LoomServer, thread_id: str, assistant_id: str) -> AbstractContextManager[httpx.Response]:
+    """`POST …/runs` with `stream: true` over plain httpx, to read the wire itself (a context manager)."""
+    return httpx.stream(
+        "POST",
+        f"{server.base_url}/threads/{thread_id}/runs",
+        json={"assistant_id": assistant_id, "stream": True},
+        headers=HEADERS,
+        timeout=30,
+    )
+
+
 def test_raw_wire_text_stream(
     run_server: LoomServer, upstream: FakeUpstream, client: openai.OpenAI, assistant: Any
 ) -> None:
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "wire"}])
     upstream.push(Turn.reply("one two three", chunk_size=4))
-    with httpx.stream(
-        "POST",
-        f"{run_server.base_url}/threads/{thread.id}/runs",
-        json={"assistant_id": assistant.id, "stream": True},
-        headers=HEADERS,
-        timeout=30,
-    ) as response:
+    with _stream_run(run_server, thread.id, assistant.id) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         frames, raw = _frames(response)
@@ -282,13 +288,7 @@ def test_raw_wire_tool_call_deltas_send_id_and_name_once(
             arguments_chunk_size=5,
         )
     )
-    with httpx.stream(
-        "POST",
-        f"{run_server.base_url}/threads/{thread.id}/runs",
-        json={"assistant_id": assistant.id, "stream": True},
-        headers=HEADERS,
-        timeout=30,
-    ) as response:
+    with _stream_run(run_server, thread.id, assistant.id) as response:
         frames, _ = _frames(response)
     names = [n for n, _ in frames]
     assert names[-2:] == ["thread.run.requires_action", "done"]
@@ -317,13 +317,7 @@ def test_keep_alive_comments_during_silence(
     """The servers of these tests send `: keep-alive` after 0.3 s of silence (LOOM_SSE_KEEPALIVE_S)."""
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "slow"}])
     upstream.push(Turn.reply("late", delay_s=1.2))
-    with httpx.stream(
-        "POST",
-        f"{run_server.base_url}/threads/{thread.id}/runs",
-        json={"assistant_id": assistant.id, "stream": True},
-        headers=HEADERS,
-        timeout=30,
-    ) as response:
+    with _stream_run(run_server, thread.id, assistant.id) as response:
         frames, raw = _frames(response)
     assert b"\n: keep-alive\n\n" in raw
     assert frames[-2][0] == "thread.run.completed"
@@ -383,13 +377,7 @@ def test_cancel_while_streaming_ends_the_stream(
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "go on"}])
     upstream.push(Turn.hang(after=4))
     frames: list[tuple[str, Any]] = []
-    with httpx.stream(
-        "POST",
-        f"{run_server.base_url}/threads/{thread.id}/runs",
-        json={"assistant_id": assistant.id, "stream": True},
-        headers=HEADERS,
-        timeout=30,
-    ) as response:
+    with _stream_run(run_server, thread.id, assistant.id) as response:
         lines = response.iter_lines()
         name = ""
         for line in lines:
@@ -441,13 +429,7 @@ def test_every_streamed_state_is_already_committed(
     )
     order = ["queued", "in_progress", "requires_action", "cancelling", "cancelled", "completed"]
     checked: list[str] = []
-    with httpx.stream(
-        "POST",
-        f"{run_server.base_url}/threads/{thread.id}/runs",
-        json={"assistant_id": assistant.id, "stream": True},
-        headers=HEADERS,
-        timeout=30,
-    ) as response:
+    with _stream_run(run_server, thread.id, assistant.id) as response:
         name = ""
         for line in response.iter_lines():
             if line.startswith("event: "):
