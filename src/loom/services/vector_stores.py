@@ -253,9 +253,9 @@ def rewrite_query(query: str) -> str:
 class SerializedWrites:
     """A ChunkIndex whose writes queue with this process's other SQLite writers.
 
-    SQLite has one writer: an API transaction that read and then writes fails with SQLITE_BUSY (no
-    waiting) if the index committed in between, so index writes take their turn too
-    (`Database.writer_turn`: the lock without a transaction of its own, which would hold SQLite's).
+    SQLite has one writer. The index writes through its own threaded engine, so it takes this
+    process's writers' turn (`Database.writer_turn`: the lock without a transaction of its own, which
+    would hold SQLite's write lock the index then waits for) and API writes never wait on it.
     """
 
     def __init__(self, inner: ChunkIndex, db: Database) -> None:
