@@ -39,6 +39,48 @@ def encoding_name_for_model(model: str) -> str:
     return CL100K
 
 
+# The tokenizer refuses a single input of 1,000,000 characters or more ("Input too long to encode safely")
+# and one that yields more than 200,000 tokens: texts are encoded in segments of at most this many
+# characters. A character is at most 4 UTF-8 bytes and a token at least one, so a segment stays under both.
+_SEGMENT_CHARS = 50_000
+# Counting costs about 0.15 s per million characters of prose, on the event loop; past this size a text is
+# counted by an upper bound instead (such a text exceeds even a 1M-token context window, unless it is
+# mostly runs of spaces or repeated characters that tokenize very densely).
+EXACT_COUNT_CHARS = 4_000_000
+
+
+def utf8_size(text: str) -> int:
+    """Bytes of `text` in UTF-8, lone surrogates counted as the 3 bytes they would take."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _segments(text: str) -> list[tuple[int, int]]:
+    """Cut `text` into spans of at most `_SEGMENT_CHARS`, preferably just before a space that starts a
+    word (where the tokenizer's own pre-splitting cuts too, so the tokens are the same as unsegmented)."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    n = len(text)
+    while n - start > _SEGMENT_CHARS:
+        limit = start + _SEGMENT_CHARS
+        cut = limit
+        floor = start + _SEGMENT_CHARS // 2
+        probe = text.rfind(" ", floor, limit)
+        while probe > floor:
+            before, after = text[probe - 1], text[probe + 1]
+            if not before.isspace() and after.isalpha():
+                cut = probe
+                break
+            probe = text.rfind(" ", floor, probe)
+        else:
+            newline = text.rfind("\n", floor, limit)
+            if newline != -1:
+                cut = newline + 1
+        spans.append((start, cut))
+        start = cut
+    spans.append((start, n))
+    return spans
+
+
 class Encoding:
     """A thin typed wrapper over a `bpe_openai` encoding. Special-token text is encoded as plain text."""
 
@@ -51,8 +93,14 @@ class Encoding:
         self._enc: Any = bpe_openai.get_encoding(name)
 
     def encode(self, text: str) -> list[int]:
-        # User text that happens to contain "<|endoftext|>" must count as ordinary text, never raise.
-        tokens: list[int] = self._enc.encode_ordinary(text)
+        """The tokens of a text of any length. User text that happens to contain "<|endoftext|>" counts as
+        ordinary text, never raises."""
+        if len(text) <= _SEGMENT_CHARS:
+            tokens: list[int] = self._enc.encode_ordinary(text)
+            return tokens
+        tokens = []
+        for start, end in _segments(text):
+            tokens.extend(self._enc.encode_ordinary(text[start:end]))
         return tokens
 
     def decode(self, tokens: Sequence[int]) -> str:
@@ -65,7 +113,13 @@ class Encoding:
         return pieces
 
     def count(self, text: str) -> int:
-        return len(self.encode(text))
+        """The number of tokens of `text`; past `EXACT_COUNT_CHARS` characters, a safe upper bound (its
+        UTF-8 size: every token covers at least one byte) instead of a full tokenization."""
+        if len(text) > EXACT_COUNT_CHARS:
+            return utf8_size(text)
+        if len(text) <= _SEGMENT_CHARS:
+            return len(self._enc.encode_ordinary(text))
+        return sum(len(self._enc.encode_ordinary(text[start:end])) for start, end in _segments(text))
 
     def __repr__(self) -> str:
         return f"Encoding({self.name!r})"

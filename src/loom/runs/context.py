@@ -134,7 +134,7 @@ def count_tools(tools: list[ChatTool], model: str) -> int:
 
 
 def _utf8(text: str) -> int:
-    return len(text.encode())
+    return tokens.utf8_size(text)
 
 
 def bound_message(message: ChatMessage) -> int:
