@@ -16,6 +16,10 @@ _MAX_FIELD_BYTES = 64 * 1024
 # long file names outright; they are accepted and shortened by the file service instead.
 _MAX_HEADER_BYTES = 32 * 1024
 _MAX_FIELDS = 64
+# File parts in one form (the routes use the first; the others are read and dropped).
+_MAX_FILE_PARTS = 16
+# What a form may carry besides its files' bytes: boundaries, part headers and small fields.
+FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
@@ -23,6 +27,14 @@ def _too_large(limit: int) -> PayloadTooLarge:
         f"File is too large: the maximum size is {limit} bytes ({limit // (1024 * 1024)} MB).",
         param="file",
         code="file_too_large",
+    )
+
+
+def _body_too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"Request body too large: a form may hold at most {limit} bytes of files "
+        f"and {FORM_OVERHEAD_BYTES} bytes besides.",
+        code="request_too_large",
     )
 
 
@@ -41,6 +53,9 @@ class _Reader:
         self.sink: IO[bytes] | None = None
         self.sink_path: Path | None = None
         self.size = 0
+        # Bytes of every file part so far: the limit is on the request, not on each part.
+        self.file_bytes = 0
+        self.file_parts = 0
         self.finished = False
 
     def on_part_begin(self) -> None:
@@ -65,6 +80,9 @@ class _Reader:
         raw_filename = params.get(b"filename")
         self.filename = raw_filename.decode("utf-8", "replace") if raw_filename is not None else None
         if self.name in self.file_fields:
+            self.file_parts += 1
+            if self.file_parts > _MAX_FILE_PARTS:
+                raise InvalidRequest("Too many files in one form.", param=self.name, code="invalid_value")
             self.sink_path = self.temp_path()
             self.sink = self.sink_path.open("wb")
         elif len(self.form.fields) >= _MAX_FIELDS:
@@ -73,7 +91,8 @@ class _Reader:
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         self.size += end - start
         if self.sink is not None:
-            if self.size > self.max_file_bytes:
+            self.file_bytes += end - start
+            if self.file_bytes > self.max_file_bytes:
                 raise _too_large(self.max_file_bytes)
             self.sink.write(data[start:end])
         else:
@@ -134,9 +153,13 @@ async def read_form(
         },
         max_header_size=_MAX_HEADER_BYTES,
     )
+    received = 0
     try:
         async for chunk in body:
             if chunk:
+                received += len(chunk)
+                if received > max_file_bytes + FORM_OVERHEAD_BYTES:
+                    raise _body_too_large(max_file_bytes)
                 parser.write(chunk)
         if not reader.finished:
             raise InvalidRequest(

@@ -18,7 +18,9 @@ class UploadCreate(Request):
     filename: str
     purpose: str
     bytes: Annotated[int, Field(ge=0)]
-    mime_type: str
+    # A MIME type is at most 127 + 1 + 127 characters (RFC 6838 §4.2), parameters aside; the spec states
+    # no bound (an unbounded one was stored as sent).
+    mime_type: Annotated[str, Field(max_length=255)]
     expires_after: ExpiresAfter | None = None
 
 

@@ -8,7 +8,14 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from loom.schemas.assistants import ReasoningEffort, ResponseFormat, Temperature, Tool, ToolResources, TopP
 from loom.schemas.common import UNION_EXPECTATIONS, Metadata, Request, openai_error, tagged
-from loom.schemas.threads import MessageCreate, ThreadCreate
+from loom.schemas.threads import MAX_MESSAGES_PER_REQUEST, MessageCreate, ThreadCreate
+
+# `instructions` replace the assistant's, whose spec bound is `maxLength: 256000`; the same bound for a
+# run's own, and for `additional_instructions` (the spec states none for either).
+Instructions = Annotated[str, Field(max_length=256_000)]
+# A submitted tool output becomes a message to the model. The spec states no bound; Loom's is twice a
+# message's text (256,000): about 128,000 tokens of prose.
+MAX_TOOL_OUTPUT_CHARS = 512_000
 
 
 class TruncationStrategy(Request):
@@ -55,7 +62,7 @@ TokenCap = Annotated[int, Field(ge=256)]
 
 class _RunOptions(Request):
     model: str | None = None
-    instructions: str | None = None
+    instructions: Instructions | None = None
     tools: Annotated[list[Tool], Field(max_length=20)] | None = None
     metadata: Metadata = None
     temperature: Temperature | None = None
@@ -71,8 +78,8 @@ class _RunOptions(Request):
 
 class RunCreate(_RunOptions):
     assistant_id: str
-    additional_instructions: str | None = None
-    additional_messages: list[MessageCreate] | None = None
+    additional_instructions: Instructions | None = None
+    additional_messages: Annotated[list[MessageCreate], Field(max_length=MAX_MESSAGES_PER_REQUEST)] | None = None
     reasoning_effort: ReasoningEffort | None = None
 
 
@@ -88,7 +95,7 @@ class RunModify(Request):
 
 class ToolOutput(Request):
     tool_call_id: str | None = None
-    output: str | None = None
+    output: Annotated[str, Field(max_length=MAX_TOOL_OUTPUT_CHARS)] | None = None
 
 
 class SubmitToolOutputs(Request):

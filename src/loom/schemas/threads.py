@@ -11,10 +11,21 @@ from loom.schemas.common import UNION_EXPECTATIONS, Metadata, Request, tagged
 
 Detail = Literal["auto", "low", "high"]
 
+# A message's text: at most 256,000 characters. The current spec states no bound, but OpenAI's
+# CreateMessageRequest had `content: maxLength` (32,768, raised to 256,000 by openai/openai-openapi#219,
+# "Increase assistants message content length limit"), the same figure as an assistant's `instructions`
+# (spec `CreateAssistantRequest.instructions`, `maxLength: 256000`).
+MAX_MESSAGE_CHARS = 256_000
+# Messages in one thread-create (`messages`) or run-create (`additional_messages`): 32, the limit OpenAI
+# enforced though its spec states none.
+MAX_MESSAGES_PER_REQUEST = 32
+
+MessageText = Annotated[str, Field(max_length=MAX_MESSAGE_CHARS)]
+
 
 class TextPart(Request):
     type: Literal["text"]
-    text: str
+    text: MessageText
 
 
 class ImageFileRef(Request):
@@ -57,7 +68,8 @@ UNION_EXPECTATIONS["_content_tag"] = "one of a string or array of objects"
 
 
 Content = Annotated[
-    Annotated[str, Tag("~string")] | Annotated[Annotated[list[ContentPart], Field(min_length=1)], Tag("~array")],
+    Annotated[MessageText, Tag("~string")]
+    | Annotated[Annotated[list[ContentPart], Field(min_length=1)], Tag("~array")],
     Discriminator(_content_tag),
 ]
 
@@ -83,7 +95,7 @@ class MessageModify(Request):
 
 
 class ThreadCreate(Request):
-    messages: list[MessageCreate] | None = None
+    messages: Annotated[list[MessageCreate], Field(max_length=MAX_MESSAGES_PER_REQUEST)] | None = None
     tool_resources: ToolResources | None = None
     metadata: Metadata = None
 

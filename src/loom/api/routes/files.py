@@ -7,7 +7,7 @@ from starlette.responses import FileResponse
 
 from loom.api.auth import Project
 from loom.api.http import JSON, json_body
-from loom.api.multipart import read_form
+from loom.api.multipart import FORM_OVERHEAD_BYTES, read_form
 from loom.errors import PayloadTooLarge
 from loom.services.common import list_params
 
@@ -17,7 +17,7 @@ router = APIRouter()
 def _check_length(request: Request, limit: int) -> None:
     """Refuse at once a body that says it is larger than any acceptable one (multipart adds little)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + 1024 * 1024:
+    if declared is not None and declared.isdigit() and int(declared) > limit + FORM_OVERHEAD_BYTES:
         raise PayloadTooLarge(
             f"File is too large: the maximum size is {limit} bytes ({limit // (1024 * 1024)} MB).",
             param="file",
