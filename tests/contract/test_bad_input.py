@@ -7,6 +7,7 @@ directory and the database can be inspected directly.
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import sqlite3
@@ -320,3 +321,45 @@ def test_body_of_non_json_whitespace_is_malformed(server: LoomServer) -> None:
             assert response.status_code == 400, (body, response.text)
         # Real JSON whitespace is an empty body, which createThread accepts.
         assert http.post("/threads", content=b" \r\n\t").status_code == 200
+
+
+def test_refused_oversized_or_unstorable_input_writes_nothing(server: LoomServer) -> None:
+    """Each refusal (oversized text, too many messages, lone surrogate, nesting past 64 levels) comes
+    before any write: no thread, message, assistant or upload row of it remains."""
+    deep: dict[str, object] = {"type": "string"}
+    for _ in range(100):
+        deep = {"type": "object", "properties": {"a": deep}}
+    long_text = "t" * 256_001
+    with raw_client(server) as http:
+        thread = http.post("/threads", json={"messages": [{"role": "user", "content": "kept"}]}).json()["id"]
+        assistant = http.post("/assistants", json={"model": "gpt-4o"}).json()["id"]
+        snapshot = Snapshot(server)
+        ok = {"role": "user", "content": "fine"}
+        cases: list[tuple[str, bytes]] = [
+            ("/threads", json.dumps({"messages": [ok, {"role": "user", "content": long_text}]}).encode()),
+            ("/threads", json.dumps({"messages": [ok] * 33}).encode()),
+            ("/threads", json.dumps({"messages": [ok, {"role": "user", "content": "x\udfff"}]}).encode()),
+            ("/threads", json.dumps({"messages": [ok], "metadata": {"k\udfff": "v"}}).encode()),
+            ("/threads/runs", json.dumps({"assistant_id": assistant, "thread": {"messages": [ok] * 33}}).encode()),
+            (f"/threads/{thread}/messages", json.dumps({"role": "user", "content": long_text}).encode()),
+            (
+                f"/threads/{thread}/runs",
+                json.dumps({"assistant_id": assistant, "additional_messages": [ok] * 33}).encode(),
+            ),
+            (
+                "/assistants",
+                json.dumps(
+                    {"model": "gpt-4o", "tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}]}
+                ).encode(),
+            ),
+            ("/assistants", b"[" * 50_000 + b"]" * 50_000),
+            (
+                "/uploads",
+                json.dumps({"filename": "a", "purpose": "assistants", "bytes": 1, "mime_type": "m" * 100_000}).encode(),
+            ),
+        ]
+        for path, body in cases:
+            response = http.post(path, content=body, headers={"Content-Type": "application/json"})
+            assert response.status_code == 400, (path, response.text[:300])
+        snapshot.assert_unchanged()
+        assert len(http.get(f"/threads/{thread}/messages").json()["data"]) == 1
