@@ -33,40 +33,6 @@ _DESCRIPTION = (
 )
 
 
-# Run in the kernel after each execution: processes the code left behind (a fork bomb's children, which
-# keep forking after an interrupt or after the code returned) would hold the session's process and memory
-# budget, and burn CPU, until the OOM killer takes the kernel in some later execution. They are killed
-# when the execution was stopped by the time limit, or when there are more than a pool of workers would
-# need (a `multiprocessing.Pool` kept in a variable survives ordinary executions). kill(-1) reaches every
-# process of the sandbox's pid namespace but the kernel itself and the sandbox's init (pid 1), atomically
-# with respect to fork; the kernel then reaps its own children (zombies count against the process limit).
-_REAP_STRAYS = """
-import os as _loom_os, signal as _loom_signal, time as _loom_time
-def _loom_strays():
-    _keep = {{1, _loom_os.getpid(), _loom_os.getppid()}}
-    return [p for p in _loom_os.listdir('/proc') if p.isdigit() and int(p) not in _keep]
-if {force} or len(_loom_strays()) > {most}:
-    _loom_end = _loom_time.monotonic() + 2
-    # Until none is left (zombies included, which the sandbox's init reaps when it gets to them):
-    # a process forked while kill(-1) ran is caught by the next round.
-    while _loom_strays() and _loom_time.monotonic() < _loom_end:
-        try:
-            _loom_os.kill(-1, _loom_signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            while _loom_os.waitpid(-1, _loom_os.WNOHANG) != (0, 0):
-                pass
-        except ChildProcessError:
-            pass
-        _loom_time.sleep(0.01)
-    del _loom_end
-del _loom_os, _loom_signal, _loom_time, _loom_strays
-"""
-# Other processes (besides the sandbox's init and the kernel) an execution may leave running.
-_MOST_LEFT_PROCESSES = 16
-_REAP_TIMEOUT_S = 5.0
-
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
@@ -287,11 +253,8 @@ class CodeInterpreterTool:
                     path = await self.files.path(ctx.project, file_id)
                     await session.put_file(meta["filename"], path.read_bytes())
             before = {f.path: f.mtime for f in await session.list_files()}
+            # (What the code leaves running is ended by the sandbox itself, after each execution.)
             result = await session.execute(code)
-            if result.status in ("ok", "error", "timeout") and not result.kernel_restarted:
-                force = result.status == "timeout"
-                reap = _REAP_STRAYS.format(force=force, most=_MOST_LEFT_PROCESSES)
-                await session.execute(reap, timeout_s=_REAP_TIMEOUT_S)
             after = await session.list_files()
         except SandboxUnavailable as exc:
             text = f"The code interpreter is unavailable: {exc.message}"

@@ -141,6 +141,11 @@ class BwrapSession:
                         notice = "[The sandbox session was closed during this execution.]"
                         return ExecutionResult(status="crashed", outputs=died.collected.finish(notice), notice=notice)
                     return self._crashed(kernel, died, note)
+                if raw.status != "stuck":  # (a stuck kernel is restarted, and its processes with it)
+                    # What the code left running is ended here, from the host: all of it when the
+                    # execution was stopped, or when more are left than a pool of workers would need;
+                    # else what left the kernel's process group (background processes).
+                    await kernel.end_strays(force=raw.status == "interrupted")
                 return self._result(raw, timeout, note)
             finally:
                 self.busy = False

@@ -122,6 +122,8 @@ class SandboxLimits:
     interrupt_grace_s: float = 2.0
     #: Largest file `read_file` hands back.
     max_read_bytes: int = 512 * 1024 * 1024
+    #: CPU cores a session may use (0: no limit); applied where the machine has the cgroup `cpu` controller.
+    cpus: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxLimits:
@@ -135,6 +137,7 @@ class SandboxLimits:
             max_output_bytes=settings.sandbox_max_output_bytes,
             max_images=settings.sandbox_max_images,
             max_read_bytes=settings.max_file_bytes,
+            cpus=settings.sandbox_cpus,
         )
 
 
