@@ -12,6 +12,7 @@ was opened, so a pid that was reused meanwhile by an unrelated process is never 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -182,7 +183,24 @@ class ProcessScope:
                 break
             time.sleep(0.01)
             strays = self.strays()
+        if everything:
+            # Children of the kernel that died on their own (the OOM killer, the process limit) are
+            # zombies no cgroup lists any more: reaped too.
+            for pid in self.kernel_children():
+                info = proc_info(pid)
+                inner = ns_pid(pid) if info is not None and info.zombie else None
+                if inner is not None:
+                    reap.add(inner)
         return sorted(reap)
+
+    def kernel_children(self) -> set[int]:
+        out: set[int] = set()
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{self.kernel_pid}/task"):
+                with contextlib.suppress(OSError, ValueError):
+                    text = Path(f"/proc/{self.kernel_pid}/task/{task}/children").read_text()
+                    out.update(int(x) for x in text.split())
+        return out
 
     def kill_all(self) -> None:
         """End every process of the sandbox, the kernel and machinery included."""
