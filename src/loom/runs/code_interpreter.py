@@ -4,17 +4,22 @@ The session (one per thread) keeps variables between calls and runs. Before each
 of the assistant's and thread's `tool_resources.code_interpreter` and of the thread's messages'
 code-interpreter attachments are put in `/mnt/data` under their file names. Images the code shows
 become Files (purpose `assistants_output`) and `image` outputs; files the code writes to `/mnt/data`
-become Files when the answer links them (`sandbox:/mnt/data/x.csv` → a `file_path` annotation).
+become Files only when the answer links them (`sandbox:/mnt/data/x.csv` → a `file_path` annotation),
+copied to the file store a chunk at a time, at most `sandbox_max_output_files` per answer and each at most
+`sandbox_max_output_file_mb`. The tool's output names the files an execution wrote (as many), and says
+what was left out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import sqlalchemy as sa
 
+from loom.config import Settings
 from loom.errors import LoomError
 from loom.llm.types import ChatTool, ToolCall
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
@@ -31,6 +36,13 @@ _DESCRIPTION = (
     "numpy, pandas, matplotlib, scipy, sympy, openpyxl and pillow are installed. There is no internet access. "
     "Show charts with matplotlib (plt.show())."
 )
+
+
+_LINK = re.compile(r"sandbox:/mnt/data/[^\s()\[\]<>\"'`]+")
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
 
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
@@ -201,10 +213,12 @@ class CodeInterpreterTool:
     # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
     # adds the outputs: the call's first delta (id, type) and the input are never sent twice.
 
-    def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database) -> None:
+    def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database, settings: Settings) -> None:
         self.sandbox = sandbox
         self.files = files
         self.db = db
+        self.max_output_files = max(1, settings.sandbox_max_output_files)
+        self.max_output_file_bytes = min(settings.sandbox_max_output_file_mb * 1024 * 1024, settings.max_file_bytes)
 
     def chat_tool(self, ctx: ToolContext, tool: dict[str, Any]) -> ChatTool:
         return {
@@ -286,24 +300,46 @@ class CodeInterpreterTool:
                     "code_interpreter": {"outputs": [{"index": i, **o} for i, o in enumerate(outputs)]},
                 }
             )
-        citations: list[Citation] = []
-        for f in after:
-            if before.get(f.path) == f.mtime:
-                continue
-            try:
-                data = await session.read_file(f.path)
-            except LoomError as exc:  # too large, or a link the code planted
-                model_notes.append(f"[file sandbox:{f.path} could not be returned: {exc.message}]")
-                continue
-            made = await self.files.create_output(ctx.project, f.name, data)
-            citations.append(Citation(kind="file_path", text=f"sandbox:{f.path}", file_id=made["id"]))
-            model_notes.append(f"[file written: sandbox:{f.path}]")
+        # Written files are only named here; those the answer links become Files then (`link_files`).
+        written = [f for f in after if before.get(f.path) != f.mtime]
+        for f in written[: self.max_output_files]:
+            if f.size > self.max_output_file_bytes:
+                model_notes.append(
+                    f"[file written: sandbox:{f.path} ({_mb(f.size)}), over the {_mb(self.max_output_file_bytes)} "
+                    "limit for files given to the user: it cannot be linked]"
+                )
+            else:
+                model_notes.append(f"[file written: sandbox:{f.path}]")
+        if len(written) > self.max_output_files:
+            model_notes.append(
+                f"[... and {len(written) - self.max_output_files} more files written, not listed; at most "
+                f"{self.max_output_files} linked files are given to the user per answer]"
+            )
         output = logs or ("(no output)" if result.status == "ok" else "")
         if model_notes:
             output = output + "\n" + "\n".join(model_notes)
         return ToolResult(
             output=output,
             details={"code_interpreter": {"input": code, "outputs": outputs}},
-            citations=citations,
             image_file_ids=images,
         )
+
+    async def link_files(self, ctx: ToolContext, text: str, known: set[str]) -> list[Citation]:
+        """Files of the thread's session that `text` links (`sandbox:/mnt/data/x`), made Files now:
+        streamed to the file store, at most `max_output_files`, each at most `max_output_file_bytes`."""
+        session = self.sandbox.get(ctx.thread["id"])
+        if session is None:
+            return []
+        citations: list[Citation] = []
+        links = list(dict.fromkeys(m.group(0).rstrip(".,;:!?*_") for m in _LINK.finditer(text)))
+        for link in [x for x in links if x not in known][: self.max_output_files]:
+            temp = self.files.blobs.new_temp()
+            try:
+                size = await session.export_file(link, temp, self.max_output_file_bytes)
+            except (LoomError, OSError) as exc:  # missing, too large, a link the code planted, ...
+                temp.unlink(missing_ok=True)
+                log.info("linked sandbox file not returned: %s", getattr(exc, "message", exc))
+                continue
+            made = await self.files.create_output_from(ctx.project, link.rsplit("/", 1)[-1], temp, size)
+            citations.append(Citation(kind="file_path", text=link, file_id=made["id"]))
+        return citations

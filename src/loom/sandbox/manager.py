@@ -234,6 +234,11 @@ class BwrapSession:
         self._touch()
         return await asyncio.to_thread(self._slot.volume.list)
 
+    async def export_file(self, path: str, dest: Path, max_bytes: int) -> int:
+        self._check_open()
+        self._touch()
+        return await asyncio.to_thread(self._slot.volume.export, path, dest, max_bytes)
+
     async def close(self) -> None:
         await self._manager.close_session(self._key)
 
