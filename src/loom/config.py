@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     sandbox_tmp_mb: int = 256
     sandbox_max_output_bytes: int = 64 * 1024
     sandbox_max_images: int = 16
+    # CPU cores a session may use (cgroup `cpu`, where the machine has it; 0: no limit).
+    sandbox_cpus: float = 1.0
+    # Files the code writes that the answer links become Files: at most this many per answer, each at
+    # most this large (the model is told about the others).
+    sandbox_max_output_files: int = 20
+    sandbox_max_output_file_mb: int = 100
     # Sessions: idle expiry, how many live at once, and how many kernels are kept started in advance.
     sandbox_idle_timeout_s: float = 1200.0
     sandbox_max_sessions: int = 16

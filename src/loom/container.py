@@ -69,6 +69,9 @@ class LazySandbox:
             raise SandboxUnavailable(self.error or "the sandbox is not available")
         return await self.manager.session(key)
 
+    def get(self, key: str) -> Sandbox | None:
+        return self.manager.get(key) if self.manager is not None else None
+
     async def close_session(self, key: str) -> None:
         if self.manager is not None:
             await self.manager.close_session(key)
@@ -113,7 +116,7 @@ class Container:
         self.files.delete_hooks.append(self.vector_stores.forget_file)
         self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings)
-        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db))
+        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -9,7 +9,10 @@ import asyncio
 import io
 import os
 import resource
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -498,5 +501,149 @@ async def test_unsafe_local_is_labelled(tmp_path: Path) -> None:
         r = await box.execute("print(open('in.txt').read())")
         assert r.status == "ok" and r.logs == "local\n"
         assert r.sandboxed is False
+    finally:
+        await m.aclose()
+
+
+# ------------------------------------------------------------------ leftovers, CPU, other servers
+
+
+def _host_procs_with(arg: str) -> list[int]:
+    """Live (not zombie) processes of this machine with `arg` among their arguments."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if arg.encode() in argv and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+async def test_background_process_is_ended_after_the_execution(manager: SandboxManager) -> None:
+    """A process the code leaves running in a session of its own (`start_new_session`) is ended by the
+    sandbox once the execution returns; a child in the kernel's process group (a worker it keeps) is not."""
+    box = await manager.session("background")
+    spin, keep = f"loom-spin-{uuid.uuid4().hex}", f"{time.time_ns() % 10**6 + 1}.5"
+    r = await box.execute(
+        "import subprocess, sys\n"
+        f"p = subprocess.Popen([sys.executable, '-c', 'while True: pass', {spin!r}], start_new_session=True)\n"
+        f"q = subprocess.Popen(['sleep', {keep!r}])\n"
+        "print('started')"
+    )
+    assert r.status == "ok" and r.logs == "started\n", r.logs
+    assert _host_procs_with(spin) == []  # checked from the host: gone, not merely stopped
+    assert len(_host_procs_with(keep)) == 1
+    r = await box.execute("print(p.poll() is not None, q.poll() is None)\nq.kill()\nrc = q.wait()")
+    assert r.logs == "True True\n", r.logs
+
+
+async def test_cpu_limit(tmp_path: Path) -> None:
+    require_sandbox()
+    m = SandboxManager(sandbox_settings(tmp_path, sandbox_pool_size=0, sandbox_cpus=0.25))
+    await m.start()
+    try:
+        box = await m.session("cpu")
+        cgroup = box.kernel.spec.cgroup
+        if m.cgroups.cpu:
+            assert cgroup is not None and cgroup.cpu_dir is not None
+            if cgroup.version == "v1":
+                assert (cgroup.cpu_dir / "cpu.cfs_quota_us").read_text().strip() == "25000"
+                assert (cgroup.cpu_dir / "cpu.cfs_period_us").read_text().strip() == "100000"
+            else:
+                assert (cgroup.cpu_dir / "cpu.max").read_text().split() == ["25000", "100000"]
+            assert box.kernel.scope is not None
+            assert str(box.kernel.scope.kernel_pid) in (cgroup.cpu_dir / "cgroup.procs").read_text().split()
+            # And it holds: spinning for a second of wall time gets about a quarter second of CPU.
+            r = await box.execute(
+                "import time\nt0, c0 = time.monotonic(), time.process_time()\n"
+                "while time.monotonic() - t0 < 1.0:\n    pass\nprint(time.process_time() - c0)"
+            )
+            assert float(r.logs) < 0.6, r.logs
+        else:
+            # The documented fallback: no CPU limit, said by `loom sandbox check`.
+            assert cgroup is None or cgroup.cpu_dir is None
+            report = await asyncio.to_thread(check_isolation, sandbox_settings(tmp_path), try_volume=False)
+            assert "cpu: none" in report.format()
+    finally:
+        await m.aclose()
+
+
+_OTHER_SERVER = """
+import asyncio, sys
+from pathlib import Path
+from loom.sandbox import SandboxManager
+from tests.sandbox.conftest import sandbox_settings
+
+async def main() -> None:
+    m = SandboxManager(sandbox_settings(Path(sys.argv[1]), sandbox_pool_size=0))
+    await m.start()
+    r = await (await m.session("b")).execute("print('other server')")
+    print(m.instance, r.logs, end="", flush=True)
+    if sys.argv[2] == "crash":
+        import os, signal
+        box = m.get("b")
+        print("", box.kernel.spec.cgroup.dirs[0], m._runtime_root, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    await m.aclose()
+
+asyncio.run(main())
+"""
+
+
+def _other_server(data_dir: Path, how: str, *wrapper: str) -> subprocess.CompletedProcess[str]:
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.run(
+        [*wrapper, sys.executable, "-c", _OTHER_SERVER, str(data_dir), how],
+        cwd=repo, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+async def test_another_server_in_another_pid_namespace_leaves_ours_alone(
+    manager: SandboxManager, tmp_path: Path
+) -> None:
+    """Two servers on one host, each in its pid namespace, sharing the cgroup tree and /tmp: the one
+    starting cannot see the other's pid, and must not take its cgroups, runtime folder or kernels."""
+    box = await manager.session("neighbour")
+    await box.put_file("keep.txt", b"mine")
+    await box.execute("x = 'still here'")
+    cgroup = box.kernel.spec.cgroup
+    runtime = manager._runtime_root
+    assert runtime is not None
+    done = await asyncio.to_thread(_other_server, tmp_path, "close", "unshare", "--pid", "--fork", "--mount-proc")
+    assert done.returncode == 0, done.stderr[-2000:]
+    instance, said = done.stdout.split(" ", 1)
+    assert said == "other server\n" and instance != manager.instance
+    if cgroup is not None:
+        assert all(d.is_dir() for d in cgroup.dirs)
+    assert runtime.is_dir() and (runtime / "boot.py").exists()
+    r = await box.execute("print(x, open('/mnt/data/keep.txt').read())")
+    assert r.logs == "still here mine\n", r.logs
+    await manager.close_session("neighbour")
+    await healthy(manager)  # a new kernel starts from the same runtime folder
+
+
+async def test_a_dead_instances_leftovers_are_cleaned(tmp_path: Path) -> None:
+    """What a crashed server left (its instance provably gone: same pid namespace, its pid free) is
+    removed by the next server on the same data dir."""
+    require_sandbox()
+    done = await asyncio.to_thread(_other_server, tmp_path, "crash")
+    assert done.returncode == -9, done.stderr[-2000:]
+    words = done.stdout.split()
+    instance, group, runtime = words[0], words[-2], words[-1]
+    volumes = tmp_path / "sandbox" / "volumes"
+    assert Path(group).is_dir() and Path(runtime).is_dir()
+    assert [v for v in volumes.iterdir() if instance in v.name]
+    m = SandboxManager(sandbox_settings(tmp_path, sandbox_pool_size=0))
+    await m.start()
+    try:
+        assert not Path(group).exists()
+        assert not Path(runtime).exists()
+        assert not [v for v in volumes.iterdir() if instance in v.name]
+        assert not (tmp_path / "sandbox" / "instances" / f"{instance}.json").exists()
     finally:
         await m.aclose()

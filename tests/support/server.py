@@ -49,7 +49,10 @@ class LoomServer:
         upstream_base_url: str = "http://127.0.0.1:9/v1",
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
+        # A command the server is started under (e.g. `unshare --pid ...`), with the server's argv appended.
+        self.wrapper = wrapper
         if data_dir is None:
             data_dir = Path(tempfile.mkdtemp(prefix="loom-test-"))
             CREATED_DIRS.append(data_dir)
@@ -78,7 +81,17 @@ class LoomServer:
     def start(self, timeout: float = 60.0) -> LoomServer:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loom.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            [
+                *self.wrapper,
+                sys.executable,
+                "-m",
+                "loom.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+            ],
             env=self.env,
             cwd=REPO,
             stdout=log,

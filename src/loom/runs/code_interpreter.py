@@ -4,17 +4,22 @@ The session (one per thread) keeps variables between calls and runs. Before each
 of the assistant's and thread's `tool_resources.code_interpreter` and of the thread's messages'
 code-interpreter attachments are put in `/mnt/data` under their file names. Images the code shows
 become Files (purpose `assistants_output`) and `image` outputs; files the code writes to `/mnt/data`
-become Files when the answer links them (`sandbox:/mnt/data/x.csv` → a `file_path` annotation).
+become Files only when the answer links them (`sandbox:/mnt/data/x.csv` → a `file_path` annotation),
+copied to the file store a chunk at a time, at most `sandbox_max_output_files` per answer and each at most
+`sandbox_max_output_file_mb`. The tool's output names the files an execution wrote (as many), and says
+what was left out.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 import sqlalchemy as sa
 
+from loom.config import Settings
 from loom.errors import LoomError
 from loom.llm.types import ChatTool, ToolCall
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
@@ -33,39 +38,12 @@ _DESCRIPTION = (
 )
 
 
-# Run in the kernel after each execution: processes the code left behind (a fork bomb's children, which
-# keep forking after an interrupt or after the code returned) would hold the session's process and memory
-# budget, and burn CPU, until the OOM killer takes the kernel in some later execution. They are killed
-# when the execution was stopped by the time limit, or when there are more than a pool of workers would
-# need (a `multiprocessing.Pool` kept in a variable survives ordinary executions). kill(-1) reaches every
-# process of the sandbox's pid namespace but the kernel itself and the sandbox's init (pid 1), atomically
-# with respect to fork; the kernel then reaps its own children (zombies count against the process limit).
-_REAP_STRAYS = """
-import os as _loom_os, signal as _loom_signal, time as _loom_time
-def _loom_strays():
-    _keep = {{1, _loom_os.getpid(), _loom_os.getppid()}}
-    return [p for p in _loom_os.listdir('/proc') if p.isdigit() and int(p) not in _keep]
-if {force} or len(_loom_strays()) > {most}:
-    _loom_end = _loom_time.monotonic() + 2
-    # Until none is left (zombies included, which the sandbox's init reaps when it gets to them):
-    # a process forked while kill(-1) ran is caught by the next round.
-    while _loom_strays() and _loom_time.monotonic() < _loom_end:
-        try:
-            _loom_os.kill(-1, _loom_signal.SIGKILL)
-        except OSError:
-            pass
-        try:
-            while _loom_os.waitpid(-1, _loom_os.WNOHANG) != (0, 0):
-                pass
-        except ChildProcessError:
-            pass
-        _loom_time.sleep(0.01)
-    del _loom_end
-del _loom_os, _loom_signal, _loom_time, _loom_strays
-"""
-# Other processes (besides the sandbox's init and the kernel) an execution may leave running.
-_MOST_LEFT_PROCESSES = 16
-_REAP_TIMEOUT_S = 5.0
+_LINK = re.compile(r"sandbox:/mnt/data/[^\s()\[\]<>\"'`]+")
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.1f} MB"
+
 
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
@@ -235,10 +213,12 @@ class CodeInterpreterTool:
     # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
     # adds the outputs: the call's first delta (id, type) and the input are never sent twice.
 
-    def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database) -> None:
+    def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database, settings: Settings) -> None:
         self.sandbox = sandbox
         self.files = files
         self.db = db
+        self.max_output_files = max(1, settings.sandbox_max_output_files)
+        self.max_output_file_bytes = min(settings.sandbox_max_output_file_mb * 1024 * 1024, settings.max_file_bytes)
 
     def chat_tool(self, ctx: ToolContext, tool: dict[str, Any]) -> ChatTool:
         return {
@@ -287,11 +267,8 @@ class CodeInterpreterTool:
                     path = await self.files.path(ctx.project, file_id)
                     await session.put_file(meta["filename"], path.read_bytes())
             before = {f.path: f.mtime for f in await session.list_files()}
+            # (What the code leaves running is ended by the sandbox itself, after each execution.)
             result = await session.execute(code)
-            if result.status in ("ok", "error", "timeout") and not result.kernel_restarted:
-                force = result.status == "timeout"
-                reap = _REAP_STRAYS.format(force=force, most=_MOST_LEFT_PROCESSES)
-                await session.execute(reap, timeout_s=_REAP_TIMEOUT_S)
             after = await session.list_files()
         except SandboxUnavailable as exc:
             text = f"The code interpreter is unavailable: {exc.message}"
@@ -323,24 +300,46 @@ class CodeInterpreterTool:
                     "code_interpreter": {"outputs": [{"index": i, **o} for i, o in enumerate(outputs)]},
                 }
             )
-        citations: list[Citation] = []
-        for f in after:
-            if before.get(f.path) == f.mtime:
-                continue
-            try:
-                data = await session.read_file(f.path)
-            except LoomError as exc:  # too large, or a link the code planted
-                model_notes.append(f"[file sandbox:{f.path} could not be returned: {exc.message}]")
-                continue
-            made = await self.files.create_output(ctx.project, f.name, data)
-            citations.append(Citation(kind="file_path", text=f"sandbox:{f.path}", file_id=made["id"]))
-            model_notes.append(f"[file written: sandbox:{f.path}]")
+        # Written files are only named here; those the answer links become Files then (`link_files`).
+        written = [f for f in after if before.get(f.path) != f.mtime]
+        for f in written[: self.max_output_files]:
+            if f.size > self.max_output_file_bytes:
+                model_notes.append(
+                    f"[file written: sandbox:{f.path} ({_mb(f.size)}), over the {_mb(self.max_output_file_bytes)} "
+                    "limit for files given to the user: it cannot be linked]"
+                )
+            else:
+                model_notes.append(f"[file written: sandbox:{f.path}]")
+        if len(written) > self.max_output_files:
+            model_notes.append(
+                f"[... and {len(written) - self.max_output_files} more files written, not listed; at most "
+                f"{self.max_output_files} linked files are given to the user per answer]"
+            )
         output = logs or ("(no output)" if result.status == "ok" else "")
         if model_notes:
             output = output + "\n" + "\n".join(model_notes)
         return ToolResult(
             output=output,
             details={"code_interpreter": {"input": code, "outputs": outputs}},
-            citations=citations,
             image_file_ids=images,
         )
+
+    async def link_files(self, ctx: ToolContext, text: str, known: set[str]) -> list[Citation]:
+        """Files of the thread's session that `text` links (`sandbox:/mnt/data/x`), made Files now:
+        streamed to the file store, at most `max_output_files`, each at most `max_output_file_bytes`."""
+        session = self.sandbox.get(ctx.thread["id"])
+        if session is None:
+            return []
+        citations: list[Citation] = []
+        links = list(dict.fromkeys(m.group(0).rstrip(".,;:!?*_") for m in _LINK.finditer(text)))
+        for link in [x for x in links if x not in known][: self.max_output_files]:
+            temp = self.files.blobs.new_temp()
+            try:
+                size = await session.export_file(link, temp, self.max_output_file_bytes)
+            except (LoomError, OSError) as exc:  # missing, too large, a link the code planted, ...
+                temp.unlink(missing_ok=True)
+                log.info("linked sandbox file not returned: %s", getattr(exc, "message", exc))
+                continue
+            made = await self.files.create_output_from(ctx.project, link.rsplit("/", 1)[-1], temp, size)
+            citations.append(Citation(kind="file_path", text=link, file_id=made["id"]))
+        return citations

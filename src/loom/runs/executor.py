@@ -16,7 +16,7 @@ from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
 from loom.runs import context as ctx_mod
 from loom.runs.objects import new_assistant_message, new_step, usage_dict
 from loom.runs.store import Preloaded, RunContext, public
-from loom.runs.tools import ArgumentStream, Citation, ServerTool, StreamsArguments, ToolContext
+from loom.runs.tools import ArgumentStream, Citation, LinksFiles, ServerTool, StreamsArguments, ToolContext
 
 if TYPE_CHECKING:
     from loom.runs.engine import RunEngine
@@ -68,6 +68,8 @@ class RunExecutor:
         # From tool results, for the messages that follow them.
         self.citations: list[Citation] = []
         self.pending_images: list[str] = []
+        # Tools that make Files of what an answer links (code interpreter), with their context.
+        self._linkers: list[tuple[LinksFiles, ToolContext]] = []
 
     # Events.
 
@@ -132,6 +134,7 @@ class RunExecutor:
                 await self._incomplete("max_completion_tokens")
                 return
             server_tools = engine.server_tools_for(self.run["tools"])
+            self._linkers = [(impl, tool_ctx) for impl, _t in server_tools.values() if isinstance(impl, LinksFiles)]
             chat_tools = self._chat_tools(tool_ctx, server_tools)
             if context is None:
                 context = await self.store.run_context(self.project, self.run)
@@ -366,6 +369,8 @@ class RunExecutor:
         run is moved to `completed` in the same transaction; returns that run (None if it could not move)."""
         message, step = turn.message, turn.message_step
         assert message is not None and step is not None
+        for linker, ctx in self._linkers if turn.text else []:
+            self.citations.extend(await linker.link_files(ctx, turn.text, {c.text for c in self.citations}))
         annotations = self._annotations(turn.text) if turn.text else []
         message["content"] = self._content(turn, annotations)
         delta_id = {"id": message["id"], "object": "thread.message.delta"}

@@ -73,6 +73,15 @@ class ArgumentStream(Protocol):
 
 
 @runtime_checkable
+class LinksFiles(Protocol):
+    """A server tool whose outputs become Files only when the answer links them (code interpreter:
+    `sandbox:/mnt/data/x`). Called with each assistant message's text before it is completed; returns
+    citations for the links it made Files of (none for a text in `known`)."""
+
+    async def link_files(self, ctx: ToolContext, text: str, known: set[str]) -> list[Citation]: ...
+
+
+@runtime_checkable
 class StreamsArguments(Protocol):
     """A server tool whose input is streamed as the model writes it (code interpreter); its `execute`
     then does not show the input again."""

@@ -27,6 +27,14 @@ def _set_rlimits(limits: dict[str, int]) -> None:
             print(f"loom boot: cannot set {name}: {e}", file=sys.stderr)
 
 
+def _become_subreaper() -> None:
+    """prctl(PR_SET_CHILD_SUBREAPER): what the code orphans is re-parented to this process, not to init."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+
+
 def _prime_matplotlib(cache_dir: str | None) -> None:
     target = os.environ.get("MPLCONFIGDIR")
     if not target or not cache_dir or not os.path.isdir(cache_dir):
@@ -71,6 +79,8 @@ def main() -> None:
     # Lead a process group: an interrupt (SIGINT to the group) also reaches what the code started.
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
+    if config.get("subreaper"):
+        _become_subreaper()
     _prime_matplotlib(config.get("mpl_cache"))
     # No debugger: nothing could attach to it, and it costs memory and start-up time.
     sys.modules["debugpy"] = None  # type: ignore[assignment]

@@ -1,9 +1,13 @@
-"""Memory and process limits through cgroups (v1 `memory` + `pids`, or v2 with those controllers).
+"""Memory, process and CPU limits through cgroups (v1 `memory` + `pids` + `cpu`, or v2 with those controllers).
 
 One cgroup per kernel process, below the server's own cgroup, in a `loom-sandbox` folder. The launcher
 moves itself in (`echo $$ > cgroup.procs`) while still root, so everything the sandbox ever starts is
 inside from its first instruction. When the machine allows none of this, `CgroupSupport.probe()` says
-so and the launcher falls back to rlimits.
+so and the launcher falls back to rlimits (and no CPU limit).
+
+Several servers may share that folder (containers sharing the host's cgroup tree, where the pids
+controller is at the root): a group is named `k-<instance>-...`, `<instance>` being random per manager,
+and a server only ever removes its own groups, or those of an instance it proved dead (manager.py).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class KernelCgroup:
     dirs: list[Path]
     version: str
     memory_dir: Path | None
+    cpu_dir: Path | None = None
 
     @property
     def procs_files(self) -> list[Path]:
@@ -102,14 +107,33 @@ class KernelCgroup:
         except (OSError, ValueError):
             return None
 
+    def contains(self, pid: int) -> bool:
+        """Whether `pid` is in this group (by its /proc/<pid>/cgroup: the group's own name is unique)."""
+        name = self.dirs[0].name if self.dirs else None
+        try:
+            lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+        except OSError:
+            return False
+        return name is not None and any(line.rsplit("/", 1)[-1] == name for line in lines)
+
     def kill_all(self) -> None:
+        """SIGKILL every member, each through a pidfd checked to still be a member once opened."""
         for _ in range(3):
             pids = self.pids()
             if not pids:
                 return
             for pid in pids:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+                try:
+                    fd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:
+                    if self.contains(pid):
+                        signal.pidfd_send_signal(fd, signal.SIGKILL)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
             time.sleep(0.02)
 
     def remove(self) -> None:
@@ -131,6 +155,7 @@ class CgroupSupport:
     version: str | None = None  # "v1", "v2" or None
     memory_parent: Path | None = None
     pids_parent: Path | None = None
+    cpu_parent: Path | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -141,10 +166,14 @@ class CgroupSupport:
     def pids(self) -> bool:
         return self.pids_parent is not None
 
+    @property
+    def cpu(self) -> bool:
+        return self.cpu_parent is not None
+
     def describe(self) -> str:
         if self.version is None:
             return "no usable cgroups (" + "; ".join(self.problems or ["none found"]) + ")"
-        got = [n for n, ok in (("memory", self.memory), ("pids", self.pids)) if ok]
+        got = [n for n, ok in (("memory", self.memory), ("pids", self.pids), ("cpu", self.cpu)) if ok]
         return f"cgroup {self.version}: " + (", ".join(got) or "no controllers")
 
     @classmethod
@@ -159,7 +188,7 @@ class CgroupSupport:
         for mount_point, root, fstype, opts in mounts:
             if fstype != "cgroup":
                 continue
-            for controller in ("memory", "pids"):
+            for controller in ("memory", "pids", "cpu"):
                 if controller in opts.split(",") and controller in own:
                     v1[controller] = _join(mount_point, root, own[controller]) / GROUP_DIR
         for controller, parent in v1.items():
@@ -167,11 +196,18 @@ class CgroupSupport:
                 parent.mkdir(exist_ok=True)
                 probe = parent / f"probe-{os.getpid()}"
                 probe.mkdir(exist_ok=True)
-                limit_file = "memory.limit_in_bytes" if controller == "memory" else "pids.max"
-                _write(probe / limit_file, "67108864" if controller == "memory" else "16")
+                limit_file, value = {
+                    "memory": ("memory.limit_in_bytes", "67108864"),
+                    "pids": ("pids.max", "16"),
+                    "cpu": ("cpu.cfs_quota_us", "50000"),
+                }[controller]
+                _write(probe / limit_file, value)
                 probe.rmdir()
             except OSError as e:
                 support.problems.append(f"v1 {controller}: {e}")
+                continue
+            if controller == "cpu":  # a limit more, never a reason to use v1
+                support.cpu_parent = parent
                 continue
             support.version = "v1"
             if controller == "memory":
@@ -180,6 +216,7 @@ class CgroupSupport:
                 support.pids_parent = parent
         if support.version is not None:
             return support
+        support.cpu_parent = None
         for mount_point, root, fstype, _opts in mounts:
             if fstype != "cgroup2" or "" not in own:
                 continue
@@ -189,28 +226,39 @@ class CgroupSupport:
             except OSError as e:
                 support.problems.append(f"v2: {e}")
                 continue
-            wanted = [c for c in ("memory", "pids") if c in available]
-            if not wanted:
+            wanted = [c for c in ("memory", "pids", "cpu") if c in available]
+            if not [c for c in wanted if c != "cpu"]:
                 support.problems.append("v2: memory and pids controllers not delegated here")
                 continue
             parent = here / GROUP_DIR
             try:
                 parent.mkdir(exist_ok=True)
-                _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+                try:
+                    _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
+                except OSError:
+                    if "cpu" not in wanted:
+                        raise
+                    wanted.remove("cpu")  # no CPU limit, rather than no cgroups
+                    _write(parent / "cgroup.subtree_control", " ".join("+" + c for c in wanted))
             except OSError as e:
                 support.problems.append(f"v2: {e}")
                 continue
             support.version = "v2"
             support.memory_parent = parent if "memory" in wanted else None
             support.pids_parent = parent if "pids" in wanted else None
+            support.cpu_parent = parent if "cpu" in wanted else None
             break
         return support
 
-    def create(self, name: str, *, memory_bytes: int, max_pids: int) -> KernelCgroup | None:
+    def create(self, name: str, *, memory_bytes: int, max_pids: int, cpus: float = 0.0) -> KernelCgroup | None:
+        """The kernel's group(s); `cpus` > 0 caps its CPU time at that many cores (where `cpu` is here)."""
         if self.version is None:
             return None
         dirs: list[Path] = []
         memory_dir: Path | None = None
+        cpu_dir: Path | None = None
+        period = 100_000
+        quota = max(1000, int(cpus * period)) if cpus > 0 else None
         try:
             if self.version == "v1":
                 if self.memory_parent is not None:
@@ -225,6 +273,12 @@ class CgroupSupport:
                     pids_dir.mkdir()
                     dirs.append(pids_dir)
                     _write(pids_dir / "pids.max", str(max_pids))
+                if self.cpu_parent is not None and quota is not None:
+                    cpu_dir = self.cpu_parent / name
+                    cpu_dir.mkdir()
+                    dirs.append(cpu_dir)
+                    _write(cpu_dir / "cpu.cfs_period_us", str(period))
+                    _write(cpu_dir / "cpu.cfs_quota_us", str(quota))
             else:
                 parent = self.memory_parent or self.pids_parent
                 assert parent is not None
@@ -238,14 +292,18 @@ class CgroupSupport:
                         _write(d / "memory.swap.max", "0")
                 if self.pids_parent is not None:
                     _write(d / "pids.max", str(max_pids))
+                if self.cpu_parent is not None and quota is not None:
+                    cpu_dir = d
+                    _write(d / "cpu.max", f"{quota} {period}")
         except OSError:
-            KernelCgroup(dirs, self.version, memory_dir).remove()
+            KernelCgroup(dirs, self.version, memory_dir, cpu_dir).remove()
             raise
-        return KernelCgroup(dirs, self.version, memory_dir)
+        return KernelCgroup(dirs, self.version, memory_dir, cpu_dir)
 
     def cleanup_stale(self, is_stale: Callable[[str], bool]) -> None:
-        """Remove cgroups left by a server process that is gone, killing what is still inside."""
-        parents = {p for p in (self.memory_parent, self.pids_parent) if p is not None}
+        """Remove the groups whose name `is_stale` accepts (it must only accept groups it proved
+        to be its own instance's or a dead instance's), killing what is still inside."""
+        parents = {p for p in (self.memory_parent, self.pids_parent, self.cpu_parent) if p is not None}
         for parent in parents:
             try:
                 children = [c for c in parent.iterdir() if c.is_dir() and is_stale(c.name)]

@@ -114,6 +114,7 @@ def check_isolation(settings: Settings | None = None, *, try_volume: bool = True
     lim = []
     lim.append("memory: " + ("cgroup" if cg.memory else "RLIMIT_AS"))
     lim.append("processes: " + ("cgroup pids" if cg.pids else ("RLIMIT_NPROC" if is_root else "none")))
+    lim.append("cpu: " + ("cgroup cpu" if cg.cpu else "none (leftover processes are still ended after each execution)"))
     lim.append("file size: RLIMIT_FSIZE")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     report.add("limits", True, "; ".join(lim) + f" (rlimits usable: AS {soft}/{hard})", required=False)

@@ -27,6 +27,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from loom.sandbox.launcher import LaunchSpec
+from loom.sandbox.procs import REAP_CODE, ProcessScope
 from loom.sandbox.types import ImageOutput, LogOutput, SandboxLimits, SandboxUnavailable
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -144,6 +145,7 @@ class KernelProcess:
         self.oom_kills_at_start = 0
         self.started_at = 0.0
         self.closed = False
+        self.scope: ProcessScope | None = None
 
     # -------------------------------------------------------------------------------------- lifecycle
 
@@ -204,6 +206,7 @@ class KernelProcess:
             )
         finally:
             spec.close_fds()
+        self.scope = ProcessScope(self.proc.pid, spec.cgroup)
         self._stderr_task = asyncio.create_task(self._read_stderr())
         self.shell = self._socket(zmq.DEALER, "shell_port")
         self.iopub = self._socket(zmq.SUB, "iopub_port")
@@ -232,6 +235,8 @@ class KernelProcess:
                     break
                 if time.monotonic() > deadline:
                     raise SandboxUnavailable("The sandbox kernel started but its output channel did not work.")
+            # Everything running now is the sandbox's machinery; anything later was started by code.
+            await asyncio.to_thread(self.scope.snapshot)
             if spec.seal:
                 # The sockets exist: from now on the sandbox can neither add nor replace files here.
                 os.chown(spec.runtime_dir, 0, 0)
@@ -262,6 +267,15 @@ class KernelProcess:
     def kill_sync(self) -> None:
         """Kill the sandbox now (its whole pid namespace goes with bwrap) and clean up the sockets."""
         self.closed = True
+        if (
+            self.scope is not None
+            and self.spec.cgroup is None
+            and self.proc is not None
+            and self.proc.returncode is None
+        ):
+            # No cgroup (unsafe-local): its process tree, including what left its process group. (The
+            # process is not reaped yet: its pid cannot have been reused.)
+            self.scope.kill_all()
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(OSError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -286,6 +300,17 @@ class KernelProcess:
         if self.spec.cgroup is not None:
             await asyncio.to_thread(self.spec.cgroup.remove)
         await asyncio.to_thread(_rmtree, self.spec.runtime_dir)
+
+    async def end_strays(self, *, force: bool) -> None:
+        """End the processes the last execution left (see `ProcessScope.end_strays`), then let the kernel
+        reap those that were its children (zombies count against the process limit)."""
+        scope = self.scope
+        if scope is None or not self.alive:
+            return
+        reap = await asyncio.to_thread(scope.end_strays, force=force)
+        if reap and self.alive:
+            with contextlib.suppress(KernelDied):
+                await self.execute(REAP_CODE.format(pids=reap), timeout_s=5.0, _quiet=True)
 
     def died_of_oom(self) -> bool:
         cg = self.spec.cgroup

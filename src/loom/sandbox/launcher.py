@@ -18,6 +18,7 @@ from __future__ import annotations
 import configparser
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -115,7 +116,9 @@ class Launcher:
         limits: SandboxLimits,
         cgroups: CgroupSupport,
         unsafe_local: bool = False,
+        instance: str = "",
     ) -> None:
+        self.instance = instance or secrets.token_hex(6)
         self.env = env
         self.runtime_root = runtime_root
         self.limits = limits
@@ -180,7 +183,7 @@ class Launcher:
 
     def prepare(self, volume: DataVolume) -> LaunchSpec:
         self._counter += 1
-        name = f"k-{os.getpid()}-{self._counter}-{secrets.token_hex(3)}"
+        name = f"k-{self.instance}-{self._counter}-{secrets.token_hex(3)}"
         runtime = self.runtime_root / name
         runtime.mkdir(mode=0o700)
         sock_base = "k"
@@ -195,7 +198,7 @@ class Launcher:
         }
         host_conn = {**inner_conn, "ip": str(runtime / sock_base)}
         (runtime / "kernel.json").write_text(json.dumps(inner_conn))
-        threads = max(1, min(4, os.cpu_count() or 1))
+        threads = max(1, min(4, os.cpu_count() or 1, math.ceil(self.limits.cpus) if self.limits.cpus > 0 else 4))
         budget = self.limits.max_output_bytes * 2 + 4096
         mpl_cache = f"{ENV_IN_SANDBOX}/{MPL_CACHE_IN_ENV}"
         boot_conf: dict[str, Any] = {
@@ -209,6 +212,8 @@ class Launcher:
                 connection_file=str(runtime / "kernel.json"),
                 mpl_cache=str(self.env.root / MPL_CACHE_IN_ENV),
                 cwd=str(volume.path),
+                # Orphans of the code come back to the kernel, so they stay in its process tree.
+                subreaper=True,
             )
         (runtime / "boot.json").write_text(json.dumps(boot_conf))
         env = self._sandbox_env(threads)
@@ -232,7 +237,9 @@ class Launcher:
             for fname in ("kernel.json", "boot.json", "passwd", "group", "hosts"):
                 os.chmod(runtime / fname, 0o644)
 
-        cgroup = self.cgroups.create(name, memory_bytes=self.limits.memory_bytes, max_pids=self.limits.max_processes)
+        cgroup = self.cgroups.create(
+            name, memory_bytes=self.limits.memory_bytes, max_pids=self.limits.max_processes, cpus=self.limits.cpus
+        )
         fds: list[int] = []
 
         def fd_of(path: Path | str) -> int:

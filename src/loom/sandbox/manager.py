@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -141,6 +142,11 @@ class BwrapSession:
                         notice = "[The sandbox session was closed during this execution.]"
                         return ExecutionResult(status="crashed", outputs=died.collected.finish(notice), notice=notice)
                     return self._crashed(kernel, died, note)
+                if raw.status != "stuck":  # (a stuck kernel is restarted, and its processes with it)
+                    # What the code left running is ended here, from the host: all of it when the
+                    # execution was stopped, or when more are left than a pool of workers would need;
+                    # else what left the kernel's process group (background processes).
+                    await kernel.end_strays(force=raw.status == "interrupted")
                 return self._result(raw, timeout, note)
             finally:
                 self.busy = False
@@ -228,6 +234,11 @@ class BwrapSession:
         self._touch()
         return await asyncio.to_thread(self._slot.volume.list)
 
+    async def export_file(self, path: str, dest: Path, max_bytes: int) -> int:
+        self._check_open()
+        self._touch()
+        return await asyncio.to_thread(self._slot.volume.export, path, dest, max_bytes)
+
     async def close(self) -> None:
         await self._manager.close_session(self._key)
 
@@ -272,6 +283,9 @@ class SandboxManager:
         self._pool_changed = asyncio.Event()
         self._volume_counter = 0
         self._uid_block = 0
+        # Names this manager's cgroups, volumes and runtime folder: several servers may share the cgroup
+        # tree, /tmp or a data dir (containers on one host), each in a pid namespace of its own.
+        self.instance = secrets.token_hex(6)
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -304,6 +318,7 @@ class SandboxManager:
             limits=self.limits,
             cgroups=self._cgroups,
             unsafe_local=self.unsafe_local,
+            instance=self.instance,
         )
         self._ctx = zmq.asyncio.Context()
         slots = self.max_sessions + self.pool_size + 2
@@ -324,13 +339,18 @@ class SandboxManager:
         """Make this process's folders and clean what dead ones left; returns the env as bwrap reaches it."""
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "volumes").mkdir(exist_ok=True)
+        (self.root / "instances").mkdir(exist_ok=True)
         parent = _runtime_parent()
-        self._cleanup_stale(parent)
+        dead = self._cleanup_stale(parent)
         # The runtime root holds what bwrap (running as the sandbox's uid) binds in: kernels' socket
         # folders, the sessions' /mnt/data folders or mount points, and the boot script. Short paths:
         # sun_path is limited to 108 bytes. Searchable (not readable) by other users.
-        runtime = Path(tempfile.mkdtemp(prefix=f"loom-sbx-{os.getpid()}-", dir=parent))
+        runtime = parent / f"loom-sbx-{os.getpid()}-{self.instance}"
+        runtime.mkdir(mode=0o700)
         self._runtime_root = runtime
+        owner = json.dumps({"instance": self.instance, **_owner()})
+        (runtime / OWNER_FILE).write_text(owner)
+        (self.root / "instances" / f"{self.instance}.json").write_text(owner)
         (runtime / "v").mkdir()
         shutil.copyfile(boot_module.__file__, runtime / "boot.py")
         os.chmod(runtime / "boot.py", 0o644)
@@ -338,8 +358,10 @@ class SandboxManager:
             return env
         self._cgroups = CgroupSupport.probe()
         self._loop_volumes = loop_volumes_possible()[0]
-        if self._cgroups.version is not None:
-            self._cgroups.cleanup_stale(_is_stale_name)
+        if self._cgroups.version is not None and dead:
+            self._cgroups.cleanup_stale(lambda name: _instance_of(name) in dead)
+        for instance in dead:
+            (self.root / "instances" / f"{instance}.json").unlink(missing_ok=True)
         if os.geteuid() != 0:
             return env
         for d in (runtime, runtime / "v"):
@@ -365,16 +387,27 @@ class SandboxManager:
             return SandboxEnv(target, env.base_prefix)
         return env
 
-    def _cleanup_stale(self, runtime_parent: Path) -> None:
-        """Volumes and runtime folders left by server processes that are gone."""
+    def _cleanup_stale(self, runtime_parent: Path) -> set[str]:
+        """Remove the runtime folders and volumes of instances proved dead (`_provably_dead`); returns
+        those instances. What another server made, or what cannot be proved dead, is never touched."""
+        owners: dict[str, tuple[dict[str, object], Path | None]] = {}
+        for marker in (self.root / "instances").glob("*.json"):
+            record = _read_owner(marker)
+            if record is not None:
+                owners[str(record["instance"])] = (record, None)
         for run_dir in runtime_parent.glob("loom-sbx-*-*"):
-            parts = run_dir.name.split("-")
-            dead = len(parts) >= 3 and parts[2].isdigit() and not _pid_alive(int(parts[2]))
-            if dead and unmount_all_under(run_dir):
-                shutil.rmtree(run_dir, ignore_errors=True)
+            record = _read_owner(run_dir / OWNER_FILE)
+            if record is not None and run_dir.name.endswith("-" + str(record["instance"])):
+                owners[str(record["instance"])] = (record, run_dir)
+        dead = {instance for instance, (record, _) in owners.items() if _provably_dead(record)}
+        for instance in dead:
+            folder = owners[instance][1]
+            if folder is not None and unmount_all_under(folder):
+                shutil.rmtree(folder, ignore_errors=True)
         for vol_dir in (self.root / "volumes").iterdir():
-            if _is_stale_name(vol_dir.name):
+            if _instance_of(vol_dir.name) in dead:
                 shutil.rmtree(vol_dir, ignore_errors=True)
+        return dead
 
     async def aclose(self) -> None:
         self._closing = True
@@ -395,6 +428,7 @@ class SandboxManager:
             await self._discard(slot)
         if self._runtime_root is not None and await asyncio.to_thread(unmount_all_under, self._runtime_root):
             shutil.rmtree(self._runtime_root, ignore_errors=True)
+            (self.root / "instances" / f"{self.instance}.json").unlink(missing_ok=True)
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -414,7 +448,7 @@ class SandboxManager:
             raise SandboxUnavailable("No sandbox uid is free (too many sessions).")
         uid_slot = self._free_uid_slots.pop(0)
         self._volume_counter += 1
-        vid = f"v-{os.getpid()}-{self._volume_counter}-{secrets.token_hex(3)}"
+        vid = f"v-{self.instance}-{self._volume_counter}-{secrets.token_hex(3)}"
         switch = self._launcher is not None and self._launcher.switches_uid
         uid = self.settings.sandbox_uid_base + self._uid_block * UID_BLOCK + uid_slot if switch else os.getuid()
         gid = uid if switch else os.getgid()
@@ -607,19 +641,64 @@ def _untraversable(path: Path) -> Path | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+OWNER_FILE = "owner.json"
+
+
+def _start_time(pid: int) -> str | None:
+    """When `pid` started (clock ticks since boot), None when there is no such process."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _owner() -> dict[str, object]:
+    """Who this server process is, in terms another one can check: pid, start time, pid namespace, boot."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""
+    pid = os.getpid()
+    return {"pid": pid, "start": _start_time(pid), "pidns": pidns, "boot": _boot_id(), "host": os.uname().nodename}
+
+
+def _read_owner(path: Path) -> dict[str, object] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("instance"), str):
+        return None
+    if not record["instance"].isalnum():
+        return None
+    return record
+
+
+def _provably_dead(record: dict[str, object]) -> bool:
+    """Whether the server process a marker names is certainly gone: this machine has rebooted since, or
+    it ran in this very pid namespace (since this boot) and its pid is free or now another process's.
+    A process of another pid namespace cannot be checked from here: never dead."""
+    me = _owner()
+    if not record.get("boot") or not me["boot"] or not me["pidns"]:
         return False
-    except PermissionError:
+    if record.get("host") == me["host"] and record.get("boot") != me["boot"]:
         return True
-    return True
-
-
-def _is_stale_name(name: str) -> bool:
-    """`k-<pid>-...` / `v-<pid>-...` made by a server process that no longer runs."""
-    parts = name.split("-")
-    if len(parts) < 3 or parts[0] not in ("k", "v") or not parts[1].isdigit():
+    if record.get("boot") != me["boot"] or record.get("pidns") != me["pidns"]:
         return False
-    return not _pid_alive(int(parts[1]))
+    pid = record.get("pid")
+    return isinstance(pid, int) and pid > 0 and _start_time(pid) != record.get("start")
+
+
+def _instance_of(name: str) -> str | None:
+    """The instance in a cgroup or volume name (`k-<instance>-<n>-<hex>`, `v-<instance>-<n>-<hex>`)."""
+    parts = name.split("-")
+    if len(parts) != 4 or parts[0] not in ("k", "v"):
+        return None
+    return parts[1]

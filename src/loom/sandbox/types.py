@@ -122,6 +122,8 @@ class SandboxLimits:
     interrupt_grace_s: float = 2.0
     #: Largest file `read_file` hands back.
     max_read_bytes: int = 512 * 1024 * 1024
+    #: CPU cores a session may use (0: no limit); applied where the machine has the cgroup `cpu` controller.
+    cpus: float = 1.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SandboxLimits:
@@ -135,6 +137,7 @@ class SandboxLimits:
             max_output_bytes=settings.sandbox_max_output_bytes,
             max_images=settings.sandbox_max_images,
             max_read_bytes=settings.max_file_bytes,
+            cpus=settings.sandbox_cpus,
         )
 
 
@@ -164,7 +167,12 @@ class Sandbox(Protocol):
         ...
 
     async def list_files(self) -> list[SandboxFile]:
-        """Regular files under /mnt/data (recursively, links skipped)."""
+        """Regular files under /mnt/data (recursively, links and names that are not UTF-8 skipped)."""
+        ...
+
+    async def export_file(self, path: str, dest: Path, max_bytes: int) -> int:
+        """Copy a regular file under /mnt/data to the host path `dest`, streamed; returns its size.
+        SandboxFileError past `max_bytes` (nothing is left at `dest` then)."""
         ...
 
     async def close(self) -> None: ...
@@ -181,6 +189,10 @@ class SandboxProvider(Protocol):
         ...
 
     async def close_session(self, key: str) -> None: ...
+
+    def get(self, key: str) -> Sandbox | None:
+        """The live session for `key`, if there is one (does not make one)."""
+        ...
 
     async def aclose(self) -> None: ...
 

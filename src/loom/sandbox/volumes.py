@@ -65,12 +65,20 @@ def safe_name(name: str) -> str:
     return base
 
 
+def _valid_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that are not UTF-8 come as lone surrogates
+        return False
+    return name.isprintable()
+
+
 def data_path_parts(path: str) -> list[str]:
     """`/mnt/data/a/b.csv`, `sandbox:/mnt/data/a/b.csv` or `a/b.csv` → ["a", "b.csv"]; refuses anything else."""
     p = path.strip()
     if p.startswith("sandbox:"):
         p = p[len("sandbox:") :]
-    if "\x00" in p:
+    if "\x00" in p or not _valid_name(p):
         raise SandboxFileError("Invalid path.")
     if not p.startswith("/"):
         p = DATA_DIR + "/" + p
@@ -259,7 +267,29 @@ class DataVolume:
             os.close(dfd)
         return f"{DATA_DIR}/{base}"
 
-    def read(self, path: str, max_bytes: int) -> bytes:
+    def export(self, path: str, dest: Path, max_bytes: int) -> int:
+        """Copy a regular file of the volume to `dest` (a host path of ours), a chunk at a time, never
+        past `max_bytes`; returns its size. Refused as `read` refuses."""
+        fd, shown = self._open_file(path, max_bytes)
+        total = 0
+        try:
+            with open(dest, "wb") as out:
+                while True:
+                    chunk = os.read(fd, 1 << 20)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    if total > max_bytes:
+                        raise SandboxFileError(f"{shown} is too large (limit {max_bytes} bytes).")
+                    out.write(chunk)
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        return total
+
+    def _open_file(self, path: str, max_bytes: int) -> tuple[int, str]:
         parts = data_path_parts(path)
         shown = DATA_DIR + "/" + "/".join(parts)
         try:
@@ -283,6 +313,14 @@ class DataVolume:
                 raise SandboxFileError(f"{shown} is not a regular file.")
             if st.st_size > max_bytes:
                 raise SandboxFileError(f"{shown} is too large ({st.st_size} bytes; limit {max_bytes}).")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd, shown
+
+    def read(self, path: str, max_bytes: int) -> bytes:
+        fd, shown = self._open_file(path, max_bytes)
+        try:
             chunks: list[bytes] = []
             total = 0
             while True:
@@ -312,6 +350,8 @@ class DataVolume:
                 seen += 1
                 if seen > MAX_LIST_ENTRIES:
                     return sorted(out, key=lambda f: f.path)
+                if not _valid_name(entry.name):
+                    continue  # not valid UTF-8 (or unprintable): it cannot be named to the model or a File
                 try:
                     st = entry.stat(follow_symlinks=False)
                 except OSError:

@@ -154,9 +154,19 @@ class FileService:
         """A File made by Loom itself (code interpreter output)."""
         temp = self.blobs.new_temp()
         temp.write_bytes(data)
-        return await self._store(
-            project, UploadedFile("file", filename, temp, len(data), "application/octet-stream"), purpose, None
-        )
+        return await self.create_output_from(project, filename, temp, len(data), purpose)
+
+    async def create_output_from(
+        self, project: str, filename: str, temp: Path, size: int, purpose: str = "assistants_output"
+    ) -> dict[str, Any]:
+        """A File made by Loom from a file it wrote to `blobs.new_temp()` (taken over: kept or removed)."""
+        try:
+            return await self._store(
+                project, UploadedFile("file", filename, temp, size, "application/octet-stream"), purpose, None
+            )
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
 
     async def get(self, project: str, file_id: str) -> dict[str, Any]:
         async with self.db.read() as conn:
