@@ -64,9 +64,10 @@ function fillMessage(el, msg) {
       " ",
       timeEl(msg.created_at),
       " ",
-      copyable(msg.id),
+      msg.id ? copyable(msg.id) : null,
       msg.run_id ? h("span.muted", {}, " run ", h("a", { href: `#${msg.run_id}` }, msg.run_id)) : null,
       msg.status && msg.status !== "completed" ? [" ", badge(msg.status)] : null,
+      msg.joined && msg.status === "in_progress" ? h("span.muted", {}, " (live: joined while it was being written)") : null,
     ),
     h("div.content", {}, (msg.content || []).map(renderPart)),
     msg.attachments && msg.attachments.length
@@ -267,6 +268,11 @@ export class RunView {
     this.renderAction();
   }
 
+  // A message of this run already on the page (loaded from /v1): the run's events update it in place.
+  adopt(msg, el) {
+    this.messages.set(msg.id, { msg: { ...msg, content: msg.content || [], joined: msg.status === "in_progress" }, el });
+  }
+
   setSteps(steps) {
     for (const s of steps) this.upsertStep(s);
   }
@@ -296,8 +302,14 @@ export class RunView {
       this.renderHead();
     } else if (name.startsWith("thread.message.")) {
       if (name === "thread.message.delta") {
-        const entry = this.messages.get(data.id);
-        if (!entry) return;
+        let entry = this.messages.get(data.id);
+        if (!entry) {
+          // Watching a run that was already writing this message: show what arrives from now on.
+          const msg = { id: data.id, object: "thread.message", role: "assistant", status: "in_progress", run_id: this.run.id, created_at: this.run.created_at, content: [], attachments: [], metadata: {}, joined: true };
+          entry = { msg, el: renderMessage(msg) };
+          this.messages.set(data.id, entry);
+          if (this.onMessage) this.onMessage(entry.el, msg);
+        }
         const simple = mergeMessageDelta(entry.msg, data.delta);
         // Token by token: append to the text node when nothing else changed, so the page does not re-lay out.
         if (simple.length && simple.every(Boolean) && entry.el.querySelectorAll(".content > .part").length === entry.msg.content.length) {

@@ -92,7 +92,12 @@ export async function threadView(main, [threadId], _query, ctx) {
   ]);
   const msgList = h("div.messages", { id: "messages", "aria-label": "Messages" });
   const frag = document.createDocumentFragment();
-  for (const m of messages) frag.append(renderMessage(m));
+  const rendered = new Map();
+  for (const m of messages) {
+    const el = renderMessage(m);
+    rendered.set(m.id, [m, el]);
+    frag.append(el);
+  }
   msgList.append(frag);
   const runList = h("div.runs", { id: "runs" });
   const tr = thread.tool_resources || {};
@@ -133,6 +138,7 @@ export async function threadView(main, [threadId], _query, ctx) {
     if (i < 5) loads.push(loadSteps(view));
     else details.addEventListener("toggle", () => details.open && !view.steps.size && loadSteps(view).catch(() => {}), { once: false });
     if (ACTIVE.has(run.status)) {
+      for (const [m, el] of rendered.values()) if (m.run_id === run.id) view.adopt(m, el);
       // Live: the run's own events through the console API (no polling).
       watch(`/console/api/threads/${enc(threadId)}/runs/${run.id}/events`, (n, d) => view.apply(n, d), ctx.signal).catch(() => {});
     }
@@ -292,6 +298,10 @@ export async function playgroundView(main, _params, query, ctx) {
   const pick = h("select", { name: "assistant" }, assistants.data.map((a) => h("option", { value: a.id, selected: a.id === wanted }, `${a.name || "(unnamed)"} — ${a.model} (${a.id})`)));
   const threadLabel = h("span", {});
   const chat = h("div.chat", { id: "chat", "aria-live": "off" });
+  // Follow the answer as it grows, unless the user scrolled up to read.
+  new MutationObserver(() => {
+    if (chat.scrollHeight - chat.scrollTop - chat.clientHeight < 160) chat.scrollTop = chat.scrollHeight;
+  }).observe(chat, { childList: true, subtree: true, characterData: true });
   const input = h("textarea", { name: "message", rows: 3, placeholder: "Message… (Ctrl+Enter sends)", "aria-label": "Message" });
   const fileInput = h("input", { type: "file", multiple: true, "aria-label": "Attach files" });
   const attachments = h("ul.chips", { "aria-label": "Attachments" });
