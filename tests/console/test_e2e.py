@@ -288,3 +288,14 @@ def test_chromium_flags_keep_the_browser_offline() -> None:
     # The suite's browser never reaches out (updates, sync, QUIC probes): nothing leaves this machine.
     for flag in ("--disable-background-networking", "--disable-component-update", "--disable-sync", "--headless"):
         assert flag in CHROMIUM_ARGS
+
+
+def test_a_long_thread_shows_every_message_once_in_order(console: Console, e2e_client: openai.OpenAI) -> None:
+    # More than two pages of /v1 messages, read from both ends at once: none lost, none twice, in order.
+    thread = e2e_client.beta.threads.create()
+    for i in range(251):
+        e2e_client.beta.threads.messages.create(thread.id, role="user", content=f"message number {i}")
+    console.sign_in_as(DEFAULT_KEY)
+    page = console.open(f"/console/threads/{thread.id}")
+    texts = page.locator("#messages .message .text").all_text_contents()
+    assert texts == [f"message number {i}" for i in range(251)]

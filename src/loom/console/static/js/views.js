@@ -1,6 +1,6 @@
 // The console's pages. Each view fills `main` and resolves when the page is ready; `ctx.signal` aborts its work
 // when the user leaves the page.
-import { ApiError, api, download, fileMeta, listAll, stream, uploadFile, watch } from "./api.js";
+import { ApiError, api, download, fileMeta, listAll, listAllBothEnds, stream, uploadFile, watch } from "./api.js";
 import { badge, clear, copyable, errorBox, field, fmtBytes, h, link, table, timeEl } from "./dom.js";
 import { RunView, renderMessage } from "./render.js";
 
@@ -85,11 +85,17 @@ export async function threadsView(main, _params, query, ctx) {
 
 export async function threadView(main, [threadId], _query, ctx) {
   clear(main, title(threadId), h("p.muted", {}, "Loading…"));
+  const stepsQuery = { "include[]": "step_details.tool_calls[*].file_search.results[*].content" };
+  const runsP = listAll(`/v1/threads/${enc(threadId)}/runs`, {}, ctx.signal);
+  // The newest runs' steps load with the messages, not after them.
+  const earlySteps = runsP.then((rs) => new Map(rs.slice(-5).map((r) => [r.id, listAll(`/v1/threads/${enc(threadId)}/runs/${r.id}/steps`, stepsQuery, ctx.signal)])));
+  earlySteps.catch(() => {});
   const [thread, messages, runs] = await Promise.all([
     api(`/v1/threads/${enc(threadId)}`, { signal: ctx.signal }),
-    listAll(`/v1/threads/${enc(threadId)}/messages`, {}, ctx.signal),
-    listAll(`/v1/threads/${enc(threadId)}/runs`, {}, ctx.signal),
+    listAllBothEnds(`/v1/threads/${enc(threadId)}/messages`, ctx.signal),
+    runsP,
   ]);
+  const prefetched = await earlySteps;
   const msgList = h("div.messages", { id: "messages", "aria-label": "Messages" });
   const frag = document.createDocumentFragment();
   const rendered = new Map();
@@ -133,7 +139,9 @@ export async function threadView(main, [threadId], _query, ctx) {
     runList.append(details);
     views.push(view);
     const loadSteps = async (v) => {
-      v.setSteps(await listAll(`/v1/threads/${enc(threadId)}/runs/${v.run.id}/steps`, { "include[]": "step_details.tool_calls[*].file_search.results[*].content" }, ctx.signal));
+      const early = prefetched.get(v.run.id);
+      prefetched.delete(v.run.id);
+      v.setSteps(await (early || listAll(`/v1/threads/${enc(threadId)}/runs/${v.run.id}/steps`, stepsQuery, ctx.signal)));
     };
     if (i < 5) loads.push(loadSteps(view));
     else details.addEventListener("toggle", () => details.open && !view.steps.size && loadSteps(view).catch(() => {}), { once: false });
