@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test venv bubblewrap node sandbox-env lint
+.PHONY: serve test venv bubblewrap node chromium sandbox-env lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ node:
 	  command -v node >/dev/null 2>&1 || echo "loom: node and npm are not installed and could not be installed here: install the 'nodejs' and 'npm' packages to run the Node client test." >&2; \
 	}
 
+# Chromium, for the console's end-to-end tests (tests/console, driven by Playwright pointed at this browser:
+# Playwright never downloads one). Installed where we may (as root with apt).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) || true; \
+	  fi; \
+	  command -v chromium >/dev/null 2>&1 || echo "loom: chromium is not installed and could not be installed here: install the 'chromium' package to run the console tests (or deselect them with -m 'not console')." >&2; \
+	}
+
 # The code interpreter's own Python (numpy, pandas, matplotlib, …): a separate virtualenv, rebuilt only
 # when its pinned requirements change.
 sandbox-env: venv
@@ -52,5 +62,5 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: venv bubblewrap node sandbox-env lint
+test: venv bubblewrap node chromium sandbox-env lint
 	$(BIN)/pytest -q

@@ -11,6 +11,8 @@ from starlette.exceptions import HTTPException
 from loom.api.http import JSON
 from loom.api.middleware import RequestIdMiddleware
 from loom.api.routes import assistants, files, models, runs, threads, vector_stores
+from loom.console import api as console_api
+from loom.console import pages as console_pages
 from loom.container import Container
 from loom.errors import LoomError
 
@@ -49,5 +51,8 @@ def create_app(container: Container) -> FastAPI:
     # runs first: its `POST /threads/runs` must win over threads' `POST /threads/{thread_id}`.
     for module in (assistants, runs, threads, files, models, vector_stores):
         app.include_router(module.router, prefix="/v1")
+    # The console (its API first: the pages' catch-all must not shadow it).
+    app.include_router(console_api.router)
+    app.include_router(console_pages.router)
     app.add_middleware(RequestIdMiddleware)
     return app
