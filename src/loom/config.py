@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     max_upload_part_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     upload_expiry_s: int = 3600
+    # Tests only: seconds to pause between parts while completing an upload (to crash a server mid-way).
+    test_upload_assembly_pause_s: float = 0.0
 
     # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only: no isolation).
     sandbox: str = "bwrap"
