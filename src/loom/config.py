@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     upstream_max_retries: int = 2
 
     # Runs.
+    # How long a run may execute (queued or in progress) before it ends `expired`, counted from its
+    # creation and again from each submission of tool outputs; its `expires_at` shows the deadline.
+    run_max_duration_s: int = 600
+    # How long a run waits for tool outputs (`requires_action`) before it ends `expired`.
     run_expiry_s: int = 600
     lease_s: float = 15.0
     poll_after_ms: int = 100
