@@ -162,13 +162,17 @@ class RunEngine:
             executor.cancel()
         renewer = asyncio.create_task(self._renew(executor))
         # The run ends at `expires_at` (LOOM_RUN_MAX_DURATION_S after it was created or resumed).
-        deadline = asyncio.get_running_loop().call_later(
-            max(float(claimed["expires_at"] or 0) - time.time(), 0.0), executor.expire
+        expires_at = claimed.get("expires_at")
+        deadline = (
+            asyncio.get_running_loop().call_later(max(expires_at - time.time(), 0.0), executor.expire)
+            if expires_at is not None
+            else None
         )
         try:
             await executor.execute(claimed)
         finally:
-            deadline.cancel()
+            if deadline is not None:
+                deadline.cancel()
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
