@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     upstream_max_retries: int = 2
 
     # Runs.
+    # How long a run may execute (queued or in progress) before it ends `expired`, counted from its
+    # creation and again from each submission of tool outputs; its `expires_at` shows the deadline.
+    run_max_duration_s: int = 600
+    # How long a run waits for tool outputs (`requires_action`) before it ends `expired`.
     run_expiry_s: int = 600
     lease_s: float = 15.0
     poll_after_ms: int = 100
@@ -49,6 +53,8 @@ class Settings(BaseSettings):
     max_upload_part_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     upload_expiry_s: int = 3600
+    # Tests only: seconds to pause between parts while completing an upload (to crash a server mid-way).
+    test_upload_assembly_pause_s: float = 0.0
 
     # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only: no isolation).
     sandbox: str = "bwrap"

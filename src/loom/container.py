@@ -95,7 +95,14 @@ class Container:
         self.router = ModelRouter.from_settings(settings)
         self.assistants = AssistantService(self.db)
         self.threads = ThreadService(self.db)
-        self.files = FileService(self.db, self.blobs, settings.max_file_bytes, settings.upload_expiry_s)
+        self.files = FileService(
+            self.db,
+            self.blobs,
+            settings.max_file_bytes,
+            settings.upload_expiry_s,
+            lease_s=settings.lease_s,
+            assembly_pause_s=settings.test_upload_assembly_pause_s,
+        )
         self.engine = RunEngine(settings, self.db, self.router, self.blobs)
         self.runs = RunService(self.db, self.engine)
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
@@ -141,7 +148,8 @@ class Container:
         await self.db.dispose()
 
     async def _janitor(self) -> None:
-        """Expire what has a deadline: files past `expires_at`, pending uploads past their hour."""
+        """Expire what has a deadline: files past `expires_at`, uploads past their hour (and roll back
+        upload completions a dead process left); the first pass runs at start-up."""
         while True:
             try:
                 await self.files.delete_expired()

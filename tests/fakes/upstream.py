@@ -221,6 +221,9 @@ class Script:
         self._arrived = threading.Condition(self._lock)
         self.models: list[str] = list(DEFAULT_MODELS)
         self.record = True
+        # Trickled responses being sent right now (a client that goes away ends its stream); changed only
+        # on the server's own event loop.
+        self.open_streams = 0
 
     def push(self, *turns: Turn) -> None:
         with self._lock:
@@ -490,11 +493,15 @@ class _Connection:
             self.writer.write(head + b"".join(_chunked(e) for e in events[:stop_at]))
         else:
             self.writer.write(head)
-            for i, event in enumerate(events[:stop_at]):
-                if i:
-                    await asyncio.sleep(turn.chunk_delay_s)
-                self.writer.write(_chunked(event))
-                await self.writer.drain()
+            self.script.open_streams += 1
+            try:
+                for i, event in enumerate(events[:stop_at]):
+                    if i:
+                        await asyncio.sleep(turn.chunk_delay_s)
+                    self.writer.write(_chunked(event))
+                    await self.writer.drain()
+            finally:
+                self.script.open_streams -= 1
         await self.writer.drain()
         if stop_at < len(events):
             if turn.hang_after is not None and turn.hang_after == stop_at:
@@ -672,6 +679,11 @@ class FakeUpstream:
 
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> list[RecordedRequest]:
         return self.script.wait_for_requests(count, timeout)
+
+    @property
+    def open_streams(self) -> int:
+        """Trickled responses (`chunk_delay_s`) still being sent: the client has not gone away."""
+        return self.script.open_streams
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 Runs execute as asyncio tasks in the replica that received the request advancing them (create,
 submit tool outputs). Each executing run holds a lease in its row, renewed while it works; a run
 whose lease lapsed (its process died) is failed with `server_error` by whichever replica notices.
+A run still executing at its `expires_at` (`run_max_duration_s` after it was created or resumed) is
+stopped and ends `expired`; the sweep expires such runs whose executor is gone or stuck.
 On PostgreSQL a cancel asked on one replica reaches the executing one through `NOTIFY`.
 """
 
@@ -159,9 +161,18 @@ class RunEngine:
         if cancel_asked:
             executor.cancel()
         renewer = asyncio.create_task(self._renew(executor))
+        # The run ends at `expires_at` (LOOM_RUN_MAX_DURATION_S after it was created or resumed).
+        expires_at = claimed.get("expires_at")
+        deadline = (
+            asyncio.get_running_loop().call_later(max(expires_at - time.time(), 0.0), executor.expire)
+            if expires_at is not None
+            else None
+        )
         try:
             await executor.execute(claimed)
         finally:
+            if deadline is not None:
+                deadline.cancel()
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
@@ -178,6 +189,11 @@ class RunEngine:
             state = await self.store.renew(executor.run_id, self.replica, time.time() + self.settings.lease_s)
             if state == "cancelling" and not executor.cancel_requested:
                 executor.cancel()
+            if state is None and not executor.expired:
+                # The lease is gone: another replica's sweep may have expired the run (`expire_overdue`).
+                run = await self.store.get_run(executor.project, executor.run_id)
+                if run is not None and run["status"] == "expired":
+                    executor.expire()
 
     def poll_after_ms(self, run: dict[str, Any]) -> int:
         """The `openai-poll-after-ms` hint for a run: short while it is young, so `create_and_poll`
@@ -285,6 +301,7 @@ class RunEngine:
         every = max(min(self.settings.lease_s / 2, 5.0), 0.5)
         while True:
             try:
+                await self.expire_overdue()
                 await self.recover(orphans_only=True)
                 await self.expire_waiting()
             except asyncio.CancelledError:
@@ -319,6 +336,34 @@ class RunEngine:
             if run is not None:
                 count += 1
                 self.bus.publish(run_id, f"thread.run.{run['status']}", public(run))
+                self.bus.end(run_id)
+        return count
+
+    async def expire_overdue(self) -> int:
+        """Runs queued or in progress past `expires_at` that no executor here holds become `expired`:
+        their executor died (lease lapsed), or has not ended them a lease length after the deadline."""
+        t = tables.runs
+        grace = max(int(self.settings.lease_s), 1)
+        query = sa.select(t.c.id, t.c.project, t.c.status).where(
+            t.c.status.in_(("queued", "in_progress")),
+            t.c.expires_at < now(),
+            sa.or_(
+                t.c.lease_expires_at.is_(None),
+                t.c.lease_expires_at < time.time(),
+                t.c.expires_at < now() - grace,
+            ),
+        )
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        count = 0
+        for run_id, project, state in rows:
+            if self.runs_here(run_id):
+                continue
+            await self._close_leftovers(project, run_id, step_status="expired", reason="run_expired", error=None)
+            run = await self.store.transition(project, run_id, "expired", allowed_from={state})
+            if run is not None:
+                count += 1
+                self.bus.publish(run_id, "thread.run.expired", public(run))
                 self.bus.end(run_id)
         return count
 

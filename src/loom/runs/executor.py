@@ -62,6 +62,8 @@ class RunExecutor:
         self.run_id = run_id
         self.store = engine.store
         self.cancel_requested = False
+        # The run reached `expires_at`: it stops as a cancel would, but ends `expired` (`_finish_cancelled`).
+        self.expired = False
         self.lease_cleared = False
         self._call: asyncio.Task[Any] | None = None
         self.run: dict[str, Any] = {}
@@ -88,6 +90,11 @@ class RunExecutor:
         self.cancel_requested = True
         if self._call is not None and not self._call.done():
             self._call.cancel()
+
+    def expire(self) -> None:
+        """The run's time is up: stop the model call (closing its stream) or interruptible tool at once."""
+        self.expired = True
+        self.cancel()
 
     # The run.
 
@@ -579,12 +586,30 @@ class RunExecutor:
             await self._finish_cancelled(turn)
 
     async def _finish_cancelled(self, turn: _Turn) -> None:
+        if self.expired and await self._finish_expired(turn):
+            return
         await self._close_open(turn, message_reason="run_cancelled", step_status="cancelled")
         run = await self.store.transition(
             self.project, self.run_id, "cancelled", allowed_from={"cancelling", "queued", "in_progress"}
         )
         if run is not None:
             self.emit_run(run)
+
+    async def _finish_expired(self, turn: _Turn) -> bool:
+        """End the run `expired` (OpenAI's status for a run past `expires_at`; no `last_error`): its open
+        message `incomplete` (`run_expired`), its open steps `expired`. False when a cancel came first."""
+        current = await self.store.get_run(self.project, self.run_id)
+        if current is None or current["status"] == "cancelling":
+            return False
+        await self._close_open(turn, message_reason="run_expired", step_status="expired")
+        run = await self.store.transition(
+            self.project, self.run_id, "expired", allowed_from={"queued", "in_progress"}, usage=self.run.get("_usage")
+        )
+        if run is None:  # expired already by another replica's sweep: tell this replica's streams
+            run = await self.store.get_run(self.project, self.run_id)
+        if run is not None and run["status"] == "expired":
+            self.emit_run(run)
+        return True
 
     async def _close_open(
         self, turn: _Turn, *, message_reason: str, step_status: str, error: dict[str, str] | None = None

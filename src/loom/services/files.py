@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
+import secrets
+import threading
+import time
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +88,27 @@ def _alive() -> sa.ColumnElement[bool]:
 
 
 class FileService:
-    def __init__(self, db: Database, blobs: BlobStore, max_file_bytes: int, upload_expiry_s: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        blobs: BlobStore,
+        max_file_bytes: int,
+        upload_expiry_s: int,
+        *,
+        lease_s: float = 15.0,
+        assembly_pause_s: float = 0.0,
+    ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.upload_expiry_s = upload_expiry_s
+        # Claims on uploads being completed: this process's name, how long a claim lasts unrenewed, and
+        # whether this process is the database's only one (SQLite), so that other processes' claims are dead.
+        self.owner = "files_" + secrets.token_hex(6)
+        self.lease_s = lease_s
+        self.sole_owner = db.is_sqlite
+        # Tests only: a pause between parts while assembling, to stop the server mid-way deterministically.
+        self.assembly_pause_s = assembly_pause_s
         # Called with (project, file_id) after a File is deleted or expires (vector stores drop it).
         self.delete_hooks: list[Callable[[str, str], Awaitable[None]]] = []
 
@@ -123,23 +144,27 @@ class FileService:
         finally:
             form.discard()
 
-    async def _store(self, project: str, upload: UploadedFile, purpose: str, ttl: int | None) -> dict[str, Any]:
-        file_id = ids.new_id("file", 22)
+    @staticmethod
+    def _file_object(file_id: str, size: int, filename: str, purpose: str, ttl: int | None) -> dict[str, Any]:
         created = now()
-        path = self.blobs.commit(upload.path, file_id)
-        obj = {
+        return {
             "id": file_id,
             "object": "file",
-            "bytes": upload.size,
+            "bytes": size,
             "created_at": created,
             "expires_at": created + ttl if ttl is not None else None,
-            "filename": clean_filename(upload.filename),
+            "filename": clean_filename(filename),
             # `evals` is accepted on upload, but the File object's `purpose` enum (spec and SDK types) lacks
             # it: strict clients would reject the response. Shown as `user_data`; the column keeps `evals`.
             "purpose": "user_data" if purpose == "evals" else purpose,
             "status": "processed",
             "status_details": None,
         }
+
+    async def _store(self, project: str, upload: UploadedFile, purpose: str, ttl: int | None) -> dict[str, Any]:
+        file_id = ids.new_id("file", 22)
+        path = self.blobs.commit(upload.path, file_id)
+        obj = self._file_object(file_id, upload.size, upload.filename, purpose, ttl)
         try:
             async with self.db.write() as conn:
                 await files.insert(conn, project, obj, purpose=purpose, expires_at=obj["expires_at"], path=str(path))
@@ -249,8 +274,65 @@ class FileService:
             await uploads.insert(conn, project, obj, status="pending", expires_at=obj["expires_at"])
         return _public(obj)
 
+    # A completion claims its upload (`status` column `completing`, `_claim` in the row's data: who, until
+    # when, and the File id the parts are being assembled into) and renews the claim while it copies the
+    # parts. A claim that lapsed was left by a process that died mid-assembly: it is rolled back (the
+    # upload is `pending` again, the half-assembled file removed) by whichever request or janitor pass
+    # meets it. On SQLite one process owns the database, so a claim of any other process is dead.
+
+    def _lapsed(self, claim: dict[str, Any] | None) -> bool:
+        if claim is None:
+            return True
+        if self.sole_owner and claim["owner"] != self.owner:
+            return True
+        return float(claim["until"]) <= time.time()
+
+    async def _settle_row(self, conn: Any, project: str, row: Any) -> Sequence[Path]:
+        """Roll back a dead completion and expire an overdue upload, in `conn`; the paths to remove once
+        that is committed (the half-assembled file, the expired upload's parts)."""
+        obj = dict(row.data)
+        status = row.status
+        leftovers: list[Path] = []
+        if status == _COMPLETING:
+            claim = obj.get("_claim")
+            if not self._lapsed(claim):
+                return []
+            obj.pop("_claim", None)
+            status = "pending"
+            if claim is not None:
+                leftovers.append(self.blobs.path_for(claim["file_id"]))
+            log.warning("upload %s: an interrupted completion was rolled back", obj["id"])
+        if status == "pending" and obj["expires_at"] <= now():
+            status = obj["status"] = "expired"
+            t = tables.upload_parts
+            paths = (await conn.execute(sa.select(t.c.path).where(t.c.upload_id == obj["id"]))).scalars()
+            leftovers += [Path(p) for p in paths]
+            await conn.execute(t.delete().where(t.c.upload_id == obj["id"]))
+        if status != row.status:
+            await uploads.replace(conn, project, obj, status=status)
+        return leftovers
+
+    @staticmethod
+    def _unsettled(row: Any) -> bool:
+        return bool(row.status == _COMPLETING or (row.status == "pending" and row.data["expires_at"] <= now()))
+
+    async def _settle(self, project: str, upload_id: str) -> None:
+        """Before a change to an upload: commit what its state already implies (a dead completion rolled
+        back, an overdue upload expired), so an error answered afterwards cannot undo it."""
+        async with self.db.read() as conn:
+            row = await uploads.get_row(conn, project, upload_id)
+        if row is None or not self._unsettled(row):
+            return
+        if row.status == _COMPLETING and not self._lapsed(row.data.get("_claim")):
+            return
+        async with self.db.write() as conn:
+            row = await uploads.get_row(conn, project, upload_id, lock=True)
+            leftovers = await self._settle_row(conn, project, row) if row is not None else []
+        for path in leftovers:
+            path.unlink(missing_ok=True)
+
     async def _pending_upload(self, conn: Any, project: str, upload_id: str) -> dict[str, Any]:
-        row = await uploads.get_row(conn, project, upload_id)
+        row = await uploads.get_row(conn, project, upload_id, lock=True)
         if row is None:
             raise NotFound("upload", upload_id)
         obj = dict(row.data)
@@ -258,7 +340,6 @@ class FileService:
             raise InvalidRequest(f"Upload {upload_id} is being completed: it no longer accepts changes.")
         if obj["status"] == "pending" and obj["expires_at"] <= now():
             obj["status"] = "expired"
-            await uploads.replace(conn, project, obj, status="expired")
         if obj["status"] != "pending":
             raise InvalidRequest(f"Upload {upload_id} is {obj['status']}: it no longer accepts changes.")
         return obj
@@ -271,6 +352,7 @@ class FileService:
                     "Missing required parameter: 'data'.", param="data", code="missing_required_parameter"
                 )
             part_id = ids.new_id("part")
+            await self._settle(project, upload_id)
             async with self.db.write() as conn:
                 await self._pending_upload(conn, project, upload_id)
                 path = self.blobs.commit(data[0].path, part_id)
@@ -288,84 +370,128 @@ class FileService:
 
     async def complete_upload(self, project: str, upload_id: str, body: dict[str, Any]) -> dict[str, Any]:
         req = parse(UploadComplete, body)
+        if len(set(req.part_ids)) != len(req.part_ids):
+            raise InvalidRequest(
+                "Invalid 'part_ids': a part may appear only once.", param="part_ids", code="invalid_value"
+            )
         t = tables.upload_parts
-        async with self.db.read() as conn:
+        await self._settle(project, upload_id)
+        # Check and claim in one transaction: of concurrent completions only one may make a File.
+        file_id = ids.new_id("file", 22)
+        async with self.db.write() as conn:
             obj = await self._pending_upload(conn, project, upload_id)
             rows = (
                 await conn.execute(
                     sa.select(t.c.id, t.c.path, t.c.bytes).where(t.c.upload_id == upload_id, t.c.project == project)
                 )
             ).all()
-        parts = {r[0]: (Path(r[1]), int(r[2])) for r in rows}
-        if len(set(req.part_ids)) != len(req.part_ids):
-            raise InvalidRequest(
-                "Invalid 'part_ids': a part may appear only once.", param="part_ids", code="invalid_value"
-            )
-        for part_id in req.part_ids:
-            if part_id not in parts:
+            parts = {r[0]: (Path(r[1]), int(r[2])) for r in rows}
+            for part_id in req.part_ids:
+                if part_id not in parts:
+                    raise InvalidRequest(
+                        f"Invalid 'part_ids': no part with id '{part_id}' in upload {upload_id}.",
+                        param="part_ids",
+                        code="invalid_value",
+                    )
+            total = sum(parts[p][1] for p in req.part_ids)
+            if total != obj["bytes"]:
                 raise InvalidRequest(
-                    f"Invalid 'part_ids': no part with id '{part_id}' in upload {upload_id}.",
+                    f"The parts add up to {total} bytes, but the upload was created with bytes={obj['bytes']}.",
                     param="part_ids",
                     code="invalid_value",
                 )
-        total = sum(parts[p][1] for p in req.part_ids)
-        if total != obj["bytes"]:
-            raise InvalidRequest(
-                f"The parts add up to {total} bytes, but the upload was created with bytes={obj['bytes']}.",
-                param="part_ids",
-                code="invalid_value",
-            )
-        # Claim the upload before assembling it: of concurrent completions only one may make a File.
-        u = tables.uploads
-        claim = (
-            u.update()
-            .where(u.c.id == upload_id, u.c.project == project, u.c.status == "pending")
-            .values(status=_COMPLETING)
-        )
-        async with self.db.write() as conn:
-            claimed = (await conn.execute(claim)).rowcount
-        if not claimed:
-            raise InvalidRequest(f"Upload {upload_id} is being completed: it no longer accepts changes.")
-        temp = self.blobs.new_temp()
-        digest = hashlib.md5(usedforsecurity=False)
+            obj["_claim"] = {"owner": self.owner, "until": time.time() + self.lease_s, "file_id": file_id}
+            await uploads.replace(conn, project, obj, status=_COMPLETING)
+        # Assembled straight into the File's own path: a crash leaves it where the rollback looks for it.
+        target = self.blobs.path_for(file_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        lost = threading.Event()
+        renewer = asyncio.create_task(self._renew_claim(project, upload_id, file_id, lost))
         try:
-            with temp.open("wb") as out:
-                for part_id in req.part_ids:
-                    with parts[part_id][0].open("rb") as src:
-                        while chunk := src.read(1 << 20):
-                            digest.update(chunk)
-                            out.write(chunk)
-            if req.md5 is not None and req.md5.lower() != digest.hexdigest():
+            try:
+                digest = await asyncio.to_thread(self._assemble, [parts[p][0] for p in req.part_ids], target, lost)
+            finally:
+                lost.set()  # stops the copy too, when this request itself was cancelled
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+            if req.md5 is not None and req.md5.lower() != digest:
                 raise InvalidRequest(
                     "The md5 checksum of the assembled file does not match the 'md5' given.",
                     param="md5",
                     code="invalid_value",
                 )
-            file_obj = await self._store(
-                project,
-                UploadedFile("file", obj["filename"], temp, total, obj["_mime_type"]),
-                obj["purpose"],
-                obj["_file_ttl"],
-            )
-        except BaseException:
+            file_obj = self._file_object(file_id, total, obj["filename"], obj["purpose"], obj["_file_ttl"])
             async with self.db.write() as conn:
-                await conn.execute(
-                    u.update().where(u.c.id == upload_id, u.c.status == _COMPLETING).values(status="pending")
+                row = await uploads.get_row(conn, project, upload_id, lock=True)
+                if row is None or not self._claimed(row, file_id):
+                    raise InvalidRequest(f"Upload {upload_id} was not completed: its completion was interrupted.")
+                obj = dict(row.data)
+                obj.pop("_claim", None)
+                await files.insert(
+                    conn, project, file_obj, purpose=obj["purpose"], expires_at=file_obj["expires_at"], path=str(target)
                 )
+                obj["status"] = "completed"
+                obj["file"] = file_obj
+                await uploads.replace(conn, project, obj, status="completed")
+                await conn.execute(t.delete().where(t.c.upload_id == upload_id))
+        except BaseException:
+            target.unlink(missing_ok=True)
+            await self._release_claim(project, upload_id, file_id)
             raise
-        finally:
-            temp.unlink(missing_ok=True)
-        async with self.db.write() as conn:
-            obj["status"] = "completed"
-            obj["file"] = file_obj
-            await uploads.replace(conn, project, obj, status="completed")
-            await conn.execute(t.delete().where(t.c.upload_id == upload_id))
         for part_path, _ in parts.values():
             part_path.unlink(missing_ok=True)
         return _public(obj)
 
+    def _claimed(self, row: Any, file_id: str) -> bool:
+        claim = row.data.get("_claim")
+        return bool(
+            row.status == _COMPLETING
+            and claim is not None
+            and claim["owner"] == self.owner
+            and claim["file_id"] == file_id
+        )
+
+    def _assemble(self, sources: Sequence[Path], target: Path, lost: threading.Event) -> str:
+        """Copy the parts into `target` (in a worker thread); their md5. Stops when the claim is lost."""
+        digest = hashlib.md5(usedforsecurity=False)
+        with target.open("wb") as out:
+            for i, source in enumerate(sources):
+                if i and self.assembly_pause_s:
+                    lost.wait(self.assembly_pause_s)
+                with source.open("rb") as src:
+                    while chunk := src.read(1 << 20):
+                        if lost.is_set():
+                            raise InvalidRequest("The upload's completion was interrupted.")
+                        digest.update(chunk)
+                        out.write(chunk)
+        return digest.hexdigest()
+
+    async def _renew_claim(self, project: str, upload_id: str, file_id: str, lost: threading.Event) -> None:
+        while True:
+            await asyncio.sleep(max(self.lease_s / 3, 0.1))
+            async with self.db.write() as conn:
+                row = await uploads.get_row(conn, project, upload_id, lock=True)
+                if row is None or not self._claimed(row, file_id):
+                    lost.set()
+                    return
+                obj = dict(row.data)
+                obj["_claim"] = {**obj["_claim"], "until": time.time() + self.lease_s}
+                await uploads.replace(conn, project, obj)
+
+    async def _release_claim(self, project: str, upload_id: str, file_id: str) -> None:
+        """A completion that failed gives its upload back (`pending`), if it still holds it."""
+        with contextlib.suppress(Exception):
+            async with self.db.write() as conn:
+                row = await uploads.get_row(conn, project, upload_id, lock=True)
+                if row is not None and self._claimed(row, file_id):
+                    obj = dict(row.data)
+                    obj.pop("_claim", None)
+                    await uploads.replace(conn, project, obj, status="pending")
+
     async def cancel_upload(self, project: str, upload_id: str) -> dict[str, Any]:
         t = tables.upload_parts
+        await self._settle(project, upload_id)
         async with self.db.write() as conn:
             obj = await self._pending_upload(conn, project, upload_id)
             obj["status"] = "cancelled"
@@ -377,26 +503,33 @@ class FileService:
         return _public(obj)
 
     async def expire_uploads(self) -> int:
-        """Pending uploads past their hour become `expired` and lose their parts."""
-        u, t = tables.uploads, tables.upload_parts
-        async with self.db.write() as conn:
-            stale = (
+        """Roll back completions whose process died; expire every upload past its hour that is not
+        final (pending, or left `completing` by a dead process) and remove its parts. Returns how many
+        uploads changed."""
+        u = tables.uploads
+        async with self.db.read() as conn:
+            candidates = (
                 await conn.execute(
-                    sa.select(u.c.id, u.c.project).where(u.c.status == "pending", u.c.expires_at <= now())
+                    sa.select(u.c.id, u.c.project).where(
+                        sa.or_(u.c.status == _COMPLETING, sa.and_(u.c.status == "pending", u.c.expires_at <= now()))
+                    )
                 )
             ).all()
-            paths: list[str] = []
-            for upload_id, project in stale:
-                obj = await uploads.get(conn, project, upload_id)
-                if obj is None:
-                    continue
-                obj["status"] = "expired"
-                await uploads.replace(conn, project, obj, status="expired")
-                paths += list((await conn.execute(sa.select(t.c.path).where(t.c.upload_id == upload_id))).scalars())
-                await conn.execute(t.delete().where(t.c.upload_id == upload_id))
-        for p in paths:
-            Path(p).unlink(missing_ok=True)
-        return len(stale)
+        changed = 0
+        for upload_id, project in candidates:
+            async with self.db.read() as conn:
+                row = await uploads.get_row(conn, project, upload_id)
+            if row is None or not self._unsettled(row):
+                continue
+            if row.status == _COMPLETING and not self._lapsed(row.data.get("_claim")):
+                continue
+            async with self.db.write() as conn:
+                row = await uploads.get_row(conn, project, upload_id, lock=True)
+                leftovers = await self._settle_row(conn, project, row) if row is not None else []
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+            changed += 1
+        return changed
 
 
 def _public(obj: dict[str, Any]) -> dict[str, Any]:

@@ -121,7 +121,7 @@ class RunService:
             self.engine.router.resolve(req.model or assistant["model"])
             for message in req.additional_messages or []:
                 await insert_message(conn, project, thread_id, message)
-            run = new_run(thread_id, assistant, req, self.engine.settings.run_expiry_s)
+            run = new_run(thread_id, assistant, req, self.engine.settings.run_max_duration_s)
             run["_include"] = include
             created, started = await self._insert_started(conn, project, run)
             # The executor's first reads, done here: this transaction has the assistant and thread.
@@ -142,7 +142,7 @@ class RunService:
                     conn, project, req.tool_resources, thread["tool_resources"]
                 )
                 await threads.replace(conn, project, thread)
-            run = new_run(thread["id"], assistant, req, self.engine.settings.run_expiry_s)
+            run = new_run(thread["id"], assistant, req, self.engine.settings.run_max_duration_s)
             created, started = await self._insert_started(conn, project, run)
             preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started))
         return thread, created, self._start(project, started, bool(req.stream), claimed=True, preloaded=preloaded)
@@ -251,7 +251,14 @@ class RunService:
                     step.setdefault("_calls", {}).setdefault(call["id"], {})["output"] = given[call["id"]]
             step.update(status="completed", completed_at=now())
             await run_steps.replace(conn, project, step)
-        queued = await self.engine.store.transition(project, run_id, "queued", allowed_from={"requires_action"})
+        # The resumed run has the whole maximum run duration again.
+        queued = await self.engine.store.transition(
+            project,
+            run_id,
+            "queued",
+            allowed_from={"requires_action"},
+            expires_at=now() + self.engine.settings.run_max_duration_s,
+        )
         if queued is None:
             raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
         return public(step), public(queued), self._start(project, queued, bool(req.stream))
