@@ -1,4 +1,4 @@
-"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`."""
+"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom sandbox check|setup`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from loom.config import Settings
+from loom.sandbox.setup import add_arguments as setup_arguments
 from loom.services import keys
 from loom.store.db import Database
 from loom.store.migrate import migrate
@@ -134,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_sub = p_sandbox.add_subparsers(dest="sandbox_command", required=True)
     sandbox_sub.add_parser("check", help="report what isolation this machine provides")
     p_setup = sandbox_sub.add_parser("setup", help="build the sandbox's Python environment")
-    p_setup.add_argument("rest", nargs=argparse.REMAINDER)
+    setup_arguments(p_setup)
     return parser
 
 
@@ -155,9 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = check_isolation(settings)
             print(report.format())
             return 0 if report.available else 1
-        from loom.sandbox.setup import main as setup_main
+        from loom.sandbox.setup import run as setup_run
 
-        return setup_main(list(args.rest))
+        return setup_run(args, settings)
     return _run_keys(args, settings)
 
 

@@ -14,7 +14,7 @@ from loom.clock import now
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
 from loom.runs import context as ctx_mod
-from loom.runs.objects import new_assistant_message, new_step, usage_dict
+from loom.runs.objects import FILE_SEARCH_CONTENT, new_assistant_message, new_step, step_wire, usage_dict
 from loom.runs.store import Preloaded, RunContext, public
 from loom.runs.tools import ArgumentStream, Citation, LinksFiles, ServerTool, StreamsArguments, ToolContext
 
@@ -76,6 +76,9 @@ class RunExecutor:
     # Events.
 
     def emit(self, name: str, data: Any) -> None:
+        if name.startswith("thread.run.step.") and name != "thread.run.step.delta":
+            # A step as a GET of it with the run's `include[]` shows it (no result content unasked).
+            data = step_wire(data, self.run.get("_include", []))
         self.engine.bus.publish(self.run_id, name, data)
 
     def emit_run(self, run: dict[str, Any]) -> None:
@@ -128,7 +131,7 @@ class RunExecutor:
             run=self.run,
             assistant=assistant,
             thread=thread,
-            include_content="step_details.tool_calls[*].file_search.results[*].content" in self.run.get("_include", []),
+            include_content=FILE_SEARCH_CONTENT in self.run.get("_include", []),
         )
         route = engine.router.resolve(self.run["model"])
         for _ in range(MAX_MODEL_CALLS):

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         from loom.sandbox.setup import main as setup_main
 
         return setup_main(args[1:])
-    print("usage: python -m loom.sandbox {check | setup [--env PATH] [--python PATH] [--force]}", file=sys.stderr)
+    print("usage: python -m loom.sandbox {check | setup [--env PATH] [--python PATH] [--force] [-q]}", file=sys.stderr)
     return 2
 
 

@@ -1,4 +1,5 @@
-"""Makes the sandbox's own virtualenv: `python -m loom.sandbox.setup` (idempotent; run by `make setup`).
+"""Makes the sandbox's own virtualenv: `loom sandbox setup` or `python -m loom.sandbox.setup` (idempotent;
+run by `make sandbox-env`, which `make serve` and `make test` depend on).
 
 The environment is made from a system interpreter (default /usr/bin/python3: read-only and readable by
 the sandbox's uid), gets the pinned packages of requirements.txt, and a prebuilt matplotlib font cache
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from loom.config import Settings
 from loom.sandbox.launcher import ENV_IN_SANDBOX, MPL_CACHE_IN_ENV
@@ -94,6 +96,9 @@ def setup(settings: Settings | None = None, *, force: bool = False, quiet: bool 
         if not quiet:
             print(f"sandbox environment {env} is up to date")
         return env
+    if shutil.which(base) is None:
+        # Checked before the old environment is removed: a rebuild that cannot start leaves it as it was.
+        raise SystemExit(f"Could not create a virtualenv with {base}: no such interpreter.")
     if env.exists():
         shutil.rmtree(env)
     try:
@@ -114,20 +119,30 @@ def setup(settings: Settings | None = None, *, force: bool = False, quiet: bool 
     return env
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loom.sandbox.setup", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `loom sandbox setup` and `python -m loom.sandbox.setup` (one definition for both)."""
     parser.add_argument("--env", type=Path, help="where to make it (default: LOOM_SANDBOX_ENV or ./.venv-sandbox)")
     parser.add_argument("--python", help="the interpreter to make it from (default: /usr/bin/python3)")
     parser.add_argument("--force", action="store_true", help="remake it even if it is up to date")
-    parser.add_argument("-q", "--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    overrides: dict[str, object] = {}
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def run(args: argparse.Namespace, settings: Settings | None = None) -> int:
+    """Set up as parsed `args` say; `--env`/`--python` override LOOM_SANDBOX_ENV/LOOM_SANDBOX_PYTHON."""
+    overrides: dict[str, Any] = {}
     if args.env is not None:
         overrides["sandbox_env"] = args.env
     if args.python:
         overrides["sandbox_python"] = args.python
-    setup(Settings(**overrides), force=args.force, quiet=args.quiet)  # type: ignore[arg-type]
+    base = settings or Settings.load()
+    setup(base.model_copy(update=overrides), force=args.force, quiet=args.quiet)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m loom.sandbox.setup", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

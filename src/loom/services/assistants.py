@@ -8,7 +8,13 @@ from loom import ids
 from loom.clock import now
 from loom.errors import NotFound
 from loom.schemas.assistants import AssistantCreate, AssistantModify, response_format_wire, tool_wire
-from loom.services.common import ListParams, assistants, tool_resources_wire
+from loom.services.common import (
+    ListParams,
+    assistants,
+    named_vector_stores,
+    require_vector_stores,
+    tool_resources_wire,
+)
 from loom.store.db import Database
 from loom.store.repo import Page
 
@@ -51,9 +57,13 @@ class AssistantService:
 
     async def modify(self, project: str, assistant_id: str, req: AssistantModify) -> dict[str, Any]:
         async with self.db.write() as conn:
-            obj = await assistants.get(conn, project, assistant_id)
-            if obj is None:
+            # The named stores first, then the row, locked until the write commits (the order a store's
+            # delete takes them in): a delete that detaches the store is not overwritten by what was read.
+            await require_vector_stores(conn, project, named_vector_stores(req.tool_resources))
+            row = await assistants.get_row(conn, project, assistant_id, lock=True)
+            if row is None:
                 raise NotFound("assistant", assistant_id)
+            obj = dict(row.data)
             given = req.model_fields_set
             # An explicit null leaves the field as it was ("not set").
             for field in ("model", "name", "description", "instructions", "temperature", "top_p", "reasoning_effort"):

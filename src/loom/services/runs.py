@@ -13,18 +13,16 @@ from loom.errors import InvalidRequest, NotFound
 from loom.runs import status
 from loom.runs.bus import END, Event
 from loom.runs.engine import RunEngine
-from loom.runs.objects import new_run
+from loom.runs.objects import FILE_SEARCH_CONTENT, new_run, step_wire
 from loom.runs.status import TERMINAL
 from loom.runs.store import Preloaded, RunStore, public
 from loom.schemas.runs import RunCreate, RunModify, SubmitToolOutputs, ThreadAndRunCreate
 from loom.schemas.threads import ThreadCreate
-from loom.services.common import ListParams, active_run, assistants, run_steps, runs, threads, tool_resources_wire
+from loom.services.common import ListParams, active_run, assistants, run_steps, runs, threads
 from loom.services.threads import create_thread_row, insert_message
 from loom.store import tables
 from loom.store.db import Database
 from loom.store.repo import Page
-
-FILE_SEARCH_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
 
 # A poll from an SDK helper waits at most this long for the run to settle before answering.
 LONG_POLL_S = 2.0
@@ -34,21 +32,6 @@ _SETTLED = frozenset(
 )
 
 Queue = asyncio.Queue[Event]
-
-
-def step_wire(step: dict[str, Any], include: list[str]) -> dict[str, Any]:
-    """A step as the API shows it; file-search result content only when `include[]` asks for it."""
-    wire = public(step)
-    if FILE_SEARCH_CONTENT in include or wire["type"] != "tool_calls":
-        return wire
-    calls = []
-    for call in wire["step_details"]["tool_calls"]:
-        if call.get("type") == "file_search" and call["file_search"].get("results"):
-            fs = dict(call["file_search"])
-            fs["results"] = [{k: v for k, v in r.items() if k != "content"} for r in fs["results"]]
-            call = {**call, "file_search": fs}
-        calls.append(call)
-    return {**wire, "step_details": {"type": "tool_calls", "tool_calls": calls}}
 
 
 def check_include(include: list[str]) -> list[str]:
@@ -136,12 +119,8 @@ class RunService:
             if assistant is None:
                 raise NotFound("assistant", req.assistant_id)
             self.engine.router.resolve(req.model or assistant["model"])
-            thread = await create_thread_row(conn, project, req.thread or ThreadCreate())
-            if req.tool_resources is not None:
-                thread["tool_resources"] = await tool_resources_wire(
-                    conn, project, req.tool_resources, thread["tool_resources"]
-                )
-                await threads.replace(conn, project, thread)
+            # The thread as stored after its messages (whose attachments may have made its store).
+            thread = await create_thread_row(conn, project, req.thread or ThreadCreate(), req.tool_resources)
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_max_duration_s)
             created, started = await self._insert_started(conn, project, run)
             preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started))
@@ -261,7 +240,8 @@ class RunService:
         )
         if queued is None:
             raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
-        return public(step), public(queued), self._start(project, queued, bool(req.stream))
+        # The step as the run's stream shows steps (its `include[]`: submitToolOutputs has none).
+        return step_wire(step, run.get("_include", [])), public(queued), self._start(project, queued, bool(req.stream))
 
     async def _pending_step(self, conn: Any, run_id: str) -> dict[str, Any]:
         s = tables.run_steps

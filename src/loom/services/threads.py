@@ -12,12 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.schemas.assistants import ToolResources
 from loom.schemas.threads import ImageFilePart, MessageCreate, MessageModify, TextPart, ThreadCreate, ThreadModify
 from loom.services.common import (
     ACTIVE_RUN_STATUSES,
     ListParams,
     messages,
+    named_vector_stores,
     require_files,
+    require_vector_stores,
     threads,
     tool_resources_wire,
 )
@@ -95,17 +98,32 @@ async def insert_message(
     return obj
 
 
-async def create_thread_row(conn: AsyncConnection, project: str, req: ThreadCreate) -> dict[str, Any]:
+async def create_thread_row(
+    conn: AsyncConnection, project: str, req: ThreadCreate, overrides: ToolResources | None = None
+) -> dict[str, Any]:
+    """Store a new thread and its messages; returns the thread as stored after them.
+
+    `overrides` (createThreadAndRun's top-level `tool_resources`) replace the thread's own, part by
+    part, before the messages: file_search attachments then go into the store the thread ends up with.
+    """
+    resources = await tool_resources_wire(conn, project, req.tool_resources)
+    if overrides is not None:
+        resources = await tool_resources_wire(conn, project, overrides, resources)
     thread: dict[str, Any] = {
         "id": ids.new_id("thread"),
         "object": "thread",
         "created_at": now(),
         "metadata": dict(req.metadata or {}),
-        "tool_resources": await tool_resources_wire(conn, project, req.tool_resources),
+        "tool_resources": resources,
     }
     await threads.insert(conn, project, thread)
+    searched = False
     for message in req.messages or []:
         await insert_message(conn, project, thread["id"], message)
+        searched = searched or any(t.type == "file_search" for a in message.attachments or [] for t in a.tools)
+    if searched:
+        # The attachments made or filled the thread's store, recorded in the row: answer with that.
+        thread = await threads.get(conn, project, thread["id"]) or thread
     return thread
 
 
@@ -133,9 +151,13 @@ class ThreadService:
 
     async def modify(self, project: str, thread_id: str, req: ThreadModify) -> dict[str, Any]:
         async with self.db.write() as conn:
-            obj = await threads.get(conn, project, thread_id)
-            if obj is None:
+            # The named stores first, then the row, locked until the write commits (the order a store's
+            # delete takes them in): a delete that detaches the store is not overwritten by what was read.
+            await require_vector_stores(conn, project, named_vector_stores(req.tool_resources))
+            row = await threads.get_row(conn, project, thread_id, lock=True)
+            if row is None:
                 raise NotFound("thread", thread_id)
+            obj = dict(row.data)
             if req.metadata is not None:
                 obj["metadata"] = dict(req.metadata)
             if req.tool_resources is not None:

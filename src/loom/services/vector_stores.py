@@ -49,7 +49,7 @@ from loom.schemas.vector_stores import (
     VectorStoreModify,
     VectorStoreSearch,
 )
-from loom.services.common import ListParams, require_files, threads
+from loom.services.common import ListParams, forget_vector_store, require_files, threads
 from loom.services.common import vector_stores as stores
 from loom.store import tables
 from loom.store.db import Database
@@ -393,6 +393,7 @@ class VectorStoreService:
             if not await stores.delete(conn, project, vector_store_id):
                 raise NotFound("vector store", vector_store_id)
             await self._drop_store_rows(conn, vector_store_id)
+            await forget_vector_store(conn, project, vector_store_id)
         await self.index.delete_store(vector_store_id)
         return {"id": vector_store_id, "object": "vector_store.deleted", "deleted": True}
 
