@@ -104,36 +104,43 @@ def _answer(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _handle(job: dict[str, Any], children: dict[int, Any]) -> None:
+    if "cancel" in job:
+        for pid, job_id in children.items():
+            if job_id == job["cancel"]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        return
+    pid = os.fork()
+    if pid == 0:
+        _child(job)
+    children[pid] = job["id"]
+
+
 def main() -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server's Ctrl-C is the server's to handle
     import loom.retrieval.isolate_preload  # noqa: F401  (parsers and vocabulary, once)
 
     children: dict[int, Any] = {}  # pid -> job id, only children this host forked
-    stdin = sys.stdin.buffer
+    fd = sys.stdin.fileno()
+    buffered = b""
     open_input = True
     while open_input or children:
         if open_input:
-            ready, _, _ = select.select([stdin], [], [], 0.02)
+            ready, _, _ = select.select([fd], [], [], 0.02)
             if ready:
-                line = stdin.readline()
-                if not line:
+                # Raw reads with our own line buffer: a buffered reader could hold a job select cannot see.
+                data = os.read(fd, 1 << 16)
+                if not data:
                     open_input = False  # the server went away: end our children and leave
                     for pid in children:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
-                else:
-                    job = json.loads(line)
-                    if "cancel" in job:
-                        for pid, job_id in children.items():
-                            if job_id == job["cancel"]:
-                                with contextlib.suppress(ProcessLookupError):
-                                    os.kill(pid, signal.SIGKILL)
-                    else:
-                        pid = os.fork()
-                        if pid == 0:
-                            _child(job)
-                        children[pid] = job["id"]
+                buffered += data
+                while b"\n" in buffered:
+                    line, buffered = buffered.split(b"\n", 1)
+                    _handle(json.loads(line), children)
         else:
             select.select([], [], [], 0.02)
         for pid in list(children):
