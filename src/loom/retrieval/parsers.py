@@ -48,6 +48,7 @@ class TextBudget:
 
     max_tokens: int = MAX_FILE_TOKENS
     max_chars: int = MAX_TEXT_CHARS
+    count_tokens: bool = True  # False for markup, whose text is counted once extracted
     chars: int = 0
     tokens: int = 0
     _encoding: Any = field(default=None, repr=False)
@@ -59,6 +60,8 @@ class TextBudget:
                 f"The file's extracted text is longer than {self.max_chars:,} characters, the maximum for a "
                 "file in a vector store."
             )
+        if not self.count_tokens:
+            return
         if self._encoding is None:
             from loom.retrieval.chunking import CHUNK_ENCODING
             from loom.tokens import get_encoding
@@ -197,11 +200,13 @@ def parse_json(src: BinarySource, budget: TextBudget) -> ParsedDocument:
 def parse_html(src: BinarySource, budget: TextBudget) -> ParsedDocument:
     from bs4 import BeautifulSoup
 
-    soup = BeautifulSoup(_read_text(src, budget), "html.parser")
+    markup = TextBudget(max_chars=budget.max_chars, count_tokens=False)
+    soup = BeautifulSoup(_read_text(src, markup), "html.parser")
     for tag in soup(["script", "style", "noscript", "template", "svg"]):
         tag.decompose()
     lines = (line.strip() for line in soup.get_text("\n").splitlines())
     text = "\n".join(line for line in lines if line)
+    budget.add(text)
     return ParsedDocument(_normalise(text), "html")
 
 
