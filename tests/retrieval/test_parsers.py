@@ -164,5 +164,5 @@ def test_text_past_the_token_cap_is_invalid_file() -> None:
 def test_docx_zip_bomb_is_refused_before_inflating() -> None:
     from tests.vector_stores.test_ingest_bombs import docx_bomb
 
-    with pytest.raises(InvalidFile, match="would inflate to 8[01] MB of XML.*zip bomb"):
+    with pytest.raises(InvalidFile, match=r"would inflate to 8[01] MB of XML.*zip bomb"):
         parse_file(docx_bomb(80), "bomb.docx")
