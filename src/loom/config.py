@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     embedding_dimensions: int | None = None
     # Vector stores: ingestion tasks at once per process; seconds between passes expiring stores.
     ingest_concurrency: int = 2
+    # Each file is parsed in a child process: extra memory (MB) and seconds it may use before it fails.
+    ingest_memory_mb: int = 2048
+    ingest_timeout_s: float = 600.0
     vector_store_janitor_s: float = 60.0
 
     # The raw TOML table, when a config file was given (sections are read by the parts that own them).

@@ -11,6 +11,7 @@ from loom.config import Settings
 from loom.llm.routing import ModelRouter
 from loom.retrieval.embedding import embedder_from_settings
 from loom.retrieval.index import ChunkIndex
+from loom.retrieval.isolate import ParseLimits
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from loom.runs.code_interpreter import CodeInterpreterTool
@@ -119,6 +120,7 @@ class Container:
             self.blobs.path_for,
             concurrency=settings.ingest_concurrency,
             janitor_s=settings.vector_store_janitor_s,
+            limits=ParseLimits(settings.ingest_memory_mb, settings.ingest_timeout_s),
         )
         self.files.delete_hooks.append(self.vector_stores.forget_file)
         self.engine.register_tool(FileSearchTool(self.vector_stores))

@@ -141,3 +141,28 @@ def test_empty_file_is_invalid() -> None:
     with pytest.raises(InvalidFile) as exc:
         parse_file(b"   \n  ", "empty.txt")
     assert "no extractable text" in exc.value.message
+
+
+def test_deeply_nested_json_is_invalid_file() -> None:
+    with pytest.raises(InvalidFile, match="nested too deeply"):
+        parse_file(b"[" * 100_000 + b"]" * 100_000, "deep.json")
+    # Without an extension it is not recognised as JSON, so it is read as text.
+    assert parse_file(b"[" * 100_000 + b"]" * 100_000, "deep").kind == "text"
+
+
+def test_text_past_the_token_cap_is_invalid_file() -> None:
+    from loom.retrieval.parsers import TextBudget
+
+    words = b"alpha bravo charlie delta " * 1000  # ~4,000 tokens
+    assert parse_file(words, "ok.txt", TextBudget(max_tokens=10_000)).kind == "text"
+    with pytest.raises(InvalidFile, match="more than 3,000 tokens"):
+        parse_file(words, "long.txt", TextBudget(max_tokens=3_000))
+    with pytest.raises(InvalidFile, match="longer than 1,000 characters"):
+        parse_file(words, "long.txt", TextBudget(max_chars=1_000))
+
+
+def test_docx_zip_bomb_is_refused_before_inflating() -> None:
+    from tests.vector_stores.test_ingest_bombs import docx_bomb
+
+    with pytest.raises(InvalidFile, match=r"would inflate to 8[01] MB of XML.*zip bomb"):
+        parse_file(docx_bomb(80), "bomb.docx")

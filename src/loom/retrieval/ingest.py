@@ -1,20 +1,24 @@
-"""Ingestion: bytes → parse → chunk → embed → index, with typed failures for the vector store file."""
+"""Ingestion: file → parse → chunk → embed → index, with typed failures for the vector store file.
+
+Parsing and chunking run in a limited child process (`loom.retrieval.isolate`); the server streams
+the chunks back a batch at a time, embeds the batch and indexes it, so its memory does not grow with
+the file.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from loom.retrieval.chunking import AUTO, Chunk, ChunkingStrategy, chunk_text
+from loom.retrieval.chunking import AUTO, Chunk, ChunkingStrategy
 from loom.retrieval.embedding import Embedder
 from loom.retrieval.errors import FileProcessingError, IndexingFailed
 from loom.retrieval.index import ChunkIndex
-from loom.retrieval.parsers import parse_file
+from loom.retrieval.isolate import ParseLimits, extract, work_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,43 +41,54 @@ async def ingest_file(
     vector_store_id: str,
     file_id: str,
     filename: str,
-    data: bytes,
+    path: Path | None = None,
+    data: bytes | None = None,
     chunking: ChunkingStrategy = AUTO,
     attributes: Mapping[str, Any] | None = None,
+    limits: ParseLimits | None = None,
 ) -> IngestResult:
-    """Index one file into one vector store, replacing any chunks it had there.
+    """Index one file (at `path`, or the bytes `data`) into one vector store, replacing its chunks there.
 
     Raises `UnsupportedFile` / `InvalidFile` (their `code` is `unsupported_file` / `invalid_file`) or
     `IndexingFailed` (`server_error`) for anything else that goes wrong.
     """
-    try:
-        doc = await asyncio.to_thread(parse_file, data, filename)
-        chunks = await asyncio.to_thread(chunk_text, doc.text, chunking)
-        parts = [
-            await embedder.embed([c.text for c in chunks[i : i + EMBED_BATCH]])
-            for i in range(0, len(chunks), EMBED_BATCH)
-        ]
-        vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dimensions), np.float32)
-        await index.delete_file(vector_store_id, file_id)
-        await index.put_file(vector_store_id, file_id, filename, attributes)
-        await index.add_chunks(vector_store_id, file_id, chunks, vectors)
-    except FileProcessingError:
-        raise
-    except Exception as exc:
-        log.exception("indexing %s into %s failed", file_id, vector_store_id)
-        raise IndexingFailed("The file could not be indexed because of a server error.") from exc
+    if (path is None) == (data is None):
+        raise ValueError("give exactly one of path and data")
+    with work_dir() as tmp:
+        out = Path(tmp)
+        if data is not None:
+            path = out / "input"
+            await asyncio.to_thread(path.write_bytes, data)
+        assert path is not None
+        extracted = await extract(path, filename, chunking, out, limits or ParseLimits())
+        written = False
+        try:
+            await index.delete_file(vector_store_id, file_id)
+            await index.put_file(vector_store_id, file_id, filename, attributes)
+            written = True
+            batches = extracted.read_batches(EMBED_BATCH)
+            while (batch := await asyncio.to_thread(_next, batches)) is not None:
+                vectors = await embedder.embed([c.text for c in batch])
+                await index.add_chunks(vector_store_id, file_id, batch, vectors)
+        except Exception as exc:
+            if written:
+                # No half-indexed file stays searchable.
+                try:
+                    await index.delete_file(vector_store_id, file_id)
+                except Exception:
+                    log.exception("removing the chunks of %s from %s failed", file_id, vector_store_id)
+            if isinstance(exc, FileProcessingError):
+                raise
+            log.exception("indexing %s into %s failed", file_id, vector_store_id)
+            raise IndexingFailed("The file could not be indexed because of a server error.") from exc
     return IngestResult(
-        chunks=len(chunks),
-        tokens=_document_tokens(chunks, chunking),
-        text_bytes=len(doc.text.encode("utf-8")),
-        kind=doc.kind,
-        pages=doc.pages,
+        chunks=extracted.chunks,
+        tokens=extracted.tokens,
+        text_bytes=extracted.text_bytes,
+        kind=extracted.kind,
+        pages=extracted.pages,
     )
 
 
-def _document_tokens(chunks: Sequence[Chunk], chunking: ChunkingStrategy) -> int:
-    """Tokens in the document (overlaps counted once): windows start every `max - overlap` tokens."""
-    if not chunks:
-        return 0
-    step = chunking.max_chunk_size_tokens - chunking.chunk_overlap_tokens
-    return (len(chunks) - 1) * step + chunks[-1].tokens
+def _next(batches: Iterator[list[Chunk]]) -> list[Chunk] | None:
+    return next(batches, None)

@@ -11,7 +11,9 @@ thread/assistant helpers and files left behind by a killed process). On PostgreS
 lock per file makes exactly one replica ingest it; the lock dies with its connection, so a killed
 replica's files are taken over by the next sweep elsewhere. Each claim counts an attempt: a file
 that was interrupted `MAX_ATTEMPTS` times (say it crashes the process) fails with `server_error`
-instead of looping. Parsing, chunking and embedding run in threads, never on the event loop.
+instead of looping. Parsing and chunking run in a child process with a memory and a time limit
+(`loom.retrieval.isolate`), so a hostile file fails alone; embedding runs in threads, never on the
+event loop, one batch of chunks at a time.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from loom.retrieval.errors import FileProcessingError
 from loom.retrieval.filters import parse_filter
 from loom.retrieval.index import STOPWORDS, Candidate, ChunkIndex, FileEntry, StoredChunk
 from loom.retrieval.ingest import ingest_file
+from loom.retrieval.isolate import ParseLimits, close_host
 from loom.retrieval.search import SearchResult, search
 from loom.schemas.common import parse
 from loom.schemas.vector_stores import (
@@ -700,8 +703,10 @@ class IngestWorker:
         concurrency: int = 2,
         poll_s: float = 0.5,
         janitor_s: float = 60.0,
+        limits: ParseLimits | None = None,
     ) -> None:
         self.db = db
+        self.limits = limits or ParseLimits()
         self.service = service
         self.path_for = blobs_path  # file id -> Path of its bytes
         self.concurrency = concurrency
@@ -727,6 +732,7 @@ class IngestWorker:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await close_host()
 
     async def _janitor(self) -> None:
         while True:
@@ -830,16 +836,16 @@ class IngestWorker:
             if obj["_filename"] is None:
                 raise FileProcessingError("The file no longer exists.")
             path: Path = self.path_for(file_id)
-            data = await asyncio.to_thread(path.read_bytes)
             result = await ingest_file(
                 index,
                 self.service.embedder,
                 vector_store_id=store_id,
                 file_id=file_id,
                 filename=obj["_filename"],
-                data=data,
+                path=path,
                 chunking=_strategy_from_wire(obj.get("chunking_strategy")),
                 attributes=obj.get("attributes"),
+                limits=self.limits,
             )
             usage = result.text_bytes
         except FileProcessingError as exc:
