@@ -176,6 +176,7 @@ def test_playground_takes_function_outputs_by_hand(
     expect(form).to_contain_text("get_weather")
     expect(form.locator("pre.args")).to_contain_text('"city": "Oslo"')
     expect(page.locator("#chat section.run")).to_have_attribute("data-status", "requires_action")
+    expect(form.locator("textarea")).to_be_focused()  # the next keystroke belongs to the output the run waits for
     console.shot("playground-requires-action")
     form.locator("textarea").fill("-3C and snowing")
     form.locator("button:has-text('Submit outputs')").click()
