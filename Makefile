@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test venv bubblewrap node chromium sandbox-env lint
+.PHONY: serve test venv bubblewrap node chromium firefox sandbox-env lint
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,16 @@ chromium:
 	  command -v chromium >/dev/null 2>&1 || echo "loom: chromium is not installed and could not be installed here: install the 'chromium' package to run the console tests (or deselect them with -m 'not console')." >&2; \
 	}
 
+# Firefox ESR, for the console's Firefox smoke test (tests/console/test_firefox.py: puppeteer-core on Node drives
+# this browser over WebDriver BiDi and downloads none). Installed where we may (as root with apt).
+firefox:
+	@command -v firefox-esr >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq firefox-esr >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq firefox-esr >/dev/null 2>&1)) || true; \
+	  fi; \
+	  command -v firefox-esr >/dev/null 2>&1 || echo "loom: firefox-esr is not installed and could not be installed here: install the 'firefox-esr' package to run the console's Firefox test (or deselect the console tests with -m 'not console')." >&2; \
+	}
+
 # The code interpreter's own Python (numpy, pandas, matplotlib, …): a separate virtualenv, rebuilt only
 # when its pinned requirements change.
 sandbox-env: venv
@@ -62,5 +72,5 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: venv bubblewrap node chromium sandbox-env lint
+test: venv bubblewrap node chromium firefox sandbox-env lint
 	$(BIN)/pytest -q

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
@@ -31,6 +31,9 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Upper bounds for waits in the browser tests, not assertions on speed: generous, so that a loaded 2-core CI
+# machine running other suites is slow but never flaky. (Playwright's own defaults: 5 s for expect, 30 s else.)
+WAIT_MS = 60_000
 ARTIFACTS = REPO / "test-artifacts" / "console"
 KEY_SLOT = "loom.console.key"  # where the console keeps the key (sessionStorage), as static/js/api.js says
 
@@ -65,6 +68,7 @@ def e2e_client(e2e_server: LoomServer) -> openai.OpenAI:
 
 @pytest.fixture(scope="session")
 def playwright_driver() -> Iterator[Playwright]:
+    expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as driver:
         yield driver
 
@@ -99,7 +103,7 @@ class Console:
         self.ready()
         return self.page
 
-    def ready(self, timeout: float = 15_000) -> str:
+    def ready(self, timeout: float = WAIT_MS) -> str:
         """Wait until the page says it is done loading (ready) or has shown an error; return which."""
         self.page.wait_for_selector("main[data-state=ready], main[data-state=error]", timeout=timeout)
         return str(self.page.get_attribute("main", "data-state"))
@@ -115,7 +119,7 @@ def console(browser: Browser, e2e_server: LoomServer) -> Iterator[Console]:
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.set_default_timeout(15_000)
+    context.set_default_timeout(WAIT_MS)
     yield Console(page, e2e_server, errors)
     context.close()
     # An uncaught exception in the page is a bug even when the test's assertions held.

@@ -191,20 +191,24 @@ def test_a_running_run_can_be_watched_to_its_end(
 ) -> None:
     assistant = client.beta.assistants.create(model="gpt-4o")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "count"}])
-    upstream.push(Turn.reply("one two three four five six", chunk_size=3, chunk_delay_s=0.05))
+    gate = f"watch-{uuid.uuid4().hex}"
+    # The reply holds after its first event until the watcher is connected: the run is mid-stream when watched.
+    upstream.push(Turn.reply("one two three four five six", chunk_size=3, gate=gate, gate_after=1))
     run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    upstream.wait_held(gate)
     with httpx.stream(
         "GET",
         f"{origin(console_server)}/console/api/threads/{thread.id}/runs/{run.id}/events",
         headers={"Authorization": f"Bearer {DEFAULT_KEY}"},
-        timeout=30,
+        timeout=60,
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
+        upstream.release(gate)
         body = response.read().decode()
     events = parse_sse(body)
     names = [name for name, _ in events]
-    assert names[0] in ("thread.run.queued", "thread.run.in_progress")
+    assert names[0] == "thread.run.in_progress"
     assert events[0][1]["id"] == run.id
     assert names[-2:] == ["thread.run.completed", "done"]
     text = "".join(
@@ -213,7 +217,7 @@ def test_a_running_run_can_be_watched_to_its_end(
         if name == "thread.message.delta"
         for part in data["delta"]["content"]
     )
-    assert text.endswith("six") and "thread.message.completed" in names
+    assert text == "one two three four five six" and "thread.message.completed" in names
 
     # A run that has ended: its state, then done.
     ended = parse_sse(get(console_server, f"/console/api/threads/{thread.id}/runs/{run.id}/events").text)

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, FilePayload, expect
 
 from tests.conftest import DEFAULT_KEY
-from tests.console.conftest import CHROMIUM_ARGS, Console
+from tests.console.conftest import CHROMIUM_ARGS, WAIT_MS, Console
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.support.server import LoomServer
 
@@ -59,6 +59,7 @@ def test_sign_in_keeps_the_deep_link_and_a_bad_key_returns_to_sign_in(
 def test_open_mode_signs_in_directly(browser: Browser, upstream: FakeUpstream) -> None:
     with LoomServer(api_keys=(), upstream_base_url=upstream.base_url) as server:
         context = browser.new_context()
+        context.set_default_timeout(WAIT_MS)
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{server.port}/")
         page.wait_for_url(re.compile(r"/console/threads$"))
@@ -110,21 +111,28 @@ def test_a_run_in_progress_updates_live(console: Console, e2e_client: openai.Ope
     assistant = e2e_client.beta.assistants.create(model="gpt-4o")
     thread = e2e_client.beta.threads.create(messages=[{"role": "user", "content": "Count slowly."}])
     final = "one two three four five six seven eight nine ten eleven twelve"
-    upstream.push(Turn.reply(final, chunk_size=2, chunk_delay_s=0.1))
+    gate = f"live-{uuid.uuid4().hex}"
+    # The reply holds after its first event and again after three pieces, each time until this test releases
+    # it: the run is mid-stream for as long as the test needs, however loaded the machine.
+    upstream.push(Turn.reply(final, chunk_size=2, gate=gate, gate_after=(1, 4)))
     run = e2e_client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    upstream.wait_held(gate, 1)
     console.sign_in_as(DEFAULT_KEY)
-    page = console.open(f"/console/threads/{thread.id}")
+    page = console.page
+    with page.expect_response(lambda r: r.url.endswith(f"/runs/{run.id}/events")):
+        console.open(f"/console/threads/{thread.id}")  # the page follows the run's events from here on
     page.evaluate("window.__sameDocument = true")
     run_el = page.locator(f"section.run[data-id={run.id}]")
-    expect(run_el).to_have_attribute("data-status", re.compile("queued|in_progress"))
-    # Part of the answer shows before the run ends (its events, as they come).
-    page.wait_for_function(
-        """final => { const t = document.querySelector('#messages .message.role-assistant .text');
-                      return t && t.textContent.length > 0 && t.textContent.length < final.length; }""",
-        arg=final,
-    )
-    expect(run_el).to_have_attribute("data-status", "completed", timeout=20_000)
-    expect(page.locator("#messages .message.role-assistant .text")).to_have_text(final)
+    expect(run_el).to_have_attribute("data-status", "in_progress")
+    text = page.locator("#messages .message.role-assistant .text")
+    upstream.release(gate)
+    upstream.wait_held(gate, 2)
+    # Part of the answer shows while the run is still going (its events, as they come).
+    expect(text).to_have_text("one tw")
+    expect(run_el).to_have_attribute("data-status", "in_progress")
+    upstream.release(gate)
+    expect(run_el).to_have_attribute("data-status", "completed")
+    expect(text).to_have_text(final)
     assert page.evaluate("window.__sameDocument") is True  # no reload: the page followed the run's events
 
 
@@ -133,18 +141,19 @@ def test_playground_streams_an_answer_token_by_token(
 ) -> None:
     assistant = e2e_client.beta.assistants.create(model="gpt-4o", name=f"Streamer {uuid.uuid4().hex[:6]}")
     final = "Streaming arrives a few characters at a time, and the page shows each piece as it comes."
-    upstream.push(Turn.reply(final, chunk_size=3, chunk_delay_s=0.04))
+    gate = f"playground-{uuid.uuid4().hex}"
+    # Four pieces, then the reply holds until released: the page is seen mid-answer on any machine.
+    upstream.push(Turn.reply(final, chunk_size=3, gate=gate, gate_after=5))
     console.sign_in_as(DEFAULT_KEY)
     page = console.open(f"/console/playground?assistant={assistant.id}")
     page.fill("textarea[name=message]", "Tell me about streaming.")
     page.click("button:has-text('Send')")
-    page.wait_for_function(
-        """final => { const t = document.querySelector('#chat .message.role-assistant .text');
-                      return t && t.textContent.length > 0 && t.textContent.length < final.length
-                             && final.startsWith(t.textContent); }""",
-        arg=final,
-    )
-    expect(page.locator("#chat .message.role-assistant .text")).to_have_text(final)
+    upstream.wait_held(gate)
+    answer = page.locator("#chat .message.role-assistant .text")
+    expect(answer).to_have_text("Streaming ar")
+    expect(page.locator("#chat section.run")).to_have_attribute("data-status", "in_progress")
+    upstream.release(gate)
+    expect(answer).to_have_text(final)
     expect(page.locator("#chat section.run")).to_have_attribute("data-status", "completed")
     expect(page.locator("#chat .message.role-user")).to_contain_text("Tell me about streaming.")
     thread_link = page.locator("a[href^='/console/threads/thread_']")
@@ -167,6 +176,7 @@ def test_playground_takes_function_outputs_by_hand(
     expect(form).to_contain_text("get_weather")
     expect(form.locator("pre.args")).to_contain_text('"city": "Oslo"')
     expect(page.locator("#chat section.run")).to_have_attribute("data-status", "requires_action")
+    expect(form.locator("textarea")).to_be_focused()  # the next keystroke belongs to the output the run waits for
     console.shot("playground-requires-action")
     form.locator("textarea").fill("-3C and snowing")
     form.locator("button:has-text('Submit outputs')").click()
@@ -195,7 +205,7 @@ def test_vector_store_upload_reaches_completed_and_search_finds_it(console: Cons
     page.click("form.upload button:has-text('Upload')")
     row = page.locator("#store-files-table tbody tr")
     expect(row).to_have_count(1)
-    expect(row).to_have_attribute("data-status", "completed", timeout=30_000)
+    expect(row).to_have_attribute("data-status", "completed")
     expect(row).to_contain_text("handbook.txt")
     expect(page.locator("dl.kv")).to_contain_text("1/1 completed")
     page.fill("input[name=query]", "when is the espresso machine descaled")
@@ -262,6 +272,7 @@ def test_threads_list_pages_and_fits_a_phone(
     tag = uuid.uuid4().hex
     ids = [e2e_client.beta.threads.create(metadata={"suite": tag}).id for _ in range(55)]
     context = browser.new_context(viewport={"width": 390, "height": 844})
+    context.set_default_timeout(WAIT_MS)
     context.add_init_script(f"sessionStorage.setItem('loom.console.key', {json.dumps(DEFAULT_KEY)})")
     page = context.new_page()
     page.goto(f"http://127.0.0.1:{e2e_server.port}/console/threads?q=suite%3D{tag}")

@@ -75,6 +75,9 @@ class Turn:
     then nothing more until the client goes away (0: not even the headers). disconnect_after: send
     that many events, then drop the connection. stream_error: an `{"error": …}` event sent after the
     content instead of finishing. raw_chunks: chunk objects sent verbatim (quirky servers).
+    gate/gate_after: after sending that many SSE events (or at each of several counts), hold the
+    stream until the test calls `release(gate)` once more (`wait_held(gate, n)` returns once it holds
+    for the n-th time), then go on: a reply that is mid-stream exactly as long as a test needs.
     """
 
     text: str = ""
@@ -95,6 +98,8 @@ class Turn:
     stream_error: JSON | None = None
     # Sent as the streamed chunks instead of anything generated (to mimic a quirky server), then [DONE].
     raw_chunks: tuple[JSON, ...] | None = None
+    gate: str | None = None
+    gate_after: int | tuple[int, ...] = 1
 
     @classmethod
     def reply(cls, text: str, *, chunk_size: int = 0, **kw: Any) -> Turn:
@@ -155,6 +160,8 @@ class Turn:
         calls = tuple(ToolCallSpec(**c) for c in data.pop("tool_calls", ()))
         if data.get("raw_chunks") is not None:
             data["raw_chunks"] = tuple(data["raw_chunks"])
+        if isinstance(data.get("gate_after"), list):
+            data["gate_after"] = tuple(data["gate_after"])
         return cls(tool_calls=calls, **data)
 
 
@@ -209,6 +216,40 @@ def declarative_predicate(when: JSON) -> Predicate:
     return check
 
 
+class Gate:
+    """Where gated turns' streams wait: how often they have held here, and how often the test released."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.holds = 0
+        self.releases = 0
+        self._waiting: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def hold(self) -> None:
+        """Count one more hold and wait (on the server's loop) until the test has released it."""
+        loop, passed = asyncio.get_running_loop(), asyncio.Event()
+        with self._changed:
+            self.holds += 1
+            self._changed.notify_all()
+            if self.releases >= self.holds:
+                return
+            self._waiting.append((self.holds, loop, passed))
+        await passed.wait()
+
+    def release(self, everything: bool = False) -> None:
+        with self._changed:
+            self.releases = 1 << 30 if everything else self.releases + 1
+            go = [w for w in self._waiting if w[0] <= self.releases]
+            self._waiting = [w for w in self._waiting if w[0] > self.releases]
+        for _, loop, passed in go:
+            with contextlib.suppress(RuntimeError):  # the server has stopped meanwhile
+                loop.call_soon_threadsafe(passed.set)
+
+    def wait_held(self, hold: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.holds >= hold, timeout)
+
+
 class Script:
     """What the server answers, and what it was sent. Thread-safe: tests mutate it from their thread."""
 
@@ -224,6 +265,18 @@ class Script:
         # Trickled responses being sent right now (a client that goes away ends its stream); changed only
         # on the server's own event loop.
         self.open_streams = 0
+        self._gates: dict[str, Gate] = {}
+
+    def gate(self, name: str) -> Gate:
+        with self._lock:
+            return self._gates.setdefault(name, Gate())
+
+    def release(self, name: str) -> None:
+        self.gate(name).release()
+
+    def wait_held(self, name: str, hold: int = 1, timeout: float = 60.0) -> None:
+        if not self.gate(name).wait_held(hold, timeout):
+            raise TimeoutError(f"streams held at gate {name!r} fewer than {hold} times within {timeout}s")
 
     def push(self, *turns: Turn) -> None:
         with self._lock:
@@ -240,6 +293,9 @@ class Script:
             self._requests.clear()
             self.default = Turn.reply(DEFAULT_TEXT)
             self.models = list(DEFAULT_MODELS)
+            for gate in self._gates.values():  # nothing stays held past a reset
+                gate.release(everything=True)
+            self._gates.clear()
 
     @property
     def pending(self) -> int:
@@ -489,14 +545,19 @@ class _Connection:
         events = sse_events(turn, body)
         head = _head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked", **turn.headers})
         stop_at = min(x for x in (turn.hang_after, turn.disconnect_after, len(events)) if x is not None)
-        if not turn.chunk_delay_s:
+        gate = self.script.gate(turn.gate) if turn.gate is not None else None
+        holds = {turn.gate_after} if isinstance(turn.gate_after, int) else set(turn.gate_after)
+        if not turn.chunk_delay_s and gate is None:
             self.writer.write(head + b"".join(_chunked(e) for e in events[:stop_at]))
         else:
             self.writer.write(head)
             self.script.open_streams += 1
             try:
                 for i, event in enumerate(events[:stop_at]):
-                    if i:
+                    if gate is not None and i in holds:
+                        await self.writer.drain()
+                        await gate.hold()
+                    elif i and turn.chunk_delay_s:
                         await asyncio.sleep(turn.chunk_delay_s)
                     self.writer.write(_chunked(event))
                     await self.writer.drain()
@@ -522,6 +583,8 @@ class _Connection:
             script.add_rule(declarative_predicate(body["when"]), Turn.from_dict(body["turn"]))
         elif path == "/_fake/reset" and method == "POST":
             script.reset()
+        elif path == "/_fake/release" and method == "POST":
+            script.release(body["gate"])
         elif path == "/_fake/requests" and method == "GET":
             self._json(200, [r.to_dict() for r in script.requests])
             return
@@ -661,6 +724,14 @@ class FakeUpstream:
     def pending(self) -> int:
         return self.script.pending
 
+    def wait_held(self, gate: str, hold: int = 1, timeout: float = 60.0) -> None:
+        """Block until streams scripted with this gate have held `hold` times in all (the first: 1)."""
+        self.script.wait_held(gate, hold, timeout)
+
+    def release(self, gate: str) -> None:
+        """Let the stream held at this gate (or the next hold to come) go on to its next hold or its end."""
+        self.script.release(gate)
+
     # what it was sent
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -763,6 +834,9 @@ class FakeUpstreamProcess:
 
     def reset(self) -> None:
         self._post("/_fake/reset", {})
+
+    def release(self, gate: str) -> None:
+        self._post("/_fake/release", {"gate": gate})
 
     @property
     def requests(self) -> list[RecordedRequest]:

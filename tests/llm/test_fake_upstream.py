@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
+from openai.types.chat import ChatCompletionChunk
 
 from tests.fakes.upstream import FakeUpstream, FakeUpstreamProcess, ToolCallSpec, Turn
 
@@ -98,3 +100,30 @@ def test_standalone_process_with_a_script_file(tmp_path: Path) -> None:
     assert len(recorded) == 5
     assert recorded[2].body["messages"] == [{"role": "user", "content": "weather?"}]
     assert recorded[0].headers["authorization"] == "Bearer sk-fake"
+
+
+def test_a_gated_stream_holds_until_released_at_each_count(upstream: FakeUpstream) -> None:
+    upstream.push(Turn.reply("abcdef", chunk_size=1, gate="g", gate_after=(2, 4)))
+    with client(upstream.base_url) as sdk:
+        chunks: Iterator[ChatCompletionChunk] = iter(
+            sdk.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
+        )
+        seen = [next(chunks).choices[0].delta.content for _ in range(2)]  # the role event, then "a"
+        upstream.wait_held("g", 1)
+        assert seen == ["", "a"] and upstream.script.gate("g").holds == 1
+        upstream.release("g")
+        seen += [next(chunks).choices[0].delta.content for _ in range(2)]
+        upstream.wait_held("g", 2)
+        upstream.release("g")
+        seen += [c.choices[0].delta.content for c in chunks]
+    assert "".join(s or "" for s in seen) == "abcdef" and seen[-1] is None
+
+
+def test_reset_lets_a_held_stream_finish(upstream: FakeUpstream) -> None:
+    upstream.push(Turn.reply("held", gate="h", gate_after=1))
+    with client(upstream.base_url) as sdk:
+        stream = sdk.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
+        upstream.wait_held("h", 1)
+        upstream.reset()
+        text = "".join(c.choices[0].delta.content or "" for c in stream)
+    assert text == "held"

@@ -20,11 +20,20 @@ const ROUTES = [
 
 let controller = null;
 let session = null;
+let navigated = false;
 
 function navigate(url, { replace = false } = {}) {
+  navigated = true;
   if (replace) history.replaceState(null, "", url);
   else history.pushState(null, "", url);
   route();
+}
+
+// Keyboard users keep their place: when the page they left took the focus with it (a link in a list, the
+// sign-in form), the new page's content takes it, so the next Tab goes on from there, not from the top.
+function settleFocus() {
+  const active = document.activeElement;
+  if (navigated && (!active || active === document.body)) main.focus({ preventScroll: true });
 }
 
 function setReady(state) {
@@ -117,11 +126,15 @@ async function route(notice) {
       const [m, view] = match;
       await view(main, m.slice(1).map(decodeURIComponent), url.searchParams, ctx);
     }
-    if (!ctx.signal.aborted) setReady("ready");
+    if (!ctx.signal.aborted) {
+      settleFocus();
+      setReady("ready");
+    }
   } catch (err) {
     if (ctx.signal.aborted || (err && err.name === "AbortError")) return;
     if (err instanceof ApiError && err.status === 401) return; // the unauthorized handler signs out
     clear(main, errorBox(err));
+    settleFocus();
     setReady("error");
   }
 }
@@ -151,6 +164,9 @@ document.addEventListener("click", (e) => {
       e.preventDefault();
       const box = target.closest("details");
       if (box) box.open = true;
+      // The focus goes where the link points (the skip link: past the navigation), as a plain anchor would.
+      if (!target.matches("a[href], button, input, select, textarea, summary, [tabindex]")) target.setAttribute("tabindex", "-1");
+      target.focus({ preventScroll: true });
       target.scrollIntoView({ block: "center" });
       target.classList.add("flash");
       setTimeout(() => target.classList.remove("flash"), 1200);

@@ -401,6 +401,13 @@ export async function playgroundView(main, _params, query, ctx) {
         } finally {
           if (current) finished(current);
           else send.disabled = false;
+          // Unless the user went elsewhere meanwhile, the focus goes where the next keystroke belongs: the
+          // function outputs the run waits for, else the message box (the Send button was disabled under it).
+          const active = document.activeElement;
+          if (!active || active === document.body || active === send) {
+            const outputs = current && current.run.status === "requires_action" ? chat.querySelector("form.tool-outputs textarea") : null;
+            (outputs || input).focus();
+          }
         }
       },
     },
