@@ -73,8 +73,10 @@ class Turn:
     stream_options.include_usage, unless send_usage says otherwise. delay_s: before anything is sent
     (headers included); chunk_delay_s: between SSE events. hang_after: send that many SSE events,
     then nothing more until the client goes away (0: not even the headers). disconnect_after: send
-    that many events, then drop the connection. stream_error: an `{"error": …}` event sent after the
-    content instead of finishing. raw_chunks: chunk objects sent verbatim (quirky servers).
+    that many events, then drop the connection. end_after: send that many events, then end the
+    response cleanly but early (no finish reason, no `[DONE]`: a server that gave up; 0: no event at
+    all). stream_error: an `{"error": …}` event sent after the content instead of finishing.
+    raw_chunks: chunk objects sent verbatim (quirky servers).
     """
 
     text: str = ""
@@ -92,6 +94,7 @@ class Turn:
     chunk_delay_s: float = 0.0
     hang_after: int | None = None
     disconnect_after: int | None = None
+    end_after: int | None = None
     stream_error: JSON | None = None
     # Sent as the streamed chunks instead of anything generated (to mimic a quirky server), then [DONE].
     raw_chunks: tuple[JSON, ...] | None = None
@@ -220,6 +223,10 @@ class Script:
         self._requests: list[RecordedRequest] = []
         self._arrived = threading.Condition(self._lock)
         self.models: list[str] = list(DEFAULT_MODELS)
+        # What `/models` says owns them, and other GET paths answered with JSON (a server's own
+        # endpoints, e.g. llama.cpp's /props or Ollama's /api/version): to look like another server.
+        self.owned_by = "fake"
+        self.routes: dict[str, Any] = {}
         self.record = True
 
     def push(self, *turns: Turn) -> None:
@@ -237,6 +244,8 @@ class Script:
             self._requests.clear()
             self.default = Turn.reply(DEFAULT_TEXT)
             self.models = list(DEFAULT_MODELS)
+            self.owned_by = "fake"
+            self.routes = {}
 
     @property
     def pending(self) -> int:
@@ -454,8 +463,12 @@ class _Connection:
         if method == "POST" and path.endswith("/chat/completions") and isinstance(body, dict):
             return await self._chat(body) and keep_alive
         if method == "GET" and path.endswith("/models"):
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.script.models]
+            owner = self.script.owned_by
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": owner} for m in self.script.models]
             self._json(200, {"object": "list", "data": data})
+            return keep_alive
+        if method == "GET" and path in self.script.routes:
+            self._json(200, self.script.routes[path])
             return keep_alive
         self._json(404, {"error": {"message": f"No route {method} {path}", "type": "invalid_request_error"}})
         return keep_alive
@@ -485,7 +498,7 @@ class _Connection:
             return True
         events = sse_events(turn, body)
         head = _head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked", **turn.headers})
-        stop_at = min(x for x in (turn.hang_after, turn.disconnect_after, len(events)) if x is not None)
+        stop_at = min(x for x in (turn.hang_after, turn.disconnect_after, turn.end_after, len(events)) if x is not None)
         if not turn.chunk_delay_s:
             self.writer.write(head + b"".join(_chunked(e) for e in events[:stop_at]))
         else:
@@ -496,7 +509,7 @@ class _Connection:
                 self.writer.write(_chunked(event))
                 await self.writer.drain()
         await self.writer.drain()
-        if stop_at < len(events):
+        if stop_at < len(events) and turn.end_after != stop_at:
             if turn.hang_after is not None and turn.hang_after == stop_at:
                 await self._wait_for_client_to_leave()
             else:
@@ -644,8 +657,13 @@ class FakeUpstream:
     def add_rule(self, predicate: Predicate | JSON, responder: Responder) -> None:
         self.script.add_rule(declarative_predicate(predicate) if isinstance(predicate, dict) else predicate, responder)
 
-    def set_models(self, models: list[str]) -> None:
+    def set_models(self, models: list[str], owned_by: str = "fake") -> None:
         self.script.models = list(models)
+        self.script.owned_by = owned_by
+
+    def set_route(self, path: str, payload: Any) -> None:
+        """Answer `GET path` with this JSON (until `reset`)."""
+        self.script.routes[path] = payload
 
     def reset(self) -> None:
         self.script.reset()
