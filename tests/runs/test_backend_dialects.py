@@ -130,7 +130,7 @@ def test_llamacpp_tool_round_trip_replays_calls_as_it_accepts_them(
     upstream.push(Turn.reply("Sunny."))
     assistant = client.beta.assistants.create(model="smol", tools=[FUNCTION_TOOL])
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "weather?"}])
-    forced = {"type": "function", "function": {"name": "get_weather"}}
+    forced: Any = {"type": "function", "function": {"name": "get_weather"}}
 
     with client.beta.threads.runs.stream(
         thread_id=thread.id, assistant_id=assistant.id, tool_choice=forced, max_completion_tokens=300
