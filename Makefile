@@ -49,7 +49,7 @@ sandbox-env: venv
 # shared); pip's wheel cache makes every later build take seconds.
 LLAMACPP_VENV := .venv-llamacpp
 $(LLAMACPP_VENV)/.installed: tests/llamacpp/requirements.txt
-	@echo "loom: installing llama-cpp-python for the llamacpp tests into $(LLAMACPP_VENV) (the first time it compiles llama.cpp: about an hour on 2 busy cores; later: seconds)"
+	@echo "loom: installing llama-cpp-python for the llamacpp tests into $(LLAMACPP_VENV) (the first time it compiles llama.cpp: about 35 minutes on 2 cores; later: seconds)"
 	$(PYTHON) -m venv $(LLAMACPP_VENV)
 	$(LLAMACPP_VENV)/bin/pip install --quiet --upgrade pip
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/pip install --quiet -r tests/llamacpp/requirements.txt
