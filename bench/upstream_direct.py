@@ -52,7 +52,7 @@ async def _backend_call(backend: OpenAIBackend) -> tuple[float, float]:
 
 async def _measure(base_url: str, requests: int, concurrency: int, via_backend: bool) -> list[str]:
     client = openai.AsyncOpenAI(base_url=base_url, api_key="bench", max_retries=0)
-    backend = OpenAIBackend(BackendConfig(name="bench", base_url=base_url, api_key="bench"))
+    backend = OpenAIBackend(BackendConfig(name="bench", base_url=base_url, api_key="bench", dialect="openai"))
     results: list[tuple[float, float]] = []
     remaining = iter(range(requests))
 

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     upstream_api_key: str = ""
     upstream_timeout_s: float = 600.0
     upstream_max_retries: int = 2
+    # The default backend's kind of server ("auto": asked on first use; see loom.llm.dialects).
+    upstream_dialect: str = "auto"
 
     # Runs.
     # How long a run may execute (queued or in progress) before it ends `expired`, counted from its

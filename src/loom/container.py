@@ -160,7 +160,8 @@ class Container:
                 log.exception("janitor pass failed")
             await asyncio.sleep(_JANITOR_EVERY_S)
 
-    def model_list(self) -> list[dict[str, Any]]:
+    async def model_list(self) -> list[dict[str, Any]]:
         return [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in self.router.list_models()
+            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by}
+            for m in await self.router.list_models()
         ]

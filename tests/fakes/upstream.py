@@ -73,8 +73,10 @@ class Turn:
     stream_options.include_usage, unless send_usage says otherwise. delay_s: before anything is sent
     (headers included); chunk_delay_s: between SSE events. hang_after: send that many SSE events,
     then nothing more until the client goes away (0: not even the headers). disconnect_after: send
-    that many events, then drop the connection. stream_error: an `{"error": …}` event sent after the
-    content instead of finishing. raw_chunks: chunk objects sent verbatim (quirky servers).
+    that many events, then drop the connection. end_after: send that many events, then end the
+    response cleanly but early (no finish reason, no `[DONE]`: a server that gave up; 0: no event at
+    all). stream_error: an `{"error": …}` event sent after the content instead of finishing.
+    raw_chunks: chunk objects sent verbatim (quirky servers).
     gate/gate_after: after sending that many SSE events (or at each of several counts), hold the
     stream until the test calls `release(gate)` once more (`wait_held(gate, n)` returns once it holds
     for the n-th time), then go on: a reply that is mid-stream exactly as long as a test needs.
@@ -95,6 +97,7 @@ class Turn:
     chunk_delay_s: float = 0.0
     hang_after: int | None = None
     disconnect_after: int | None = None
+    end_after: int | None = None
     stream_error: JSON | None = None
     # Sent as the streamed chunks instead of anything generated (to mimic a quirky server), then [DONE].
     raw_chunks: tuple[JSON, ...] | None = None
@@ -261,6 +264,10 @@ class Script:
         self._requests: list[RecordedRequest] = []
         self._arrived = threading.Condition(self._lock)
         self.models: list[str] = list(DEFAULT_MODELS)
+        # What `/models` says owns them, and other GET paths answered with JSON (a server's own
+        # endpoints, e.g. llama.cpp's /props or Ollama's /api/version): to look like another server.
+        self.owned_by = "fake"
+        self.routes: dict[str, Any] = {}
         self.record = True
         # Trickled responses being sent right now (a client that goes away ends its stream); changed only
         # on the server's own event loop.
@@ -296,6 +303,8 @@ class Script:
             for gate in self._gates.values():  # nothing stays held past a reset
                 gate.release(everything=True)
             self._gates.clear()
+            self.owned_by = "fake"
+            self.routes = {}
 
     @property
     def pending(self) -> int:
@@ -513,8 +522,12 @@ class _Connection:
         if method == "POST" and path.endswith("/chat/completions") and isinstance(body, dict):
             return await self._chat(body) and keep_alive
         if method == "GET" and path.endswith("/models"):
-            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.script.models]
+            owner = self.script.owned_by
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": owner} for m in self.script.models]
             self._json(200, {"object": "list", "data": data})
+            return keep_alive
+        if method == "GET" and path in self.script.routes:
+            self._json(200, self.script.routes[path])
             return keep_alive
         self._json(404, {"error": {"message": f"No route {method} {path}", "type": "invalid_request_error"}})
         return keep_alive
@@ -544,7 +557,7 @@ class _Connection:
             return True
         events = sse_events(turn, body)
         head = _head(200, {"content-type": "text/event-stream", "transfer-encoding": "chunked", **turn.headers})
-        stop_at = min(x for x in (turn.hang_after, turn.disconnect_after, len(events)) if x is not None)
+        stop_at = min(x for x in (turn.hang_after, turn.disconnect_after, turn.end_after, len(events)) if x is not None)
         gate = self.script.gate(turn.gate) if turn.gate is not None else None
         holds = {turn.gate_after} if isinstance(turn.gate_after, int) else set(turn.gate_after)
         if not turn.chunk_delay_s and gate is None:
@@ -564,7 +577,7 @@ class _Connection:
             finally:
                 self.script.open_streams -= 1
         await self.writer.drain()
-        if stop_at < len(events):
+        if stop_at < len(events) and turn.end_after != stop_at:
             if turn.hang_after is not None and turn.hang_after == stop_at:
                 await self._wait_for_client_to_leave()
             else:
@@ -714,8 +727,13 @@ class FakeUpstream:
     def add_rule(self, predicate: Predicate | JSON, responder: Responder) -> None:
         self.script.add_rule(declarative_predicate(predicate) if isinstance(predicate, dict) else predicate, responder)
 
-    def set_models(self, models: list[str]) -> None:
+    def set_models(self, models: list[str], owned_by: str = "fake") -> None:
         self.script.models = list(models)
+        self.script.owned_by = owned_by
+
+    def set_route(self, path: str, payload: Any) -> None:
+        """Answer `GET path` with this JSON (until `reset`)."""
+        self.script.routes[path] = payload
 
     def reset(self) -> None:
         self.script.reset()

@@ -18,6 +18,7 @@ def config_for(upstream: FakeUpstream, **overrides: Any) -> BackendConfig:
         "retry_base_delay_s": 0.01,
         "retry_max_delay_s": 0.05,
         "timeout_s": 30.0,
+        "dialect": "openai",
     }
     values.update(overrides)
     return BackendConfig(**values)

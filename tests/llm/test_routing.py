@@ -120,7 +120,7 @@ upstream_model = "gpt-4.1-mini"
     assert (default.base_url, default.api_key) == ("https://example.invalid/v1", "sk-default")
     assert router.resolve("mystery-model").context_window == 8000
     # Patterns name no particular model: only exact names are listed.
-    assert router.list_models() == [ModelInfo("llama3-special", "default"), ModelInfo("smart", "ollama")]
+    assert await router.list_models() == [ModelInfo("llama3-special", "default"), ModelInfo("smart", "ollama")]
 
 
 async def test_unlisted_models_can_be_refused(make_router: Callable[..., ModelRouter]) -> None:

@@ -66,6 +66,8 @@ class LoomServer:
             "LOOM_API_KEYS": ",".join(api_keys),
             "LOOM_UPSTREAM_BASE_URL": upstream_base_url,
             "LOOM_UPSTREAM_API_KEY": "sk-upstream",
+            # The scripted upstream behaves as OpenAI does; no need to ask it what it is.
+            "LOOM_UPSTREAM_DIALECT": "openai",
             "LOOM_POLL_AFTER_MS": "20",
             # Kernels start on first use: most test servers never run code.
             "LOOM_SANDBOX_PREWARM": "false",

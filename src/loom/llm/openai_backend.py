@@ -7,19 +7,28 @@ first chunk arrived, because a retry after that would repeat text the run has al
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import re
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+import httpx
 import openai
 
 from loom.ids import new_id
+from loom.llm.dialects import Dialect, MaxTokensParam, detect, dialect_from_url, dialect_named, model_ids
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
 
-MaxTokensParam = Literal["max_completion_tokens", "max_tokens"]
+__all__ = ["BackendConfig", "MaxTokensParam", "OpenAIBackend", "map_error"]
+
+log = logging.getLogger("loom.llm")
+# How long a backend's `GET /models` answer (or its failure) is reused for `/v1/models`.
+MODELS_CACHE_S = 30.0
+MODELS_FAILURE_CACHE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +53,12 @@ class BackendConfig:
     max_retries: int = 2
     retry_base_delay_s: float = 0.5
     retry_max_delay_s: float = 8.0
-    # Older servers (and Ollama/llama.cpp versions) only know `max_tokens`.
-    max_tokens_param: MaxTokensParam = "max_completion_tokens"
-    # Ask for a final usage chunk (`stream_options.include_usage`); turn off for servers that reject it.
-    include_usage: bool = True
+    # What kind of server this is (`loom.llm.dialects`): "auto" asks the server once, on first use.
+    dialect: str = "auto"
+    # Overrides of the dialect's own choice: `max_tokens` or `max_completion_tokens`, and whether to ask
+    # for a final usage chunk (`stream_options.include_usage`). None: as the dialect says.
+    max_tokens_param: MaxTokensParam | None = None
+    include_usage: bool | None = None
 
 
 _CONTEXT_OVERFLOW = re.compile(
@@ -85,13 +96,55 @@ def _upstream_code(body: object) -> str | None:
     return None
 
 
+# A 500 that says the request itself is wrong (the server's validation, a template or type error):
+# sending the same request again gives the same answer.
+_DETERMINISTIC = re.compile(
+    r"validation|invalid|not supported|unsupported|not allowed|not found|must be|expected|unexpected|"
+    r"missing|required|template|schema|grammar|(?:Type|Value|Key|Attribute|Index|Assertion|Template)Error|"
+    r"Traceback|exceed",
+    re.IGNORECASE,
+)
+# ...unless it says in so many words that trying again may help.
+_TRANSIENT = re.compile(
+    r"overload|try again|temporar|unavailable|timed? ?out|busy|capacity|had an error while processing|"
+    r"connection|reset by peer|out of memory|loading model",
+    re.IGNORECASE,
+)
+_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][\w.@~+-]+){2,}[\\/]?""")
+_FILE_LINE = re.compile(r'File "[^"]*", line \d+(?:, in \S+)?')
+MAX_MESSAGE_CHARS = 300
+
+
+def one_line(message: str) -> str:
+    """An upstream's error text as one short line for `last_error`: a traceback is reduced to its last
+    line (the exception), file paths are taken out, whitespace is collapsed, the length is capped."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        tail = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "~"))]
+        lines = tail[-1:] if tail else []
+    text = " ".join(lines)
+    text = _FILE_LINE.sub("", text)
+    text = _PATH.sub("…", text)
+    text = re.sub(r"\s+", " ", text).strip(" :,")
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
+    return text or "no message"
+
+
+def transient_500(message: str) -> bool:
+    """Whether a 500's message looks like a passing failure (retried) rather than one the same request
+    will meet again (not retried)."""
+    return bool(_TRANSIENT.search(message)) or not _DETERMINISTIC.search(message)
+
+
 def map_error(
     exc: BaseException, backend: str, *, timeout_s: float, streaming: bool = False
 ) -> tuple[UpstreamError, bool]:
     """The `UpstreamError` for an SDK exception, and whether a retry may help.
 
     `streaming`: the failure came after the first chunk (then transport failures are described as a
-    lost or stalled stream, not as a failed connection)."""
+    lost or stalled stream, not as a failed connection). The message is one line that names the
+    backend; what the upstream said in full (a traceback, say) is logged, never put in the message."""
     where = f"model backend '{backend}'"
     if isinstance(exc, openai.APITimeoutError):
         if streaming:
@@ -101,7 +154,7 @@ def map_error(
         return UpstreamError("server_error", text), True
     if isinstance(exc, openai.APIConnectionError):
         cause = exc.__cause__
-        detail = f" ({type(cause).__name__}: {cause})" if cause is not None and str(cause) else ""
+        detail = f" ({type(cause).__name__}: {one_line(str(cause))})" if cause is not None and str(cause) else ""
         if streaming:
             text = f"The connection to {where} was lost in the middle of its answer{detail}"
         else:
@@ -109,23 +162,31 @@ def map_error(
         return UpstreamError("server_error", text), True
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        message = _upstream_message(exc.body, exc.response.reason_phrase or "no message")
+        raw = _upstream_message(exc.body, exc.response.reason_phrase or "no message")
+        message = one_line(raw)
+        if message != raw.strip():
+            log.warning("model backend %r answered HTTP %s: %s", backend, status, raw)
         code = _upstream_code(exc.body)
         text = f"The {where} returned HTTP {status}: {message}"
         if status == 429:
             # Out of quota will not come back by waiting a few seconds.
             return UpstreamError("rate_limit_exceeded", text, status=status), code != "insufficient_quota"
         if status in (400, 413, 422):
-            if code == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(message):
+            if code == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(raw):
                 text = f"The prompt is too long for the model's context window. {text}"
             return UpstreamError("invalid_prompt", text, status=status), False
-        if status in (408, 409) or status >= 500:
+        if status == 500:
+            return UpstreamError("server_error", text, status=status), transient_500(raw)
+        if status in (408, 409) or status > 500:
             return UpstreamError("server_error", text, status=status), True
         # 401/403/404…: a configuration problem; retrying will not fix it.
         return UpstreamError("server_error", text, status=status), False
     if isinstance(exc, openai.APIError):
         # An error event inside an otherwise successful stream.
-        message = _upstream_message(exc.body, exc.message)
+        raw = _upstream_message(exc.body, exc.message)
+        message = one_line(raw)
+        if message != raw.strip():
+            log.warning("model backend %r reported while streaming: %s", backend, raw)
         code = _upstream_code(exc.body)
         text = f"The {where} reported an error while streaming: {message}"
         if code == "context_length_exceeded":
@@ -134,6 +195,7 @@ def map_error(
             return UpstreamError("rate_limit_exceeded", text), True
         return UpstreamError("server_error", text), True
     # Malformed JSON or SSE, or anything else: say what, not where in our code.
+    log.warning("model backend %r sent an invalid response", backend, exc_info=exc)
     return UpstreamError("server_error", f"The {where} sent an invalid response ({type(exc).__name__})"), False
 
 
@@ -231,18 +293,55 @@ def _chunk(raw: object, calls: _ToolCallNormalizer) -> ChatChunk | None:
     )
 
 
-class _OpenStream:
-    """A response being read: the SDK stream, its iterator, and the first non-empty chunk."""
+def _completion_chunks(raw: object, calls: _ToolCallNormalizer) -> list[ChatChunk]:
+    """A whole (non-streamed) `chat.completion` as the chunks a stream of it would have been."""
+    choices = _get(raw, "choices")
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    message = _get(choice, "message")
+    chunks: list[ChatChunk] = []
+    content = str(_get(message, "content") or "")
+    refusal = str(_get(message, "refusal") or "")
+    if content or refusal:
+        chunks.append(ChatChunk(content=content, refusal=refusal))
+    raw_calls = _get(message, "tool_calls")
+    if isinstance(raw_calls, list) and raw_calls:
+        deltas = [calls.delta(i, {**tc, "index": i}) for i, tc in enumerate(raw_calls) if isinstance(tc, Mapping)]
+        chunks.append(ChatChunk(tool_calls=tuple(deltas)))
+    finish_reason = _get(choice, "finish_reason") or None
+    usage = _usage(_get(raw, "usage"))
+    if finish_reason is not None or usage is not None:
+        chunks.append(ChatChunk(finish_reason=finish_reason, usage=usage))
+    return chunks
 
-    def __init__(self, stream: openai.AsyncStream[object]) -> None:
+
+class _Ended(Exception):
+    """The stream ended before the answer did (no finish reason)."""
+
+
+class _OpenStream:
+    """A response being read: the SDK stream (None for a non-streamed call), its chunks so far, and
+    whether a finish reason was among them."""
+
+    def __init__(self, stream: openai.AsyncStream[object] | None) -> None:
         self.stream = stream
-        self.iterator: AsyncIterator[object] = stream.__aiter__()
+        self.iterator: AsyncIterator[object] | None = stream.__aiter__() if stream is not None else None
         self.calls = _ToolCallNormalizer()
-        self.first: ChatChunk | None = None
+        # Read but not yet given to the caller: the first meaningful chunk (or a whole non-streamed answer).
+        self.ready: list[ChatChunk] = []
+        self.finished = False
+
+    def take(self, chunk: ChatChunk) -> None:
+        self.ready.append(chunk)
+        if chunk.finish_reason is not None:
+            self.finished = True
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
 
 
 class OpenAIBackend:
-    """A `ChatBackend` speaking Chat Completions through `openai.AsyncOpenAI`."""
+    """A `ChatBackend` speaking Chat Completions through `openai.AsyncOpenAI`, in the server's dialect."""
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -253,6 +352,8 @@ class OpenAIBackend:
             headers.setdefault(key_header, config.api_key)
         if config.api_version:
             query.setdefault("api-version", config.api_version)
+        self._headers = {"Authorization": f"Bearer {config.api_key or 'no-key'}", **headers}
+        self._query = query
         self._client = openai.AsyncOpenAI(
             base_url=config.base_url,
             # Servers without auth accept any key; the SDK insists on a non-empty one.
@@ -264,12 +365,69 @@ class OpenAIBackend:
             default_headers=headers or None,
             default_query=query or None,
         )
+        named = config.dialect if config.dialect != "auto" else dialect_from_url(config.base_url, config.api_version)
+        self._dialect: Dialect | None = self._with_overrides(named) if named is not None else None
+        self._detecting = asyncio.Lock()
+        self._http: httpx.AsyncClient | None = None
+        self._models: tuple[float, list[str]] | None = None
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def _body(self, request: ChatRequest) -> dict[str, Any]:
+    # The server's dialect and models.
+
+    def _with_overrides(self, name: str) -> Dialect:
+        return dialect_named(
+            name, max_tokens_param=self.config.max_tokens_param, include_usage=self.config.include_usage
+        )
+
+    def _discovery(self) -> httpx.AsyncClient:
+        if self._http is None:
+            timeout = min(5.0, self.config.connect_timeout_s, self.config.timeout_s)
+            self._http = httpx.AsyncClient(headers=self._headers, params=self._query, timeout=timeout)
+        return self._http
+
+    async def dialect(self) -> Dialect:
+        """The configured dialect, or the one the server's answers show (asked once; a server that cannot
+        be reached is treated as OpenAI's for now and asked again next time)."""
+        if self._dialect is not None:
+            return self._dialect
+        async with self._detecting:
+            if self._dialect is None:
+                try:
+                    name = await detect(self._discovery(), self.config.base_url)
+                except httpx.HTTPError as exc:
+                    log.info(
+                        "model backend %r: could not ask what it is (%s); speaking OpenAI's dialect", self.name, exc
+                    )
+                    return self._with_overrides("openai")
+                log.info("model backend %r speaks the %r dialect", self.name, name)
+                self._dialect = self._with_overrides(name)
+            return self._dialect
+
+    async def list_models(self) -> list[str]:
+        """What the server lists at `GET /models`, remembered for a while (failures for less)."""
+        now = time.monotonic()
+        if self._models is not None and self._models[0] > now:
+            return self._models[1]
+        try:
+            response = await self._discovery().get(self.config.base_url.rstrip("/") + "/models")
+            ids = model_ids(response) if response.status_code == 200 else []
+            ttl = MODELS_CACHE_S if response.status_code == 200 else MODELS_FAILURE_CACHE_S
+        except httpx.HTTPError as exc:
+            log.info("model backend %r: could not list its models (%s)", self.name, exc)
+            ids, ttl = [], MODELS_FAILURE_CACHE_S
+        self._models = (now + ttl, ids)
+        return ids
+
+    def served(self, model: str) -> bool:
+        """Whether the last listing of the server's models had this one (False before any listing)."""
+        return self._models is not None and model in self._models[1]
+
+    # Requests.
+
+    def _body(self, request: ChatRequest, dialect: Dialect) -> dict[str, Any]:
         body: dict[str, Any] = {"model": request.model, "messages": request.messages, "stream": True}
         if request.tools:
             body["tools"] = request.tools
@@ -285,9 +443,12 @@ class OpenAIBackend:
         if request.top_p is not None:
             body["top_p"] = request.top_p
         if request.max_tokens is not None:
-            body[self.config.max_tokens_param] = request.max_tokens
-        if self.config.include_usage:
-            body["stream_options"] = {"include_usage": True}
+            body["max_completion_tokens"] = request.max_tokens
+        body["stream_options"] = {"include_usage": True}
+        body = dialect.shape_body(body)
+        if not dialect.streams(body):
+            body["stream"] = False
+            body.pop("stream_options", None)
         if request.extra_body:
             body.update(request.extra_body)
         return body
@@ -301,65 +462,103 @@ class OpenAIBackend:
             delay = min(cfg.retry_max_delay_s, max(delay, hinted))
         return delay
 
-    async def _open(self, request: ChatRequest) -> _OpenStream:
-        """Send the request and read up to its first meaningful chunk, retrying transient failures.
+    def _ended(self, before_anything: bool) -> UpstreamError:
+        where = f"model backend '{self.name}'"
+        if before_anything:
+            text = f"The {where} ended its response without sending an answer (no chunk, no finish reason)"
+        else:
+            text = f"The {where} ended its response in the middle of its answer (no finish reason)"
+        return UpstreamError("server_error", text)
+
+    async def _send(self, body: dict[str, Any]) -> _OpenStream:
+        """One attempt: the response up to its first meaningful chunk (a non-streamed one whole).
 
         Chunks with nothing in them (the usual leading `{"role": "assistant"}`) do not count: a failure
         after them is still retried, since the caller has seen nothing yet."""
-        body = self._body(request)
+        if not body["stream"]:
+            # A turn the server cannot stream (its dialect says so): asked for whole, replayed as chunks.
+            whole = await self._client.post("/chat/completions", body=body, cast_to=object)
+            opened = _OpenStream(None)
+            for chunk in _completion_chunks(whole, opened.calls):
+                opened.take(chunk)
+            if not opened.finished:
+                raise _Ended()
+            return opened
+        # The SDK's client, one level below `chat.completions.create`: the same URL, headers, auth,
+        # timeouts and error types, without re-walking the request against its typed parameters or
+        # building a model per chunk (together a millisecond of each run's time to first token); chunks
+        # stay decoded JSON, read by `_chunk`.
+        stream = await self._client.post(
+            "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
+        )
+        opened = _OpenStream(stream)
+        try:
+            assert opened.iterator is not None
+            async for raw in opened.iterator:
+                first = _chunk(raw, opened.calls)
+                if first is not None:
+                    opened.take(first)
+                    return opened
+        except BaseException:
+            await opened.close()
+            raise
+        await opened.close()
+        raise _Ended()
+
+    async def _open(self, request: ChatRequest) -> _OpenStream:
+        """Send the request, retrying transient failures (an answer that ended before it began is one)."""
+        body = self._body(request, await self.dialect())
         attempt = 0
         while True:
-            stream: openai.AsyncStream[object] | None = None
             try:
-                # The SDK's client, one level below `chat.completions.create`: the same URL, headers,
-                # auth, timeouts and error types, without re-walking the request against its typed
-                # parameters or building a model per chunk (together a millisecond of each run's time
-                # to first token); chunks stay decoded JSON, read by `_chunk`.
-                stream = await self._client.post(
-                    "/chat/completions",
-                    body=body,
-                    cast_to=object,
-                    stream=True,
-                    stream_cls=openai.AsyncStream[object],
-                )
-                opened = _OpenStream(stream)
-                async for raw in opened.iterator:
-                    opened.first = _chunk(raw, opened.calls)
-                    if opened.first is not None:
-                        break
-                return opened
+                return await self._send(body)
             except Exception as exc:
-                if stream is not None:
-                    await stream.close()
-                error, retryable = map_error(exc, self.name, timeout_s=self.config.timeout_s)
+                if isinstance(exc, _Ended):
+                    error, retryable = self._ended(before_anything=True), True
+                else:
+                    error, retryable = map_error(exc, self.name, timeout_s=self.config.timeout_s)
                 if not retryable or attempt >= self.config.max_retries:
                     if attempt:
                         error.message = f"{error.message.rstrip('.')} (after {attempt + 1} attempts)"
                         error.args = (error.message,)
                     raise error from None
+                log.info("model backend %r: %s; trying again", self.name, error.message)
                 await asyncio.sleep(self._backoff(attempt, exc))
                 attempt += 1
 
     async def stream_chat(self, request: ChatRequest) -> AsyncIterator[ChatChunk]:
+        """The answer's chunks. It ends only after a chunk with a finish reason: a stream that stops
+        before one (the connection closed, the server died mid-answer) raises `UpstreamError`."""
         opened = await self._open(request)
         try:
-            if opened.first is None:
+            for chunk in opened.ready:
+                yield chunk
+            if opened.iterator is None:
                 return
-            yield opened.first
             while True:
                 try:
                     raw = await opened.iterator.__anext__()
                 except StopAsyncIteration:
-                    return
+                    break
                 except Exception as exc:
+                    if opened.finished:
+                        # The answer is whole; only its trailer (usage, [DONE]) was lost.
+                        log.info("model backend %r: the stream broke after its finish reason (%r)", self.name, exc)
+                        return
                     # The caller has seen output: a retry would repeat it, so fail the call instead.
                     error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s, streaming=True)
                     raise error from None
-                chunk = _chunk(raw, opened.calls)
-                if chunk is not None:
-                    yield chunk
+                more = _chunk(raw, opened.calls)
+                if more is not None:
+                    if more.finish_reason is not None:
+                        opened.finished = True
+                    yield more
+            if not opened.finished:
+                raise self._ended(before_anything=False)
         finally:
-            await opened.stream.close()
+            await opened.close()
 
     async def aclose(self) -> None:
         await self._client.close()
+        if self._http is not None:
+            await self._http.aclose()

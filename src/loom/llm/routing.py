@@ -19,8 +19,10 @@ Configuration (the TOML file named by `LOOM_CONFIG_FILE`; every table optional):
     retry_max_delay = 8
     api_version = "2024-10-21"         # Azure deployment-style URLs
     api_key_header = "api-key"         # also send the key in this header
-    max_tokens_param = "max_tokens"    # or "max_completion_tokens" (the default)
-    include_usage = true
+    dialect = "ollama"                 # auto (default: asked on first use) | openai | azure | vllm |
+                                       # llamacpp | llama-server | ollama | lmstudio
+    max_tokens_param = "max_tokens"    # or "max_completion_tokens" (default: as the dialect says)
+    include_usage = true               # default: as the dialect says
 
     [[models]]
     name = "gpt-4o"                    # an exact name, or a glob pattern ("llama*")
@@ -28,12 +30,14 @@ Configuration (the TOML file named by `LOOM_CONFIG_FILE`; every table optional):
     upstream_model = "qwen2.5:7b"      # default: the requested name
     context_window = 32768             # default: known OpenAI window, else [llm].default_context_window
 
-Exact names win over patterns; among patterns the first in the file wins. `list_models()` lists the
-exact names only (a pattern names no particular model).
+Exact names win over patterns; among patterns the first in the file wins. A name no entry matches goes
+to the backend that lists it at its `GET /models` (else to the default backend). `list_models()` lists
+the exact names, then what each backend serves (a pattern names no particular model).
 """
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -44,7 +48,8 @@ from loom.config import Settings
 from loom.errors import InvalidRequest
 from loom.llm.backend import ChatBackend
 from loom.llm.context_windows import DEFAULT_CONTEXT_WINDOW, known_context_window
-from loom.llm.openai_backend import BackendConfig, MaxTokensParam, OpenAIBackend
+from loom.llm.dialects import DIALECT_NAMES, MaxTokensParam
+from loom.llm.openai_backend import BackendConfig, OpenAIBackend
 
 DEFAULT_BACKEND = "default"
 
@@ -126,6 +131,7 @@ class ModelRouter:
                 api_key=settings.upstream_api_key,
                 timeout_s=settings.upstream_timeout_s,
                 max_retries=settings.upstream_max_retries,
+                dialect=_dialect(settings.upstream_dialect, "LOOM_UPSTREAM_DIALECT"),
             )
         }
         for name, table in _table(raw, "backends").items():
@@ -160,7 +166,11 @@ class ModelRouter:
                 raise InvalidRequest(
                     f"The requested model '{model}' does not exist.", param="model", code="model_not_found"
                 )
-            route = ModelRoute(name=model, backend=self.default_backend)
+            serving = [name for name, b in self.backends.items() if name != self.default_backend and b.served(model)]
+            default_serves = self.backends[self.default_backend].served(model)
+            route = ModelRoute(
+                name=model, backend=serving[0] if serving and not default_serves else self.default_backend
+            )
         upstream = route.upstream_model or model
         window = (
             route.context_window
@@ -170,9 +180,22 @@ class ModelRouter:
         )
         return Route(self.backends[route.backend], upstream, window)
 
-    def list_models(self) -> list[ModelInfo]:
-        """The exactly named routes, in configuration order (patterns are not listed)."""
-        return [ModelInfo(id=r.name, owned_by=r.backend) for r in self._exact.values()]
+    async def list_models(self) -> list[ModelInfo]:
+        """The exactly named routes in configuration order (patterns are not listed), then the models
+        each backend lists at its own `GET /models` (remembered briefly), unless only configured names
+        are accepted."""
+        listed = [ModelInfo(id=r.name, owned_by=r.backend) for r in self._exact.values()]
+        if not self.allow_unlisted_models:
+            return listed
+        seen = {m.id for m in listed}
+        names = [self.default_backend, *(n for n in self.backends if n != self.default_backend)]
+        served = await asyncio.gather(*(self.backends[n].list_models() for n in names))
+        for name, ids in zip(names, served, strict=True):
+            for model in ids:
+                if model not in seen:
+                    seen.add(model)
+                    listed.append(ModelInfo(id=model, owned_by=name))
+        return listed
 
     async def aclose(self) -> None:
         for backend in self.backends.values():
@@ -194,6 +217,7 @@ _BACKEND_KEYS = {
     "api_key_header",
     "max_tokens_param",
     "include_usage",
+    "dialect",
 }
 
 
@@ -210,8 +234,8 @@ def backend_config(name: str, table: Mapping[str, Any], environ: Mapping[str, st
         if key_env not in environ:
             raise ConfigError(f"[{where}] api_key_env: environment variable {key_env} is not set")
         api_key = environ[key_env]
-    max_tokens_param = _get(table, "max_tokens_param", str, where, "max_completion_tokens")
-    if max_tokens_param not in ("max_completion_tokens", "max_tokens"):
+    max_tokens_param = _get(table, "max_tokens_param", str, where, None)
+    if max_tokens_param not in (None, "max_completion_tokens", "max_tokens"):
         raise ConfigError(f"[{where}] max_tokens_param must be 'max_completion_tokens' or 'max_tokens'")
     return BackendConfig(
         name=name,
@@ -226,9 +250,16 @@ def backend_config(name: str, table: Mapping[str, Any], environ: Mapping[str, st
         max_retries=_get(table, "max_retries", int, where, 2),
         retry_base_delay_s=_get(table, "retry_base_delay", float, where, 0.5),
         retry_max_delay_s=_get(table, "retry_max_delay", float, where, 8.0),
-        max_tokens_param=cast(MaxTokensParam, max_tokens_param),
-        include_usage=_get(table, "include_usage", bool, where, True),
+        max_tokens_param=cast(MaxTokensParam | None, max_tokens_param),
+        include_usage=_get(table, "include_usage", bool, where, None),
+        dialect=_dialect(_get(table, "dialect", str, where, "auto"), f"[{where}] dialect"),
     )
+
+
+def _dialect(name: str, where: str) -> str:
+    if name not in DIALECT_NAMES:
+        raise ConfigError(f"{where} must be one of {', '.join(DIALECT_NAMES)} (got '{name}')")
+    return name
 
 
 def _route(entry: object, i: int) -> ModelRoute:

@@ -185,6 +185,13 @@ class RunExecutor:
             self._call = asyncio.create_task(self._stream(route.backend, request, turn, server_tools))
             try:
                 await self._call
+                if turn.finish_reason is None:
+                    # An answer that stopped before saying it was done is a lost generation, not a
+                    # complete one (backends raise this themselves; this holds for any backend).
+                    raise UpstreamError(
+                        "server_error",
+                        f"The model backend '{route.backend.name}' ended its answer without a finish reason",
+                    )
             except asyncio.CancelledError:
                 if not self.cancel_requested:
                     raise
@@ -195,7 +202,7 @@ class RunExecutor:
                 raise
             finally:
                 self._call = None
-            call_usage = turn.usage or self._estimate_usage(prompt.tokens, turn)
+            call_usage = turn.usage or self._estimate_usage(prompt.tokens, turn, request.max_tokens)
             total = usage_dict(
                 usage["prompt_tokens"] + call_usage.prompt_tokens,
                 usage["completion_tokens"] + call_usage.completion_tokens,
@@ -266,12 +273,16 @@ class RunExecutor:
         return choice
 
     @staticmethod
-    def _estimate_usage(prompt_tokens: int, turn: _Turn) -> Usage:
+    def _estimate_usage(prompt_tokens: int, turn: _Turn, max_tokens: int | None) -> Usage:
+        """Usage for a server that sent none, counted with OpenAI's tokenizer. A server that stopped at
+        the cap (`length`) wrote exactly `max_tokens`, and never more than that."""
         from loom import tokens
 
         completion = tokens.count_tokens(turn.text + turn.refusal, "gpt-4o")
         for _, name, parts in turn.calls.values():
             completion += tokens.count_tokens(name + "".join(parts), "gpt-4o")
+        if max_tokens is not None:
+            completion = max_tokens if turn.finish_reason == "length" else min(completion, max_tokens)
         return Usage(prompt_tokens=prompt_tokens, completion_tokens=completion, total_tokens=prompt_tokens + completion)
 
     # Streaming one model call.

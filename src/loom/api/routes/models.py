@@ -1,4 +1,4 @@
-"""`GET /v1/models`: the model names configuration routes."""
+"""`GET /v1/models`: the model names configuration routes, and what each backend serves."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ router = APIRouter()
 
 @router.get("/models")
 async def list_models(request: Request, project: Project) -> JSON:
-    return JSON({"object": "list", "data": request.app.state.container.model_list()})
+    return JSON({"object": "list", "data": await request.app.state.container.model_list()})
 
 
 @router.get("/models/{model_id:path}")
 async def get_model(request: Request, project: Project, model_id: str) -> JSON:
-    for model in request.app.state.container.model_list():
+    for model in await request.app.state.container.model_list():
         if model["id"] == model_id:
             return JSON(model)
     raise NotFound("model", model_id)
