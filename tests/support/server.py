@@ -49,6 +49,7 @@ class LoomServer:
         upstream_base_url: str = "http://127.0.0.1:9/v1",
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         if data_dir is None:
             data_dir = Path(tempfile.mkdtemp(prefix="loom-test-"))
@@ -68,6 +69,7 @@ class LoomServer:
             "LOOM_SANDBOX_PREWARM": "false",
             **(extra_env or {}),
         }
+        self.serve_args = serve_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "server.log"
 
@@ -78,7 +80,17 @@ class LoomServer:
     def start(self, timeout: float = 60.0) -> LoomServer:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loom.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "loom.cli",
+                "serve",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "warning",
+                *self.serve_args,
+            ],
             env=self.env,
             cwd=REPO,
             stdout=log,

@@ -13,15 +13,19 @@ from loom.api.middleware import RequestIdMiddleware
 from loom.api.routes import assistants, files, models, runs, threads, vector_stores
 from loom.container import Container
 from loom.errors import LoomError
+from loom.ops import metrics
+from loom.ops.http import AccessMiddleware, metrics_endpoint, sandbox_gauges
 
 
 def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await container.start()
+        gauges = metrics.register_state(lambda: sandbox_gauges(container))
         try:
             yield
         finally:
+            metrics.unregister(gauges)
             await container.stop()
 
     app = FastAPI(title="Loom", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -49,5 +53,7 @@ def create_app(container: Container) -> FastAPI:
     # runs first: its `POST /threads/runs` must win over threads' `POST /threads/{thread_id}`.
     for module in (assistants, runs, threads, files, models, vector_stores):
         app.include_router(module.router, prefix="/v1")
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    app.add_middleware(AccessMiddleware, access_log=container.settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     return app

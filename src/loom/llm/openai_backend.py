@@ -18,6 +18,7 @@ import openai
 from loom.ids import new_id
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
+from loom.ops import events, metrics
 
 MaxTokensParam = Literal["max_completion_tokens", "max_tokens"]
 
@@ -307,6 +308,7 @@ class OpenAIBackend:
         Chunks with nothing in them (the usual leading `{"role": "assistant"}`) do not count: a failure
         after them is still retried, since the caller has seen nothing yet."""
         body = self._body(request)
+        metrics.UPSTREAM_CALLS.labels(self.name).inc()
         attempt = 0
         while True:
             stream: openai.AsyncStream[object] | None = None
@@ -332,6 +334,9 @@ class OpenAIBackend:
                 if stream is not None:
                     await stream.close()
                 error, retryable = map_error(exc, self.name, timeout_s=self.config.timeout_s)
+                events.upstream_failed(
+                    self.name, error, attempt=attempt, retrying=retryable and attempt < self.config.max_retries
+                )
                 if not retryable or attempt >= self.config.max_retries:
                     if attempt:
                         error.message = f"{error.message.rstrip('.')} (after {attempt + 1} attempts)"
@@ -354,6 +359,7 @@ class OpenAIBackend:
                 except Exception as exc:
                     # The caller has seen output: a retry would repeat it, so fail the call instead.
                     error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s, streaming=True)
+                    events.upstream_failed(self.name, error, attempt=0, retrying=False)
                     raise error from None
                 chunk = _chunk(raw, opened.calls)
                 if chunk is not None:

@@ -13,6 +13,7 @@ from loom import ids
 from loom.clock import now
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
+from loom.ops import metrics
 from loom.runs import context as ctx_mod
 from loom.runs.objects import new_assistant_message, new_step, usage_dict
 from loom.runs.store import Preloaded, RunContext, public
@@ -68,6 +69,8 @@ class RunExecutor:
         # From tool results, for the messages that follow them.
         self.citations: list[Citation] = []
         self.pending_images: list[str] = []
+        # When the run was claimed here, until its first token arrives (then 0: observed).
+        self.awaiting_first_token = time.monotonic()
 
     # Events.
 
@@ -183,6 +186,7 @@ class RunExecutor:
             finally:
                 self._call = None
             call_usage = turn.usage or self._estimate_usage(prompt.tokens, turn)
+            metrics.tokens(self.run["model"], call_usage.prompt_tokens, call_usage.completion_tokens)
             total = usage_dict(
                 usage["prompt_tokens"] + call_usage.prompt_tokens,
                 usage["completion_tokens"] + call_usage.completion_tokens,
@@ -272,6 +276,8 @@ class RunExecutor:
     ) -> None:
         async with contextlib.aclosing(backend.stream_chat(request)) as chunks:
             async for chunk in chunks:
+                if self.awaiting_first_token:
+                    self.awaiting_first_token = metrics.first_token(self.awaiting_first_token)
                 if chunk.content:
                     await self._text_delta(turn, chunk.content)
                 if chunk.refusal:
@@ -515,7 +521,9 @@ class RunExecutor:
             if upstream_index in turn.arg_streams and (rest := turn.arg_streams[upstream_index].close(arguments)):
                 await emit(rest)
             running = asyncio.create_task(
-                impl.execute(tool_ctx, tool, ToolCall(id=call_id, name=name, arguments=arguments), index, emit)
+                metrics.timed_tool(
+                    impl.type, impl.execute(tool_ctx, tool, ToolCall(call_id, name, arguments), index, emit)
+                )
             )
             if impl.interruptible:
                 self._call = running  # a cancel stops it at once; others finish (bounded by their own limits)
