@@ -16,6 +16,20 @@ from loom.ops import metrics
 access = logging.getLogger("loom.access")
 
 
+def route_template(scope: Scope) -> str:
+    """The matched route's path template ("/v1/threads/{thread_id}"), "(unmatched)" when none matched."""
+    if "route" not in scope:
+        return "(unmatched)"
+    # FastAPI ≥ 0.16x matches included routers lazily and keeps the full template here.
+    effective: Any = (scope.get("fastapi") or {}).get("effective_route_context")
+    template = getattr(effective, "path_format", None)
+    if isinstance(template, str):
+        return template
+    # Otherwise: the request path with each path parameter's value put back as its name.
+    values = {str(v): k for k, v in (scope.get("path_params") or {}).items()}
+    return "/".join(f"{{{values[p]}}}" if p in values else p for p in str(scope.get("path", "")).split("/"))
+
+
 class AccessMiddleware:
     """One access-log line per request (with its request id) and the request metrics, by route template."""
 
@@ -40,8 +54,7 @@ class AccessMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             elapsed = time.perf_counter() - started
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "(unmatched)"
+            template = route_template(scope)
             method = scope.get("method", "")
             metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
             metrics.HTTP_LATENCY.labels(method, template).observe(elapsed)
