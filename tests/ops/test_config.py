@@ -4,6 +4,7 @@ unknown keys as one-line errors, unknown `LOOM_*` variables warned about, `loom 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,27 @@ def test_version_and_help() -> None:
     assert result.returncode == 0 and result.stdout.strip() == f"loom {__version__}"
     help_text = loom("serve", "--help", env={}).stdout
     assert "LOOM_LOG_FORMAT" in help_text and "LOOM_SANDBOX_TIMEOUT_S" in help_text and "default: 60.0" in help_text
+
+
+def test_example_config_loads_with_every_recipe_uncommented(tmp_path: Path) -> None:
+    """loom.example.toml is valid as shipped, and with every commented recipe line switched on."""
+    from loom.llm.routing import ModelRouter
+
+    text = (REPO / "loom.example.toml").read_text()
+    Settings.load(config_file=_write(tmp_path / "as-is.toml", text))
+    setting = re.compile(r"^# (\[|[A-Za-z_]+ = )")
+    on = "\n".join(line[2:] if setting.match(line) else line for line in text.splitlines())
+    # Each recipe routes its own name; the two Azure recipes both route gpt-4o, so keep the first only.
+    on = on.replace('name = "gpt-4o"\nbackend = "azure-gpt4o"', 'name = "gpt-4o-deployment"\nbackend = "azure-gpt4o"')
+    settings = Settings.load(config_file=_write(tmp_path / "on.toml", on))
+    router = ModelRouter.from_settings(
+        settings, environ={"AZURE_OPENAI_API_KEY": "k", "GROQ_API_KEY": "k", "OPENROUTER_API_KEY": "k"}
+    )
+    assert router.resolve("gpt-4o-deployment").backend.name == "azure-gpt4o"
+    assert router.resolve("qwen2.5:7b").context_window == 32768
+    assert settings.log_format == "json"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
