@@ -10,6 +10,7 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from loom import __version__
 from loom.config import Settings, SettingsError, settings_help
@@ -138,6 +139,50 @@ def _show_config(settings: Settings) -> int:
     return 0
 
 
+def _run_export(args: argparse.Namespace, settings: Settings) -> int:
+    from loom.ops.archive import export_project
+
+    async def go() -> dict[str, int]:
+        db = Database(settings.effective_database_url)
+        try:
+            await migrate(db.engine)
+            return await export_project(db, args.project, args.out)
+        finally:
+            await db.dispose()
+
+    counts = asyncio.run(go())
+    print(f"exported project '{args.project}' to {args.out}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return 0
+
+
+def _run_import(args: argparse.Namespace, settings: Settings) -> int:
+    from loom.ops.archive import ArchiveError, import_bundle, read_archive
+    from loom.store.blobs import BlobStore
+
+    try:
+        bundle = read_archive(args.file)
+    except ArchiveError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+    project = args.project or bundle.project or keys.DEFAULT_PROJECT
+
+    async def go() -> list[str]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        try:
+            await migrate(db.engine)
+            report = await import_bundle(db, BlobStore(settings.files_dir), bundle, project)
+            return report.lines()
+        finally:
+            await db.dispose()
+
+    lines = asyncio.run(go())
+    print(f"import into project '{project}':")
+    for line in lines or ["nothing to import"]:
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description="The OpenAI Assistants API, self-hosted.")
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
@@ -165,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="no line per request (default: one line per request; LOOM_ACCESS_LOG=false)",
     )
     sub.add_parser("migrate", help="apply database migrations")
+    p_export = sub.add_parser("export", help="write a project's objects and files to one archive")
+    p_export.add_argument("--project", default=keys.DEFAULT_PROJECT, help="the project (default: default)")
+    p_export.add_argument("--out", type=Path, required=True, help="the archive to write (a tar file)")
+    p_import = sub.add_parser(
+        "import", help="read a `loom export` archive, or an assistants-thread-export/v1 directory or thread file"
+    )
+    p_import.add_argument("file", type=Path)
+    p_import.add_argument("--project", default=None, help="the target project (default: the archive's, or default)")
     p_config = sub.add_parser("config", help="the effective configuration")
     config_sub = p_config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser(
@@ -213,6 +266,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return serve(args, settings)
     if args.command == "config":
         return _show_config(settings)
+    if args.command == "export":
+        return _run_export(args, settings)
+    if args.command == "import":
+        return _run_import(args, settings)
     if args.command == "migrate":
         return _run_migrate(settings)
     if args.command == "sandbox":
