@@ -63,10 +63,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(
-            "loom: no API key configured: accepting any bearer token"
-            + (" on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)"),
-            file=sys.stderr,
+        log.warning(
+            "no API key configured: accepting any bearer token%s",
+            " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
     container = Container(settings)
     from loom.ops.banner import log_startup_report

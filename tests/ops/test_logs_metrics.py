@@ -71,6 +71,8 @@ def test_startup_report(ops_server: LoomServer, upstream: FakeUpstream) -> None:
     assert any(m.startswith(f"model backend default ({upstream.base_url}): answered") for m in messages)
     assert any(m.startswith("embedder: wordllama") for m in messages)
     assert "keys: API keys required" in messages
+    sandbox_env = ops_server.data_dir / "sandbox-env"
+    assert f"code interpreter: unavailable: no environment at {sandbox_env} (run `loom sandbox setup`)" in messages
 
 
 def test_startup_report_warns_about_an_unreachable_backend() -> None:

@@ -49,13 +49,13 @@ def _sandbox_state(container: Container) -> tuple[int, str]:
     settings = container.settings
     env = settings.sandbox_env.absolute()
     if settings.sandbox == "unsafe-local":
-        return logging.WARNING, f"UNSAFE-LOCAL (no isolation), environment {env}"
+        return logging.WARNING, f"code interpreter: UNSAFE-LOCAL (no isolation), environment {env}"
     if shutil.which("bwrap") is None:
-        return logging.WARNING, "unavailable: bubblewrap (bwrap) is not installed"
+        return logging.WARNING, "code interpreter: unavailable: bubblewrap (bwrap) is not installed"
     if not (env / "bin" / "python").exists():
-        return logging.WARNING, f"unavailable: no environment at {env} (run `loom sandbox setup`)"
+        return logging.WARNING, f"code interpreter: unavailable: no environment at {env} (run `loom sandbox setup`)"
     when = "starting in the background" if settings.sandbox_prewarm else "starts on first use"
-    return logging.INFO, f"bubblewrap, environment {env}, {when}"
+    return logging.INFO, f"code interpreter: bubblewrap, environment {env}, {when}"
 
 
 async def startup_report(container: Container, url: str, *, has_keys: bool) -> list[tuple[int, str]]:
