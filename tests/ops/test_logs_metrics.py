@@ -16,11 +16,13 @@ from tests.fakes.upstream import FakeUpstream, Turn
 from tests.support.postgres import database_url_for
 from tests.support.server import LoomServer, wait_for
 
+NO_SANDBOX_ENV = "/nonexistent/loom-sandbox-env"
+
 
 @pytest.fixture(scope="module")
 def ops_server(backend: str, upstream: FakeUpstream) -> Iterator[LoomServer]:
     """Logs in JSON at info (access log on), no upstream retries."""
-    env = {"LOOM_UPSTREAM_MAX_RETRIES": "0"}
+    env = {"LOOM_UPSTREAM_MAX_RETRIES": "0", "LOOM_SANDBOX_ENV": NO_SANDBOX_ENV}
     with LoomServer(
         database_url=database_url_for(backend),
         upstream_base_url=upstream.base_url,
@@ -71,8 +73,7 @@ def test_startup_report(ops_server: LoomServer, upstream: FakeUpstream) -> None:
     assert any(m.startswith(f"model backend default ({upstream.base_url}): answered") for m in messages)
     assert any(m.startswith("embedder: wordllama") for m in messages)
     assert "keys: API keys required" in messages
-    sandbox_env = ops_server.data_dir / "sandbox-env"
-    assert f"code interpreter: unavailable: no environment at {sandbox_env} (run `loom sandbox setup`)" in messages
+    assert f"code interpreter: unavailable: no environment at {NO_SANDBOX_ENV} (run `loom sandbox setup`)" in messages
 
 
 def test_startup_report_warns_about_an_unreachable_backend() -> None:
