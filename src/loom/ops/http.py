@@ -36,6 +36,7 @@ class AccessMiddleware:
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
         self.access_log = access_log
+        self._series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,9 +57,16 @@ class AccessMiddleware:
             elapsed = time.perf_counter() - started
             template = route_template(scope)
             method = scope.get("method", "")
-            metrics.HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method, template).observe(elapsed)
-            if self.access_log:
+            key = (method, template, status)
+            series = self._series.get(key)
+            if series is None:  # labels() takes a lock and checks its arguments: once per route and status
+                series = self._series[key] = (
+                    metrics.HTTP_REQUESTS.labels(method, template, str(status)),
+                    metrics.HTTP_LATENCY.labels(method, template),
+                )
+            series[0].inc()
+            series[1].observe(elapsed)
+            if self.access_log and access.isEnabledFor(logging.INFO):
                 path = scope.get("path", "")
                 request_id = scope.get("state", {}).get("request_id", "")
                 access.info(
