@@ -6,20 +6,26 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# `make serve` keeps everything in the checkout (./data, ./.venv-sandbox) unless LOOM_DATA_DIR /
+# LOOM_SANDBOX_ENV say otherwise; an installed `loom serve` uses the per-user data directory instead.
+IN_CHECKOUT := LOOM_DATA_DIR="$${LOOM_DATA_DIR:-$(CURDIR)/data}" LOOM_SANDBOX_ENV="$${LOOM_SANDBOX_ENV:-$(CURDIR)/.venv-sandbox}"
 
 .PHONY: serve test venv bubblewrap node chromium firefox sandbox-env lint llamacpp-env
 
 $(BIN)/.installed: pyproject.toml
+	@echo "loom: creating $(VENV) and installing Loom with its dependencies and dev tools (about a minute, once)…"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+	@echo "loom: $(VENV) ready"
 
 venv: $(BIN)/.installed
 
 # bubblewrap is the one system package (the code interpreter's sandbox). Installed where we may;
 # otherwise named, and the code interpreter stays unavailable (never unsandboxed).
 bubblewrap:
+	@command -v bwrap >/dev/null 2>&1 || echo "loom: installing bubblewrap (the code interpreter's sandbox)…"
 	@command -v bwrap >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get install -y -qq bubblewrap >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap >/dev/null 2>&1)) || true; \
@@ -62,7 +68,8 @@ firefox:
 # The code interpreter's own Python (numpy, pandas, matplotlib, …): a separate virtualenv, rebuilt only
 # when its pinned requirements change.
 sandbox-env: venv
-	$(BIN)/python -m loom.sandbox.setup -q
+	@echo "loom: checking the code interpreter's Python environment (.venv-sandbox); building it takes a minute or two, once…"
+	$(IN_CHECKOUT) $(BIN)/python -m loom.sandbox.setup -q
 
 # The real model server for the `llamacpp` test tier: llama-cpp-python's server and a 135M model, in
 # their own virtualenv. The first build compiles llama.cpp (one compile job at a time: the machine is
@@ -78,7 +85,8 @@ $(LLAMACPP_VENV)/.installed: tests/llamacpp/requirements.txt
 llamacpp-env: $(LLAMACPP_VENV)/.installed
 
 serve: venv bubblewrap sandbox-env
-	$(BIN)/loom serve --host $(HOST) --port $(PORT)
+	@echo "loom: starting on http://$(HOST):$(PORT)/v1 (data in $${LOOM_DATA_DIR:-$(CURDIR)/data})"
+	$(IN_CHECKOUT) $(BIN)/loom serve --host $(HOST) --port $(PORT)
 
 lint: venv
 	$(BIN)/ruff check src tests bench

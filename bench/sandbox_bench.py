@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import statistics
 import subprocess
@@ -90,7 +91,10 @@ async def main() -> None:
     parser.add_argument("--bare", type=int, default=20)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings(data_dir=Path(tmp), sandbox_pool_size=1, sandbox_max_sessions=args.sessions + 4)
+        env = Path(os.environ.get("LOOM_SANDBOX_ENV", str(Path(__file__).resolve().parents[1] / ".venv-sandbox")))
+        settings = Settings(
+            data_dir=Path(tmp), sandbox_env=env, sandbox_pool_size=1, sandbox_max_sessions=args.sessions + 4
+        )
         manager = SandboxManager(settings)
         t0 = time.perf_counter()
         await manager.start()

@@ -1,4 +1,5 @@
-"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom sandbox check|setup`."""
+"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom sandbox check|setup`, `loom config show`,
+`loom export|import`."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import logging
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from loom.config import Settings
+from loom import __version__
+from loom.config import Settings, SettingsError, settings_help
+from loom.llm.routing import ConfigError
+from loom.ops.logs import LOG_FORMATS, configure_logging
 from loom.sandbox.setup import add_arguments as setup_arguments
 from loom.services import keys
 from loom.store.db import Database
@@ -51,7 +56,8 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     from loom.container import Container
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if not asyncio.run(_has_keys(settings)):
+    has_keys = asyncio.run(_has_keys(settings))
+    if not has_keys:
         if not _is_loopback(args.host) and not args.insecure:
             print(
                 f"loom: refusing to listen on {args.host}: no API key is configured, so any bearer token would be "
@@ -59,18 +65,30 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        print(
-            "loom: no API key configured: accepting any bearer token"
-            + (" on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)"),
-            file=sys.stderr,
+        log.warning(
+            "no API key configured: accepting any bearer token%s",
+            " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
-    app = create_app(Container(settings))
+    container = Container(settings)
+    from loom.ops.banner import log_startup_report
+
+    asyncio.run(log_startup_report(container, f"http://{args.host}:{args.port}/v1", has_keys=has_keys))
+    app = create_app(container)
     # What is loaded by now (modules, routes, tables, schemas: ~170k objects) lives as long as the process.
     # Frozen, it is left out of the collector's full passes, each of which would stall every request for
     # ~100 ms (the p99 of a busy server).
     gc.collect()
     gc.freeze()
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, lifespan="on")
+    # log_config=None: uvicorn's loggers go through ours (one format); the access log is Loom's own.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+    )
     return 0
 
 
@@ -114,15 +132,101 @@ def _run_keys(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(go())
 
 
+def _show_config(settings: Settings) -> int:
+    rows = settings.effective()
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        print(f"{name:{width}}  {value or '(empty)':50}  {source}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace, settings: Settings) -> int:
+    from loom.ops.archive import export_project
+
+    async def go() -> dict[str, int]:
+        db = Database(settings.effective_database_url)
+        try:
+            await migrate(db.engine)
+            return await export_project(db, args.project, args.out)
+        finally:
+            await db.dispose()
+
+    counts = asyncio.run(go())
+    print(f"exported project '{args.project}' to {args.out}: " + ", ".join(f"{n} {t}" for t, n in counts.items()))
+    return 0
+
+
+def _run_import(args: argparse.Namespace, settings: Settings) -> int:
+    from loom.ops.archive import ArchiveError, import_bundle, read_archive
+    from loom.store.blobs import BlobStore
+
+    try:
+        bundle = read_archive(args.file)
+    except ArchiveError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+    project = args.project or bundle.project or keys.DEFAULT_PROJECT
+
+    async def go() -> list[str]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        try:
+            await migrate(db.engine)
+            report = await import_bundle(db, BlobStore(settings.files_dir), bundle, project)
+            return report.lines()
+        finally:
+            await db.dispose()
+
+    lines = asyncio.run(go())
+    print(f"import into project '{project}':")
+    for line in lines or ["nothing to import"]:
+        print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description="The OpenAI Assistants API, self-hosted.")
+    parser.add_argument("--version", action="version", version=f"loom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="serve the API under /v1")
-    p_serve.add_argument("--host", default="127.0.0.1")
-    p_serve.add_argument("--port", type=int, default=8000)
+    p_serve = sub.add_parser(
+        "serve",
+        help="serve the API under /v1",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p_serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p_serve.add_argument("--insecure", action="store_true", help="allow a non-loopback address with no API key")
-    p_serve.add_argument("--log-level", default="info")
+    p_serve.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="log level (default: info; LOOM_LOG_LEVEL)",
+    )
+    p_serve.add_argument("--log-format", choices=LOG_FORMATS, help="log line format (default: text; LOOM_LOG_FORMAT)")
+    p_serve.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        default=None,
+        help="no line per request (default: one line per request; LOOM_ACCESS_LOG=false)",
+    )
     sub.add_parser("migrate", help="apply database migrations")
+    p_export = sub.add_parser("export", help="write a project's objects and files to one archive")
+    p_export.add_argument("--project", default=keys.DEFAULT_PROJECT, help="the project (default: default)")
+    p_export.add_argument("--out", type=Path, required=True, help="the archive to write (a tar file)")
+    p_import = sub.add_parser(
+        "import", help="read a `loom export` archive, or an assistants-thread-export/v1 directory or thread file"
+    )
+    p_import.add_argument("file", type=Path)
+    p_import.add_argument("--project", default=None, help="the target project (default: the archive's, or default)")
+    p_config = sub.add_parser("config", help="the effective configuration")
+    config_sub = p_config.add_subparsers(dest="config_command", required=True)
+    config_sub.add_parser(
+        "show",
+        help="print every setting, its value (secrets masked) and where it came from",
+        epilog=settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p_keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = p_keys.add_subparsers(dest="keys_command", required=True)
     p_create = keys_sub.add_parser("create", help="create a key and print it")
@@ -139,14 +243,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    """Command-line flags that are settings too (they win over the environment and the file)."""
+    names = {"log_level": "log_level", "log_format": "log_format", "access_log": "access_log"}
+    return {setting: getattr(args, flag) for flag, setting in names.items() if getattr(args, flag, None) is not None}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpx2", "alembic.runtime.migration"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = Settings.load()
+    try:
+        settings = Settings.load(**_overrides(args))
+        configure_logging(settings.log_level, settings.log_format)
+        for name in settings.unknown_env:
+            log.warning("environment variable %s matches no setting (see `loom serve --help`)", name)
+        return _dispatch(args, settings)
+    except (SettingsError, ConfigError) as exc:
+        print(f"loom: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         return serve(args, settings)
+    if args.command == "config":
+        return _show_config(settings)
+    if args.command == "export":
+        return _run_export(args, settings)
+    if args.command == "import":
+        return _run_import(args, settings)
     if args.command == "migrate":
         return _run_migrate(settings)
     if args.command == "sandbox":

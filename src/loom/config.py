@@ -1,16 +1,40 @@
 """One `Settings` object, from `LOOM_*` environment variables (and an optional TOML file).
 
 Settings are passed explicitly to whatever needs them; nothing reads them from a global.
+Every key of the TOML file's `[loom]` table is validated exactly as its environment variable is;
+an unknown key, a bad value or an unreadable file is a `SettingsError` naming it (one line).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "LOOM_"
+# Settings whose values are secrets: `loom config show` masks them.
+SECRET_SETTINGS = frozenset({"api_keys", "upstream_api_key", "embedding_api_key", "metrics_key"})
+# Settings that only the environment (or an argument) can give: the file cannot name itself.
+_NOT_IN_FILE = frozenset({"config_file", "file_config"})
+
+
+class SettingsError(ValueError):
+    """A setting is invalid, unknown or unreadable; the message names it and where it came from."""
+
+
+def user_data_dir() -> Path:
+    """Where Loom keeps its data by default: `$XDG_DATA_HOME/loom`, else `~/.local/share/loom`
+    (never the working directory, so `loom serve` finds the same data wherever it is started)."""
+    base = os.environ.get("XDG_DATA_HOME", "")
+    return (Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share") / "loom"
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
 
 
 def _split_keys(value: object) -> list[str]:
@@ -22,9 +46,10 @@ def _split_keys(value: object) -> list[str]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LOOM_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
-    data_dir: Path = Path("./data")
+    # The SQLite database, file bytes, sandbox volumes and (by default) the sandbox's environment.
+    data_dir: Path = Field(default_factory=user_data_dir)
     # Empty means SQLite at <data_dir>/loom.db.
     database_url: str = ""
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -60,9 +85,9 @@ class Settings(BaseSettings):
 
     # Sandbox (code interpreter). "bwrap" (default) or "unsafe-local" (development only: no isolation).
     sandbox: str = "bwrap"
-    # The sandbox's own virtualenv (made by `python -m loom.sandbox.setup`), and the interpreter it is
-    # made from (empty: /usr/bin/python3 when present, else this interpreter's base).
-    sandbox_env: Path = Path(".venv-sandbox")
+    # The sandbox's own virtualenv (made by `loom sandbox setup`; default <data_dir>/sandbox-env), and the
+    # interpreter it is made from (empty: /usr/bin/python3 when present, else this interpreter's base).
+    sandbox_env: Path = Path()
     sandbox_python: str = ""
     # Where sessions' /mnt/data volumes and kernels' runtime files live (empty: <data_dir>/sandbox).
     sandbox_dir: Path | None = None
@@ -103,6 +128,15 @@ class Settings(BaseSettings):
     ingest_timeout_s: float = 600.0
     vector_store_janitor_s: float = 60.0
 
+    # Logs: level, format ("text" or "json"), and one access-log line per request (with its request id).
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
+    access_log: bool = True
+    # GET /metrics (Prometheus): "key" needs a valid API key or metrics_key as bearer token (any bearer
+    # token while the server is open), "open" needs none, "off" answers 404.
+    metrics: Literal["key", "open", "off"] = "key"
+    metrics_key: str = ""
+
     # The raw TOML table, when a config file was given (sections are read by the parts that own them).
     file_config: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
@@ -111,19 +145,77 @@ class Settings(BaseSettings):
     def _parse_keys(cls, value: object) -> list[str]:
         return _split_keys(value)
 
+    @model_validator(mode="after")
+    def _derived_defaults(self) -> Settings:
+        if "sandbox_env" not in self.model_fields_set:
+            # Not through __setattr__, which would count it as set (and hide it from the file's [loom]).
+            self.__dict__["sandbox_env"] = self.data_dir / "sandbox-env"
+        return self
+
     @classmethod
     def load(cls, **overrides: Any) -> Settings:
-        """Environment first, then the TOML file's `[loom]` table fills what the environment left unset."""
-        settings = cls(**overrides)
+        """Arguments first, then the environment, then the TOML file's `[loom]` table, then defaults.
+
+        `sources` of the result says where each setting came from."""
+        settings = _validated(lambda: cls(**overrides), "the environment")
+        sources = {name: "default" for name in cls.model_fields if name != "file_config"}
+        for name in settings.model_fields_set & sources.keys():
+            sources[name] = "argument" if name in overrides else f"env {env_name(name)}"
         if settings.config_file is not None:
-            raw = tomllib.loads(settings.config_file.read_text())
+            path = settings.config_file
+            try:
+                raw = tomllib.loads(path.read_text())
+            except OSError as exc:
+                raise SettingsError(f"config file {path}: {exc.strerror or exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(f"config file {path}: invalid TOML: {exc}") from None
+            table = raw.get("loom", {})
+            if not isinstance(table, dict):
+                raise SettingsError(f"config file {path}: [loom] must be a table")
+            unknown = sorted(k for k in table if k not in cls.model_fields or k in _NOT_IN_FILE)
+            if unknown:
+                raise SettingsError(f"config file {path}: unknown key(s) in [loom]: {', '.join(unknown)}")
+            from_file = {k: v for k, v in table.items() if k not in settings.model_fields_set}
+            if from_file:
+                settings = _validated(lambda: cls(**overrides, **from_file), f"config file {path} [loom]")
+                for name in from_file:
+                    sources[name] = f"file {path}"
             settings.file_config = raw
-            env_set = settings.model_fields_set
-            for key, value in raw.get("loom", {}).items():
-                if key in cls.model_fields and key not in env_set:
-                    setattr(settings, key, value)
-            settings.api_keys = _split_keys(settings.api_keys)
+        known = {env_name(name) for name in cls.model_fields if name != "file_config"}
+        settings._unknown_env = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+        settings._sources = sources
         return settings
+
+    # Where each setting came from ("default", "env LOOM_X", "file PATH", "argument"); set by `load`.
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    # `LOOM_*` environment variables that match no setting (warned about at start); set by `load`.
+    _unknown_env: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return self._sources
+
+    @property
+    def unknown_env(self) -> list[str]:
+        return self._unknown_env
+
+    def effective(self) -> list[tuple[str, str, str]]:
+        """(setting, value as shown, source) for every setting, secrets masked."""
+        rows = []
+        for name in type(self).model_fields:
+            if name == "file_config":
+                continue
+            value: Any = getattr(self, name)
+            if name in SECRET_SETTINGS:
+                shown = mask_secret(value)
+            elif name == "database_url":
+                shown = mask_url(value) if value else f"(SQLite) {mask_url(self.effective_database_url)}"
+            elif isinstance(value, list):
+                shown = ",".join(str(v) for v in value)
+            else:
+                shown = "" if value is None else str(value)
+            rows.append((name, shown, self.sources.get(name, "default")))
+        return rows
 
     @property
     def effective_database_url(self) -> str:
@@ -138,3 +230,52 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+
+def mask_secret(value: object) -> str:
+    if isinstance(value, list):
+        return ",".join(mask_secret(v) for v in value) if value else ""
+    text = str(value or "")
+    return "" if not text else ("****" if len(text) < 12 else f"{text[:3]}…{text[-2:]}")
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password hidden."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    return f"{scheme}://{creds.split(':', 1)[0]}:****@{host}"
+
+
+def _validated(build: Any, origin: str) -> Settings:
+    try:
+        settings: Settings = build()
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = env_name(field) if origin == "the environment" else field
+            problems.append(f"{name}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError(f"invalid setting in {origin}: " + "; ".join(problems)) from None
+    return settings
+
+
+def settings_help() -> str:
+    """Every setting with its environment variable and default, for `--help`."""
+    lines = ["settings (environment variable, or the same key in the [loom] table of LOOM_CONFIG_FILE):"]
+    defaults = Settings.model_construct()
+    for name, field in Settings.model_fields.items():
+        if name == "file_config":
+            continue
+        if name == "data_dir":
+            default = "$XDG_DATA_HOME/loom or ~/.local/share/loom"
+        elif name == "sandbox_env":
+            default = "<data_dir>/sandbox-env"
+        elif name == "database_url":
+            default = "SQLite at <data_dir>/loom.db"
+        else:
+            value = getattr(defaults, name, field.default)
+            default = ",".join(value) if isinstance(value, list) else ("" if value is None else str(value))
+        lines.append(f"  {env_name(name):34} default: {default or '(empty)'}")
+    return "\n".join(lines)

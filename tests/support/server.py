@@ -50,6 +50,7 @@ class LoomServer:
         data_dir: Path | None = None,
         extra_env: dict[str, str] | None = None,
         wrapper: tuple[str, ...] = (),
+        serve_args: tuple[str, ...] = (),
     ) -> None:
         # A command the server is started under (e.g. `unshare --pid ...`), with the server's argv appended.
         self.wrapper = wrapper
@@ -73,6 +74,7 @@ class LoomServer:
             "LOOM_SANDBOX_PREWARM": "false",
             **(extra_env or {}),
         }
+        self.serve_args = serve_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir / "server.log"
 
@@ -93,6 +95,7 @@ class LoomServer:
                 str(self.port),
                 "--log-level",
                 "warning",
+                *self.serve_args,
             ],
             env=self.env,
             cwd=REPO,

@@ -15,15 +15,19 @@ from loom.console import api as console_api
 from loom.console import pages as console_pages
 from loom.container import Container
 from loom.errors import LoomError
+from loom.ops import metrics
+from loom.ops.http import AccessMiddleware, metrics_endpoint, sandbox_gauges
 
 
 def create_app(container: Container) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await container.start()
+        gauges = metrics.register_state(lambda: sandbox_gauges(container))
         try:
             yield
         finally:
+            metrics.unregister(gauges)
             await container.stop()
 
     app = FastAPI(title="Loom", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
@@ -51,8 +55,10 @@ def create_app(container: Container) -> FastAPI:
     # runs first: its `POST /threads/runs` must win over threads' `POST /threads/{thread_id}`.
     for module in (assistants, runs, threads, files, models, vector_stores):
         app.include_router(module.router, prefix="/v1")
+    app.add_route("/metrics", metrics_endpoint, methods=["GET"])
     # The console (its API first: the pages' catch-all must not shadow it).
     app.include_router(console_api.router)
     app.include_router(console_pages.router)
+    app.add_middleware(AccessMiddleware, access_log=container.settings.access_log)
     app.add_middleware(RequestIdMiddleware)
     return app

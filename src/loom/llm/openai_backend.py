@@ -22,6 +22,7 @@ from loom.ids import new_id
 from loom.llm.dialects import Dialect, MaxTokensParam, detect, dialect_from_url, dialect_named, model_ids
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
+from loom.ops import events, metrics
 
 __all__ = ["BackendConfig", "MaxTokensParam", "OpenAIBackend", "map_error"]
 
@@ -508,6 +509,7 @@ class OpenAIBackend:
     async def _open(self, request: ChatRequest) -> _OpenStream:
         """Send the request, retrying transient failures (an answer that ended before it began is one)."""
         body = self._body(request, await self.dialect())
+        metrics.UPSTREAM_CALLS.labels(self.name).inc()
         attempt = 0
         while True:
             try:
@@ -517,6 +519,9 @@ class OpenAIBackend:
                     error, retryable = self._ended(before_anything=True), True
                 else:
                     error, retryable = map_error(exc, self.name, timeout_s=self.config.timeout_s)
+                events.upstream_failed(
+                    self.name, error, attempt=attempt, retrying=retryable and attempt < self.config.max_retries
+                )
                 if not retryable or attempt >= self.config.max_retries:
                     if attempt:
                         error.message = f"{error.message.rstrip('.')} (after {attempt + 1} attempts)"
@@ -547,6 +552,7 @@ class OpenAIBackend:
                         return
                     # The caller has seen output: a retry would repeat it, so fail the call instead.
                     error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s, streaming=True)
+                    events.upstream_failed(self.name, error, attempt=0, retrying=False)
                     raise error from None
                 more = _chunk(raw, opened.calls)
                 if more is not None:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from loom.clock import now
 from loom.config import Settings
 from loom.llm.routing import ModelRouter
+from loom.ops import metrics
 from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
 from loom.runs.executor import _INTERRUPTED, RunExecutor
@@ -177,7 +178,7 @@ class RunEngine:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             self.executors.pop(run_id, None)
-            self._running_since.pop(run_id, None)
+            metrics.RUN_DURATION.observe(time.monotonic() - self._running_since.pop(run_id, time.monotonic()))
             if not executor.lease_cleared:  # one write less per run when it ended normally
                 await self._release(run_id)
             self.bus.end(run_id)

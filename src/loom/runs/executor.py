@@ -13,6 +13,7 @@ from loom import ids
 from loom.clock import now
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
+from loom.ops import metrics
 from loom.runs import context as ctx_mod
 from loom.runs.objects import FILE_SEARCH_CONTENT, new_assistant_message, new_step, step_wire, usage_dict
 from loom.runs.store import Preloaded, RunContext, public
@@ -72,6 +73,8 @@ class RunExecutor:
         self.pending_images: list[str] = []
         # Tools that make Files of what an answer links (code interpreter), with their context.
         self._linkers: list[tuple[LinksFiles, ToolContext]] = []
+        # When the run was claimed here, until its first token arrives (then 0: observed).
+        self.awaiting_first_token = time.monotonic()
 
     # Events.
 
@@ -203,6 +206,7 @@ class RunExecutor:
             finally:
                 self._call = None
             call_usage = turn.usage or self._estimate_usage(prompt.tokens, turn, request.max_tokens)
+            metrics.tokens(self.run["model"], call_usage.prompt_tokens, call_usage.completion_tokens)
             total = usage_dict(
                 usage["prompt_tokens"] + call_usage.prompt_tokens,
                 usage["completion_tokens"] + call_usage.completion_tokens,
@@ -296,6 +300,8 @@ class RunExecutor:
     ) -> None:
         async with contextlib.aclosing(backend.stream_chat(request)) as chunks:
             async for chunk in chunks:
+                if self.awaiting_first_token:
+                    self.awaiting_first_token = metrics.first_token(self.awaiting_first_token)
                 if chunk.content:
                     await self._text_delta(turn, chunk.content)
                 if chunk.refusal:
@@ -541,7 +547,9 @@ class RunExecutor:
             if upstream_index in turn.arg_streams and (rest := turn.arg_streams[upstream_index].close(arguments)):
                 await emit(rest)
             running = asyncio.create_task(
-                impl.execute(tool_ctx, tool, ToolCall(id=call_id, name=name, arguments=arguments), index, emit)
+                metrics.timed_tool(
+                    impl.type, impl.execute(tool_ctx, tool, ToolCall(call_id, name, arguments), index, emit)
+                )
             )
             if impl.interruptible:
                 self._call = running  # a cancel stops it at once; others finish (bounded by their own limits)

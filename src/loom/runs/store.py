@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from loom.ops import events
 from loom.runs import status
 from loom.services.common import assistants, messages, run_steps, runs, threads
 from loom.store import tables
@@ -80,6 +81,7 @@ class RunStore:
             {} if target in ("queued", "in_progress", "cancelling") else {"lease_owner": None, "lease_expires_at": None}
         )
         await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **lease)
+        events.run_moved(project, run)
         return run
 
     async def update_run(self, project: str, run_id: str, **fields: Any) -> dict[str, Any] | None:

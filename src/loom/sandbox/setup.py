@@ -89,7 +89,7 @@ def _make_readable(root: Path) -> None:
 
 def setup(settings: Settings | None = None, *, force: bool = False, quiet: bool = False) -> Path:
     """Create (or update) the sandbox environment; returns its path."""
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     env = settings.sandbox_env.absolute()
     base = default_base_python(settings)
     if not force and is_current(env, base):
@@ -121,7 +121,9 @@ def setup(settings: Settings | None = None, *, force: bool = False, quiet: bool 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `loom sandbox setup` and `python -m loom.sandbox.setup` (one definition for both)."""
-    parser.add_argument("--env", type=Path, help="where to make it (default: LOOM_SANDBOX_ENV or ./.venv-sandbox)")
+    parser.add_argument(
+        "--env", type=Path, help="where to make it (default: LOOM_SANDBOX_ENV, else sandbox-env in the data directory)"
+    )
     parser.add_argument("--python", help="the interpreter to make it from (default: /usr/bin/python3)")
     parser.add_argument("--force", action="store_true", help="remake it even if it is up to date")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")

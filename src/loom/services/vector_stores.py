@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.ops import metrics
 from loom.retrieval.chunking import AUTO, Chunk, ChunkingStrategy, parse_chunking_strategy
 from loom.retrieval.embedding import Embedder, Vectors
 from loom.retrieval.errors import FileProcessingError
@@ -766,6 +767,7 @@ class IngestWorker:
                     .limit(free + len(self._inflight) + 20)
                 )
             ).all()
+        metrics.INGEST_QUEUE.set(len(rows))
         for project, store_id, file_id in rows:
             key = (store_id, file_id)
             if key in self._inflight:
@@ -868,6 +870,7 @@ class IngestWorker:
                 await store_files.replace(conn, project, done, parent=store_id, status=done["status"])
                 if error is None:
                     await _add_usage(conn, project, store_id, usage)
+        metrics.INGEST_OUTCOMES.labels("completed" if error is None else "failed").inc()
         if not keep:
             # Detached, cancelled or failed meanwhile: no chunks of it may stay searchable.
             still_attached = row is not None and row.status == "completed"

@@ -1,0 +1,1 @@
+"""Operating Loom: logging, the start-up report, metrics, export and import."""
