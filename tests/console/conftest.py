@@ -66,14 +66,17 @@ def e2e_client(e2e_server: LoomServer) -> openai.OpenAI:
     return sdk_client(e2e_server)
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API marks an event loop as running in the main thread
+# while it is open, and every async test after it would then fail ("Runner.run() cannot be called from
+# a running event loop"). It is closed when the console's tests are done.
+@pytest.fixture(scope="package")
 def playwright_driver() -> Iterator[Playwright]:
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     if shutil.which("chromium") is None and not Path(CHROMIUM).exists():
         pytest.fail("Chromium is not installed: `make chromium` (Debian's `chromium` package) installs it.")
