@@ -87,14 +87,17 @@ def row(name: str, samples: list[Sample]) -> str:
 
 
 def measure(name: str, base_url: str, model: str, runs: int, max_tokens: int) -> list[str]:
-    direct(base_url, model, max_tokens)  # warm-up (model load, prompt cache)
-    straight = [direct(base_url, model, max_tokens) for _ in range(runs)]
     env = {"LOOM_UPSTREAM_DIALECT": "auto"}
+    straight: list[Sample] = []
+    via: list[Sample] = []
     with LoomServer(upstream_base_url=base_url, extra_env=env) as loom:
         client = sdk_client(loom, timeout=300)
         assistant = client.beta.assistants.create(model=model)
-        through_loom(client, assistant.id, max_tokens)  # warm-up
-        via = [through_loom(client, assistant.id, max_tokens) for _ in range(runs)]
+        direct(base_url, model, max_tokens)  # warm-ups (model load, prompt cache, Loom's first run)
+        through_loom(client, assistant.id, max_tokens)
+        for _ in range(runs):  # interleaved, so both see the same machine load
+            straight.append(direct(base_url, model, max_tokens))
+            via.append(through_loom(client, assistant.id, max_tokens))
     return [row(f"{name}, direct", straight), row(f"{name}, through Loom", via)]
 
 
@@ -105,10 +108,12 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = ["| upstream | time to first token (ms, median) | tokens/s (median) | tokens |", "| --- | --- | --- | --- |"]
-    python = VENV / "bin" / "python"
+    python = VENV / "bin" / "python"  # the same server as tests/llamacpp
     llama = LlamaServer(python, model_file(python), Path(tempfile.mkdtemp(prefix="loom-bench-llama-"))).start()
     try:
-        rows += measure("llama.cpp (SmolLM2-135M, 2 threads)", llama.base_url, MODEL_ALIAS, args.runs, args.max_tokens)
+        rows += measure(
+            "llama.cpp (SmolLM2-135M Q4_1, 1 thread)", llama.base_url, MODEL_ALIAS, args.runs, args.max_tokens
+        )
     finally:
         llama.stop()
     with FakeUpstream() as fake:

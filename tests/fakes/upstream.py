@@ -267,7 +267,7 @@ class Script:
         # What `/models` says owns them, and other GET paths answered with JSON (a server's own
         # endpoints, e.g. llama.cpp's /props or Ollama's /api/version): to look like another server.
         self.owned_by = "fake"
-        self.routes: dict[str, Any] = {}
+        self.routes: dict[str, tuple[int, Any]] = {}
         self.record = True
         # Trickled responses being sent right now (a client that goes away ends its stream); changed only
         # on the server's own event loop.
@@ -521,13 +521,14 @@ class _Connection:
         self.script.add_request(RecordedRequest(method, url.path, dict(parse_qsl(url.query)), headers, body))
         if method == "POST" and path.endswith("/chat/completions") and isinstance(body, dict):
             return await self._chat(body) and keep_alive
+        if method == "GET" and path in self.script.routes:
+            status, payload = self.script.routes[path]
+            self._json(status, payload)
+            return keep_alive
         if method == "GET" and path.endswith("/models"):
             owner = self.script.owned_by
             data = [{"id": m, "object": "model", "created": 0, "owned_by": owner} for m in self.script.models]
             self._json(200, {"object": "list", "data": data})
-            return keep_alive
-        if method == "GET" and path in self.script.routes:
-            self._json(200, self.script.routes[path])
             return keep_alive
         self._json(404, {"error": {"message": f"No route {method} {path}", "type": "invalid_request_error"}})
         return keep_alive
@@ -731,9 +732,9 @@ class FakeUpstream:
         self.script.models = list(models)
         self.script.owned_by = owned_by
 
-    def set_route(self, path: str, payload: Any) -> None:
-        """Answer `GET path` with this JSON (until `reset`)."""
-        self.script.routes[path] = payload
+    def set_route(self, path: str, payload: Any, status: int = 200) -> None:
+        """Answer `GET path` with this status and JSON (until `reset`; before the built-in `/models`)."""
+        self.script.routes[path] = (status, payload)
 
     def reset(self) -> None:
         self.script.reset()

@@ -170,3 +170,15 @@ async def test_an_unreachable_server_is_asked_again_later(upstream: FakeUpstream
         assert backend._dialect is None  # not remembered: the next call asks again
     finally:
         await backend.aclose()
+
+
+async def test_a_server_failing_while_asked_is_asked_again(upstream: FakeUpstream) -> None:
+    backend = OpenAIBackend(config_for(upstream, dialect="auto"))
+    upstream.set_models(["m"], owned_by="me")
+    upstream.set_route("/v1/models", {"error": {"message": "loading model"}}, status=503)
+    try:
+        assert (await backend.dialect()).name == "openai"  # for now
+        upstream.script.routes.clear()  # the server is up
+        assert (await backend.dialect()).name == "llamacpp"
+    finally:
+        await backend.aclose()

@@ -132,3 +132,16 @@ def test_one_line() -> None:
     assert one_line("x" * 1000).endswith("…") and len(one_line("x" * 1000)) == 300
     assert one_line("cannot open C:\\Users\\me\\models\\m.gguf now") == "cannot open … now"
     assert one_line("") == "no message"
+
+
+@pytest.mark.parametrize(("status", "attempts"), [(501, 1), (502, 3), (503, 3), (504, 3), (505, 1), (529, 3)])
+async def test_which_5xx_are_retried(
+    upstream: FakeUpstream, backend: OpenAIBackend, status: int, attempts: int
+) -> None:
+    upstream.set_default(Turn.error(status, "nope"))
+
+    with pytest.raises(UpstreamError) as caught:
+        await collect(backend.stream_chat(HELLO))
+
+    assert caught.value.code == "server_error" and caught.value.status == status
+    assert len(upstream.chat_requests) == attempts

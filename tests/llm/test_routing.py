@@ -248,3 +248,39 @@ api_key_header = "api-key"
 )
 def test_known_context_windows(model: str, window: int | None) -> None:
     assert known_context_window(model) == window
+
+
+async def test_models_served_by_a_backend_are_listed_and_routed_to_it(
+    upstream: FakeUpstream, make_router: Callable[..., ModelRouter]
+) -> None:
+    upstream.set_models(["qwen2.5:7b", "smart"], owned_by="library")
+    router = make_router(
+        f"""
+[backends.local]
+base_url = "{upstream.base_url}"
+dialect = "ollama"
+
+[[models]]
+name = "smart"
+backend = "local"
+upstream_model = "qwen2.5:7b"
+""",
+        upstream_base_url="http://127.0.0.1:9/v1",  # nobody listens: the default backend lists nothing
+    )
+    assert router.resolve("qwen2.5:7b").backend.name == "default"  # nothing listed yet
+
+    listed = await router.list_models()
+    again = await router.list_models()
+
+    # The rename first, then what the server lists (its "smart" is the rename's name already).
+    assert listed == again == [ModelInfo("smart", "local"), ModelInfo("qwen2.5:7b", "local")]
+    assert [r.path for r in upstream.requests] == ["/v1/models"]  # remembered, not asked twice
+    assert router.resolve("qwen2.5:7b").backend.name == "local"
+    assert router.resolve("unknown-model").backend.name == "default"
+
+
+async def test_a_dialect_must_be_known(make_router: Callable[..., ModelRouter]) -> None:
+    with pytest.raises(ConfigError, match="dialect must be one of auto, openai"):
+        make_router('[backends.x]\nbase_url = "http://h/v1"\ndialect = "llama"\n')
+    with pytest.raises(ConfigError, match="LOOM_UPSTREAM_DIALECT must be one of"):
+        make_router("", upstream_dialect="lamacpp")

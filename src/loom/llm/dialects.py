@@ -169,7 +169,7 @@ async def detect(client: httpx.AsyncClient, base_url: str) -> str:
     """Ask the server what it is: `/models` owned_by, then llama.cpp's `/props`, then Ollama's `/api/version`.
 
     Returns "openai" for anything not recognized; raises `httpx.HTTPError` when the server cannot be reached
-    (the caller tries again next time)."""
+    or its `/models` fails with a 5xx and nothing else tells (the caller tries again next time)."""
     base = base_url.rstrip("/")
     root = base[: -len("/v1")] if base.endswith("/v1") else base
     models = await client.get(f"{base}/models")
@@ -184,6 +184,8 @@ async def detect(client: httpx.AsyncClient, base_url: str) -> str:
     version = await client.get(f"{root}/api/version")
     if version.status_code == 200 and isinstance(_json(version), Mapping) and "version" in _json(version):
         return "ollama"
+    if models.status_code >= 500:
+        raise httpx.HTTPStatusError("GET /models failed", request=models.request, response=models)
     return "openai"
 
 

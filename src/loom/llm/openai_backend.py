@@ -178,8 +178,10 @@ def map_error(
             return UpstreamError("invalid_prompt", text, status=status), False
         if status == 500:
             return UpstreamError("server_error", text, status=status), transient_500(raw)
-        if status in (408, 409) or status > 500:
+        if status in (408, 409, 502, 503, 504) or status >= 520:  # 520+: proxies' "origin unreachable"
             return UpstreamError("server_error", text, status=status), True
+        if status > 500:  # 501 Not Implemented, 505…: the same request gets the same answer
+            return UpstreamError("server_error", text, status=status), False
         # 401/403/404…: a configuration problem; retrying will not fix it.
         return UpstreamError("server_error", text, status=status), False
     if isinstance(exc, openai.APIError):
