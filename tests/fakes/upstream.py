@@ -521,8 +521,9 @@ class _Connection:
         self.script.add_request(RecordedRequest(method, url.path, dict(parse_qsl(url.query)), headers, body))
         if method == "POST" and path.endswith("/chat/completions") and isinstance(body, dict):
             return await self._chat(body) and keep_alive
-        if method == "GET" and path in self.script.routes:
-            status, payload = self.script.routes[path]
+        route = path if method == "GET" else f"{method} {path}"
+        if route in self.script.routes:
+            status, payload = self.script.routes[route]
             self._json(status, payload)
             return keep_alive
         if method == "GET" and path.endswith("/models"):
@@ -733,7 +734,8 @@ class FakeUpstream:
         self.script.owned_by = owned_by
 
     def set_route(self, path: str, payload: Any, status: int = 200) -> None:
-        """Answer `GET path` with this status and JSON (until `reset`; before the built-in `/models`)."""
+        """Answer `GET path` (or `"POST /path"`: that method) with this status and JSON (until `reset`;
+        before the built-in `/models`)."""
         self.script.routes[path] = (status, payload)
 
     def reset(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol, runtime_checkable
 
+from loom.llm.context_windows import ServedWindow
 from loom.llm.types import ChatChunk, ChatRequest
 
 
@@ -36,6 +37,10 @@ class ChatBackend(Protocol):
 
     def served(self, model: str) -> bool:
         """Whether the server's last listing had this model (no request)."""
+        ...
+
+    async def context_window(self, model: str) -> ServedWindow | None:
+        """The context window the server says it serves this model with; None when it does not say."""
         ...
 
     async def aclose(self) -> None:

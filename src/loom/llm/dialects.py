@@ -205,3 +205,8 @@ def _data(response: httpx.Response) -> list[Any]:
 def model_ids(response: httpx.Response) -> list[str]:
     """The model ids of a `GET /models` answer (OpenAI's `{"data": [{"id": …}]}`)."""
     return [str(m["id"]) for m in _data(response) if isinstance(m, Mapping) and isinstance(m.get("id"), str)]
+
+
+def model_entries(response: httpx.Response) -> dict[str, Mapping[str, Any]]:
+    """The entries of a `GET /models` answer by id."""
+    return {str(m["id"]): m for m in _data(response) if isinstance(m, Mapping) and isinstance(m.get("id"), str)}

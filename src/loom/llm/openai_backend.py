@@ -19,7 +19,16 @@ import httpx
 import openai
 
 from loom.ids import new_id
-from loom.llm.dialects import Dialect, MaxTokensParam, detect, dialect_from_url, dialect_named, model_ids
+from loom.llm.context_windows import ServedWindow, listed_window, served_window
+from loom.llm.dialects import (
+    Dialect,
+    MaxTokensParam,
+    detect,
+    dialect_from_url,
+    dialect_named,
+    model_entries,
+    model_ids,
+)
 from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
 from loom.ops import events, metrics
@@ -373,6 +382,10 @@ class OpenAIBackend:
         self._detecting = asyncio.Lock()
         self._http: httpx.AsyncClient | None = None
         self._models: tuple[float, list[str]] | None = None
+        # `GET /models` entries by id (vLLM's carry `max_model_len`), from the last listing.
+        self._entries: dict[str, Mapping[str, Any]] = {}
+        # model -> (until when, the served window and where the server said it; None: it does not say).
+        self._windows: dict[str, tuple[float, ServedWindow | None]] = {}
 
     @property
     def name(self) -> str:
@@ -417,12 +430,37 @@ class OpenAIBackend:
         try:
             response = await self._discovery().get(self.config.base_url.rstrip("/") + "/models")
             ids = model_ids(response) if response.status_code == 200 else []
+            self._entries = model_entries(response) if response.status_code == 200 else {}
             ttl = MODELS_CACHE_S if response.status_code == 200 else MODELS_FAILURE_CACHE_S
         except httpx.HTTPError as exc:
             log.info("model backend %r: could not list its models (%s)", self.name, exc)
             ids, ttl = [], MODELS_FAILURE_CACHE_S
+            self._entries = {}
         self._models = (now + ttl, ids)
         return ids
+
+    async def context_window(self, model: str) -> ServedWindow | None:
+        """The context window the server says it serves `model` with (vLLM's `max_model_len`, llama.cpp's
+        `/props`, LM Studio's and Ollama's own APIs), or None where it does not say or cannot be asked.
+        Remembered as long as the model list (a failure for less)."""
+        now = time.monotonic()
+        cached = self._windows.get(model)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        dialect = (await self.dialect()).name
+        if dialect in ("openai", "azure"):
+            return None  # their model lists carry no window: the known families apply
+        try:
+            await self.list_models()
+            found = listed_window(self._entries.get(model))
+            if found is None:
+                found = await served_window(self._discovery(), self.config.base_url, dialect, model)
+            ttl = MODELS_CACHE_S
+        except (httpx.HTTPError, ValueError) as exc:
+            log.info("model backend %r: could not ask the context window of %r (%s)", self.name, model, exc)
+            found, ttl = None, MODELS_FAILURE_CACHE_S
+        self._windows[model] = (now + ttl, found)
+        return found
 
     def served(self, model: str) -> bool:
         """Whether the last listing of the server's models had this one (False before any listing)."""

@@ -28,7 +28,9 @@ Configuration (the TOML file named by `LOOM_CONFIG_FILE`; every table optional):
     name = "gpt-4o"                    # an exact name, or a glob pattern ("llama*")
     backend = "ollama"
     upstream_model = "qwen2.5:7b"      # default: the requested name
-    context_window = 32768             # default: known OpenAI window, else [llm].default_context_window
+    context_window = 32768             # default: what the backend says it serves (vLLM, llama.cpp,
+                                       # LM Studio, Ollama), else the known OpenAI window, else
+                                       # [llm].default_context_window
 
 Exact names win over patterns; among patterns the first in the file wins. A name no entry matches goes
 to the backend that lists it at its `GET /models` (else to the default backend). `list_models()` lists
@@ -156,10 +158,7 @@ class ModelRouter:
                 return pattern
         return None
 
-    def resolve(self, model: str) -> Route:
-        """The backend, upstream model name and context window for a model name a client sent.
-
-        Raises `InvalidRequest` (400, param "model") for a name no route accepts."""
+    def _matched(self, model: str) -> ModelRoute:
         route = self.match(model)
         if route is None:
             if not self.allow_unlisted_models:
@@ -171,14 +170,42 @@ class ModelRouter:
             route = ModelRoute(
                 name=model, backend=serving[0] if serving and not default_serves else self.default_backend
             )
+        return route
+
+    def _rule(self, model: str, upstream: str) -> tuple[int, str]:
+        known = known_context_window(upstream) or known_context_window(model)
+        if known:
+            return known, "known OpenAI model"
+        return self.default_context_window, "default_context_window"
+
+    def resolve(self, model: str) -> Route:
+        """The backend, upstream model name and context window for a model name a client sent, without
+        asking the backend (the window: configured, else known, else the default; see `route`).
+
+        Raises `InvalidRequest` (400, param "model") for a name no route accepts."""
+        route = self._matched(model)
         upstream = route.upstream_model or model
-        window = (
-            route.context_window
-            or known_context_window(upstream)
-            or known_context_window(model)
-            or self.default_context_window
-        )
+        window = route.context_window or self._rule(model, upstream)[0]
         return Route(self.backends[route.backend], upstream, window)
+
+    async def context_window(self, model: str) -> tuple[int, str]:
+        """The context window for a model name and where it comes from: the configured `context_window`,
+        else what the backend says it serves (asked with its model list, remembered as long; see
+        `loom.llm.context_windows`), else the known OpenAI family's, else `default_context_window`."""
+        route = self._matched(model)
+        if route.context_window:
+            return route.context_window, "configured"
+        upstream = route.upstream_model or model
+        served = await self.backends[route.backend].context_window(upstream)
+        if served is not None:
+            return served.tokens, served.source
+        return self._rule(model, upstream)
+
+    async def route(self, model: str) -> Route:
+        """`resolve` with the window of `context_window` (which may ask the backend)."""
+        resolved = self.resolve(model)
+        window, _ = await self.context_window(model)
+        return resolved._replace(context_window=window)
 
     async def list_models(self) -> list[ModelInfo]:
         """The exactly named routes in configuration order (patterns are not listed), then the models

@@ -58,6 +58,25 @@ def _sandbox_state(container: Container) -> tuple[int, str]:
     return logging.INFO, f"code interpreter: bubblewrap, environment {env}, {when}"
 
 
+async def _listed_models(container: Container) -> list[str]:
+    """Each listed model, its backend, and its context window with where it comes from (configured,
+    what the backend says it serves, known OpenAI family, default); windows not found in time are left out."""
+    router = container.router
+    listed = await router.list_models()
+    try:
+        windows: list[tuple[int, str] | None] = list(
+            await asyncio.wait_for(
+                asyncio.gather(*(router.context_window(m.id) for m in listed)), timeout=PROBE_TIMEOUT_S
+            )
+        )
+    except TimeoutError:
+        windows = [None] * len(listed)
+    return [
+        f"{m.id} -> {m.owned_by}" + (f" (context window {w[0]}: {w[1]})" if w else "")
+        for m, w in zip(listed, windows, strict=True)
+    ]
+
+
 async def startup_report(container: Container, url: str, *, has_keys: bool) -> list[tuple[int, str]]:
     """The lines of the report, each with its log level."""
     settings = container.settings
@@ -87,7 +106,7 @@ async def startup_report(container: Container, url: str, *, has_keys: bool) -> l
             lines.append((logging.WARNING, f"{where} did not answer GET /models: {problems[name]}"))
         else:
             lines.append((logging.INFO, f"{where}: answered"))
-    routed = [f"{m.id} -> {m.owned_by}" for m in container.router.list_models()]
+    routed = await _listed_models(container)
     routed += [f"{r.name} -> {r.backend}" for r in getattr(container.router, "_patterns", [])]
     default = getattr(container.router, "default_backend", "default")
     lines.append((logging.INFO, f"models: {', '.join(routed) or 'none configured'}; other names -> {default}"))

@@ -136,7 +136,7 @@ class RunExecutor:
             thread=thread,
             include_content=FILE_SEARCH_CONTENT in self.run.get("_include", []),
         )
-        route = engine.router.resolve(self.run["model"])
+        route = await engine.router.route(self.run["model"])
         for _ in range(MAX_MODEL_CALLS):
             if self.cancel_requested:
                 await self._finish_cancelled(_Turn())
