@@ -87,7 +87,8 @@ async def startup_report(container: Container, url: str, *, has_keys: bool) -> l
             lines.append((logging.WARNING, f"{where} did not answer GET /models: {problems[name]}"))
         else:
             lines.append((logging.INFO, f"{where}: answered"))
-    routed = [f"{m.id} -> {m.owned_by}" for m in container.router.list_models()]
+    # The configured names only (`router.list_models()` also asks every backend for its models).
+    routed = [f"{r.name} -> {r.backend}" for r in getattr(container.router, "_exact", {}).values()]
     routed += [f"{r.name} -> {r.backend}" for r in getattr(container.router, "_patterns", [])]
     default = getattr(container.router, "default_backend", "default")
     lines.append((logging.INFO, f"models: {', '.join(routed) or 'none configured'}; other names -> {default}"))
