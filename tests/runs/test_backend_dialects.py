@@ -47,6 +47,15 @@ retry_base_delay = 0.05
 name = "smol"
 backend = "local"
 upstream_model = "smollm2-135m"
+
+# The same server under a prefix whose `/models` fails: what it is cannot be found out.
+[backends.unknown]
+base_url = "{upstream.url}/unknown/v1"
+max_retries = 0
+
+[[models]]
+name = "unknown-model"
+backend = "unknown"
 """
     )
     env = {"LOOM_CONFIG_FILE": str(config), "LOOM_UPSTREAM_MAX_RETRIES": "1"}
@@ -234,3 +243,20 @@ def test_a_server_tool_cut_off_by_the_token_limit_is_not_run(client: openai.Open
     assert step.status == "cancelled" and step.step_details.type == "tool_calls"
     assert step.step_details.tool_calls == []
     assert [m.role for m in client.beta.threads.messages.list(thread.id).data] == ["user"]
+
+
+def test_a_failed_dialect_detection_is_not_repeated_on_every_call(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """A server that cannot be asked what it is gets OpenAI's dialect for a while: each call does not
+    first spend another probe (for a server that cannot be reached, a connection attempt) on it."""
+    upstream.set_route("/unknown/v1/models", {"error": {"message": "down"}}, status=503)
+    before = len(upstream.requests)
+    for _ in range(3):
+        upstream.push(Turn.reply("hi"))
+        assert _run(client, model="unknown-model")[1].status == "completed"
+
+    paths = [r.path for r in upstream.requests[before:]]
+    assert paths.count("/unknown/v1/chat/completions") == 3
+    assert paths.count("/unknown/v1/models") == 1, paths
+    assert paths.count("/unknown/props") == 1 and paths.count("/unknown/api/version") == 1
