@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -173,12 +175,15 @@ async def test_an_unreachable_server_is_asked_again_later(upstream: FakeUpstream
 
 
 async def test_a_server_failing_while_asked_is_asked_again(upstream: FakeUpstream) -> None:
-    backend = OpenAIBackend(config_for(upstream, dialect="auto"))
+    backend = OpenAIBackend(replace(config_for(upstream, dialect="auto"), dialect_retry_s=0.3))
     upstream.set_models(["m"], owned_by="me")
     upstream.set_route("/v1/models", {"error": {"message": "loading model"}}, status=503)
     try:
         assert (await backend.dialect()).name == "openai"  # for now
         upstream.script.routes.clear()  # the server is up
-        assert (await backend.dialect()).name == "llamacpp"
+        assert (await backend.dialect()).name == "openai"  # not asked again at once...
+        assert [r.path for r in upstream.requests].count("/v1/models") == 1
+        await asyncio.sleep(0.35)
+        assert (await backend.dialect()).name == "llamacpp"  # ...but once `dialect_retry_s` has passed
     finally:
         await backend.aclose()

@@ -47,6 +47,15 @@ retry_base_delay = 0.05
 name = "smol"
 backend = "local"
 upstream_model = "smollm2-135m"
+
+# The same server under a prefix whose `/models` fails: what it is cannot be found out.
+[backends.unknown]
+base_url = "{upstream.url}/unknown/v1"
+max_retries = 0
+
+[[models]]
+name = "unknown-model"
+backend = "unknown"
 """
     )
     env = {"LOOM_CONFIG_FILE": str(config), "LOOM_UPSTREAM_MAX_RETRIES": "1"}
@@ -185,3 +194,69 @@ def test_models_lists_what_the_backends_serve_and_the_renames(client: openai.Ope
     # Both backends reach the same scripted server here: its model is listed once, by the default backend.
     assert models["smollm2-135m"] == "default"
     assert client.models.retrieve("smollm2-135m").id == "smollm2-135m"
+
+
+def test_tool_calls_cut_off_by_the_token_limit_end_the_run_incomplete(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """finish_reason "length" while writing a call: no requires_action with arguments that do not parse;
+    the run ends `incomplete` (max_completion_tokens), the step `cancelled` with the call as written."""
+    cut = '{"city": "Par'
+    upstream.push(Turn.calls(ToolCallSpec("get_weather", cut), arguments_chunk_size=4, finish_reason="length"))
+    assistant = client.beta.assistants.create(model="gpt-4o", tools=[FUNCTION_TOOL])
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "weather?"}])
+
+    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=assistant.id) as stream:
+        events = [e.event for e in stream]
+
+    assert "thread.run.requires_action" not in events
+    assert events[-2:] == ["thread.run.step.cancelled", "thread.run.incomplete"]
+    run = client.beta.threads.runs.list(thread_id=thread.id).data[0]
+    assert run.status == "incomplete" and run.required_action is None
+    assert run.incomplete_details is not None and run.incomplete_details.reason == "max_completion_tokens"
+    assert run.usage is not None and run.usage.completion_tokens > 0
+    (step,) = client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data
+    assert step.status == "cancelled" and step.cancelled_at is not None and step.last_error is None
+    assert step.step_details.type == "tool_calls"
+    (call,) = step.step_details.tool_calls
+    assert call.type == "function" and call.function.arguments == cut and call.function.output is None
+    # A new run on the thread is allowed at once (the cut-off one is over).
+    upstream.push(Turn.reply("Again."))
+    assert _run(client)[1].status == "completed"
+
+
+def test_a_server_tool_cut_off_by_the_token_limit_is_not_run(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    cut = '{"queries": ["capit'
+    upstream.push(Turn.calls(ToolCallSpec("file_search", cut), finish_reason="length"))
+    assistant = client.beta.assistants.create(model="gpt-4o", tools=[{"type": "file_search"}])
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "capital?"}])
+    before = len(upstream.chat_requests)
+
+    run = client.beta.threads.runs.create_and_poll(
+        thread_id=thread.id, assistant_id=assistant.id, max_completion_tokens=256, poll_interval_ms=50
+    )
+
+    assert run.status == "incomplete"
+    assert run.incomplete_details is not None and run.incomplete_details.reason == "max_completion_tokens"
+    assert len(upstream.chat_requests) - before == 1  # the search never ran, so no model call with its result
+    (step,) = client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data
+    assert step.status == "cancelled" and step.step_details.type == "tool_calls"
+    assert step.step_details.tool_calls == []
+    assert [m.role for m in client.beta.threads.messages.list(thread.id).data] == ["user"]
+
+
+def test_a_failed_dialect_detection_is_not_repeated_on_every_call(
+    client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    """A server that cannot be asked what it is gets OpenAI's dialect for a while: each call does not
+    first spend another probe (for a server that cannot be reached, a connection attempt) on it."""
+    upstream.set_route("/unknown/v1/models", {"error": {"message": "down"}}, status=503)
+    before = len(upstream.requests)
+    for _ in range(3):
+        upstream.push(Turn.reply("hi"))
+        assert _run(client, model="unknown-model")[1].status == "completed"
+
+    paths = [r.path for r in upstream.requests[before:]]
+    assert paths.count("/unknown/v1/chat/completions") == 3
+    assert paths.count("/unknown/v1/models") == 1, paths
+    assert paths.count("/unknown/props") == 1 and paths.count("/unknown/api/version") == 1

@@ -30,6 +30,7 @@ from loom.sandbox import (
     check_isolation,
 )
 from loom.sandbox import launcher as launcher_module
+from loom.sandbox.manager import UID_BLOCK, UID_BLOCKS, pick_uid_block
 from tests.sandbox.conftest import require_sandbox, sandbox_settings
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -647,3 +648,58 @@ async def test_a_dead_instances_leftovers_are_cleaned(tmp_path: Path) -> None:
         assert not (tmp_path / "sandbox" / "instances" / f"{instance}.json").exists()
     finally:
         await m.aclose()
+
+
+_UID_SERVER = """
+import asyncio, json, os, sys
+from pathlib import Path
+from loom.sandbox import SandboxManager
+from tests.sandbox.conftest import sandbox_settings
+
+async def main() -> None:
+    m = SandboxManager(sandbox_settings(Path(sys.argv[1]), sandbox_pool_size=0))
+    await m.start()
+    box = await m.session("b")
+    marker = json.loads((Path(sys.argv[1]) / "sandbox" / "instances" / f"{m.instance}.json").read_text())
+    print(os.getpid(), box.volume.uid, marker.get("uid_block"), m.instance, flush=True)
+    sys.stdin.readline()  # stays up (its marker live) until told
+    await m.aclose()
+
+asyncio.run(main())
+"""
+
+
+def test_servers_in_other_pid_namespaces_get_disjoint_sandbox_uids(tmp_path: Path) -> None:
+    """Two servers on one host, each in a fresh pid namespace (so with equal pids), other data dirs:
+    the second sees the first's marker in /tmp and never hands out one of its sandbox uids."""
+    require_sandbox()
+    repo = Path(__file__).resolve().parents[2]
+    argv = ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", _UID_SERVER]
+    pipe = subprocess.PIPE
+    first = subprocess.Popen([*argv, str(tmp_path / "a")], cwd=repo, stdin=pipe, stdout=pipe, stderr=pipe, text=True)
+    try:
+        assert first.stdout is not None
+        line = first.stdout.readline()
+        second = subprocess.run(
+            [*argv, str(tmp_path / "b")], cwd=repo, input="\n", capture_output=True, text=True, timeout=120
+        )
+        assert second.returncode == 0, second.stderr[-2000:]
+    finally:
+        _, err = first.communicate("\n", timeout=120)
+    assert first.returncode == 0, err[-2000:]
+    pid_a, uid_a, block_a, instance_a = line.split()
+    pid_b, uid_b, block_b, instance_b = second.stdout.split()
+    assert pid_a == pid_b and instance_a != instance_b
+    assert uid_a != uid_b
+    assert block_a != block_b
+    base = sandbox_settings(tmp_path).sandbox_uid_base
+    assert (int(uid_a) - base) // UID_BLOCK == int(block_a) and (int(uid_b) - base) // UID_BLOCK == int(block_b)
+
+
+def test_a_uid_block_held_by_another_instance_is_not_taken() -> None:
+    first = pick_uid_block("00000000002a", set(), UID_BLOCKS)
+    assert first == 42
+    assert pick_uid_block("00000000002a", {42, 43}, UID_BLOCKS) == 44
+    assert pick_uid_block("0000000fffff", {UID_BLOCKS - 1}, UID_BLOCKS) == 0
+    with pytest.raises(SandboxUnavailable):
+        pick_uid_block("00000000002a", {0, 1, 2}, 3)

@@ -65,6 +65,9 @@ class BackendConfig:
     retry_max_delay_s: float = 8.0
     # What kind of server this is (`loom.llm.dialects`): "auto" asks the server once, on first use.
     dialect: str = "auto"
+    # Seconds a failed detection (the server could not be asked) stands: calls meanwhile speak OpenAI's
+    # dialect at once instead of each first spending a connection attempt (up to the connect timeout) on it.
+    dialect_retry_s: float = 30.0
     # Overrides of the dialect's own choice: `max_tokens` or `max_completion_tokens`, and whether to ask
     # for a final usage chunk (`stream_options.include_usage`). None: as the dialect says.
     max_tokens_param: MaxTokensParam | None = None
@@ -380,6 +383,8 @@ class OpenAIBackend:
         named = config.dialect if config.dialect != "auto" else dialect_from_url(config.base_url, config.api_version)
         self._dialect: Dialect | None = self._with_overrides(named) if named is not None else None
         self._detecting = asyncio.Lock()
+        # Until when (monotonic) a failed detection stands (`dialect_retry_s`).
+        self._undetected_until = 0.0
         self._http: httpx.AsyncClient | None = None
         self._models: tuple[float, list[str]] | None = None
         # `GET /models` entries by id (vLLM's carry `max_model_len`), from the last listing.
@@ -406,16 +411,24 @@ class OpenAIBackend:
 
     async def dialect(self) -> Dialect:
         """The configured dialect, or the one the server's answers show (asked once; a server that cannot
-        be reached is treated as OpenAI's for now and asked again next time)."""
+        be reached is treated as OpenAI's for now and asked again `dialect_retry_s` later)."""
         if self._dialect is not None:
             return self._dialect
+        if time.monotonic() < self._undetected_until:
+            return self._with_overrides("openai")
         async with self._detecting:
             if self._dialect is None:
+                if time.monotonic() < self._undetected_until:  # failed while this call waited for the lock
+                    return self._with_overrides("openai")
                 try:
                     name = await detect(self._discovery(), self.config.base_url)
                 except httpx.HTTPError as exc:
+                    self._undetected_until = time.monotonic() + self.config.dialect_retry_s
                     log.info(
-                        "model backend %r: could not ask what it is (%s); speaking OpenAI's dialect", self.name, exc
+                        "model backend %r: could not ask what it is (%s); speaking OpenAI's dialect for %g s",
+                        self.name,
+                        exc,
+                        self.config.dialect_retry_s,
                     )
                     return self._with_overrides("openai")
                 log.info("model backend %r speaks the %r dialect", self.name, name)

@@ -21,6 +21,7 @@ Configuration (the TOML file named by `LOOM_CONFIG_FILE`; every table optional):
     api_key_header = "api-key"         # also send the key in this header
     dialect = "ollama"                 # auto (default: asked on first use) | openai | azure | vllm |
                                        # llamacpp | llama-server | ollama | lmstudio
+    dialect_retry = 30                 # seconds before a failed detection (server unreachable) is tried again
     max_tokens_param = "max_tokens"    # or "max_completion_tokens" (default: as the dialect says)
     include_usage = true               # default: as the dialect says
 
@@ -245,6 +246,7 @@ _BACKEND_KEYS = {
     "max_tokens_param",
     "include_usage",
     "dialect",
+    "dialect_retry",
 }
 
 
@@ -280,6 +282,7 @@ def backend_config(name: str, table: Mapping[str, Any], environ: Mapping[str, st
         max_tokens_param=cast(MaxTokensParam | None, max_tokens_param),
         include_usage=_get(table, "include_usage", bool, where, None),
         dialect=_dialect(_get(table, "dialect", str, where, "auto"), f"[{where}] dialect"),
+        dialect_retry_s=_get(table, "dialect_retry", float, where, 30.0),
     )
 
 

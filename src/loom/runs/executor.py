@@ -231,6 +231,14 @@ class RunExecutor:
                 await self._complete_message(
                     turn, step_usage if turn.tool_step is None else usage_dict(0, 0), truncated
                 )
+            if truncated and turn.tool_step is not None:
+                # The model ran out of completion tokens while writing tool calls: their arguments are cut
+                # short, so none is run or handed to the client (`requires_action`); the run ends as
+                # OpenAI ended it, `incomplete` with `max_completion_tokens` (the model's own output limit
+                # is one too, so also without a `max_completion_tokens` of the run's).
+                await self._drop_truncated_calls(turn, server_tools, step_usage)
+                await self._incomplete("max_completion_tokens")
+                return
             if truncated and turn.tool_step is None:
                 reason = "max_completion_tokens" if cap_completion is not None else None
                 if reason is not None:
@@ -598,6 +606,33 @@ class RunExecutor:
         self.emit("thread.run.step.completed", public(step))
         turn.tool_step = None
         return False
+
+    async def _drop_truncated_calls(
+        self,
+        turn: _Turn,
+        server_tools: dict[str, tuple[ServerTool, dict[str, Any]]],
+        step_usage: dict[str, int],
+    ) -> None:
+        """End a tool-call step whose calls were cut off by the token limit, none of them run.
+
+        Its status is `cancelled`: a step has no `incomplete` (in_progress, cancelled, failed, completed,
+        expired), `completed` would claim the calls ran (outputs filled), and `failed` needs a
+        `last_error` although nothing failed: the calls were stopped before they could run, with no
+        error, as a cancel stops them. The function calls stay in `step_details` as the model wrote them
+        (as they were streamed); server tools, never run, show nothing."""
+        step = turn.tool_step
+        assert step is not None
+        calls = []
+        for upstream_index in sorted(turn.calls):
+            call_id, name, parts = turn.calls[upstream_index]
+            if name not in server_tools:
+                function = {"name": name, "arguments": "".join(parts), "output": None}
+                calls.append({"id": call_id, "type": "function", "function": function})
+        step["step_details"] = {"type": "tool_calls", "tool_calls": calls}
+        step.update(status="cancelled", cancelled_at=now(), usage=step_usage)
+        await self.store.save_objects(self.project, ("step", step))
+        self.emit("thread.run.step.cancelled", public(step))
+        turn.tool_step = None
 
     # Endings.
 

@@ -47,8 +47,14 @@ UNSAFE_BANNER = (
 )
 
 
+# Each manager hands out uids from a block of its own: `sandbox_uid_base + block * UID_BLOCK + slot`. The
+# block comes from the manager's random instance id, over up to UID_BLOCKS blocks (uids stay under 2**31),
+# never one that a live instance whose marker this one can see (same data dir or /tmp) holds: two servers
+# on one host, each in a pid namespace of its own, never share a uid (whose code could signal or read the
+# other's sandboxes).
 UID_BLOCK = 1024
-UID_BLOCKS = 4096
+UID_BLOCKS = 1 << 20
+_UID_LIMIT = 2**31 - 1
 
 
 def _fmt_bytes(n: int) -> str:
@@ -254,8 +260,6 @@ class BwrapSession:
 class SandboxManager:
     """Owns every sandbox of this server process. Implements `SandboxProvider`."""
 
-    _instances = 0
-
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.limits = SandboxLimits.from_settings(settings)
@@ -325,9 +329,6 @@ class SandboxManager:
         if slots > UID_BLOCK:
             raise SandboxUnavailable(f"sandbox_max_sessions + sandbox_pool_size must stay under {UID_BLOCK - 2}.")
         self._free_uid_slots = list(range(slots))
-        # A block of uids of its own, so that two managers (processes) never hand out the same uid.
-        SandboxManager._instances += 1
-        self._uid_block = (os.getpid() * 16 + SandboxManager._instances) % UID_BLOCKS
         self._started = True
         # The first kernel is started now, so that a broken setup fails here and not on first use.
         first = await self._new_slot()
@@ -342,13 +343,16 @@ class SandboxManager:
         (self.root / "instances").mkdir(exist_ok=True)
         parent = _runtime_parent()
         dead = self._cleanup_stale(parent)
+        # Chosen before this instance's marker is written, and recorded in it, for those starting later.
+        blocks = max(1, min(UID_BLOCKS, (_UID_LIMIT - self.settings.sandbox_uid_base) // UID_BLOCK))
+        self._uid_block = pick_uid_block(self.instance, self._held_uid_blocks(parent, dead), blocks)
         # The runtime root holds what bwrap (running as the sandbox's uid) binds in: kernels' socket
         # folders, the sessions' /mnt/data folders or mount points, and the boot script. Short paths:
         # sun_path is limited to 108 bytes. Searchable (not readable) by other users.
         runtime = parent / f"loom-sbx-{os.getpid()}-{self.instance}"
         runtime.mkdir(mode=0o700)
         self._runtime_root = runtime
-        owner = json.dumps({"instance": self.instance, **_owner()})
+        owner = json.dumps({"instance": self.instance, "uid_block": self._uid_block, **_owner()})
         (runtime / OWNER_FILE).write_text(owner)
         (self.root / "instances" / f"{self.instance}.json").write_text(owner)
         (runtime / "v").mkdir()
@@ -387,9 +391,8 @@ class SandboxManager:
             return SandboxEnv(target, env.base_prefix)
         return env
 
-    def _cleanup_stale(self, runtime_parent: Path) -> set[str]:
-        """Remove the runtime folders and volumes of instances proved dead (`_provably_dead`); returns
-        those instances. What another server made, or what cannot be proved dead, is never touched."""
+    def _markers(self, runtime_parent: Path) -> dict[str, tuple[dict[str, object], Path | None]]:
+        """The instance markers this server can see (its data dir's, and the runtime folders in /tmp)."""
         owners: dict[str, tuple[dict[str, object], Path | None]] = {}
         for marker in (self.root / "instances").glob("*.json"):
             record = _read_owner(marker)
@@ -399,6 +402,21 @@ class SandboxManager:
             record = _read_owner(run_dir / OWNER_FILE)
             if record is not None and run_dir.name.endswith("-" + str(record["instance"])):
                 owners[str(record["instance"])] = (record, run_dir)
+        return owners
+
+    def _held_uid_blocks(self, runtime_parent: Path, dead: set[str]) -> set[int]:
+        """The uid blocks of the other instances not proved dead (those of another pid namespace included)."""
+        held = set()
+        for instance, (record, _) in self._markers(runtime_parent).items():
+            block = record.get("uid_block")
+            if instance != self.instance and instance not in dead and isinstance(block, int):
+                held.add(block)
+        return held
+
+    def _cleanup_stale(self, runtime_parent: Path) -> set[str]:
+        """Remove the runtime folders and volumes of instances proved dead (`_provably_dead`); returns
+        those instances. What another server made, or what cannot be proved dead, is never touched."""
+        owners = self._markers(runtime_parent)
         dead = {instance for instance, (record, _) in owners.items() if _provably_dead(record)}
         for instance in dead:
             folder = owners[instance][1]
@@ -650,6 +668,16 @@ def _start_time(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError):
         return None
+
+
+def pick_uid_block(instance: str, held: set[int], blocks: int) -> int:
+    """The uid block of an instance: from its random id (hex) over `blocks`, else the next one no one holds."""
+    start = int(instance, 16) % blocks
+    for step in range(blocks):
+        block = (start + step) % blocks
+        if block not in held:
+            return block
+    raise SandboxUnavailable("Every block of sandbox uids is held by another Loom server on this host.")
 
 
 def _boot_id() -> str:
