@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -681,11 +680,3 @@ class RunExecutor:
             self.emit_run(run)
         else:
             await self._settle_after_race(_Turn())
-
-
-def arguments_json(arguments: str) -> dict[str, Any]:
-    try:
-        value = json.loads(arguments or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
