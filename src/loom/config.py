@@ -224,10 +224,6 @@ class Settings(BaseSettings):
         return f"sqlite+aiosqlite:///{(self.data_dir / 'loom.db').resolve()}"
 
     @property
-    def is_postgres(self) -> bool:
-        return self.effective_database_url.startswith("postgresql")
-
-    @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
 

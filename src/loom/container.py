@@ -28,6 +28,7 @@ from loom.services.vector_stores import IngestWorker, VectorStoreService
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
 from loom.store.migrate import migrate
+from loom.supervisor import Supervisor
 
 log = logging.getLogger("loom")
 _JANITOR_EVERY_S = 30.0
@@ -37,8 +38,9 @@ class LazySandbox:
     """The sandbox manager, started once: at boot when prewarming (in the background, so the API is up
     at once), else on first use. A failed start leaves the code interpreter unavailable, never unsandboxed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, supervisor: Supervisor | None = None) -> None:
         self.settings = settings
+        self.supervisor = supervisor
         self.manager: SandboxManager | None = None
         self._starting: asyncio.Task[None] | None = None
         self.error: str | None = None
@@ -50,7 +52,7 @@ class LazySandbox:
 
     async def _start(self) -> None:
         try:
-            manager = SandboxManager(self.settings)
+            manager = SandboxManager(self.settings, supervisor=self.supervisor)
             await manager.start()
             self.manager = manager
         except SandboxUnavailable as exc:
@@ -89,6 +91,8 @@ class LazySandbox:
 class Container:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Every background loop runs under it (see loom.supervisor).
+        self.supervisor = Supervisor()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.effective_database_url)
         self.blobs = BlobStore(settings.files_dir)
@@ -124,40 +128,33 @@ class Container:
         )
         self.files.delete_hooks.append(self.vector_stores.forget_file)
         self.engine.register_tool(FileSearchTool(self.vector_stores))
-        self.sandbox = LazySandbox(settings)
+        self.sandbox = LazySandbox(settings, self.supervisor)
         self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
-        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await migrate(self.db.engine)
         self.blobs.clean_temp()
-        await self.engine.start()
-        await self.ingest.start()
+        await self.engine.start(self.supervisor)
+        await self.ingest.start(self.supervisor)
         await self.sandbox.start()
-        self._tasks.append(asyncio.create_task(self._janitor(), name="loom-janitor"))
+        self.supervisor.start("loom-janitor", self._janitor)
 
     async def stop(self) -> None:
+        await self.supervisor.stop()
         await self.ingest.stop()
         await self.engine.stop()
         await self.sandbox.aclose()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         await self.router.aclose()
         await self.db.dispose()
 
     async def _janitor(self) -> None:
         """Expire what has a deadline: files past `expires_at`, uploads past their hour (and roll back
-        upload completions a dead process left); the first pass runs at start-up."""
+        upload completions a dead process left); the first pass runs at start-up (and after a restart
+        by the supervisor)."""
         while True:
-            try:
-                await self.files.delete_expired()
-                await self.files.expire_uploads()
-            except Exception:
-                log.exception("janitor pass failed")
+            await self.files.delete_expired()
+            await self.files.expire_uploads()
             await asyncio.sleep(_JANITOR_EVERY_S)
 
     async def model_list(self) -> list[dict[str, Any]]:

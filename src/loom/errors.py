@@ -46,19 +46,9 @@ class AuthenticationError(LoomError):
     type = "invalid_request_error"
 
 
-class PermissionDenied(LoomError):
-    status = 403
-    type = "invalid_request_error"
-
-
 class PayloadTooLarge(LoomError):
     status = 413
     type = "invalid_request_error"
-
-
-class RateLimited(LoomError):
-    status = 429
-    type = "rate_limit_error"
 
 
 class ServiceUnavailable(LoomError):

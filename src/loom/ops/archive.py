@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom import __version__
+from loom.runs.status import ACTIVE
 from loom.store import tables
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
@@ -49,7 +50,6 @@ THREAD_EXPORT = "assistants-thread-export/v1"
 OBJECT_TABLES = ("assistants", "files", "vector_stores", "vector_store_file_batches", "vector_store_files")
 THREAD_TABLES = ("threads", "messages", "runs", "run_steps")
 ALL_TABLES = OBJECT_TABLES + THREAD_TABLES
-ACTIVE = ("queued", "in_progress", "requires_action", "cancelling")
 
 Row = dict[str, Any]
 

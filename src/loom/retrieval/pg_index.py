@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.index import Attributes, Candidate, FileEntry, StoredChunk
-from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema, hnsw_index_statement
+from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema
 from loom.retrieval.sqlite_index import _stored
 
 
@@ -85,11 +85,6 @@ class PostgresChunkIndex:
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
             await create_schema(conn, self._dims)
-
-    async def ensure_vector_index(self) -> None:
-        """The HNSW index for this embedder's size (the migration creates the default size only)."""
-        async with self._engine.begin() as conn:
-            await conn.execute(text(hnsw_index_statement(self._dims)))
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None

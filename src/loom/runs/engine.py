@@ -34,6 +34,7 @@ from loom.services.common import messages, run_steps
 from loom.store import tables
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
+from loom.supervisor import Supervisor
 
 log = logging.getLogger("loom.runs")
 _CHANNEL = "loom_run_control"
@@ -85,11 +86,11 @@ class RunEngine:
 
     # Life cycle.
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor) -> None:
         if self.db.is_sqlite:
             # One process owns a SQLite database: whatever was running when it stopped is orphaned now.
             await self.recover(orphans_only=False)
-        self._background.append(asyncio.create_task(self._sweeper(), name="loom-run-sweeper"))
+        self._background.append(supervisor.start("loom-run-sweeper", self._sweeper))
         if not self.db.is_sqlite:
             await self._listen()
 
@@ -300,15 +301,10 @@ class RunEngine:
 
     async def _sweeper(self) -> None:
         every = max(min(self.settings.lease_s / 2, 5.0), 0.5)
-        while True:
-            try:
-                await self.expire_overdue()
-                await self.recover(orphans_only=True)
-                await self.expire_waiting()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("run sweeper pass failed")
+        while True:  # supervised: a failed pass ends the loop, logged, and the supervisor restarts it
+            await self.expire_overdue()
+            await self.recover(orphans_only=True)
+            await self.expire_waiting()
             await asyncio.sleep(every)
 
     async def recover(self, *, orphans_only: bool) -> int:

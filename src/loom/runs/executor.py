@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from loom.llm.errors import UpstreamError
 from loom.llm.types import ChatRequest, ChatTool, ToolCall, Usage
 from loom.ops import metrics
 from loom.runs import context as ctx_mod
-from loom.runs.objects import FILE_SEARCH_CONTENT, new_assistant_message, new_step, step_wire, usage_dict
+from loom.runs.objects import new_assistant_message, new_step, step_wire, usage_dict
 from loom.runs.store import Preloaded, RunContext, public
 from loom.runs.tools import ArgumentStream, Citation, LinksFiles, ServerTool, StreamsArguments, ToolContext
 
@@ -134,7 +133,6 @@ class RunExecutor:
             run=self.run,
             assistant=assistant,
             thread=thread,
-            include_content=FILE_SEARCH_CONTENT in self.run.get("_include", []),
         )
         route = await engine.router.route(self.run["model"])
         for _ in range(MAX_MODEL_CALLS):
@@ -717,11 +715,3 @@ class RunExecutor:
             self.emit_run(run)
         else:
             await self._settle_after_race(_Turn())
-
-
-def arguments_json(arguments: str) -> dict[str, Any]:
-    try:
-        value = json.loads(arguments or "{}")
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

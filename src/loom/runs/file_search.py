@@ -10,7 +10,7 @@ by source markers in OpenAI's style, `【{message_idx}:{result_idx}†{filename}
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +19,9 @@ from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
 from loom.services.vector_stores import VectorStoreService
 
 DEFAULT_RANKER = "default_2024_08_21"
+# A marker `【{message_idx}:{result_idx}†{filename}】`, and the scratch key of the next message index.
+_MARKER = re.compile(r"【(\d+):\d+†")
+_NEXT_MESSAGE = "file_search.next_message"
 _DESCRIPTION = (
     "Search the files the user uploaded (and the assistant's knowledge files) for passages relevant to the "
     "conversation. Give one or more search queries; rephrase the user's question into self-contained queries. "
@@ -64,8 +67,6 @@ class FileSearchTool:
     def __init__(self, service: VectorStoreService, wait_s: float = 60.0) -> None:
         self.service = service
         self.wait_s = wait_s
-        # Tool messages of a run are numbered so that markers stay unique within the run.
-        self._counters: OrderedDict[str, int] = OrderedDict()
 
     def chat_tool(self, ctx: ToolContext, tool: dict[str, Any]) -> ChatTool:
         return {
@@ -87,12 +88,16 @@ class FileSearchTool:
             },
         }
 
-    def _message_index(self, run_id: str) -> int:
-        n = self._counters.pop(run_id, 0)
-        self._counters[run_id] = n + 1
-        while len(self._counters) > 1000:
-            self._counters.popitem(last=False)
-        return n
+    @staticmethod
+    def _message_index(ctx: ToolContext) -> int:
+        """Tool messages of a run are numbered so that markers stay unique within the run. The
+        number goes on from the markers the stored run already cites, so an execution resumed in
+        another process (after `requires_action`, a restart) never numbers from 0 again."""
+        n = ctx.scratch.get(_NEXT_MESSAGE)
+        if n is None:
+            n = next_message_index(ctx.run.get("_citations", []))
+        ctx.scratch[_NEXT_MESSAGE] = n + 1
+        return int(n)
 
     async def execute(
         self, ctx: ToolContext, tool: dict[str, Any], call: ToolCall, index: int, emit: EmitDelta
@@ -122,7 +127,7 @@ class FileSearchTool:
             if queries and stores
             else []
         )
-        message_idx = self._message_index(str(ctx.run.get("id", "")))
+        message_idx = self._message_index(ctx)
         citations: list[Citation] = []
         passages: list[str] = []
         wire_results: list[dict[str, Any]] = []
@@ -143,6 +148,16 @@ class FileSearchTool:
             details={"file_search": {"ranking_options": ranking, "results": wire_results}},
             citations=citations,
         )
+
+
+def next_message_index(stored_citations: Sequence[dict[str, Any]]) -> int:
+    """One past the highest message number of the file-search markers a run has cited so far."""
+    used = [
+        int(m.group(1))
+        for c in stored_citations
+        if c.get("kind") == "file_citation" and (m := _MARKER.match(str(c.get("text", "")))) is not None
+    ]
+    return max(used, default=-1) + 1
 
 
 def _output(queries: Sequence[str], stores: Sequence[str], passages: Sequence[str]) -> str:

@@ -18,7 +18,9 @@ class ToolContext:
     run: dict[str, Any]
     assistant: dict[str, Any]
     thread: dict[str, Any]
-    include_content: bool = False
+    # What tools remember between their calls during this execution of the run (gone with the
+    # executor): anything that must outlive it is read back from the stored run.
+    scratch: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from loom.sandbox.types import (
     default_sandbox_dir,
 )
 from loom.sandbox.volumes import DataVolume, loop_volumes_possible, unmount_all_under
+from loom.supervisor import Supervisor
 
 log = logging.getLogger("loom.sandbox")
 
@@ -260,8 +261,9 @@ class BwrapSession:
 class SandboxManager:
     """Owns every sandbox of this server process. Implements `SandboxProvider`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, supervisor: Supervisor | None = None) -> None:
         self.settings = settings
+        self._supervisor = supervisor or Supervisor()  # runs the idle reaper
         self.limits = SandboxLimits.from_settings(settings)
         self.unsafe_local = settings.sandbox == "unsafe-local"
         if settings.sandbox not in ("bwrap", "unsafe-local"):
@@ -334,7 +336,7 @@ class SandboxManager:
         first = await self._new_slot()
         self._pool.append(first)
         self._refill()
-        self._reaper = asyncio.create_task(self._reap_idle())
+        self._reaper = self._supervisor.start("loom-sandbox-reaper", self._reap_idle)
 
     def _prepare_host(self, env: SandboxEnv) -> SandboxEnv:
         """Make this process's folders and clean what dead ones left; returns the env as bwrap reaches it."""

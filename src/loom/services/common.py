@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.runs.status import ACTIVE
 from loom.schemas.assistants import ToolResources, ToolResourcesUpdate
 from loom.store import tables
 from loom.store.repo import Collection, Order
@@ -25,7 +26,8 @@ files = Collection(tables.files)
 uploads = Collection(tables.uploads)
 vector_stores = Collection(tables.vector_stores)
 
-ACTIVE_RUN_STATUSES = ("queued", "in_progress", "requires_action", "cancelling")
+# The statuses in which a run holds its thread (one definition: `loom.runs.status.ACTIVE`).
+ACTIVE_RUN_STATUSES = tuple(sorted(ACTIVE))
 
 
 @dataclass(frozen=True)

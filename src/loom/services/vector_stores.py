@@ -59,6 +59,7 @@ from loom.store import tables
 from loom.store.db import Database
 from loom.store.repo import Collection as Table
 from loom.store.repo import Page
+from loom.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -722,9 +723,9 @@ class IngestWorker:
     def wake(self) -> None:
         self._wake.set()
 
-    async def start(self) -> None:
-        self._loop_task = asyncio.create_task(self._run(), name="loom-ingest")
-        self._janitor_task = asyncio.create_task(self._janitor(), name="loom-vector-store-janitor")
+    async def start(self, supervisor: Supervisor) -> None:
+        self._loop_task = supervisor.start("loom-ingest", self._run)
+        self._janitor_task = supervisor.start("loom-vector-store-janitor", self._janitor)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._loop_task, self._janitor_task, *self._inflight.values()) if t is not None]
@@ -736,19 +737,13 @@ class IngestWorker:
         await close_host()
 
     async def _janitor(self) -> None:
-        while True:
-            try:
-                await self.service.expire()
-            except Exception:
-                log.exception("vector store expiry pass failed")
+        while True:  # supervised (loom.supervisor): a failed pass is logged and the loop restarted
+            await self.service.expire()
             await asyncio.sleep(self.janitor_s)
 
     async def _run(self) -> None:
-        while True:
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("ingestion sweep failed")
+        while True:  # supervised (loom.supervisor): a failed sweep is logged and the loop restarted
+            await self.sweep()
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_s)
