@@ -59,6 +59,9 @@ backend = "unknown"
 """
     )
     env = {"LOOM_CONFIG_FILE": str(config), "LOOM_UPSTREAM_MAX_RETRIES": "1"}
+    # The server asks its backends at start (the start-up report): the scripted server already looks like
+    # llama-cpp-python then, as a real one would.
+    upstream.set_models(["smollm2-135m"], owned_by="me")
     with LoomServer(database_url=database_url_for(backend), upstream_base_url=upstream.base_url, extra_env=env) as s:
         yield s
 
