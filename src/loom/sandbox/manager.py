@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import shutil
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import zmq.asyncio
 
-import loom.sandbox.boot as boot_module
 from loom.config import Settings
+from loom.sandbox import host
 from loom.sandbox.cgroups import CgroupSupport
 from loom.sandbox.kernel import KernelDied, KernelProcess, RawExecution
 from loom.sandbox.launcher import Launcher, SandboxEnv
@@ -37,7 +34,7 @@ from loom.sandbox.types import (
     SandboxUnavailable,
     default_sandbox_dir,
 )
-from loom.sandbox.volumes import DataVolume, loop_volumes_possible, unmount_all_under
+from loom.sandbox.volumes import DataVolume, unmount_all_under
 
 log = logging.getLogger("loom.sandbox")
 
@@ -337,77 +334,15 @@ class SandboxManager:
 
     def _prepare_host(self, env: SandboxEnv) -> SandboxEnv:
         """Make this process's folders and clean what dead ones left; returns the env as bwrap reaches it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "volumes").mkdir(exist_ok=True)
-        (self.root / "instances").mkdir(exist_ok=True)
-        parent = _runtime_parent()
-        dead = self._cleanup_stale(parent)
-        # The runtime root holds what bwrap (running as the sandbox's uid) binds in: kernels' socket
-        # folders, the sessions' /mnt/data folders or mount points, and the boot script. Short paths:
-        # sun_path is limited to 108 bytes. Searchable (not readable) by other users.
-        runtime = parent / f"loom-sbx-{os.getpid()}-{self.instance}"
-        runtime.mkdir(mode=0o700)
-        self._runtime_root = runtime
-        owner = json.dumps({"instance": self.instance, **_owner()})
-        (runtime / OWNER_FILE).write_text(owner)
-        (self.root / "instances" / f"{self.instance}.json").write_text(owner)
-        (runtime / "v").mkdir()
-        shutil.copyfile(boot_module.__file__, runtime / "boot.py")
-        os.chmod(runtime / "boot.py", 0o644)
+        runtime, dead = host.make_runtime(self.root, self.instance)
+        self._runtime_root = runtime  # from now on, `aclose` removes it (also when what follows fails)
+        host.fill_runtime(self.root, self.instance, runtime)
         if self.unsafe_local:
             return env
-        self._cgroups = CgroupSupport.probe()
-        self._loop_volumes = loop_volumes_possible()[0]
-        if self._cgroups.version is not None and dead:
-            self._cgroups.cleanup_stale(lambda name: _instance_of(name) in dead)
-        for instance in dead:
-            (self.root / "instances" / f"{instance}.json").unlink(missing_ok=True)
+        self._cgroups, self._loop_volumes = host.probe_isolation(self.root, dead)
         if os.geteuid() != 0:
             return env
-        for d in (runtime, runtime / "v"):
-            os.chmod(d, 0o711)
-        if _untraversable(env.base_prefix) is not None:
-            raise SandboxUnavailable(
-                f"The sandbox's Python ({env.base_prefix}) is in a folder other users cannot enter: make "
-                "the sandbox environment from a system Python (`python -m loom.sandbox.setup --python "
-                "/usr/bin/python3 --force`)."
-            )
-        if _untraversable(env.root) is not None:
-            # Reachable through a read-only bind mount of our own instead.
-            target = runtime / "env"
-            target.mkdir()
-            try:
-                subprocess.run(["mount", "--bind", str(env.root), str(target)], check=True, capture_output=True)
-                subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True, capture_output=True)
-            except (OSError, subprocess.CalledProcessError) as e:
-                raise SandboxUnavailable(
-                    f"The sandbox environment {env.root} is in a folder other users cannot enter, and it "
-                    f"could not be bind-mounted elsewhere ({e}): set LOOM_SANDBOX_ENV to a searchable place."
-                ) from e
-            return SandboxEnv(target, env.base_prefix)
-        return env
-
-    def _cleanup_stale(self, runtime_parent: Path) -> set[str]:
-        """Remove the runtime folders and volumes of instances proved dead (`_provably_dead`); returns
-        those instances. What another server made, or what cannot be proved dead, is never touched."""
-        owners: dict[str, tuple[dict[str, object], Path | None]] = {}
-        for marker in (self.root / "instances").glob("*.json"):
-            record = _read_owner(marker)
-            if record is not None:
-                owners[str(record["instance"])] = (record, None)
-        for run_dir in runtime_parent.glob("loom-sbx-*-*"):
-            record = _read_owner(run_dir / OWNER_FILE)
-            if record is not None and run_dir.name.endswith("-" + str(record["instance"])):
-                owners[str(record["instance"])] = (record, run_dir)
-        dead = {instance for instance, (record, _) in owners.items() if _provably_dead(record)}
-        for instance in dead:
-            folder = owners[instance][1]
-            if folder is not None and unmount_all_under(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-        for vol_dir in (self.root / "volumes").iterdir():
-            if _instance_of(vol_dir.name) in dead:
-                shutil.rmtree(vol_dir, ignore_errors=True)
-        return dead
+        return host.open_to_sandbox_users(runtime, env)
 
     async def aclose(self) -> None:
         self._closing = True
@@ -616,89 +551,3 @@ class SandboxManager:
         if stale:
             self._refill()
         return len(stale)
-
-
-def _runtime_parent() -> Path:
-    """A temporary folder other users can enter (the sandbox's uid must reach what is bound in)."""
-    for candidate in (tempfile.gettempdir(), "/tmp", "/dev/shm", "/run"):
-        p = Path(candidate)
-        if p.is_dir() and _untraversable(p) is None:
-            return p
-    return Path(tempfile.gettempdir())
-
-
-def _untraversable(path: Path) -> Path | None:
-    """The first folder on the way to `path` that other users cannot enter (None: all can)."""
-    p = path.absolute()
-    for d in [*reversed(p.parents), p]:
-        try:
-            if not d.is_dir():
-                continue
-            if d.stat().st_mode & 0o001 == 0:
-                return d
-        except OSError:
-            return d
-    return None
-
-
-OWNER_FILE = "owner.json"
-
-
-def _start_time(pid: int) -> str | None:
-    """When `pid` started (clock ticks since boot), None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _owner() -> dict[str, object]:
-    """Who this server process is, in terms another one can check: pid, start time, pid namespace, boot."""
-    try:
-        pidns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pidns = ""
-    pid = os.getpid()
-    return {"pid": pid, "start": _start_time(pid), "pidns": pidns, "boot": _boot_id(), "host": os.uname().nodename}
-
-
-def _read_owner(path: Path) -> dict[str, object] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("instance"), str):
-        return None
-    if not record["instance"].isalnum():
-        return None
-    return record
-
-
-def _provably_dead(record: dict[str, object]) -> bool:
-    """Whether the server process a marker names is certainly gone: this machine has rebooted since, or
-    it ran in this very pid namespace (since this boot) and its pid is free or now another process's.
-    A process of another pid namespace cannot be checked from here: never dead."""
-    me = _owner()
-    if not record.get("boot") or not me["boot"] or not me["pidns"]:
-        return False
-    if record.get("host") == me["host"] and record.get("boot") != me["boot"]:
-        return True
-    if record.get("boot") != me["boot"] or record.get("pidns") != me["pidns"]:
-        return False
-    pid = record.get("pid")
-    return isinstance(pid, int) and pid > 0 and _start_time(pid) != record.get("start")
-
-
-def _instance_of(name: str) -> str | None:
-    """The instance in a cgroup or volume name (`k-<instance>-<n>-<hex>`, `v-<instance>-<n>-<hex>`)."""
-    parts = name.split("-")
-    if len(parts) != 4 or parts[0] not in ("k", "v"):
-        return None
-    return parts[1]
