@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from loom.config import Settings
+from loom.jobs.ingest import IngestWorker
 from loom.llm.routing import ModelRouter
 from loom.retrieval.embedding import embedder_from_settings
 from loom.retrieval.index import ChunkIndex
@@ -24,7 +25,7 @@ from loom.services.files import FileService
 from loom.services.keys import KeyRing
 from loom.services.runs import RunService
 from loom.services.threads import ThreadService
-from loom.services.vector_stores import IngestWorker, VectorStoreService
+from loom.services.vector_stores import VectorStoreService
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
 from loom.store.migrate import migrate

@@ -26,7 +26,8 @@ from loom.llm.routing import ModelRouter
 from loom.ops import metrics
 from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
-from loom.runs.executor import _INTERRUPTED, RunExecutor
+from loom.runs.endings import INTERRUPTED, close_open
+from loom.runs.executor import RunExecutor
 from loom.runs.store import Preloaded, RunStore, public
 from loom.runs.tools import ServerTool
 from loom.services.common import files as files_collection
@@ -264,19 +265,19 @@ class RunEngine:
     async def _close_leftovers(
         self, project: str, run_id: str, *, step_status: str, reason: str, error: dict[str, str] | None
     ) -> None:
-        stamp = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}[step_status]
+        """Close the open steps and messages of a run no executor holds (`endings.close_open`)."""
         s, m = tables.run_steps, tables.messages
         async with self.db.write() as conn:
-            for (step,) in (await conn.execute(sa.select(s.c.data).where(s.c.run_id == run_id))).all():
-                if step["status"] == "in_progress":
-                    step = dict(step)
-                    step.update(status=step_status, last_error=error, **{stamp: now()})
+            for (data,) in (await conn.execute(sa.select(s.c.data).where(s.c.run_id == run_id))).all():
+                if data["status"] == "in_progress":
+                    step = dict(data)
+                    close_open([step], [], step_status=step_status, reason=reason, error=error)
                     await run_steps.replace(conn, project, step)
                     self.bus.publish(run_id, f"thread.run.step.{step_status}", public(step))
-            for (message,) in (await conn.execute(sa.select(m.c.data).where(m.c.run_id == run_id))).all():
-                if message["status"] == "in_progress":
-                    message = dict(message)
-                    message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": reason})
+            for (data,) in (await conn.execute(sa.select(m.c.data).where(m.c.run_id == run_id))).all():
+                if data["status"] == "in_progress":
+                    message = dict(data)
+                    close_open([], [message], step_status=step_status, reason=reason, error=error)
                     await messages.replace(conn, project, message)
 
     async def _listen(self) -> None:
@@ -321,7 +322,7 @@ class RunEngine:
         for run_id, project, state in rows:
             if run_id in self.executors:
                 continue
-            error = {"code": "server_error", "message": _INTERRUPTED}
+            error = {"code": "server_error", "message": INTERRUPTED}
             if state == "cancelling":
                 await self._close_leftovers(
                     project, run_id, step_status="cancelled", reason="run_cancelled", error=None

@@ -164,7 +164,7 @@ async def tool_resources_wire(
         await require_vector_stores(conn, project, ids)
         if helpers:
             # The create-a-store helper: a new store with these files (ingested in the background).
-            from loom.services.vector_stores import create_helper_store
+            from loom.services.vector_store_rows import create_helper_store
 
             for i, helper in enumerate(helpers):
                 ids.append(

@@ -92,7 +92,7 @@ async def insert_message(
     searchable = [a.file_id for a in req.attachments or [] if any(t.type == "file_search" for t in a.tools)]
     if searchable:
         # As OpenAI did: file_search attachments go into the thread's vector store (made if missing).
-        from loom.services.vector_stores import attach_to_thread_store
+        from loom.services.vector_store_rows import attach_to_thread_store
 
         await attach_to_thread_store(conn, project, thread_id, searchable)
     return obj

@@ -1,33 +1,14 @@
-"""Vector stores, their files and file batches, search, and the background ingestion that fills them.
+"""The vector store API: stores, their files and file batches, and search.
 
-Rows: `vector_stores` (the store object, `expires_at` column), `vector_store_files` (id = the File's id,
-unique per store; `status` column; `batch_id`), `vector_store_file_batches`. `file_counts` of stores
-and batches are counted from the file rows on every read, so they are exact; `usage_bytes` of a store
-is kept in its row, changed under the row's lock when a file completes or leaves.
-
-Ingestion: a file row is born `in_progress`; the `IngestWorker` of every process sweeps for such rows
-(woken at once by the API, and every half second anyway, which also picks up files attached by
-thread/assistant helpers and files left behind by a killed process). On PostgreSQL a session advisory
-lock per file makes exactly one replica ingest it; the lock dies with its connection, so a killed
-replica's files are taken over by the next sweep elsewhere. Each claim counts an attempt: a file
-that was interrupted `MAX_ATTEMPTS` times (say it crashes the process) fails with `server_error`
-instead of looping. Parsing and chunking run in a child process with a memory and a time limit
-(`loom.retrieval.isolate`), so a hostile file fails alone; embedding runs in threads, never on the
-event loop, one batch of chunks at a time.
+The rows live in `loom.services.vector_store_rows`; search glue in `loom.services.vector_store_search`;
+files are ingested in the background by `loom.jobs.ingest.IngestWorker`, which the service wakes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import builtins
-import contextlib
-import functools
-import hashlib
-import logging
-import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -35,14 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
-from loom.ops import metrics
-from loom.retrieval.chunking import AUTO, Chunk, ChunkingStrategy, parse_chunking_strategy
-from loom.retrieval.embedding import Embedder, Vectors
-from loom.retrieval.errors import FileProcessingError
-from loom.retrieval.filters import parse_filter
-from loom.retrieval.index import STOPWORDS, Candidate, ChunkIndex, FileEntry, StoredChunk
-from loom.retrieval.ingest import ingest_file
-from loom.retrieval.isolate import ParseLimits, close_host
+from loom.retrieval.chunking import AUTO, ChunkingStrategy, parse_chunking_strategy
+from loom.retrieval.embedding import Embedder
+from loom.retrieval.index import ChunkIndex
 from loom.retrieval.search import SearchResult, search
 from loom.schemas.common import parse
 from loom.schemas.vector_stores import (
@@ -51,266 +27,38 @@ from loom.schemas.vector_stores import (
     VectorStoreFileCreate,
     VectorStoreFileUpdate,
     VectorStoreModify,
-    VectorStoreSearch,
 )
-from loom.services.common import ListParams, forget_vector_store, require_files, threads
+from loom.services.common import ListParams, forget_vector_store, require_files
 from loom.services.common import vector_stores as stores
+from loom.services.serialized_index import SerializedWrites
+from loom.services.vector_store_rows import (
+    DAY_S,
+    FILE_STATUSES,
+    attach_file,
+    batches,
+    count_statuses,
+    file_counts,
+    insert_store,
+    is_expired,
+    public,
+    remove_file_row,
+    store_files,
+    store_wire,
+)
+from loom.services.vector_store_search import SearchRequest, live_store_ids, wait_ingested
 from loom.store import tables
 from loom.store.db import Database
-from loom.store.repo import Collection as Table
 from loom.store.repo import Page
-from loom.supervisor import Supervisor
-
-log = logging.getLogger(__name__)
-
-store_files = Table(tables.vector_store_files, parent_column="vector_store_id")
-batches = Table(tables.vector_store_file_batches, parent_column="vector_store_id")
-
-DAY_S = 86_400
-THREAD_STORE_DAYS = 7  # stores made for a thread's attachments expire 7 days after last use (as OpenAI's)
-MAX_ATTEMPTS = 3
-FILE_STATUSES = ("in_progress", "completed", "failed", "cancelled")
 
 
-def public(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
+class Waker(Protocol):
+    """The ingestion worker, as the service sees it: told when new files wait."""
+
+    def wake(self) -> None: ...
 
 
 def _chunking(raw: Any, param: str = "chunking_strategy") -> ChunkingStrategy:
     return parse_chunking_strategy(raw, param=param) if raw is not None else AUTO
-
-
-def _strategy_from_wire(wire: Mapping[str, Any] | None) -> ChunkingStrategy:
-    static = (wire or {}).get("static")
-    if not static:
-        return AUTO
-    return ChunkingStrategy(int(static["max_chunk_size_tokens"]), int(static["chunk_overlap_tokens"]))
-
-
-def _counts(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
-    counts = dict.fromkeys(FILE_STATUSES, 0)
-    for status, n in rows:
-        counts[status] = counts.get(status, 0) + int(n)
-    return {**counts, "total": sum(counts[s] for s in FILE_STATUSES)}
-
-
-def _expired(store: Mapping[str, Any]) -> bool:
-    expires_at = store.get("expires_at")
-    return expires_at is not None and expires_at <= now()
-
-
-# Rows, usable inside any transaction (the thread and assistant helpers call these too).
-
-
-async def file_counts(conn: AsyncConnection, vector_store_id: str, batch_id: str | None = None) -> dict[str, int]:
-    t = tables.vector_store_files
-    where = [t.c.vector_store_id == vector_store_id]
-    if batch_id is not None:
-        where.append(t.c.batch_id == batch_id)
-    rows = (await conn.execute(sa.select(t.c.status, sa.func.count()).where(*where).group_by(t.c.status))).all()
-    return _counts((r[0], r[1]) for r in rows)
-
-
-async def store_wire(conn: AsyncConnection, store: dict[str, Any]) -> dict[str, Any]:
-    """The store as the API shows it: counts from the file rows, status from them and the clock."""
-    counts = await file_counts(conn, store["id"])
-    wire = public(store)
-    wire["file_counts"] = counts
-    if wire.get("expires_after") is None:
-        # Optional but not nullable in OpenAI's schema: absent when the store has no expiry policy.
-        wire.pop("expires_after", None)
-    if _expired(store):
-        wire["status"] = "expired"
-    else:
-        wire["status"] = "in_progress" if counts["in_progress"] else "completed"
-    return wire
-
-
-async def insert_store(
-    conn: AsyncConnection,
-    project: str,
-    *,
-    name: str | None = None,
-    file_ids: Sequence[str] = (),
-    chunking: ChunkingStrategy = AUTO,
-    metadata: Mapping[str, str] | None = None,
-    expires_days: int | None = None,
-) -> dict[str, Any]:
-    """Create a store (and its files, `in_progress`); the ingestion worker finds them by itself."""
-    await require_files(conn, project, file_ids)
-    created = now()
-    store: dict[str, Any] = {
-        "id": ids.new_id("vector_store"),
-        "object": "vector_store",
-        "created_at": created,
-        "name": name or "",
-        "usage_bytes": 0,
-        "file_counts": _counts([]),
-        "status": "completed",
-        "last_active_at": created,
-        "metadata": dict(metadata or {}),
-        "expires_after": None,
-        "expires_at": None,
-    }
-    if expires_days is not None:
-        store["expires_after"] = {"anchor": "last_active_at", "days": expires_days}
-        store["expires_at"] = created + expires_days * DAY_S
-    await stores.insert(conn, project, store, expires_at=store["expires_at"])
-    for file_id in dict.fromkeys(file_ids):
-        await attach_file(conn, project, store["id"], file_id, chunking, None)
-    return store
-
-
-async def create_helper_store(conn: AsyncConnection, project: str, helper: Any, param: str) -> str:
-    """`tool_resources.file_search.vector_stores[i]` (`VectorStoreHelper`): a new store; returns its id."""
-    chunking = AUTO
-    raw = getattr(helper, "chunking_strategy", None)
-    static = getattr(raw, "static", None)
-    if static is not None:
-        chunking = ChunkingStrategy(static.max_chunk_size_tokens, static.chunk_overlap_tokens)
-    store = await insert_store(
-        conn, project, file_ids=list(helper.file_ids or []), chunking=chunking, metadata=helper.metadata
-    )
-    return str(store["id"])
-
-
-async def attach_file(
-    conn: AsyncConnection,
-    project: str,
-    vector_store_id: str,
-    file_id: str,
-    chunking: ChunkingStrategy,
-    attributes: Mapping[str, Any] | None,
-    batch_id: str | None = None,
-) -> dict[str, Any]:
-    """A file row `in_progress` (replacing the file's earlier row in this store, if any)."""
-    await remove_file_row(conn, project, vector_store_id, file_id)
-    obj: dict[str, Any] = {
-        "id": file_id,
-        "object": "vector_store.file",
-        "usage_bytes": 0,
-        "created_at": now(),
-        "vector_store_id": vector_store_id,
-        "status": "in_progress",
-        "last_error": None,
-        "chunking_strategy": chunking.to_wire(),
-        "attributes": dict(attributes or {}),
-    }
-    await store_files.insert(
-        conn, project, obj, vector_store_id=vector_store_id, status="in_progress", batch_id=batch_id
-    )
-    return obj
-
-
-async def _add_usage(conn: AsyncConnection, project: str, vector_store_id: str, delta: int) -> None:
-    if not delta:
-        return
-    row = await stores.get_row(conn, project, vector_store_id, lock=True)
-    if row is None:
-        return
-    store = dict(row.data)
-    store["usage_bytes"] = max(0, int(store.get("usage_bytes", 0)) + delta)
-    await stores.replace(conn, project, store)
-
-
-async def remove_file_row(conn: AsyncConnection, project: str, vector_store_id: str, file_id: str) -> bool:
-    row = await store_files.get_row(conn, project, file_id, parent=vector_store_id, lock=True)
-    if row is None:
-        return False
-    await store_files.delete(conn, project, file_id, parent=vector_store_id)
-    await _add_usage(conn, project, vector_store_id, -int(row.data.get("usage_bytes", 0)))
-    return True
-
-
-async def attach_to_thread_store(conn: AsyncConnection, project: str, thread_id: str, file_ids: Sequence[str]) -> None:
-    """Message attachments for file_search: into the thread's store, made on first use (as OpenAI did)."""
-    if not file_ids:
-        return
-    thread = await threads.get(conn, project, thread_id)
-    if thread is None:
-        raise NotFound("thread", thread_id)
-    resources = dict(thread.get("tool_resources") or {})
-    store_ids = list((resources.get("file_search") or {}).get("vector_store_ids") or [])
-    store_id = store_ids[0] if store_ids else None
-    if store_id is None or await stores.get(conn, project, store_id) is None:
-        store = await insert_store(conn, project, name=f"Vector store for {thread_id}", expires_days=THREAD_STORE_DAYS)
-        store_id = store["id"]
-        resources["file_search"] = {"vector_store_ids": [store_id]}
-        thread["tool_resources"] = resources
-        await threads.replace(conn, project, thread)
-    for file_id in dict.fromkeys(file_ids):
-        existing = await store_files.get(conn, project, file_id, parent=store_id)
-        if existing is None or existing["status"] in ("failed", "cancelled"):
-            await attach_file(conn, project, store_id, file_id, AUTO, None)
-
-
-def rewrite_query(query: str) -> str:
-    """`rewrite_query: true`: a deterministic rewrite for search engines (documented behaviour of Loom).
-
-    Lower-cases, drops punctuation and English stop words (keeping the query if nothing would remain).
-    OpenAI rewrote with a model; a keyword-and-vector index gains nothing from a chattier query.
-    """
-    words = re.findall(r"[^\W_]+", query.lower())
-    kept = [w for w in words if w not in STOPWORDS]
-    return " ".join(kept or words) or query
-
-
-class SerializedWrites:
-    """A ChunkIndex whose writes queue with this process's other SQLite writers.
-
-    SQLite has one writer. The index writes through its own threaded engine, so it takes this
-    process's writers' turn (`Database.writer_turn`: the lock without a transaction of its own, which
-    would hold SQLite's write lock the index then waits for) and API writes never wait on it.
-    """
-
-    def __init__(self, inner: ChunkIndex, db: Database) -> None:
-        self.inner = inner
-        self.db = db
-
-    async def create_schema(self) -> None:
-        async with self.db.writer_turn():
-            await self.inner.create_schema()
-
-    async def put_file(
-        self, vector_store_id: str, file_id: str, filename: str, attributes: Mapping[str, Any] | None = None
-    ) -> None:
-        async with self.db.writer_turn():
-            await self.inner.put_file(vector_store_id, file_id, filename, attributes)
-
-    async def set_attributes(self, vector_store_id: str, file_id: str, attributes: Mapping[str, Any] | None) -> None:
-        async with self.db.writer_turn():
-            await self.inner.set_attributes(vector_store_id, file_id, attributes)
-
-    async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
-        async with self.db.writer_turn():
-            await self.inner.add_chunks(vector_store_id, file_id, chunks, vectors)
-
-    async def delete_file(self, vector_store_id: str, file_id: str) -> int:
-        async with self.db.writer_turn():
-            return await self.inner.delete_file(vector_store_id, file_id)
-
-    async def delete_store(self, vector_store_id: str) -> int:
-        async with self.db.writer_turn():
-            return await self.inner.delete_store(vector_store_id)
-
-    async def list_files(self, vector_store_ids: Sequence[str]) -> list[FileEntry]:
-        return await self.inner.list_files(vector_store_ids)
-
-    async def file_chunks(self, vector_store_id: str, file_id: str) -> list[StoredChunk]:
-        return await self.inner.file_chunks(vector_store_id, file_id)
-
-    async def vector_candidates(
-        self, vector_store_ids: Sequence[str], vector: Vectors, limit: int, file_ids: Collection[str] | None = None
-    ) -> list[Candidate]:
-        return await self.inner.vector_candidates(vector_store_ids, vector, limit, file_ids)
-
-    async def keyword_candidates(
-        self, vector_store_ids: Sequence[str], terms: Sequence[str], limit: int, file_ids: Collection[str] | None = None
-    ) -> list[Candidate]:
-        return await self.inner.keyword_candidates(vector_store_ids, terms, limit, file_ids)
-
-    async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
-        return await self.inner.get_chunks(chunk_ids)
 
 
 class VectorStoreService:
@@ -319,7 +67,7 @@ class VectorStoreService:
         self.index: ChunkIndex = SerializedWrites(index, db) if db.is_sqlite else index
         self.embedder = embedder
         self.poll_after_ms = poll_after_ms
-        self.worker: IngestWorker | None = None
+        self.worker: Waker | None = None
 
     def _wake(self) -> None:
         if self.worker is not None:
@@ -333,7 +81,7 @@ class VectorStoreService:
 
     async def _live_store(self, conn: AsyncConnection, project: str, vector_store_id: str) -> dict[str, Any]:
         store = await self._store(conn, project, vector_store_id)
-        if _expired(store):
+        if is_expired(store):
             raise InvalidRequest(f"Vector store {vector_store_id} has expired and can no longer be used.")
         return store
 
@@ -565,7 +313,7 @@ class VectorStoreService:
             "created_at": now(),
             "vector_store_id": vector_store_id,
             "status": "in_progress",
-            "file_counts": _counts([]),
+            "file_counts": count_statuses([]),
         }
         async with self.db.write() as conn:
             await self._live_store(conn, project, vector_store_id)
@@ -611,32 +359,15 @@ class VectorStoreService:
 
     # Search.
 
+    # Search.
+
     async def search(self, project: str, vector_store_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = parse(VectorStoreSearch, body)
-        flt = parse_filter(req.filters) if req.filters is not None else None
-        queries = [req.query] if isinstance(req.query, str) else list(req.query)
-        if req.rewrite_query:
-            queries = [rewrite_query(q) for q in queries]
+        request = SearchRequest.from_body(body)
         async with self.db.read() as conn:
             await self._live_store(conn, project, vector_store_id)
-        threshold = req.ranking_options.score_threshold if req.ranking_options else None
-        results = await search(
-            self.index,
-            self.embedder,
-            [vector_store_id],
-            queries,
-            max_num_results=req.max_num_results or 10,
-            filters=flt,
-            score_threshold=threshold or 0.0,
-        )
+        results = await request.run(self.index, self.embedder, [vector_store_id])
         await self.touch(project, [vector_store_id])
-        return {
-            "object": "vector_store.search_results.page",
-            "search_query": queries,
-            "data": [r.to_wire() for r in results],
-            "has_more": False,
-            "next_page": None,
-        }
+        return request.page(results)
 
     async def search_for_run(
         self,
@@ -649,12 +380,7 @@ class VectorStoreService:
         wait_s: float = 60.0,
     ) -> builtins.list[SearchResult]:
         """File search inside a run: waits (bounded) for files still ingesting, then searches live stores."""
-        live: builtins.list[str] = []
-        async with self.db.read() as conn:
-            for store_id in dict.fromkeys(store_ids):
-                store = await stores.get(conn, project, store_id)
-                if store is not None and not _expired(store):
-                    live.append(store_id)
+        live = await live_store_ids(self.db, project, store_ids)
         if not live:
             return []
         await self.wait_ready(live, wait_s)
@@ -670,204 +396,4 @@ class VectorStoreService:
         return results
 
     async def wait_ready(self, store_ids: Sequence[str], timeout_s: float) -> None:
-        t = tables.vector_store_files
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            async with self.db.read() as conn:
-                pending = (
-                    await conn.execute(
-                        sa.select(sa.func.count()).where(
-                            t.c.vector_store_id.in_(list(store_ids)), t.c.status == "in_progress"
-                        )
-                    )
-                ).scalar_one()
-            if not pending:
-                return
-            self._wake()
-            await asyncio.sleep(0.2)
-
-
-def _lock_key(vector_store_id: str, file_id: str) -> int:
-    digest = hashlib.blake2b(f"{vector_store_id}/{file_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
-class IngestWorker:
-    """Finds `in_progress` vector store files and ingests them, a few at a time, off the event loop."""
-
-    def __init__(
-        self,
-        db: Database,
-        service: VectorStoreService,
-        blobs_path: Any,
-        *,
-        concurrency: int = 2,
-        poll_s: float = 0.5,
-        janitor_s: float = 60.0,
-        limits: ParseLimits | None = None,
-    ) -> None:
-        self.db = db
-        self.limits = limits or ParseLimits()
-        self.service = service
-        self.path_for = blobs_path  # file id -> Path of its bytes
-        self.concurrency = concurrency
-        self.poll_s = poll_s
-        self.janitor_s = janitor_s
-        self._wake = asyncio.Event()
-        self._inflight: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._loop_task: asyncio.Task[None] | None = None
-        self._janitor_task: asyncio.Task[None] | None = None
-        service.worker = self
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    async def start(self, supervisor: Supervisor) -> None:
-        self._loop_task = supervisor.start("loom-ingest", self._run)
-        self._janitor_task = supervisor.start("loom-vector-store-janitor", self._janitor)
-
-    async def stop(self) -> None:
-        tasks = [t for t in (self._loop_task, self._janitor_task, *self._inflight.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await close_host()
-
-    async def _janitor(self) -> None:
-        while True:  # supervised (loom.supervisor): a failed pass is logged and the loop restarted
-            await self.service.expire()
-            await asyncio.sleep(self.janitor_s)
-
-    async def _run(self) -> None:
-        while True:  # supervised (loom.supervisor): a failed sweep is logged and the loop restarted
-            await self.sweep()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-
-    async def sweep(self) -> None:
-        free = self.concurrency - len(self._inflight)
-        if free <= 0:
-            return
-        t = tables.vector_store_files
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(t.c.project, t.c.vector_store_id, t.c.id)
-                    .where(t.c.status == "in_progress")
-                    .order_by(t.c.seq)
-                    .limit(free + len(self._inflight) + 20)
-                )
-            ).all()
-        metrics.INGEST_QUEUE.set(len(rows))
-        for project, store_id, file_id in rows:
-            key = (store_id, file_id)
-            if key in self._inflight:
-                continue
-            if len(self._inflight) >= self.concurrency:
-                break
-            task = asyncio.create_task(self._guarded(project, store_id, file_id), name=f"ingest-{file_id}")
-            self._inflight[key] = task
-            task.add_done_callback(functools.partial(self._done, key))
-
-    def _done(self, key: tuple[str, str], _task: object = None) -> None:
-        self._inflight.pop(key, None)
-        self._wake.set()
-
-    async def _guarded(self, project: str, store_id: str, file_id: str) -> None:
-        if self.db.is_sqlite:
-            await self._ingest(project, store_id, file_id)
-            return
-        # One replica per file: the advisory lock lives as long as this connection.
-        async with self.db.engine.connect() as lock_conn:
-            key = _lock_key(store_id, file_id)
-            got = (await lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
-            await lock_conn.commit()
-            if not got:
-                return
-            try:
-                await self._ingest(project, store_id, file_id)
-            finally:
-                with contextlib.suppress(Exception):
-                    await lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    await lock_conn.commit()
-
-    async def _claim(self, project: str, store_id: str, file_id: str) -> dict[str, Any] | None:
-        """Count an attempt on a file still `in_progress`; fail it when it has had too many."""
-        async with self.db.write() as conn:
-            row = await store_files.get_row(conn, project, file_id, parent=store_id, lock=True)
-            if row is None or row.status != "in_progress":
-                return None
-            obj = dict(row.data)
-            attempts = int(obj.get("_attempts", 0))
-            if attempts >= MAX_ATTEMPTS:
-                obj.update(
-                    status="failed",
-                    last_error={"code": "server_error", "message": "Indexing was interrupted too many times."},
-                )
-                await store_files.replace(conn, project, obj, parent=store_id, status="failed")
-                return None
-            obj["_attempts"] = attempts + 1
-            await store_files.replace(conn, project, obj, parent=store_id)
-            file_row = (
-                await conn.execute(
-                    sa.select(tables.files.c.data).where(
-                        tables.files.c.id == file_id, tables.files.c.project == project
-                    )
-                )
-            ).first()
-            obj["_filename"] = dict(file_row[0])["filename"] if file_row is not None else None
-            return obj
-
-    async def _ingest(self, project: str, store_id: str, file_id: str) -> None:
-        obj = await self._claim(project, store_id, file_id)
-        if obj is None:
-            return
-        index = self.service.index
-        error: dict[str, str] | None = None
-        usage = 0
-        try:
-            if obj["_filename"] is None:
-                raise FileProcessingError("The file no longer exists.")
-            path: Path = self.path_for(file_id)
-            result = await ingest_file(
-                index,
-                self.service.embedder,
-                vector_store_id=store_id,
-                file_id=file_id,
-                filename=obj["_filename"],
-                path=path,
-                chunking=_strategy_from_wire(obj.get("chunking_strategy")),
-                attributes=obj.get("attributes"),
-                limits=self.limits,
-            )
-            usage = result.text_bytes
-        except FileProcessingError as exc:
-            error = {"code": exc.code or "server_error", "message": exc.message}
-        except asyncio.CancelledError:
-            raise  # shutting down: the file stays in_progress and is resumed at the next start
-        except Exception:
-            log.exception("ingesting %s into %s failed", file_id, store_id)
-            error = {"code": "server_error", "message": "The file could not be indexed because of a server error."}
-        async with self.db.write() as conn:
-            row = await store_files.get_row(conn, project, file_id, parent=store_id, lock=True)
-            keep = row is not None and row.status == "in_progress" and error is None
-            if row is not None and row.status == "in_progress":
-                done = dict(row.data)
-                done.pop("_attempts", None)
-                if error is None:
-                    done.update(status="completed", usage_bytes=usage, last_error=None)
-                else:
-                    done.update(status="failed", usage_bytes=0, last_error=error)
-                await store_files.replace(conn, project, done, parent=store_id, status=done["status"])
-                if error is None:
-                    await _add_usage(conn, project, store_id, usage)
-        metrics.INGEST_OUTCOMES.labels("completed" if error is None else "failed").inc()
-        if not keep:
-            # Detached, cancelled or failed meanwhile: no chunks of it may stay searchable.
-            still_attached = row is not None and row.status == "completed"
-            if not still_attached:
-                await index.delete_file(store_id, file_id)
+        await wait_ingested(self.db, store_ids, timeout_s, self._wake)

@@ -1,0 +1,1 @@
+"""Background jobs whose queue is a table (ingestion of vector store files)."""

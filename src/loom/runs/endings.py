@@ -1,0 +1,123 @@
+"""How a run ends when it does not complete: cancelled, expired, failed, incomplete; and closing what a
+run left open (its in-progress steps and messages), for the executor and for the engine's recovery."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from loom.clock import now
+from loom.runs.objects import usage_dict
+from loom.runs.store import public
+from loom.runs.turn import Turn
+
+if TYPE_CHECKING:
+    from loom.runs.executor import RunExecutor
+
+INTERRUPTED = "The run was interrupted before it finished (the server executing it stopped)."
+_STAMPS = {"cancelled": "cancelled_at", "failed": "failed_at", "expired": "expired_at"}
+
+
+def close_open(
+    steps: Iterable[dict[str, Any]],
+    messages: Iterable[dict[str, Any]],
+    *,
+    step_status: str,
+    reason: str,
+    error: dict[str, str] | None,
+) -> None:
+    """Close a run's open steps (`step_status`, stamped, with `error`) and messages (`incomplete`,
+    for `reason`), in place. The one place that says what closing them means."""
+    stamp = _STAMPS[step_status]
+    for step in steps:
+        step.update(status=step_status, last_error=error, **{stamp: now()})
+    for message in messages:
+        message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": reason})
+
+
+async def close_turn(
+    ex: RunExecutor, turn: Turn, *, message_reason: str, step_status: str, error: dict[str, str] | None = None
+) -> None:
+    """Close what the executor's current model call left open, and announce it."""
+    if turn.message is not None and turn.message_step is not None:
+        turn.message["content"] = turn.content()
+        close_open([turn.message_step], [turn.message], step_status=step_status, reason=message_reason, error=error)
+        await ex.store.save_objects(ex.project, ("message", turn.message), ("step", turn.message_step))
+        ex.emit("thread.message.incomplete", public(turn.message))
+        ex.emit(f"thread.run.step.{step_status}", public(turn.message_step))
+        turn.message = None
+    if turn.tool_step is not None:
+        close_open([turn.tool_step], [], step_status=step_status, reason=message_reason, error=error)
+        await ex.store.save_objects(ex.project, ("step", turn.tool_step))
+        ex.emit(f"thread.run.step.{step_status}", public(turn.tool_step))
+        turn.tool_step = None
+
+
+async def settle_after_race(ex: RunExecutor, turn: Turn) -> None:
+    """The run's status changed under us (a cancel arrived): finish as it now says."""
+    current = await ex.store.get_run(ex.project, ex.run_id)
+    if current is not None and current["status"] == "cancelling":
+        await finish_cancelled(ex, turn)
+
+
+async def finish_cancelled(ex: RunExecutor, turn: Turn) -> None:
+    if ex.expired and await finish_expired(ex, turn):
+        return
+    await close_turn(ex, turn, message_reason="run_cancelled", step_status="cancelled")
+    run = await ex.store.transition(
+        ex.project, ex.run_id, "cancelled", allowed_from={"cancelling", "queued", "in_progress"}
+    )
+    if run is not None:
+        ex.emit_run(run)
+
+
+async def finish_expired(ex: RunExecutor, turn: Turn) -> bool:
+    """End the run `expired` (OpenAI's status for a run past `expires_at`; no `last_error`): its open
+    message `incomplete` (`run_expired`), its open steps `expired`. False when a cancel came first."""
+    current = await ex.store.get_run(ex.project, ex.run_id)
+    if current is None or current["status"] == "cancelling":
+        return False
+    await close_turn(ex, turn, message_reason="run_expired", step_status="expired")
+    run = await ex.store.transition(
+        ex.project, ex.run_id, "expired", allowed_from={"queued", "in_progress"}, usage=ex.run.get("_usage")
+    )
+    if run is None:  # expired already by another replica's sweep: tell this replica's streams
+        run = await ex.store.get_run(ex.project, ex.run_id)
+    if run is not None and run["status"] == "expired":
+        ex.emit_run(run)
+    return True
+
+
+async def close_turn_failed(ex: RunExecutor, turn: Turn, code: str, message: str) -> None:
+    step_code = code if code in ("server_error", "rate_limit_exceeded") else "server_error"
+    await close_turn(
+        ex, turn, message_reason="run_failed", step_status="failed", error={"code": step_code, "message": message}
+    )
+
+
+async def fail(ex: RunExecutor, code: str, message: str) -> None:
+    run = await ex.store.transition(
+        ex.project,
+        ex.run_id,
+        "failed",
+        last_error={"code": code, "message": message},
+        usage=ex.run.get("_usage"),
+    )
+    if run is not None:
+        ex.emit_run(run)
+    else:
+        await settle_after_race(ex, Turn())
+
+
+async def incomplete(ex: RunExecutor, reason: str) -> None:
+    run = await ex.store.transition(
+        ex.project,
+        ex.run_id,
+        "incomplete",
+        incomplete_details={"reason": reason},
+        usage=ex.run.get("_usage") or usage_dict(0, 0),
+    )
+    if run is not None:
+        ex.emit_run(run)
+    else:
+        await settle_after_race(ex, Turn())
