@@ -24,7 +24,8 @@ import httpx
 import openai
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
-from tests.support.server import REPO, free_port, wait_for
+from tests.support.server import REPO, free_port
+from tests.support.wait import wait_for
 
 SANDBOX_ENV = Path(os.environ.get("LOOM_SANDBOX_ENV", str(REPO / ".venv-sandbox"))).absolute()
 
