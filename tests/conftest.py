@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import warnings
+import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -12,20 +13,30 @@ import pytest
 from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import database_url_for, drop_created_databases
 from tests.support.server import CREATED_DIRS, LoomServer
+from tests.support.tiers import mark_tiers
 
 DEFAULT_KEY = "sk-test-default"
 
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put the tier markers (`postgres`, `sandbox`, `e2e`, `slow`) on what was collected."""
+    mark_tiers(items)
 
 
-def sdk_client(server: LoomServer, key: str = DEFAULT_KEY, **kwargs: object) -> openai.OpenAI:
-    return openai.OpenAI(
+def sdk_client(server: LoomServer, key: str = DEFAULT_KEY, **kwargs: Any) -> openai.OpenAI:
+    """An official-SDK client of `server`. Its connections close when the client is dropped (a socket left
+    to the garbage collector is a ResourceWarning, and warnings are errors)."""
+    http = kwargs.pop("http_client", None) or openai.DefaultHttpxClient()
+    client = openai.OpenAI(
         base_url=server.base_url,
         api_key=key,
         _strict_response_validation=True,
         max_retries=0,
-        **kwargs,  # type: ignore[arg-type]
+        http_client=http,
+        **kwargs,
     )
+    weakref.finalize(client, http.close)
+    return client
 
 
 @pytest.fixture(scope="session", autouse=True)

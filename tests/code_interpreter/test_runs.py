@@ -17,9 +17,10 @@ from openai.types.beta import AssistantStreamEvent
 from openai.types.beta.threads import ImageFile, Message, Text
 from openai.types.beta.threads.runs import RunStep, ToolCall, ToolCallDelta
 
-from tests.code_interpreter.conftest import find_host_file, new_thread, run_code, sandbox_roots, wait_until
+from tests.code_interpreter.conftest import find_host_file, new_thread, run_code, sandbox_roots
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 CSV = b"city,visits\nParis,3\nLyon,4\nNice,5\n"
 CHART = (
@@ -80,7 +81,7 @@ def test_deleting_the_thread_ends_its_session(
     assert find_host_file(marker, roots), "the session's /mnt/data was not found on the host"
     assert client.beta.threads.delete(thread).deleted
     # The session's kernel and files are gone with the thread.
-    assert wait_until(lambda: not find_host_file(marker, roots))
+    wait_for(lambda: not find_host_file(marker, roots), what=f"{marker} to leave the host")
     fresh = new_thread(client)
     r = run_code(client, upstream, fresh, assistant_id, f"import os\nprint(os.path.exists('/mnt/data/{marker}'))\nkept")
     assert r.logs.startswith("False\n") and "NameError" in r.logs, r.logs
@@ -397,15 +398,14 @@ def test_cancel_between_two_code_calls_ends_cancelled(
         Turn.reply("not reached"),
     )
     run = client.beta.threads.runs.create(thread_id=thread, assistant_id=assistant_id)
-    deadline = time.monotonic() + 30
-    while client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id).data == []:
-        assert time.monotonic() < deadline, "the tool step never appeared"
-        time.sleep(0.05)
+    wait_for(lambda: client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id).data, 30, "the tool step")
     time.sleep(0.5)
     assert client.beta.threads.runs.cancel(thread_id=thread, run_id=run.id).status == "cancelling"
-    while (current := client.beta.threads.runs.retrieve(thread_id=thread, run_id=run.id)).status == "cancelling":
-        assert time.monotonic() < deadline, "the run stayed cancelling"
-        time.sleep(0.05)
+    current = wait_for(
+        lambda: (r := client.beta.threads.runs.retrieve(thread_id=thread, run_id=run.id)).status != "cancelling" and r,
+        30,
+        "the run to leave cancelling",
+    )
     assert current.status == "cancelled"
     step = client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id).data[0]
     assert step.status == "cancelled"

@@ -19,7 +19,8 @@ import pytest
 
 from tests.conftest import DEFAULT_KEY, sdk_client
 from tests.support.postgres import new_database
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 PARTS = 8
 PART_BYTES = 2 * 1024 * 1024

@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import io
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -14,6 +13,7 @@ import pytest
 
 from tests.contract.conftest import checked_client
 from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 
 def _upload(client: openai.OpenAI, total: int, name: str = "big.txt") -> str:
@@ -120,15 +120,15 @@ def test_expired_upload_refuses_parts_and_completion(short_lived_uploads: LoomSe
     upload = client.uploads.create(bytes=2, filename="x.txt", mime_type="text/plain", purpose="assistants")
     assert upload.expires_at == upload.created_at + 1
     part = client.uploads.parts.create(upload.id, data=io.BytesIO(b"ok"))
-    deadline = time.monotonic() + 10
-    while True:
+
+    def refused() -> str | None:
         try:
             client.uploads.parts.create(upload.id, data=io.BytesIO(b"ok"))
         except openai.BadRequestError as exc:
-            assert "expired" in exc.body["message"]  # type: ignore[index]
-            break
-        assert time.monotonic() < deadline, "upload never expired"
-        time.sleep(0.2)
+            return str(exc.body["message"])  # type: ignore[index]
+        return None
+
+    assert "expired" in wait_for(refused, 10, "the upload to expire", interval=0.2)
     with pytest.raises(openai.BadRequestError):
         client.uploads.complete(upload.id, part_ids=[part.id])
 

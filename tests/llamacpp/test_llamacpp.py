@@ -13,7 +13,8 @@ import openai
 import pytest
 from tests.conftest import sdk_client
 from tests.llamacpp.conftest import MODEL_ALIAS, LlamaServer
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 pytestmark = pytest.mark.llamacpp
 

@@ -16,7 +16,8 @@ import pytest
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.support.postgres import database_url_for
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 NOTES = b"The capital of Freedonia is Gnarlytown, a city of three hundred bridges.\n"
 WEATHER: Any = {

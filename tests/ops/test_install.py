@@ -22,9 +22,14 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
-from tests.support.server import REPO, free_port, wait_for
+from tests.support.server import REPO, free_port
+from tests.support.wait import wait_for
+
+# It serves from a built wheel with its own `loom serve`, not a LoomServer: marked by hand.
+pytestmark = pytest.mark.e2e
 
 SANDBOX_ENV = Path(os.environ.get("LOOM_SANDBOX_ENV", str(REPO / ".venv-sandbox"))).absolute()
 

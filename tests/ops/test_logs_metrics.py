@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
@@ -14,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import DEFAULT_KEY, sdk_client
 from tests.fakes.upstream import FakeUpstream, Turn
 from tests.support.postgres import database_url_for
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 NO_SANDBOX_ENV = "/nonexistent/loom-sandbox-env"
 
@@ -56,7 +58,7 @@ def test_every_log_line_is_json_and_the_access_log_has_request_ids(ops_server: L
     response = httpx.get(ops_server.base_url + "/models", headers={"Authorization": f"Bearer {DEFAULT_KEY}"})
     request_id = response.headers["x-request-id"]
 
-    def access_line() -> dict[str, object] | None:
+    def access_line() -> dict[str, Any] | None:
         return next((r for r in log_records(ops_server) if r.get("request_id") == request_id), None)
 
     line = wait_for(access_line, what="the access log line")

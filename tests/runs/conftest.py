@@ -18,7 +18,8 @@ import pytest
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import database_url_for
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 TINY_WINDOW = 700
 FUNCTION_TOOL: Any = {

@@ -9,7 +9,8 @@ from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.runs.conftest import FUNCTION_TOOL, server_env, wait_status
 from tests.support.postgres import new_database
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 
 def _restartable(backend: str, upstream: FakeUpstream) -> LoomServer:

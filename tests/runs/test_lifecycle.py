@@ -11,7 +11,8 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.runs.conftest import FUNCTION_TOOL, wait_status
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 
 def test_create_and_poll_completes_with_message_steps_and_usage(

@@ -12,7 +12,8 @@ from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.runs.conftest import FUNCTION_TOOL, server_env, wait_status
 from tests.runs.test_streaming import Recorder, squeeze
 from tests.support.postgres import new_database
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,8 @@ from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.runs.conftest import FUNCTION_TOOL, server_env, wait_status
 from tests.runs.test_streaming import _frames, _stream_run, squeeze
 from tests.support.postgres import database_url_for, new_database
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 LIMIT_S = 3
 # One token a second for 40 s: far past the limit.

@@ -32,6 +32,7 @@ from loom.sandbox import (
 from loom.sandbox import launcher as launcher_module
 from loom.sandbox.manager import UID_BLOCK, UID_BLOCKS, pick_uid_block
 from tests.sandbox.conftest import require_sandbox, sandbox_settings
+from tests.support.wait import wait_for_async
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -422,10 +423,7 @@ async def test_session_close_removes_its_files(manager: SandboxManager) -> None:
 
 
 async def test_pool_makes_first_execution_fast(manager: SandboxManager) -> None:
-    for _ in range(100):  # let the pool refill
-        if manager.pooled >= 1:
-            break
-        await asyncio.sleep(0.1)
+    await wait_for_async(lambda: manager.pooled >= 1, 10, "the pool to refill", interval=0.1)
     t0 = time.monotonic()
     box = await manager.session("pooled")
     r = await box.execute("print('first')")

@@ -18,11 +18,24 @@ _lock = threading.Lock()
 _server: Any = None
 
 
+def _ensure_runtime_dir() -> None:
+    """pgserver keeps its lock file in platformdirs' user runtime directory. Without XDG_RUNTIME_DIR (a
+    container, a CI job) platformdirs falls back to <tmp>/runtime-<uid> with a RuntimeDirWarning (an error
+    in the tests): name that same directory, so the lock stays shared with other sessions on this machine."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    path = Path(tempfile.gettempdir()) / f"runtime-{os.geteuid()}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    path.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+
+
 def pg_server() -> Any:
     """The session's PostgreSQL server (pgserver), started on first use."""
     global _server
     with _lock:
         if _server is None:
+            _ensure_runtime_dir()
             from pgserver import get_server  # type: ignore[attr-defined]  # untyped re-export
 
             root = Path(os.environ.get("LOOM_TEST_PGDATA", Path(tempfile.gettempdir()) / "loom-test-pg"))

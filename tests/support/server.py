@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 # Data directories the servers of this test session made, removed when the session ends (tests/conftest.py).
@@ -27,15 +27,15 @@ def free_port() -> int:
         return port
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+def healthy(proc: subprocess.Popen[Any], port: int) -> bool:
+    """Whether the `loom serve` in `proc` answers /health on `port`; raises if it has exited."""
+    if proc.poll() is not None:
+        out = proc.communicate()[1] if proc.stderr is not None else ""
+        raise RuntimeError(f"loom serve exited with {proc.returncode}: {out}")
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class LoomServer:
@@ -83,36 +83,34 @@ class LoomServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout: float = 60.0) -> LoomServer:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                *self.wrapper,
-                sys.executable,
-                "-m",
-                "loom.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--log-level",
-                "warning",
-                *self.serve_args,
-            ],
-            env=self.env,
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"loom serve exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"loom serve did not start in {timeout}s:\n{self.log()}")
+        # The child keeps its own copy of the descriptor: ours is closed at once.
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    *self.wrapper,
+                    sys.executable,
+                    "-m",
+                    "loom.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    *self.serve_args,
+                ],
+                env=self.env,
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        proc = self.proc
+        try:
+            wait_for(lambda: healthy(proc, self.port), timeout, "loom serve to answer /health", interval=0.1)
+        except AssertionError:
+            raise RuntimeError(f"loom serve did not start in {timeout}s:\n{self.log()}") from None
+        except RuntimeError as exc:  # it exited
+            raise RuntimeError(f"{exc}\n{self.log()}") from None
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -12,7 +11,6 @@ from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import database_url_for
 from tests.support.server import LoomServer
-from tests.support.server import wait_for as support_wait_for
 
 ENV = {"LOOM_POLL_AFTER_MS": "20", "LOOM_UPSTREAM_MAX_RETRIES": "0", "LOOM_VECTOR_STORE_JANITOR_S": "0.5"}
 
@@ -40,9 +38,8 @@ def other_client(vs_server: LoomServer, vs_other_key: str) -> openai.OpenAI:
     return sdk_client(vs_server, vs_other_key)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    """Ingestion can take a while on a loaded machine: a longer default than the shared helper's."""
-    return support_wait_for(predicate, timeout, what)
+# Ingestion can take a while on a loaded machine: what the tests here give it (tests.support.wait.wait_for).
+INGEST_TIMEOUT_S = 60.0
 
 
 def big_text(n_paragraphs: int, marker: str = "") -> bytes:

@@ -14,7 +14,8 @@ import openai
 import pytest
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
-from tests.vector_stores.conftest import wait_for
+from tests.support.wait import wait_for
+from tests.vector_stores.conftest import INGEST_TIMEOUT_S
 
 NOTES = b"The capital of Freedonia is Gnarlytown. Gnarlytown has three hundred bridges over the Zarn river.\n"
 RECIPES = b"Pancakes need flour, eggs and milk. Waffles need a hot iron.\n"
@@ -141,7 +142,8 @@ def test_thread_created_with_attachments_shows_its_store(client: openai.OpenAI) 
             client.beta.threads.runs.list(thread_id=thread_id).data[0].status
             not in ("queued", "in_progress", "cancelling")
         ),
-        what="the streamed run to end",
+        INGEST_TIMEOUT_S,
+        "the streamed run to end",
     )
 
 

@@ -8,7 +8,8 @@ import openai
 from openai import AssistantEventHandler
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
-from tests.vector_stores.conftest import wait_for
+from tests.support.wait import wait_for
+from tests.vector_stores.conftest import INGEST_TIMEOUT_S
 
 NOTES = b"The capital of Freedonia is Gnarlytown. Gnarlytown has three hundred bridges over the Zarn river.\n"
 INCLUDE: Final = "step_details.tool_calls[*].file_search.results[*].content"
@@ -159,7 +160,8 @@ def test_attachments_and_helper_create_stores(client: openai.OpenAI, upstream: F
     [helper_store] = cast(Any, assistant.tool_resources).file_search.vector_store_ids
     store = wait_for(
         lambda: (s := client.vector_stores.retrieve(helper_store)).file_counts.completed == 1 and s,
-        what="helper store ingestion",
+        INGEST_TIMEOUT_S,
+        "helper store ingestion",
     )
     assert store.metadata == {"k": "v"}
 

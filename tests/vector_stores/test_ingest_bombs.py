@@ -19,7 +19,8 @@ import openai
 from tests.conftest import sdk_client
 from tests.retrieval.files import docx_bytes, pdf_bytes
 from tests.support.server import LoomServer
-from tests.vector_stores.conftest import ENV, wait_for
+from tests.support.wait import wait_for
+from tests.vector_stores.conftest import ENV
 
 GB_KB = 1024 * 1024
 

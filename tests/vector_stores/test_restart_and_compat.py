@@ -12,7 +12,8 @@ from tests.compat.venv import compat_python
 from tests.conftest import DEFAULT_KEY, sdk_client
 from tests.support.postgres import new_database
 from tests.support.server import LoomServer
-from tests.vector_stores.conftest import ENV, big_text, wait_for
+from tests.support.wait import wait_for
+from tests.vector_stores.conftest import ENV, big_text
 
 
 def test_kill_during_ingestion_then_restart(backend: str) -> None:

@@ -13,7 +13,8 @@ import pytest
 from tests.conftest import DEFAULT_KEY
 from tests.retrieval.files import docx_bytes, pdf_bytes, pptx_bytes
 from tests.support.server import LoomServer
-from tests.vector_stores.conftest import big_text, wait_for
+from tests.support.wait import wait_for
+from tests.vector_stores.conftest import INGEST_TIMEOUT_S, big_text
 
 NOTES = b"The capital of Freedonia is Gnarlytown. Gnarlytown has three hundred bridges over the Zarn river.\n"
 RECIPES = b"Pancakes need flour, eggs, milk and a pinch of salt. Fry them in butter until golden.\n"
@@ -195,7 +196,8 @@ def test_file_batches_upload_and_poll_list_and_cancel(client: openai.OpenAI) -> 
     # Its chunks never become searchable once the worker notices.
     wait_for(
         lambda: not any(r.file_id == big for r in client.vector_stores.search(vs.id, query="archive shelf").data),
-        what="cancelled file to leave the index",
+        INGEST_TIMEOUT_S,
+        "cancelled file to leave the index",
     )
 
     with pytest.raises(openai.BadRequestError):
@@ -261,7 +263,8 @@ def test_deleting_a_file_removes_it_from_every_store(client: openai.OpenAI) -> N
     stores = [client.vector_stores.create(name=f"s{i}", file_ids=[file_id, keep]) for i in range(2)]
     wait_for(
         lambda: all(client.vector_stores.retrieve(vs.id).file_counts.completed == 2 for vs in stores),
-        what="ingestion",
+        INGEST_TIMEOUT_S,
+        "ingestion",
     )
     client.files.delete(file_id)
     for vs in stores:
@@ -341,7 +344,7 @@ def test_expired_store_answers_expired_and_is_emptied(client: openai.OpenAI, vs_
     vs = client.vector_stores.create(
         name="short-lived", file_ids=[file_id], expires_after={"anchor": "last_active_at", "days": 1}
     )
-    wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.completed == 1, what="ingestion")
+    wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.completed == 1, INGEST_TIMEOUT_S, "ingestion")
     client.vector_stores.search(vs.id, query="Gnarlytown")  # use moves last_active_at
     asyncio.run(_age_store(vs_server, vs.id, 2))
 
@@ -352,7 +355,9 @@ def test_expired_store_answers_expired_and_is_emptied(client: openai.OpenAI, vs_
     with pytest.raises(openai.BadRequestError):
         client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id)
     # The janitor removes its files and chunks; the store keeps answering `expired`.
-    wait_for(lambda: client.vector_stores.retrieve(vs.id).file_counts.total == 0, what="expired store cleanup")
+    wait_for(
+        lambda: client.vector_stores.retrieve(vs.id).file_counts.total == 0, INGEST_TIMEOUT_S, "expired store cleanup"
+    )
     assert client.vector_stores.retrieve(vs.id).status == "expired" and client.files.retrieve(file_id).id == file_id
 
 
