@@ -16,7 +16,8 @@ from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.runs.conftest import FUNCTION_TOOL, no_traceback
 from tests.support.postgres import database_url_for
-from tests.support.server import LoomServer, wait_for
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 # What llama-cpp-python's server answers when a replayed tool call carries `"content": null`.
 LLAMACPP_500 = """Traceback (most recent call last):
