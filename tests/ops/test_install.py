@@ -97,9 +97,11 @@ def test_wheel_installs_and_serves_from_anywhere(tmp_path: Path, upstream: FakeU
         calls = [c for s in steps if s.step_details.type == "tool_calls" for c in s.step_details.tool_calls]
         assert calls and calls[0].type == "code_interpreter"
         assert [o.logs for o in calls[0].code_interpreter.outputs if o.type == "logs"] == ["42\n"]
+        client.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+        log.close()
     # Its data went to the per-user data directory, not the working directory.
     assert (data_dir / "loom.db").is_file()
     assert not any(elsewhere.iterdir())
