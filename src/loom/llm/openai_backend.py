@@ -387,6 +387,8 @@ class OpenAIBackend:
         self._undetected_until = 0.0
         self._http: httpx.AsyncClient | None = None
         self._models: tuple[float, list[str]] | None = None
+        # Why the last `GET /models` failed (one line), None when it answered (or was not asked yet).
+        self.models_problem: str | None = None
         # `GET /models` entries by id (vLLM's carry `max_model_len`), from the last listing.
         self._entries: dict[str, Mapping[str, Any]] = {}
         # model -> (until when, the served window and where the server said it; None: it does not say).
@@ -440,15 +442,18 @@ class OpenAIBackend:
         now = time.monotonic()
         if self._models is not None and self._models[0] > now:
             return self._models[1]
+        url = self.config.base_url.rstrip("/") + "/models"
         try:
-            response = await self._discovery().get(self.config.base_url.rstrip("/") + "/models")
+            response = await self._discovery().get(url)
             ids = model_ids(response) if response.status_code == 200 else []
             self._entries = model_entries(response) if response.status_code == 200 else {}
             ttl = MODELS_CACHE_S if response.status_code == 200 else MODELS_FAILURE_CACHE_S
+            self.models_problem = None if response.status_code == 200 else f"HTTP {response.status_code} from {url}"
         except httpx.HTTPError as exc:
             log.info("model backend %r: could not list its models (%s)", self.name, exc)
             ids, ttl = [], MODELS_FAILURE_CACHE_S
             self._entries = {}
+            self.models_problem = f"{type(exc).__name__} at {url}" + (f": {exc}" if str(exc) else "")
         self._models = (now + ttl, ids)
         return ids
 

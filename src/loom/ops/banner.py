@@ -1,6 +1,6 @@
 """The start-up report: what this server is, where its data lives, and what it can reach.
 
-Each model backend is asked for `GET /models` (a few seconds at most, all at once); one that does not
+Each model backend lists its models (`GET /models`, a few seconds at most, all at once); one that does not
 answer is a warning, never a failure: the server starts anyway, and runs on that backend fail with a
 `last_error` naming it until it answers.
 """
@@ -11,8 +11,6 @@ import asyncio
 import logging
 import shutil
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from loom import __version__
 from loom.config import mask_url
@@ -25,24 +23,15 @@ PROBE_TIMEOUT_S = 3.0
 OPENAI_URL = "https://api.openai.com/v1"
 
 
-async def probe_backend(config: Any) -> str | None:
-    """None when the backend answered `GET /models` with 2xx, else why not (one line)."""
-    headers = {"Authorization": f"Bearer {config.api_key or 'no-key'}", **dict(config.headers)}
-    key_header = config.api_key_header or ("api-key" if config.api_version else None)
-    if key_header and config.api_key:
-        headers.setdefault(key_header, config.api_key)
-    query = dict(config.query)
-    if config.api_version:
-        query.setdefault("api-version", config.api_version)
-    url = config.base_url.rstrip("/") + "/models"
+async def probe_backend(backend: Any) -> str | None:
+    """None when the backend answered `GET /models`, else why not (one line). The backend's own listing
+    (its client, headers and query; remembered for `/v1/models` too), given a few seconds at most."""
     try:
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
-            response = await client.get(url, headers=headers, params=query)
-    except httpx.HTTPError as exc:
-        return f"{type(exc).__name__} at {url}" + (f": {exc}" if str(exc) else "")
-    if response.is_success:
-        return None
-    return f"HTTP {response.status_code} from {url}"
+        await asyncio.wait_for(backend.list_models(), timeout=PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return f"no answer within {PROBE_TIMEOUT_S:g} s at {backend.config.base_url.rstrip('/')}/models"
+    problem: str | None = backend.models_problem
+    return problem
 
 
 def _sandbox_state(container: Container) -> tuple[int, str]:
@@ -88,8 +77,9 @@ async def startup_report(container: Container, url: str, *, has_keys: bool) -> l
     ]
     backends = container.router.backends
     configs = {name: getattr(backend, "config", None) for name, backend in backends.items()}
-    probes = await asyncio.gather(*(probe_backend(c) for c in configs.values() if c is not None))
-    problems = dict(zip([n for n, c in configs.items() if c is not None], probes, strict=True))
+    asked = [name for name, config in configs.items() if config is not None]
+    probes = await asyncio.gather(*(probe_backend(backends[name]) for name in asked))
+    problems = dict(zip(asked, probes, strict=True))
     for name, config in configs.items():
         if config is None:
             lines.append((logging.INFO, f"model backend {name}: not probed"))
