@@ -28,8 +28,9 @@ from loom.api.sse import event_stream
 from loom.errors import InvalidRequest
 from loom.runs.bus import END
 from loom.runs.status import TERMINAL
-from loom.services.common import list_params, threads
+from loom.services.common import list_params
 from loom.store import tables
+from loom.store.collections import threads
 from loom.store.repo import Obj
 
 router = APIRouter(prefix="/console/api")

@@ -30,10 +30,10 @@ from loom.runs.endings import INTERRUPTED, close_open
 from loom.runs.executor import RunExecutor
 from loom.runs.store import Preloaded, RunStore, public
 from loom.runs.tools import ServerTool
-from loom.services.common import files as files_collection
-from loom.services.common import messages, run_steps
 from loom.store import tables
 from loom.store.blobs import BlobStore
+from loom.store.collections import files as files_collection
+from loom.store.collections import messages, run_steps
 from loom.store.db import Database
 from loom.supervisor import Supervisor
 

@@ -8,8 +8,8 @@ import sqlalchemy as sa
 
 from loom.ops import events
 from loom.runs import status
-from loom.services.common import assistants, messages, run_steps, runs, threads
 from loom.store import tables
+from loom.store.collections import assistants, messages, run_steps, runs, threads
 from loom.store.db import Database
 
 # The thread's messages from before the run, the run's steps, the run's own messages by id.

@@ -1,4 +1,4 @@
-"""Rules shared by several resources: list parameters, tool resources, and the collections."""
+"""Rules shared by several resources: list parameters and tool resources."""
 
 from __future__ import annotations
 
@@ -15,16 +15,8 @@ from loom.errors import InvalidRequest, NotFound
 from loom.runs.status import ACTIVE
 from loom.schemas.assistants import ToolResources, ToolResourcesUpdate
 from loom.store import tables
-from loom.store.repo import Collection, Order
-
-assistants = Collection(tables.assistants)
-threads = Collection(tables.threads)
-messages = Collection(tables.messages, parent_column="thread_id")
-runs = Collection(tables.runs, parent_column="thread_id")
-run_steps = Collection(tables.run_steps, parent_column="run_id")
-files = Collection(tables.files)
-uploads = Collection(tables.uploads)
-vector_stores = Collection(tables.vector_stores)
+from loom.store.collections import assistants, threads
+from loom.store.repo import Order
 
 # The statuses in which a run holds its thread (one definition: `loom.runs.status.ACTIVE`).
 ACTIVE_RUN_STATUSES = tuple(sorted(ACTIVE))

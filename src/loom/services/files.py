@@ -22,9 +22,10 @@ from loom.errors import InvalidRequest, NotFound
 from loom.schemas.common import parse
 from loom.schemas.files import UploadComplete, UploadCreate
 from loom.schemas.forms import Form, UploadedFile
-from loom.services.common import ListParams, files, uploads
+from loom.services.common import ListParams
 from loom.store import tables
 from loom.store.blobs import BlobStore
+from loom.store.collections import files, uploads
 from loom.store.db import Database
 from loom.store.repo import Collection, Page
 

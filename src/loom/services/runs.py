@@ -18,9 +18,10 @@ from loom.runs.status import TERMINAL
 from loom.runs.store import Preloaded, RunStore, public
 from loom.schemas.runs import RunCreate, RunModify, SubmitToolOutputs, ThreadAndRunCreate
 from loom.schemas.threads import ThreadCreate
-from loom.services.common import ListParams, active_run, assistants, run_steps, runs, threads
+from loom.services.common import ListParams, active_run
 from loom.services.threads import create_thread_row, insert_message
 from loom.store import tables
+from loom.store.collections import assistants, run_steps, runs, threads
 from loom.store.db import Database
 from loom.store.repo import Page
 

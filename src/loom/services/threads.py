@@ -17,14 +17,13 @@ from loom.schemas.threads import ImageFilePart, MessageCreate, MessageModify, Te
 from loom.services.common import (
     ACTIVE_RUN_STATUSES,
     ListParams,
-    messages,
     named_vector_stores,
     require_files,
     require_vector_stores,
-    threads,
     tool_resources_wire,
 )
 from loom.store import tables
+from loom.store.collections import messages, threads
 from loom.store.db import Database
 from loom.store.repo import Page
 

@@ -19,9 +19,10 @@ from loom import ids
 from loom.clock import now
 from loom.errors import NotFound
 from loom.retrieval.chunking import AUTO, ChunkingStrategy
-from loom.services.common import require_files, threads
-from loom.services.common import vector_stores as stores
+from loom.services.common import require_files
 from loom.store import tables
+from loom.store.collections import threads
+from loom.store.collections import vector_stores as stores
 from loom.store.repo import Collection as Table
 
 store_files = Table(tables.vector_store_files, parent_column="vector_store_id")

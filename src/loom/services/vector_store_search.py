@@ -20,9 +20,9 @@ from loom.retrieval.index import STOPWORDS, ChunkIndex
 from loom.retrieval.search import SearchResult, search
 from loom.schemas.common import parse
 from loom.schemas.vector_stores import VectorStoreSearch
-from loom.services.common import vector_stores as stores
 from loom.services.vector_store_rows import is_expired
 from loom.store import tables
+from loom.store.collections import vector_stores as stores
 from loom.store.db import Database
 
 

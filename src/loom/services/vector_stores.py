@@ -29,7 +29,6 @@ from loom.schemas.vector_stores import (
     VectorStoreModify,
 )
 from loom.services.common import ListParams, forget_vector_store, require_files
-from loom.services.common import vector_stores as stores
 from loom.services.serialized_index import SerializedWrites
 from loom.services.vector_store_rows import (
     DAY_S,
@@ -47,6 +46,7 @@ from loom.services.vector_store_rows import (
 )
 from loom.services.vector_store_search import SearchRequest, live_store_ids, wait_ingested
 from loom.store import tables
+from loom.store.collections import vector_stores as stores
 from loom.store.db import Database
 from loom.store.repo import Page
 
