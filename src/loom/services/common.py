@@ -1,10 +1,9 @@
-"""Rules shared by several resources: list parameters and tool resources."""
+"""Rules shared by several resources: list parameters, references to files and stores, active runs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
@@ -126,44 +125,6 @@ async def forget_vector_store(conn: AsyncConnection, project: str, vector_store_
             resources["file_search"] = fs
             obj["tool_resources"] = resources
             await collection.replace(conn, project, obj)
-
-
-async def tool_resources_wire(
-    conn: AsyncConnection,
-    project: str,
-    resources: ToolResources | ToolResourcesUpdate | None,
-    current: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Validate referenced files and stores; return tool_resources as OpenAI echoed them.
-
-    On modify, each given part replaces its counterpart (code_interpreter.file_ids overrides the list);
-    a `file_search` without `vector_store_ids` keeps the stores there are.
-    """
-    wire: dict[str, Any] = dict(current or {})
-    if resources is None:
-        return wire
-    if resources.code_interpreter is not None:
-        await require_files(conn, project, resources.code_interpreter.file_ids)
-        wire["code_interpreter"] = {"file_ids": list(resources.code_interpreter.file_ids)}
-    fs = resources.file_search
-    helpers = getattr(fs, "vector_stores", None) or []
-    if fs is not None and fs.vector_store_ids is None and not helpers and "file_search" in wire:
-        # `file_search: {}` names no stores: the current ones stay (the spec gives `vector_store_ids` no
-        # default, unlike `code_interpreter.file_ids`; Agency Swarm sends this on every agent reload).
-        fs = None
-    if fs is not None:
-        ids = list(fs.vector_store_ids or [])
-        await require_vector_stores(conn, project, ids)
-        if helpers:
-            # The create-a-store helper: a new store with these files (ingested in the background).
-            from loom.services.vector_store_rows import create_helper_store
-
-            for i, helper in enumerate(helpers):
-                ids.append(
-                    await create_helper_store(conn, project, helper, f"tool_resources.file_search.vector_stores[{i}]")
-                )
-        wire["file_search"] = {"vector_store_ids": ids}
-    return wire
 
 
 # Built once: checked on every message and run creation.
