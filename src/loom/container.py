@@ -130,7 +130,8 @@ class Container:
         self.files.delete_hooks.append(self.vector_stores.forget_file)
         self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings, self.supervisor)
-        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db, settings))
+        # The code interpreter reads input Files and writes output Files through the file service.
+        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.files, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
 
     async def start(self) -> None:

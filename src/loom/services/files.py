@@ -205,6 +205,24 @@ class FileService:
         await self.get(project, file_id)
         return self.blobs.path_for(file_id)
 
+    # What the run engine's code interpreter needs (`loom.runs.ports`: StoredFileReader, OutputFileWriter).
+
+    async def stored_file(self, project: str, file_id: str) -> tuple[str, Path] | None:
+        try:
+            meta = await self.get(project, file_id)
+        except NotFound:
+            return None
+        return str(meta["filename"]), self.blobs.path_for(file_id)
+
+    def new_temp(self) -> Path:
+        return self.blobs.new_temp()
+
+    async def write_output(self, project: str, filename: str, data: bytes) -> str:
+        return str((await self.create_output(project, filename, data))["id"])
+
+    async def write_output_from(self, project: str, filename: str, temp: Path, size: int) -> str:
+        return str((await self.create_output_from(project, filename, temp, size))["id"])
+
     async def list(self, project: str, params: ListParams, purpose: str | None) -> Page:
         where = [_alive()]
         if purpose is not None:
