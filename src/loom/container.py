@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from loom.config import Settings
 from loom.jobs.ingest import IngestWorker
@@ -158,9 +157,3 @@ class Container:
             await self.files.delete_expired()
             await self.files.expire_uploads()
             await asyncio.sleep(_JANITOR_EVERY_S)
-
-    async def model_list(self) -> list[dict[str, Any]]:
-        return [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by}
-            for m in await self.router.list_models()
-        ]
