@@ -84,7 +84,7 @@ class PostgresChunkIndex:
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
-            await create_schema(conn, self._dims)
+            await create_schema(conn, "postgresql", self._dims)
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None

@@ -51,7 +51,7 @@ class SQLiteChunkIndex:
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
-            await create_schema(conn)
+            await create_schema(conn, "sqlite")
 
     def _invalidate(self, vector_store_id: str) -> None:
         self._cache.pop(vector_store_id, None)
