@@ -1,8 +1,8 @@
 """In-process publish/subscribe of run events, and the registry of live executors.
 
 Events go out only after the state they describe is committed. Across replicas (PostgreSQL) only
-control messages travel (a cancel asked on one replica reaches the executor on another through
-`NOTIFY`); a stream is always served by the replica executing the run, since both calls that stream
+control messages travel (a cancel asked on one replica reaches the executor on another through the
+coordinator's notifications, `loom.store.coordination`); a stream is always served by the replica executing the run, since both calls that stream
 (create, submit tool outputs) start the executor where they are received.
 """
 
