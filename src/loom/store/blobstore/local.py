@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import errno
 import functools
+import logging
 import os
 import secrets
 import stat
@@ -35,6 +36,7 @@ from loom.store.blobstore.base import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 # Half-written blobs: `.<name>.<random>.partial` beside their target (a name with dots is never a key).
 PARTIAL_SUFFIX = ".partial"
 
@@ -76,11 +78,17 @@ class _Partial:
             _fsync_dir(self.target.parent)
 
     def discard(self) -> None:
+        """Remove what was written; never raises (it runs while another error is on its way)."""
         with self.lock:
-            if self.fd >= 0:
-                os.close(self.fd)
-                self.fd = -1
-            self.path.unlink(missing_ok=True)
+            try:
+                if self.fd >= 0:
+                    os.close(self.fd)
+                    self.fd = -1
+                self.path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # never created: nothing to remove
+            except OSError as exc:
+                log.warning("could not remove the half-written blob %s: %s", self.path, exc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -206,7 +214,9 @@ class LocalBlobStorage:
             try:
                 path.unlink()
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                return
+                if self._root_usable():
+                    return  # no such blob: nothing to do
+                raise
             # Empty folders of the key go too (a part's upload folder), never the root itself.
             parent = path.parent
             while parent != self.root:
@@ -220,6 +230,8 @@ class LocalBlobStorage:
 
     async def list(self, prefix: str = "") -> AsyncIterator[BlobEntry]:
         check_prefix(prefix)
+        if not await asyncio.to_thread(self._root_usable):
+            raise BlobStoreUnavailable(f"{self.root} is not a folder")
         base = prefix.strip("/")
         folders = [self.root.joinpath(*base.split("/")) if base else self.root]
         while folders:
