@@ -116,7 +116,11 @@ class SeaweedS3:
             f"-s3.config={config}",
         ]
         self.proc = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         self._wait_ready()
         return self
@@ -165,6 +169,16 @@ class SeaweedS3:
     def stop(self) -> None:
         # Killed, not stopped: a graceful stop takes SeaweedFS ~15 s, and its data is thrown away anyway.
         self.kill()
+        # The unix sockets it made beside its ports, in /tmp whatever TMPDIR says (only ours: by our ports).
+        for kind, port in (
+            ("master-grpc", self.master_grpc),
+            ("volume-grpc", self.volume_grpc),
+            ("filer-grpc", self.filer_grpc),
+            ("s3-grpc", self.s3_grpc),
+            ("filer", self.filer),
+            ("s3", self.s3_port),
+        ):
+            Path(f"/tmp/seaweedfs-{kind}-{port}.sock").unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
