@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -208,3 +209,16 @@ async def test_put_from_a_local_file(storage: BlobStorage, tmp_path: Path) -> No
     info = await storage.put("file-from-path", file_chunks(source))
     assert info.sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
     assert await read_all(storage, "file-from-path") == source.read_bytes()
+
+
+async def test_a_reader_dropped_mid_stream_leaks_nothing(storage: BlobStorage) -> None:
+    # A client that goes away mid-download: its reader is dropped without being closed.
+    await storage.put("file-dropped", bytes_chunks(os.urandom(4 * MB)))
+    descriptors = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        reader = await storage.open("file-dropped")
+        assert await reader.__anext__()
+        del reader
+    gc.collect()
+    await asyncio.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= descriptors + 2

@@ -16,9 +16,10 @@ import secrets
 import stat
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import TypeVar
 
 from loom.store.blobstore.base import (
     CHUNK_BYTES,
@@ -91,6 +92,34 @@ class _Partial:
                 log.warning("could not remove the half-written blob %s: %s", self.path, exc)
 
 
+class _ReadHandle:
+    """An open blob read with pread; the lock keeps a close from racing a read still in its thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.lock = threading.Lock()
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            info = os.fstat(self.fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a blob", str(path))
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.size = info.st_size
+
+    def pread(self, size: int, offset: int) -> bytes:
+        with self.lock:
+            if self.fd < 0:
+                raise ValueError("read from a closed blob reader")
+            return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        with self.lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -149,34 +178,25 @@ class LocalBlobStorage:
     async def open(self, key: str, start: int = 0, end: int | None = None) -> BlobReader:
         check_range(start, end)
         path = self._path(key)
-
-        def opened() -> tuple[IO[bytes], int]:
-            handle = path.open("rb")
-            try:
-                size = os.fstat(handle.fileno()).st_size
-                handle.seek(min(start, size))
-            except BaseException:
-                handle.close()
-                raise
-            return handle, size
-
-        handle, size = await self._io(key, opened)
-        stop = size if end is None else min(end, size)
-        remaining = max(stop - start, 0)
-        left = [remaining]
+        handle = await self._io(key, lambda: _ReadHandle(path))
+        stop = handle.size if end is None else min(end, handle.size)
+        position = [start]
 
         async def read() -> bytes:
-            want = min(CHUNK_BYTES, left[0])
+            want = min(CHUNK_BYTES, stop - position[0])
             if want <= 0:
                 return b""
-            chunk = await self._io(key, lambda: handle.read(want))
-            left[0] -= len(chunk)
+            chunk = await self._io(key, functools.partial(handle.pread, want, position[0]))
+            position[0] += len(chunk)
             return chunk
 
         async def close() -> None:
             await asyncio.to_thread(handle.close)
 
-        return BlobReader(remaining, read, close)
+        reader = BlobReader(max(stop - start, 0), read, close)
+        # A reader dropped unclosed (a client gone mid-download) still gives its descriptor back.
+        weakref.finalize(reader, handle.close)
+        return reader
 
     async def read_range(self, key: str, start: int, end: int) -> bytes:
         check_range(start, end)
