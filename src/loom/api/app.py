@@ -32,6 +32,7 @@ def create_app(container: Container) -> FastAPI:
 
     app = FastAPI(title="Loom", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.container = container
+    console_api.watch_runs(app, container.engine.bus)
 
     @app.exception_handler(LoomError)
     async def loom_error(_request: Request, exc: LoomError) -> JSON:

@@ -6,8 +6,9 @@
   `key=value` for an exact metadata value); each with its message count, run count, last activity and the
   status of its last run.
 - `GET /console/api/threads/{thread_id}/runs/{run_id}/events`: a run's events as server-sent events (the
-  same frames as a streamed `/v1` run), from its current state to its end, for watching a run that some
-  other client started.
+  same frames as a streamed `/v1` run), for watching a run that some other client started: first a snapshot
+  of the run so far (its state, the steps and messages of this execution, the text streamed so far), then
+  its live events to its end.
 
 Every route authenticates like `/v1` (the same dependency): no key is 401, another project's ids are 404.
 """
@@ -18,15 +19,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
 from loom.api.auth import Project
 from loom.api.http import JSON
 from loom.api.sse import event_stream
+from loom.console.live import LiveRuns
 from loom.errors import InvalidRequest
-from loom.runs.bus import END
+from loom.runs.bus import END, EventBus
 from loom.runs.status import TERMINAL
 from loom.services.common import list_params
 from loom.store import tables
@@ -150,20 +152,33 @@ async def list_threads(request: Request, project: Project) -> JSON:
 
 @router.get("/threads/{thread_id}/runs/{run_id}/events")
 async def run_events(request: Request, project: Project, thread_id: str, run_id: str) -> Response:
-    """The run now, then its events until it stops (requires_action included), then `done`.
+    """The run so far, then its events until it stops (requires_action included), then `done`.
 
-    Events come from the replica executing the run; a run executing elsewhere (or no longer executing)
-    answers its current state and ends, and the console says it is not live."""
+    A run executing here starts with its snapshot (`loom.console.live`): the run, then each step and message of
+    this execution as last announced with the deltas since, the text streamed so far included; then its live
+    events, none missing and none twice. A run executing elsewhere (or no longer executing) answers its
+    current state and ends, and the console says it is not live."""
     container = request.app.state.container
     bus = container.engine.bus
-    queue = bus.subscribe(run_id)
-    try:
-        run: dict[str, Any] = await container.runs.get(project, thread_id, run_id)
-    except BaseException:
-        bus.unsubscribe(run_id, queue)
-        raise
+    queue, run, snapshot = await live_runs(request.app).watch(
+        run_id,
+        lambda: container.runs.get(project, thread_id, run_id),  # another project's ids: 404
+    )
+    if snapshot is not None:
+        return event_stream(list(snapshot), queue, run_id, bus, container.settings.sse_keepalive_s)
     status = run["status"]
     first: list[tuple[str, Any]] = [(f"thread.run.{status}", run)]
     if status in TERMINAL or status == "requires_action" or not container.engine.runs_here(run_id):
         queue.put_nowait(END)
     return event_stream(first, queue, run_id, bus, container.settings.sse_keepalive_s)
+
+
+def live_runs(app: FastAPI) -> LiveRuns:
+    """The app's record of the runs executing here, started with the app (`watch_runs`)."""
+    live: LiveRuns = app.state.console_live_runs
+    return live
+
+
+def watch_runs(app: FastAPI, bus: EventBus) -> None:
+    """Keep what live runs say from now on, for watchers that join mid-run."""
+    app.state.console_live_runs = LiveRuns(bus)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,18 @@ class Event:
 END = Event("done", "[DONE]")
 
 
+# Sees every event of every run as it is published (and END when a run's executor stops), before any
+# subscriber: the console keeps what live runs have said so far with one (`loom.console.live`).
+Tap = Callable[[str, Event], None]
+
+
 class EventBus:
     def __init__(self) -> None:
         self._subscribers: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
+        self._taps: list[Tap] = []
+
+    def add_tap(self, tap: Tap) -> None:
+        self._taps.append(tap)
 
     def subscribe(self, run_id: str) -> asyncio.Queue[Event]:
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -41,9 +51,14 @@ class EventBus:
                 del self._subscribers[run_id]
 
     def publish(self, run_id: str, name: str, data: Any) -> None:
+        event = Event(name, data)
+        for tap in self._taps:
+            tap(run_id, event)
         for queue in self._subscribers.get(run_id, ()):
-            queue.put_nowait(Event(name, data))
+            queue.put_nowait(event)
 
     def end(self, run_id: str) -> None:
+        for tap in self._taps:
+            tap(run_id, END)
         for queue in self._subscribers.get(run_id, ()):
             queue.put_nowait(END)
