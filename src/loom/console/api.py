@@ -6,8 +6,9 @@
   `key=value` for an exact metadata value); each with its message count, run count, last activity and the
   status of its last run.
 - `GET /console/api/threads/{thread_id}/runs/{run_id}/events`: a run's events as server-sent events (the
-  same frames as a streamed `/v1` run), from its current state to its end, for watching a run that some
-  other client started.
+  same frames as a streamed `/v1` run), for watching a run that some other client started: first a snapshot
+  of the run so far (its state, the steps and messages of this execution, the text streamed so far), then
+  its live events to its end.
 
 Every route authenticates like `/v1` (the same dependency): no key is 401, another project's ids are 404.
 """

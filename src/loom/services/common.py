@@ -6,7 +6,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom.clock import now
@@ -15,6 +14,7 @@ from loom.runs.status import ACTIVE
 from loom.schemas.assistants import ToolResources, ToolResourcesUpdate
 from loom.store import tables
 from loom.store.collections import assistants, threads
+from loom.store.json_sql import json_list_has
 from loom.store.repo import Order
 
 # The statuses in which a run holds its thread (one definition: `loom.runs.status.ACTIVE`).
@@ -84,11 +84,10 @@ async def require_files(conn: AsyncConnection, project: str, file_ids: Iterable[
 async def require_vector_stores(conn: AsyncConnection, project: str, ids: Iterable[str]) -> None:
     t = tables.vector_stores
     for vs_id in ids:
-        query = sa.select(t.c.seq).where(t.c.id == vs_id, t.c.project == project)
-        if conn.dialect.name == "postgresql":
-            # Held until this write commits: a concurrent delete of the store waits for it, then finds
-            # (and detaches) the reference this write makes; a delete that went first makes this a 404.
-            query = query.with_for_update(read=True)
+        # Held until this write commits (PostgreSQL; SQLite has one writer and renders no FOR SHARE): a
+        # concurrent delete of the store waits for it, then finds (and detaches) the reference this write
+        # makes; a delete that went first makes this a 404.
+        query = sa.select(t.c.seq).where(t.c.id == vs_id, t.c.project == project).with_for_update(read=True)
         if (await conn.execute(query)).first() is None:
             raise NotFound("vector store", vs_id)
 
@@ -101,19 +100,12 @@ def named_vector_stores(resources: ToolResources | ToolResourcesUpdate | None) -
 async def forget_vector_store(conn: AsyncConnection, project: str, vector_store_id: str) -> None:
     """Detach a deleted store from the project's assistants and threads, as OpenAI did (their
     `file_search.vector_store_ids` no longer name it), so writing back what was read stays valid."""
-    postgres = conn.dialect.name == "postgresql"
     for collection in (assistants, threads):
         t = collection.table
         # A scan of the project's rows (50 to 100 ms per 100k rows on either backend), narrowed
-        # by the id (confirmed on the parsed object below).
-        if postgres:
-            named = sa.type_coerce(t.c.data, JSONB)[("tool_resources", "file_search", "vector_store_ids")]
-            query = sa.select(t.c.data).where(t.c.project == project, named.has_key(vector_store_id)).with_for_update()
-        else:
-            needle = f'"{vector_store_id}"'
-            query = sa.select(t.c.data).where(
-                t.c.project == project, sa.cast(t.c.data, sa.Text).contains(needle, autoescape=True)
-            )
+        # by the id (confirmed on the parsed object below); rows locked on PostgreSQL.
+        named = json_list_has(t.c.data, ("tool_resources", "file_search", "vector_store_ids"), vector_store_id)
+        query = sa.select(t.c.data).where(t.c.project == project, named).with_for_update()
         for (data,) in (await conn.execute(query)).all():
             obj = dict(data)
             resources = dict(obj.get("tool_resources") or {})

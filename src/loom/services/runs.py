@@ -14,6 +14,7 @@ from loom.runs import status
 from loom.runs.bus import END, SETTLED
 from loom.runs.bus import RunEvents as RunEvents  # the routes' view of a run's events
 from loom.runs.engine import RunEngine
+from loom.runs.live import LiveRuns
 from loom.runs.objects import FILE_SEARCH_CONTENT, new_run, step_wire
 from loom.runs.status import TERMINAL
 from loom.runs.store import Preloaded, RunStore, public
@@ -42,9 +43,11 @@ def check_include(include: list[str]) -> list[str]:
 
 
 class RunService:
-    def __init__(self, db: Database, engine: RunEngine) -> None:
+    def __init__(self, db: Database, engine: RunEngine, live: LiveRuns | None = None) -> None:
         self.db = db
         self.engine = engine
+        # What each run executing here has said so far, for watchers joining mid-run (`events`).
+        self.live = live
 
     def _lease(self) -> dict[str, Any]:
         """A new run is leased to this replica from its first commit: if the process dies before the
@@ -74,15 +77,23 @@ class RunService:
         return events
 
     async def events(self, project: str, thread_id: str, run_id: str) -> RunEvents:
-        """A run's events for a watcher: the run now (`thread.run.<status>`), then what it publishes until
-        it settles. Events come from the replica executing the run; a run executing elsewhere (or no
-        longer executing) gives its current state and ends."""
+        """A run's events for a watcher, until it settles. A run executing here starts with its snapshot
+        (`loom.runs.live`: the run, then each step and message of this execution as last announced with
+        the deltas since), then its live events, none missing and none twice. A run executing elsewhere
+        (or no longer executing) gives its current state (`thread.run.<status>`) and ends."""
         events = self._events(run_id)
         try:
-            run = await self.get(project, thread_id, run_id)
+            run = await self.get(project, thread_id, run_id)  # another project's ids: 404
         except BaseException:
             events.close()
             raise
+        snapshot = self.live.snapshot(run_id) if self.live is not None else None
+        if snapshot is not None:
+            # Taken without an await after the subscription's events: it covers them.
+            events.drop_received()
+            for name, data in snapshot:
+                events.announce(name, data)
+            return events
         status = run["status"]
         events.announce(f"thread.run.{status}", run)
         if status in TERMINAL or status == "requires_action" or not self.engine.runs_here(run_id):
