@@ -32,7 +32,7 @@ END = Event("done", "[DONE]")
 
 
 # Sees every event of every run as it is published (and END when a run's executor stops), before any
-# subscriber: the console keeps what live runs have said so far with one (`loom.console.live`).
+# subscriber: the console keeps what live runs have said so far with one (`loom.runs.live`).
 Tap = Callable[[str, Event], None]
 
 
