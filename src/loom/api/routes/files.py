@@ -67,7 +67,7 @@ async def file_content(request: Request, project: Project, file_id: str) -> File
 async def create_upload(request: Request, project: Project) -> JSON:
     container = request.app.state.container
     body = await json_body(request)
-    return JSON(await container.files.create_upload(project, body, container.settings.max_upload_bytes))
+    return JSON(await container.uploads.create_upload(project, body, container.settings.max_upload_bytes))
 
 
 @router.post("/uploads/{upload_id}/parts")
@@ -82,15 +82,15 @@ async def add_upload_part(request: Request, project: Project, upload_id: str) ->
         max_file_bytes=limit,
         temp_path=container.blobs.new_temp,
     )
-    return JSON(await container.files.add_part(project, upload_id, form))
+    return JSON(await container.uploads.add_part(project, upload_id, form))
 
 
 @router.post("/uploads/{upload_id}/complete")
 async def complete_upload(request: Request, project: Project, upload_id: str) -> JSON:
     body = await json_body(request)
-    return JSON(await request.app.state.container.files.complete_upload(project, upload_id, body))
+    return JSON(await request.app.state.container.uploads.complete_upload(project, upload_id, body))
 
 
 @router.post("/uploads/{upload_id}/cancel")
 async def cancel_upload(request: Request, project: Project, upload_id: str) -> JSON:
-    return JSON(await request.app.state.container.files.cancel_upload(project, upload_id))
+    return JSON(await request.app.state.container.uploads.cancel_upload(project, upload_id))

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import APIRouter, Depends, Request
 
 from loom.api.auth import Project, optional_beta
@@ -20,7 +22,7 @@ def _service(request: Request) -> VectorStoreService:
     return service
 
 
-def _polled(request: Request, body: dict[str, object]) -> JSON:
+def _polled(request: Request, body: Mapping[str, object]) -> JSON:
     """A response the SDK's poll helpers read: tell them how long to wait before the next GET."""
     return JSON(body, headers={"openai-poll-after-ms": str(_service(request).poll_after_ms)})
 
