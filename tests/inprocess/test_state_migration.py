@@ -161,3 +161,34 @@ async def test_old_rows_move_their_private_keys_into_state(backend: str, tmp_pat
         assert state["uploads"][1] == {"mime_type": "text/plain", "file_ttl": 7200}
     finally:
         await engine.dispose()
+
+
+async def test_an_archive_of_an_earlier_version_imports_its_private_keys_into_state(tmp_path: Path) -> None:
+    """`loom import` of an archive exported before the `state` column: rows carry `_` keys in `data`."""
+    from loom.ops.archive import Bundle, import_bundle
+    from loom.store.blobs import BlobStore
+    from loom.store.db import Database
+    from loom.store.migrate import migrate
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'loom.db'}")
+    try:
+        await migrate(db.engine)
+        bundle = Bundle(project="old")
+        for table, values in _old_rows():
+            if table.name != "uploads":  # not archived
+                data = values["data"]
+                bundle.rows[table.name].append({"id": data["id"], "created_at": data["created_at"], **values})
+        await import_bundle(db, BlobStore(tmp_path / "blobs"), bundle, P)
+        async with db.engine.connect() as conn:
+            run = (await conn.execute(sa.select(tables.runs.c.data, tables.runs.c.state))).one()
+            step = (await conn.execute(sa.select(tables.run_steps.c.data, tables.run_steps.c.state))).one()
+            vs_file = (
+                await conn.execute(sa.select(tables.vector_store_files.c.data, tables.vector_store_files.c.state))
+            ).one()
+        for data, _state in (run, step, vs_file):
+            assert _private(data) == [], data
+        assert run.state["usage"] == USAGE and run.state["citations"] == CITATIONS
+        assert step.state == {"calls": CALLS}
+        assert vs_file.state is None  # indexed anew by the importing server, its attempts from 0
+    finally:
+        await db.engine.dispose()

@@ -25,6 +25,7 @@ from loom.records.state import (
     UploadClaim,
     UploadState,
     VectorStoreFileState,
+    split_legacy,
 )
 from loom.records.wire import FileObject, Message, Run, RunStep, Thread, Upload, VectorStoreFile
 
@@ -51,5 +52,6 @@ __all__ = [
     "VectorStoreFile",
     "VectorStoreFileRecord",
     "VectorStoreFileState",
+    "split_legacy",
     "step_to_wire",
 ]

@@ -155,3 +155,11 @@ class VectorStoreFileState:
 
     def to_json(self) -> dict[str, Any] | None:
         return {"attempts": self.attempts} if self.attempts else None
+
+
+def split_legacy(data: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """An object as versions before the `state` column stored it (bookkeeping under `_` keys inside
+    `data`, e.g. in an archive they exported): the wire object, and the state those keys held."""
+    wire = {k: v for k, v in data.items() if not k.startswith("_")}
+    state = {k[1:]: v for k, v in data.items() if k.startswith("_") and v is not None}
+    return wire, state or None
