@@ -25,6 +25,7 @@ from loom.services.files import FileService
 from loom.services.keys import KeyRing
 from loom.services.runs import RunService
 from loom.services.threads import ThreadService
+from loom.services.uploads import UploadService
 from loom.services.vector_stores import VectorStoreService
 from loom.store.blobs import BlobStore
 from loom.store.coordination import coordinator_for
@@ -104,10 +105,10 @@ class Container:
         self.router = ModelRouter.from_settings(settings)
         self.assistants = AssistantService(self.db)
         self.threads = ThreadService(self.db)
-        self.files = FileService(
+        self.files = FileService(self.db, self.blobs, settings.max_file_bytes)
+        self.uploads = UploadService(
             self.db,
-            self.blobs,
-            settings.max_file_bytes,
+            self.files,
             settings.upload_expiry_s,
             lease_s=settings.lease_s,
             assembly_pause_s=settings.test_upload_assembly_pause_s,
@@ -164,5 +165,5 @@ class Container:
         by the supervisor)."""
         while True:
             await self.files.delete_expired()
-            await self.files.expire_uploads()
+            await self.uploads.expire_uploads()
             await asyncio.sleep(_JANITOR_EVERY_S)

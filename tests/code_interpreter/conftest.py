@@ -29,31 +29,32 @@ MAX_OUTPUT_BYTES = 8192
 MEMORY_MB = 384
 
 
-def _require_sandbox() -> None:
+def require_sandbox() -> None:
     if shutil.which("bwrap") is None:
         pytest.fail("bubblewrap is not installed (apt-get install -y bubblewrap)")
     if not (ENV / "pyvenv.cfg").exists():
         pytest.fail(f"no sandbox environment at {ENV} (python -m loom.sandbox.setup)")
 
 
+# The environment of the code-interpreter test servers: the real sandbox with short limits.
+CI_ENV = {
+    "LOOM_SANDBOX_ENV": str(ENV),
+    "LOOM_SANDBOX_TIMEOUT_S": str(TIMEOUT_S),
+    "LOOM_SANDBOX_MEMORY_MB": str(MEMORY_MB),
+    "LOOM_SANDBOX_MAX_PROCESSES": "64",
+    "LOOM_SANDBOX_DISK_MB": "32",
+    "LOOM_SANDBOX_TMP_MB": "32",
+    "LOOM_SANDBOX_MAX_OUTPUT_BYTES": str(MAX_OUTPUT_BYTES),
+    "LOOM_SANDBOX_MAX_SESSIONS": "12",
+    "LOOM_SANDBOX_POOL_SIZE": "1",
+    "LOOM_POLL_AFTER_MS": "20",
+}
+
+
 @pytest.fixture(scope="session")
 def ci_server(upstream: FakeUpstream) -> Iterator[LoomServer]:
-    _require_sandbox()
-    server = LoomServer(
-        upstream_base_url=upstream.base_url,
-        extra_env={
-            "LOOM_SANDBOX_ENV": str(ENV),
-            "LOOM_SANDBOX_TIMEOUT_S": str(TIMEOUT_S),
-            "LOOM_SANDBOX_MEMORY_MB": str(MEMORY_MB),
-            "LOOM_SANDBOX_MAX_PROCESSES": "64",
-            "LOOM_SANDBOX_DISK_MB": "32",
-            "LOOM_SANDBOX_TMP_MB": "32",
-            "LOOM_SANDBOX_MAX_OUTPUT_BYTES": str(MAX_OUTPUT_BYTES),
-            "LOOM_SANDBOX_MAX_SESSIONS": "12",
-            "LOOM_SANDBOX_POOL_SIZE": "1",
-            "LOOM_POLL_AFTER_MS": "20",
-        },
-    )
+    require_sandbox()
+    server = LoomServer(upstream_base_url=upstream.base_url, extra_env=CI_ENV)
     server.start()
     try:
         yield server

@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.code_interpreter.conftest import ENV, _require_sandbox, new_thread, run_code
+from tests.code_interpreter.conftest import ENV, new_thread, require_sandbox, run_code
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
 from tests.support.server import LoomServer
@@ -29,7 +29,7 @@ def _status_kib(pid: int, field: str) -> int:
 
 @pytest.fixture(scope="module")
 def server(upstream: FakeUpstream) -> Iterator[LoomServer]:
-    _require_sandbox()
+    require_sandbox()
     s = LoomServer(
         upstream_base_url=upstream.base_url,
         extra_env={

@@ -30,6 +30,7 @@ SANDBOX_DIRS = ("code_interpreter", "sandbox")
 SLOW: frozenset[str] = frozenset(
     {
         # Measured with --durations on the 2-core machine (quiet): 5 to 14 s each on SQLite.
+        "tests/code_interpreter/test_no_private_keys.py::test_no_wire_object_carries_private_keys",
         "tests/contract/test_keys_cli.py::test_create_list_revoke",
         "tests/contract/test_keys_cli.py::test_open_mode_then_first_key_closes_it",
         "tests/contract/test_upload_crash.py::test_a_live_completion_is_not_rolled_back",

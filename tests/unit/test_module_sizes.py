@@ -21,7 +21,6 @@ MODULE_ALLOW = {
     # Not split yet: the upstream client, its streaming parser and its error mapping.
     "llm/openai_backend.py": "client, stream parsing and error mapping still share one module",
     # Not split yet: uploads (multipart assembly) and Files in one service.
-    "services/files.py": "Files and Uploads still share one service",
     # Not split yet: the kernel's protocol and its process handling.
     "sandbox/kernel.py": "kernel protocol and process handling still share one module",
 }

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom import __version__
+from loom.records import split_legacy
 from loom.runs.status import ACTIVE
 from loom.store import tables
 from loom.store.blobs import BlobStore
@@ -339,6 +340,12 @@ async def _insert(
     table = tables.metadata.tables[name]
     data = dict(row["data"])
     values: Row = {k: v for k, v in row.items() if k in table.c and k not in ("seq", "project")}
+    if any(k.startswith("_") for k in data):
+        # Exported by a version that kept its bookkeeping inside `data`: it goes to `state` (or, in a
+        # table without one, is dropped), so the wire object stays exactly the wire object.
+        data, legacy = split_legacy(data)
+        if "state" in table.c and values.get("state") is None:
+            values["state"] = legacy
     if name == "runs" and data.get("status") in ACTIVE:
         # Nothing executes it here: it would wait forever, or be failed by the lease sweeper later.
         data.update(status="failed", failed_at=int(time.time()), last_error=_INTERRUPTED)
@@ -352,7 +359,7 @@ async def _insert(
     if name == "vector_store_files":
         # The importing server indexes it again (its chunks are not in the archive).
         data.update(status="in_progress", usage_bytes=0, last_error=None)
-        values["status"] = "in_progress"
+        values.update(status="in_progress", state=None)  # with no ingestion attempt counted yet
     if name == "vector_stores":
         data["usage_bytes"] = 0  # counted again as its files are indexed
     values.update(project=project, data=data)

@@ -24,6 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from loom.ops import metrics
+from loom.records import VectorStoreFileRecord, VectorStoreFileState
 from loom.retrieval.chunking import AUTO, ChunkingStrategy
 from loom.retrieval.errors import FileProcessingError
 from loom.retrieval.ingest import ingest_file
@@ -140,23 +141,24 @@ class IngestWorker:
             if got:
                 await self._ingest(project, store_id, file_id)
 
-    async def _claim(self, project: str, store_id: str, file_id: str) -> dict[str, Any] | None:
-        """Count an attempt on a file still `in_progress`; fail it when it has had too many."""
+    async def _claim(self, project: str, store_id: str, file_id: str) -> tuple[dict[str, Any], str | None] | None:
+        """Count an attempt on a file still `in_progress` (None when it is not, or has had too many
+        attempts: then it fails); the file row's wire object and the File's name (None if it is gone)."""
         async with self.db.write() as conn:
             row = await store_files.get_row(conn, project, file_id, parent=store_id, lock=True)
             if row is None or row.status != "in_progress":
                 return None
-            obj = dict(row.data)
-            attempts = int(obj.get("_attempts", 0))
+            record = VectorStoreFileRecord.from_row(row)
+            obj, attempts = record.data, record.state.attempts
             if attempts >= MAX_ATTEMPTS:
                 obj.update(
                     status="failed",
                     last_error={"code": "server_error", "message": "Indexing was interrupted too many times."},
                 )
-                await store_files.replace(conn, project, obj, parent=store_id, status="failed")
+                await store_files.replace(conn, project, obj, parent=store_id, status="failed", state=None)
                 return None
-            obj["_attempts"] = attempts + 1
-            await store_files.replace(conn, project, obj, parent=store_id)
+            attempt = VectorStoreFileState(attempts=attempts + 1)
+            await store_files.replace(conn, project, obj, parent=store_id, state=attempt.to_json())
             file_row = (
                 await conn.execute(
                     sa.select(tables.files.c.data).where(
@@ -164,18 +166,18 @@ class IngestWorker:
                     )
                 )
             ).first()
-            obj["_filename"] = dict(file_row[0])["filename"] if file_row is not None else None
-            return obj
+            return obj, (dict(file_row[0])["filename"] if file_row is not None else None)
 
     async def _ingest(self, project: str, store_id: str, file_id: str) -> None:
-        obj = await self._claim(project, store_id, file_id)
-        if obj is None:
+        claimed = await self._claim(project, store_id, file_id)
+        if claimed is None:
             return
+        obj, filename = claimed
         index = self.service.index
         error: dict[str, str] | None = None
         usage = 0
         try:
-            if obj["_filename"] is None:
+            if filename is None:
                 raise FileProcessingError("The file no longer exists.")
             path: Path = self.path_for(file_id)
             result = await ingest_file(
@@ -183,7 +185,7 @@ class IngestWorker:
                 self.service.embedder,
                 vector_store_id=store_id,
                 file_id=file_id,
-                filename=obj["_filename"],
+                filename=filename,
                 path=path,
                 chunking=_strategy_from_wire(obj.get("chunking_strategy")),
                 attributes=obj.get("attributes"),
@@ -202,12 +204,11 @@ class IngestWorker:
             keep = row is not None and row.status == "in_progress" and error is None
             if row is not None and row.status == "in_progress":
                 done = dict(row.data)
-                done.pop("_attempts", None)
                 if error is None:
                     done.update(status="completed", usage_bytes=usage, last_error=None)
                 else:
                     done.update(status="failed", usage_bytes=0, last_error=error)
-                await store_files.replace(conn, project, done, parent=store_id, status=done["status"])
+                await store_files.replace(conn, project, done, parent=store_id, status=done["status"], state=None)
                 if error is None:
                     await add_usage(conn, project, store_id, usage)
         metrics.INGEST_OUTCOMES.labels("completed" if error is None else "failed").inc()

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from loom import ids
 from loom.clock import now
+from loom.records import RunState
 from loom.runs.annotations import annotate
 from loom.runs.model_request import ServerTools
 from loom.runs.objects import new_assistant_message, new_step, usage_dict
-from loom.runs.store import public
 from loom.runs.tools import StreamsArguments
 from loom.runs.turn import Turn, message_delta, step_delta
 
@@ -38,10 +38,10 @@ class AssistantOutput:
         )
         await ex.store.insert_objects(ex.project, ("step", step), ("message", message))
         turn.message, turn.message_step = message, step
-        ex.emit("thread.run.step.created", public(step))
-        ex.emit("thread.run.step.in_progress", public(step))
-        ex.emit("thread.message.created", public(message))
-        ex.emit("thread.message.in_progress", public(message))
+        ex.emit("thread.run.step.created", dict(step))
+        ex.emit("thread.run.step.in_progress", dict(step))
+        ex.emit("thread.message.created", dict(message))
+        ex.emit("thread.message.in_progress", dict(message))
 
     async def text_delta(self, turn: Turn, text: str) -> None:
         if turn.message is None:
@@ -70,10 +70,17 @@ class AssistantOutput:
             await self.ex.store.save_objects(self.ex.project, ("message", turn.message))
 
     async def complete_message(
-        self, turn: Turn, usage: dict[str, int], truncated: bool, *, complete_run: dict[str, Any] | None = None
+        self,
+        turn: Turn,
+        usage: dict[str, int],
+        truncated: bool,
+        *,
+        complete_run: dict[str, Any] | None = None,
+        state: RunState | None = None,
     ) -> dict[str, Any] | None:
-        """Finish the turn's message and its step. With `complete_run` (the completed run's fields) the
-        run is moved to `completed` in the same transaction; returns that run (None if it could not move)."""
+        """Finish the turn's message and its step. With `complete_run` (the completed run's fields, and its
+        bookkeeping `state`) the run is moved to `completed` in the same transaction; returns that run
+        (None if it could not move)."""
         ex = self.ex
         message, step = turn.message, turn.message_step
         assert message is not None and step is not None
@@ -102,10 +109,10 @@ class AssistantOutput:
             await ex.store.save_objects(ex.project, ("message", message), ("step", step))
         else:
             done = await ex.store.save_and_transition(
-                ex.project, ex.run_id, [("message", message), ("step", step)], "completed", **complete_run
+                ex.project, ex.run_id, [("message", message), ("step", step)], "completed", state=state, **complete_run
             )
-        ex.emit(f"thread.message.{message['status']}", public(message))
-        ex.emit("thread.run.step.completed", public(step))
+        ex.emit(f"thread.message.{message['status']}", dict(message))
+        ex.emit("thread.run.step.completed", dict(step))
         turn.message = None
         turn.message_step = None
         return done
@@ -143,8 +150,8 @@ class AssistantOutput:
         step = new_step(ex.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
         await ex.store.insert_objects(ex.project, ("step", step))
         turn.tool_step = step
-        ex.emit("thread.run.step.created", public(step))
-        ex.emit("thread.run.step.in_progress", public(step))
+        ex.emit("thread.run.step.created", dict(step))
+        ex.emit("thread.run.step.in_progress", dict(step))
 
     def _new_call(self, turn: Turn, index: int, position: int, name: str | None, server_tools: ServerTools) -> None:
         our_id = ids.new_id("call")

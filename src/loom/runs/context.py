@@ -11,6 +11,7 @@ from typing import Any
 
 from loom import tokens
 from loom.llm.types import ChatMessage, ChatTool
+from loom.records import RunStepRecord
 
 # Per-message framing tokens in Chat Completions (role, separators): OpenAI's cookbook figure.
 _MESSAGE_OVERHEAD = 4
@@ -78,17 +79,17 @@ async def thread_history(messages: list[dict[str, Any]], read_file: FileReader) 
     return history
 
 
-def run_transcript(steps: list[dict[str, Any]], messages_by_id: dict[str, dict[str, Any]]) -> list[ChatMessage]:
+def run_transcript(steps: list[RunStepRecord], messages_by_id: dict[str, dict[str, Any]]) -> list[ChatMessage]:
     """This run's own turns so far: its messages and tool calls with their outputs, in step order."""
     transcript: list[ChatMessage] = []
     for step in steps:
-        details = step["step_details"]
+        details = step.data["step_details"]
         if details["type"] == "message_creation":
             message = messages_by_id.get(details["message_creation"]["message_id"])
             if message is not None and _text_of(message["content"]):
                 transcript.append({"role": "assistant", "content": _text_of(message["content"])})
             continue
-        private = step.get("_calls", {})
+        private = step.state.calls
         calls = [c for c in details["tool_calls"] if c["id"] in private]
         if not calls:
             continue
@@ -100,16 +101,14 @@ def run_transcript(steps: list[dict[str, Any]], messages_by_id: dict[str, dict[s
                     {
                         "id": c["id"],
                         "type": "function",
-                        "function": {"name": private[c["id"]]["name"], "arguments": private[c["id"]]["arguments"]},
+                        "function": {"name": private[c["id"]].name, "arguments": private[c["id"]].arguments},
                     }
                     for c in calls
                 ],
             }
         )
         for c in calls:
-            transcript.append(
-                {"role": "tool", "tool_call_id": c["id"], "content": private[c["id"]].get("output") or ""}
-            )
+            transcript.append({"role": "tool", "tool_call_id": c["id"], "content": private[c["id"]].output or ""})
     return transcript
 
 

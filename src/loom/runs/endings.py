@@ -7,8 +7,6 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from loom.clock import now
-from loom.runs.objects import usage_dict
-from loom.runs.store import public
 from loom.runs.turn import Turn
 
 if TYPE_CHECKING:
@@ -43,13 +41,13 @@ async def close_turn(
         turn.message["content"] = turn.content()
         close_open([turn.message_step], [turn.message], step_status=step_status, reason=message_reason, error=error)
         await ex.store.save_objects(ex.project, ("message", turn.message), ("step", turn.message_step))
-        ex.emit("thread.message.incomplete", public(turn.message))
-        ex.emit(f"thread.run.step.{step_status}", public(turn.message_step))
+        ex.emit("thread.message.incomplete", dict(turn.message))
+        ex.emit(f"thread.run.step.{step_status}", dict(turn.message_step))
         turn.message = None
     if turn.tool_step is not None:
         close_open([turn.tool_step], [], step_status=step_status, reason=message_reason, error=error)
         await ex.store.save_objects(ex.project, ("step", turn.tool_step))
-        ex.emit(f"thread.run.step.{step_status}", public(turn.tool_step))
+        ex.emit(f"thread.run.step.{step_status}", dict(turn.tool_step))
         turn.tool_step = None
 
 
@@ -79,7 +77,7 @@ async def finish_expired(ex: RunExecutor, turn: Turn) -> bool:
         return False
     await close_turn(ex, turn, message_reason="run_expired", step_status="expired")
     run = await ex.store.transition(
-        ex.project, ex.run_id, "expired", allowed_from={"queued", "in_progress"}, usage=ex.run.get("_usage")
+        ex.project, ex.run_id, "expired", allowed_from={"queued", "in_progress"}, usage=ex.usage_or_none()
     )
     if run is None:  # expired already by another replica's sweep: tell this replica's streams
         run = await ex.store.get_run(ex.project, ex.run_id)
@@ -101,7 +99,7 @@ async def fail(ex: RunExecutor, code: str, message: str) -> None:
         ex.run_id,
         "failed",
         last_error={"code": code, "message": message},
-        usage=ex.run.get("_usage"),
+        usage=ex.usage_or_none(),
     )
     if run is not None:
         ex.emit_run(run)
@@ -115,7 +113,7 @@ async def incomplete(ex: RunExecutor, reason: str) -> None:
         ex.run_id,
         "incomplete",
         incomplete_details={"reason": reason},
-        usage=ex.run.get("_usage") or usage_dict(0, 0),
+        usage=ex.usage_so_far(),
     )
     if run is not None:
         ex.emit_run(run)

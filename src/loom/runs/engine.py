@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,12 @@ from loom.clock import now
 from loom.config import Settings
 from loom.llm.routing import ModelRouter
 from loom.ops import metrics
+from loom.records import RunRecord, RunState, step_to_wire
 from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
 from loom.runs.endings import INTERRUPTED, close_open
 from loom.runs.executor import RunExecutor
-from loom.runs.store import Preloaded, RunStore, public
+from loom.runs.store import Preloaded, RunStore
 from loom.runs.tools import ServerTool
 from loom.store import tables
 from loom.store.blobs import BlobStore
@@ -113,12 +115,12 @@ class RunEngine:
         run_id: str,
         run: dict[str, Any] | None = None,
         *,
-        claimed: bool = False,
+        claimed: RunRecord | None = None,
         preloaded: Preloaded | None = None,
     ) -> None:
         """Execute a run here: a queued one (`run` as just committed lets the first reads overlap the
-        claim), or with `claimed`, one committed `in_progress` and leased to this replica already,
-        with what its first model call needs when the creating transaction read it (`preloaded`)."""
+        claim), or `claimed`, one committed `in_progress` and leased to this replica already, with
+        what its first model call needs when the creating transaction read it (`preloaded`)."""
         task = asyncio.create_task(self._execute(project, run_id, run, claimed, preloaded), name=f"run-{run_id}")
         self._tasks.add(task)
         self._local[run_id] = task
@@ -134,13 +136,14 @@ class RunEngine:
         project: str,
         run_id: str,
         hint: dict[str, Any] | None = None,
-        preclaimed: bool = False,
+        preclaimed: RunRecord | None = None,
         preloaded: Preloaded | None = None,
     ) -> None:
         lease_s = self.settings.lease_s
         preload: asyncio.Future[Preloaded] | None = None
-        if preclaimed:
-            claimed = hint
+        claimed: RunRecord | None
+        if preclaimed is not None:
+            claimed = preclaimed
             if preloaded is not None:
                 preload = asyncio.get_running_loop().create_future()
                 preload.set_result(preloaded)
@@ -165,7 +168,7 @@ class RunEngine:
             executor.cancel()
         renewer = asyncio.create_task(self._renew(executor))
         # The run ends at `expires_at` (LOOM_RUN_MAX_DURATION_S after it was created or resumed).
-        expires_at = claimed.get("expires_at")
+        expires_at = claimed.data.get("expires_at")
         deadline = (
             asyncio.get_running_loop().call_later(max(expires_at - time.time(), 0.0), executor.expire)
             if expires_at is not None
@@ -198,7 +201,7 @@ class RunEngine:
                 if run is not None and run["status"] == "expired":
                     executor.expire()
 
-    def poll_after_ms(self, run: dict[str, Any]) -> int:
+    def poll_after_ms(self, run: Mapping[str, Any]) -> int:
         """The `openai-poll-after-ms` hint for a run: short while it is young, so `create_and_poll`
         sees a quick run finish promptly, growing with its age up to `poll_after_ms` (a quarter of
         the time it has run so far: a long run is polled a few times per doubling of its age)."""
@@ -234,7 +237,7 @@ class RunEngine:
         )
         if run is None:
             return None
-        self.bus.publish(run_id, "thread.run.cancelling", public(run))
+        self.bus.publish(run_id, "thread.run.cancelling", dict(run))
         executor = self.executors.get(run_id)
         if executor is not None:
             executor.cancel()
@@ -259,21 +262,23 @@ class RunEngine:
         await self._close_leftovers(project, run_id, step_status="cancelled", reason="run_cancelled", error=None)
         run = await self.store.transition(project, run_id, "cancelled", allowed_from={"cancelling"})
         if run is not None:
-            self.bus.publish(run_id, "thread.run.cancelled", public(run))
+            self.bus.publish(run_id, "thread.run.cancelled", dict(run))
         self.bus.end(run_id)
 
     async def _close_leftovers(
         self, project: str, run_id: str, *, step_status: str, reason: str, error: dict[str, str] | None
     ) -> None:
         """Close the open steps and messages of a run no executor holds (`endings.close_open`)."""
-        s, m = tables.run_steps, tables.messages
+        s, m, r = tables.run_steps, tables.messages, tables.runs
         async with self.db.write() as conn:
+            # Step events show what a GET of the step with the run's `include[]` shows.
+            include = RunState.from_json(await conn.scalar(sa.select(r.c.state).where(r.c.id == run_id))).include
             for (data,) in (await conn.execute(sa.select(s.c.data).where(s.c.run_id == run_id))).all():
                 if data["status"] == "in_progress":
                     step = dict(data)
                     close_open([step], [], step_status=step_status, reason=reason, error=error)
                     await run_steps.replace(conn, project, step)
-                    self.bus.publish(run_id, f"thread.run.step.{step_status}", public(step))
+                    self.bus.publish(run_id, f"thread.run.step.{step_status}", step_to_wire(step, include))
             for (data,) in (await conn.execute(sa.select(m.c.data).where(m.c.run_id == run_id))).all():
                 if data["status"] == "in_progress":
                     message = dict(data)
@@ -321,7 +326,7 @@ class RunEngine:
                 run = await self.store.transition(project, run_id, "failed", allowed_from={state}, last_error=error)
             if run is not None:
                 count += 1
-                self.bus.publish(run_id, f"thread.run.{run['status']}", public(run))
+                self.bus.publish(run_id, f"thread.run.{run['status']}", dict(run))
                 self.bus.end(run_id)
         return count
 
@@ -349,7 +354,7 @@ class RunEngine:
             run = await self.store.transition(project, run_id, "expired", allowed_from={state})
             if run is not None:
                 count += 1
-                self.bus.publish(run_id, "thread.run.expired", public(run))
+                self.bus.publish(run_id, "thread.run.expired", dict(run))
                 self.bus.end(run_id)
         return count
 
@@ -366,6 +371,6 @@ class RunEngine:
             await self._close_leftovers(project, run_id, step_status="expired", reason="run_expired", error=None)
             run = await self.store.transition(project, run_id, "expired", allowed_from={"requires_action"})
             if run is not None:
-                self.bus.publish(run_id, "thread.run.expired", public(run))
+                self.bus.publish(run_id, "thread.run.expired", dict(run))
                 self.bus.end(run_id)
         return len(rows)

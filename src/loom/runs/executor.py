@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Protocol
 
 from loom.clock import now
@@ -19,13 +20,14 @@ from loom.llm.errors import UpstreamError
 from loom.llm.routing import ModelRouter, Route
 from loom.llm.types import ChatRequest, ToolCall
 from loom.ops import metrics
+from loom.records import CitationState, RunRecord, RunState, StepCall, StepState, step_to_wire
 from loom.runs import endings, model_request
 from loom.runs.assistant_output import AssistantOutput
 from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
 from loom.runs.model_request import ServerTools
-from loom.runs.objects import step_wire, usage_dict
-from loom.runs.store import Preloaded, RunContext, RunStore, public
+from loom.runs.objects import usage_dict
+from loom.runs.store import Preloaded, RunContext, RunStore
 from loom.runs.tools import Citation, LinksFiles, ServerTool, ToolContext, ToolResult
 from loom.runs.turn import Turn
 
@@ -73,6 +75,8 @@ class RunExecutor:
         self.lease_cleared = False
         self._call: asyncio.Task[Any] | None = None
         self.run: dict[str, Any] = {}
+        # The run's bookkeeping (its row's `state`): running usage, `include[]`, what tools left.
+        self.state = RunState()
         # From tool results, for the messages that follow them.
         self.citations: list[Citation] = []
         self.pending_images: list[str] = []
@@ -87,14 +91,21 @@ class RunExecutor:
     def emit(self, name: str, data: Any) -> None:
         if name.startswith("thread.run.step.") and name != "thread.run.step.delta":
             # A step as a GET of it with the run's `include[]` shows it (no result content unasked).
-            data = step_wire(data, self.run.get("_include", []))
+            data = step_to_wire(data, self.state.include)
         self.engine.bus.publish(self.run_id, name, data)
 
     def emit_run(self, run: dict[str, Any]) -> None:
         if run["status"] not in ("queued", "in_progress", "cancelling"):
             # The transition that committed this status also dropped the lease (RunStore.transition).
             self.lease_cleared = True
-        self.emit(f"thread.run.{run['status']}", public(run))
+        self.emit(f"thread.run.{run['status']}", dict(run))
+
+    def usage_or_none(self) -> dict[str, int] | None:
+        """The run's token usage so far (None before its first model call)."""
+        return dict(self.state.usage) if self.state.usage is not None else None
+
+    def usage_so_far(self) -> dict[str, int]:
+        return self.usage_or_none() or usage_dict(0, 0)
 
     # Cancellation.
 
@@ -110,13 +121,13 @@ class RunExecutor:
 
     # The run.
 
-    async def execute(self, run: dict[str, Any]) -> None:
+    async def execute(self, record: RunRecord) -> None:
         """Execute a run the engine has claimed (already committed as `in_progress`)."""
-        self.run = run
+        self.run, self.state = record.data, record.state
         # What earlier rounds of this run (before a requires_action pause) left for later messages.
-        self.citations = [Citation(**c) for c in run.get("_citations", [])]
-        self.pending_images = list(run.get("_pending_images", []))
-        self.emit_run(run)
+        self.citations = [Citation(c.kind, c.text, c.file_id) for c in record.state.citations]
+        self.pending_images = list(record.state.pending_images)
+        self.emit_run(self.run)
         try:
             await self._loop()
         except UpstreamError as exc:
@@ -139,6 +150,7 @@ class RunExecutor:
             run=self.run,
             assistant=assistant,
             thread=thread,
+            cited=[c.to_json() for c in self.state.citations],
         )
         route = await self.engine.router.route(self.run["model"])
         for _ in range(MAX_MODEL_CALLS):
@@ -154,7 +166,7 @@ class RunExecutor:
         if self.cancel_requested:
             await endings.finish_cancelled(self, Turn())
             return True
-        usage = self.run.get("_usage") or usage_dict(0, 0)
+        usage = self.usage_so_far()
         cap_completion = self.run.get("max_completion_tokens")
         if cap_completion is not None and usage["completion_tokens"] >= cap_completion:
             await endings.incomplete(self, "max_completion_tokens")
@@ -220,11 +232,13 @@ class RunExecutor:
         if turn.tool_step is not None or (truncated and cap_completion is not None):
             # The run goes on (or ends incomplete): keep the running total. A run that completes
             # now gets it with its final transition instead (one write less).
-            self.run = await self.store.update_run(self.project, self.run_id, _usage=total) or self.run
+            self.state = replace(self.state, usage=total)
+            await self.store.save_state(self.run_id, self.state)
         completes = turn.tool_step is None and not (truncated and cap_completion is not None)
         if turn.message is not None and completes:
+            self.state = replace(self.state, usage=total)
             done = await self.output.complete_message(
-                turn, step_usage, truncated, complete_run={"usage": total, "_usage": total}
+                turn, step_usage, truncated, complete_run={"usage": total}, state=self.state
             )
             return await self._ended(turn, done)
         if turn.message is not None:
@@ -243,7 +257,8 @@ class RunExecutor:
             await endings.incomplete(self, "max_completion_tokens")
             return True
         if turn.tool_step is None:
-            done = await self.store.transition(self.project, self.run_id, "completed", usage=total, _usage=total)
+            self.state = replace(self.state, usage=total)
+            done = await self.store.transition(self.project, self.run_id, "completed", state=self.state, usage=total)
             return await self._ended(turn, done)
         return await self._tool_round(tool_ctx, turn, server_tools, step_usage)
 
@@ -266,7 +281,7 @@ class RunExecutor:
         step["step_details"] = {"type": "tool_calls", "tool_calls": calls}
         step.update(status="cancelled", cancelled_at=now(), usage=step_usage)
         await self.store.save_objects(self.project, ("step", step))
-        self.emit("thread.run.step.cancelled", public(step))
+        self.emit("thread.run.step.cancelled", dict(step))
         turn.tool_step = None
 
     async def _ended(self, turn: Turn, done: dict[str, Any] | None) -> bool:
@@ -309,7 +324,7 @@ class RunExecutor:
         step = turn.tool_step
         assert step is not None
         calls: list[dict[str, Any]] = []
-        private: dict[str, dict[str, str]] = {}
+        private: dict[str, StepCall] = {}
         functions: list[dict[str, Any]] = []
         for position, upstream_index in enumerate(sorted(turn.calls)):
             for held in turn.held.pop(position, []):
@@ -328,7 +343,7 @@ class RunExecutor:
                 functions.append(
                     {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
                 )
-                private[call_id] = {"name": name, "arguments": arguments, "output": ""}
+                private[call_id] = StepCall(name, arguments)
                 continue
             if self.cancel_requested:
                 await endings.finish_cancelled(self, turn)
@@ -340,25 +355,22 @@ class RunExecutor:
             self.citations.extend(result.citations)
             self.pending_images.extend(result.image_file_ids)
             calls.append({"id": call_id, "type": server[0].type, **result.details})
-            private[call_id] = {"name": name, "arguments": arguments, "output": result.output}
+            private[call_id] = StepCall(name, arguments, result.output)
         step["step_details"] = {"type": "tool_calls", "tool_calls": calls}
-        step["_calls"] = private
+        calls_state = StepState(calls=private)
         if self.citations or self.pending_images:
-            self.run = (
-                await self.store.update_run(
-                    self.project,
-                    self.run_id,
-                    _citations=[{"kind": c.kind, "text": c.text, "file_id": c.file_id} for c in self.citations],
-                    _pending_images=self.pending_images,
-                )
-                or self.run
+            self.state = replace(
+                self.state,
+                citations=tuple(CitationState(c.kind, c.text, c.file_id) for c in self.citations),
+                pending_images=tuple(self.pending_images),
             )
+            await self.store.save_state(self.run_id, self.state)
         step["usage"] = step_usage
         if functions:
-            return await self._require_action(turn, step, functions)
+            return await self._require_action(turn, step, calls_state, functions)
         step.update(status="completed", completed_at=now())
-        await self.store.save_objects(self.project, ("step", step))
-        self.emit("thread.run.step.completed", public(step))
+        await self.store.save_objects(self.project, ("step", step, calls_state))
+        self.emit("thread.run.step.completed", dict(step))
         turn.tool_step = None
         return False
 
@@ -394,9 +406,11 @@ class RunExecutor:
         finally:
             self._call = None
 
-    async def _require_action(self, turn: Turn, step: dict[str, Any], functions: list[dict[str, Any]]) -> bool:
+    async def _require_action(
+        self, turn: Turn, step: dict[str, Any], calls: StepState, functions: list[dict[str, Any]]
+    ) -> bool:
         """The model called the client's functions: the run waits for their outputs."""
-        await self.store.save_objects(self.project, ("step", step))
+        await self.store.save_objects(self.project, ("step", step, calls))
         waiting = await self.store.transition(
             self.project,
             self.run_id,

@@ -95,7 +95,7 @@ class FileSearchTool:
         another process (after `requires_action`, a restart) never numbers from 0 again."""
         n = ctx.scratch.get(_NEXT_MESSAGE)
         if n is None:
-            n = next_message_index(ctx.run.get("_citations", []))
+            n = next_message_index(ctx.cited)
         ctx.scratch[_NEXT_MESSAGE] = n + 1
         return int(n)
 

@@ -6,12 +6,8 @@ from typing import Any
 
 from loom import ids
 from loom.clock import now
-from loom.runs.store import public
 from loom.schemas.assistants import response_format_wire, tool_wire
 from loom.schemas.runs import RunCreate, ThreadAndRunCreate, tool_choice_wire, truncation_wire
-
-# The one `include[]` value: file-search results with their content.
-FILE_SEARCH_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
 
 
 def effective_instructions(base: str | None, additional: str | None) -> str:
@@ -106,18 +102,3 @@ def new_assistant_message(run: dict[str, Any]) -> dict[str, Any]:
 
 def usage_dict(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-
-def step_wire(step: dict[str, Any], include: list[str]) -> dict[str, Any]:
-    """A step as the API shows it; file-search result content only when `include[]` asks for it."""
-    wire = public(step)
-    if FILE_SEARCH_CONTENT in include or wire["type"] != "tool_calls":
-        return wire
-    calls = []
-    for call in wire["step_details"]["tool_calls"]:
-        if call.get("type") == "file_search" and call["file_search"].get("results"):
-            fs = dict(call["file_search"])
-            fs["results"] = [{k: v for k, v in r.items() if k != "content"} for r in fs["results"]]
-            call = {**call, "file_search": fs}
-        calls.append(call)
-    return {**wire, "step_details": {"type": "tool_calls", "tool_calls": calls}}

@@ -7,13 +7,14 @@ from typing import Any
 import sqlalchemy as sa
 
 from loom.ops import events
+from loom.records import RunRecord, RunState, RunStepRecord, StepState
 from loom.runs import status
 from loom.store import tables
 from loom.store.collections import assistants, messages, run_steps, runs, threads
 from loom.store.db import Database
 
 # The thread's messages from before the run, the run's steps, the run's own messages by id.
-RunContext = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]
+RunContext = tuple[list[dict[str, Any]], list[RunStepRecord], dict[str, dict[str, Any]]]
 # The run's assistant and thread (None if deleted) and its context.
 Preloaded = tuple[dict[str, Any] | None, dict[str, Any] | None, RunContext]
 
@@ -25,15 +26,20 @@ _THREAD_MESSAGES = (
     .order_by(tables.messages.c.created_at, tables.messages.c.seq)
 )
 _RUN_STEPS = (
-    sa.select(tables.run_steps.c.data)
+    sa.select(tables.run_steps.c.data, tables.run_steps.c.state)
     .where(tables.run_steps.c.run_id == sa.bindparam("run_id"))
     .order_by(tables.run_steps.c.created_at, tables.run_steps.c.seq)
 )
 
 
-def public(obj: dict[str, Any]) -> dict[str, Any]:
-    """The wire view: Loom keeps its own bookkeeping under keys that start with `_`."""
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
+_SET_STATE = (
+    tables.runs.update()
+    .where(tables.runs.c.id == sa.bindparam("run_id"))
+    .values(state=sa.bindparam("state", type_=tables.runs.c.state.type))
+)
+
+# A step saved with its calls' transcript (`StepState`), or only its wire object.
+Saved = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], StepState]
 
 
 class RunStore:
@@ -45,28 +51,50 @@ class RunStore:
             return await runs.get(conn, project, run_id)
 
     async def transition(
-        self, project: str, run_id: str, target: str, *, allowed_from: set[str] | None = None, **fields: Any
+        self,
+        project: str,
+        run_id: str,
+        target: str,
+        *,
+        allowed_from: set[str] | None = None,
+        state: RunState | None = None,
+        **fields: Any,
     ) -> dict[str, Any] | None:
         """Move the run to `target` if its *current* (committed) status allows; None if it does not.
+        `fields` are wire fields set with it; `state`, when given, replaces the run's bookkeeping.
 
         The run is re-read inside the write transaction, so a concurrent metadata update or cancel
-        is never overwritten with a stale copy.
+        is never overwritten with a stale copy. This is the one writer of a run's status: the wire
+        `status` and the row's `status` column change together here (and in `claim`).
         """
         async with self.db.write() as conn:
-            return await self._transition(conn, project, run_id, target, allowed_from, fields)
+            return await self._transition(conn, project, run_id, target, allowed_from, fields, state)
 
     async def save_and_transition(
-        self, project: str, run_id: str, objs: list[tuple[str, dict[str, Any]]], target: str, **fields: Any
+        self,
+        project: str,
+        run_id: str,
+        objs: list[Saved],
+        target: str,
+        *,
+        state: RunState | None = None,
+        **fields: Any,
     ) -> dict[str, Any] | None:
         """`save_objects` and `transition` in one transaction (one commit less at the end of a run).
         The objects are saved even when the transition is not allowed."""
         async with self.db.write() as conn:
             await self._save(conn, project, objs)
-            return await self._transition(conn, project, run_id, target, None, fields)
+            return await self._transition(conn, project, run_id, target, None, fields, state)
 
     @staticmethod
     async def _transition(
-        conn: Any, project: str, run_id: str, target: str, allowed_from: set[str] | None, fields: dict[str, Any]
+        conn: Any,
+        project: str,
+        run_id: str,
+        target: str,
+        allowed_from: set[str] | None,
+        fields: dict[str, Any],
+        state: RunState | None = None,
     ) -> dict[str, Any] | None:
         row = await runs.get_row(conn, project, run_id, lock=True)
         if row is None:
@@ -77,25 +105,21 @@ class RunStore:
         if not status.can_move(run["status"], target):
             return None
         status.apply(run, target, **fields)
-        lease = (
+        extra: dict[str, Any] = (
             {} if target in ("queued", "in_progress", "cancelling") else {"lease_owner": None, "lease_expires_at": None}
         )
-        await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **lease)
+        if state is not None:
+            extra["state"] = state.to_json()
+        await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **extra)
         events.run_moved(project, run)
         return run
 
-    async def update_run(self, project: str, run_id: str, **fields: Any) -> dict[str, Any] | None:
-        """Change fields that are not the status (usage bookkeeping)."""
+    async def save_state(self, run_id: str, state: RunState) -> None:
+        """Replace the run's bookkeeping (its wire object is not touched)."""
         async with self.db.write() as conn:
-            row = await runs.get_row(conn, project, run_id, lock=True)
-            if row is None:
-                return None
-            run = dict(row.data)
-            run.update(fields)
-            await runs.replace(conn, project, run)
-        return run
+            await conn.execute(_SET_STATE, {"run_id": run_id, "state": state.to_json()})
 
-    async def claim(self, project: str, run_id: str, owner: str, now_ts: float, until: float) -> dict[str, Any] | None:
+    async def claim(self, project: str, run_id: str, owner: str, now_ts: float, until: float) -> RunRecord | None:
         """Take the lease of a queued run and move it to `in_progress`, in one transaction (one commit
         less before the first token); None if it is not queued or another replica holds it."""
         t = tables.runs
@@ -115,10 +139,10 @@ class RunStore:
             row = await runs.get_row(conn, project, run_id, lock=True)
             if row is None:
                 return None
-            run = dict(row.data)
-            status.apply(run, "in_progress")
-            await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"])
-        return run
+            record = RunRecord.from_row(row)
+            status.apply(record.data, "in_progress")
+            await runs.replace(conn, project, record.data, status=record.status, expires_at=record.data["expires_at"])
+        return record
 
     async def renew(self, run_id: str, owner: str, until: float) -> str | None:
         """Extend the lease; returns the run's status (None if the lease was lost)."""
@@ -141,14 +165,18 @@ class RunStore:
                 else:
                     await messages.insert(conn, project, obj, thread_id=obj["thread_id"], run_id=obj["run_id"])
 
-    async def save_objects(self, project: str, *objs: tuple[str, dict[str, Any]]) -> None:
+    async def save_objects(self, project: str, *objs: Saved) -> None:
+        """Save steps and messages (kind, object), a step with its calls' `StepState` as a third item."""
         async with self.db.write() as conn:
             await self._save(conn, project, list(objs))
 
     @staticmethod
-    async def _save(conn: Any, project: str, objs: list[tuple[str, dict[str, Any]]]) -> None:
-        for kind, obj in objs:
-            if kind == "step":
+    async def _save(conn: Any, project: str, objs: list[Saved]) -> None:
+        for saved in objs:
+            kind, obj = saved[0], saved[1]
+            if kind == "step" and len(saved) == 3:
+                await run_steps.replace(conn, project, obj, state=saved[2].to_json())
+            elif kind == "step":
                 await run_steps.replace(conn, project, obj)
             else:
                 await messages.replace(conn, project, obj)
@@ -183,4 +211,4 @@ class RunStore:
                 own[data["id"]] = dict(data)
             else:
                 history.append(dict(data))
-        return history, [dict(r[0]) for r in step_rows], own
+        return history, [RunStepRecord.from_row(r) for r in step_rows], own

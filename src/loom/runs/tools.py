@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +18,8 @@ class ToolContext:
     run: dict[str, Any]
     assistant: dict[str, Any]
     thread: dict[str, Any]
+    # The citations the stored run had when this execution started (`RunState.citations`, as JSON).
+    cited: Sequence[dict[str, Any]] = ()
     # What tools remember between their calls during this execution of the run (gone with the
     # executor): anything that must outlive it is read back from the stored run.
     scratch: dict[str, Any] = field(default_factory=dict)

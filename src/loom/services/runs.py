@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.records import FILE_SEARCH_CONTENT, Run, RunRecord, RunState, RunStep, RunStepRecord
 from loom.runs import status
 from loom.runs.bus import END, SETTLED
 from loom.runs.bus import RunEvents as RunEvents  # the routes' view of a run's events
 from loom.runs.engine import RunEngine
 from loom.runs.live import LiveRuns
-from loom.runs.objects import FILE_SEARCH_CONTENT, new_run, step_wire
+from loom.runs.objects import new_run
 from loom.runs.status import TERMINAL
-from loom.runs.store import Preloaded, RunStore, public
+from loom.runs.store import Preloaded, RunStore
 from loom.schemas.runs import RunCreate, RunModify, SubmitToolOutputs, ThreadAndRunCreate
 from loom.schemas.threads import ThreadCreate
 from loom.services.common import ListParams, active_run
@@ -63,7 +65,7 @@ class RunService:
         run: dict[str, Any],
         first: list[tuple[str, Any]] | None,
         *,
-        claimed: bool = False,
+        claimed: RunRecord | None = None,
         preloaded: Preloaded | None = None,
     ) -> RunEvents | None:
         """Start executing the run; with `first` (a streaming request), its events from now on, after
@@ -100,33 +102,34 @@ class RunService:
             events.end()
         return events
 
-    def poll_after_ms(self, run: dict[str, Any]) -> int:
+    def poll_after_ms(self, run: Mapping[str, Any]) -> int:
         """The `openai-poll-after-ms` hint for a run (shorter while it is young and executing here)."""
         return self.engine.poll_after_ms(run)
 
     async def _insert_started(
-        self, conn: Any, project: str, run: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        self, conn: Any, project: str, run: dict[str, Any], state: RunState
+    ) -> tuple[Run, RunRecord]:
         """Insert a new run already claimed by this replica and `in_progress`, in the creating
         transaction: `queued` is a status it passes through, so its events (`created`, `queued`, then
         `in_progress`) all follow this one commit, and the run needs no second transaction to start.
         Returns the run as created (`queued`, what the API answers) and as stored."""
-        created = public(run)
-        started = status.apply(dict(run), "in_progress")
+        created = RunRecord(dict(run)).to_wire()
+        started = RunRecord(status.apply(run, "in_progress"), state)
         await runs.insert(
             conn,
             project,
-            started,
+            started.data,
             thread_id=run["thread_id"],
-            status="in_progress",
-            expires_at=started["expires_at"],
+            status=started.status,
+            expires_at=run["expires_at"],
+            state=state.to_json(),
             **self._lease(),
         )
         return created, started
 
     async def create(
         self, project: str, thread_id: str, req: RunCreate, include: list[str]
-    ) -> tuple[dict[str, Any], RunEvents | None]:
+    ) -> tuple[Run, RunEvents | None]:
         """The run as created, and (with `stream`) its events, from `thread.run.created`."""
         async with self.db.write() as conn:
             thread = await threads.get_row(conn, project, thread_id, lock=True)
@@ -142,16 +145,15 @@ class RunService:
             for message in req.additional_messages or []:
                 await insert_message(conn, project, thread_id, message)
             run = new_run(thread_id, assistant, req, self.engine.settings.run_max_duration_s)
-            run["_include"] = include
-            created, started = await self._insert_started(conn, project, run)
+            created, started = await self._insert_started(conn, project, run, RunState(include=tuple(include)))
             # The executor's first reads, done here: this transaction has the assistant and thread.
-            preloaded = (assistant, dict(thread.data), await RunStore.new_run_context(conn, started))
+            preloaded = (assistant, dict(thread.data), await RunStore.new_run_context(conn, started.data))
         first = [("thread.run.created", created), ("thread.run.queued", created)] if req.stream else None
-        return created, self._start(project, started, first, claimed=True, preloaded=preloaded)
+        return created, self._start(project, started.data, first, claimed=started, preloaded=preloaded)
 
     async def create_thread_and_run(
         self, project: str, req: ThreadAndRunCreate
-    ) -> tuple[dict[str, Any], dict[str, Any], RunEvents | None]:
+    ) -> tuple[dict[str, Any], Run, RunEvents | None]:
         """The thread, the run as created, and (with `stream`) its events, from `thread.created`."""
         async with self.db.write() as conn:
             assistant = await assistants.get(conn, project, req.assistant_id)
@@ -161,12 +163,12 @@ class RunService:
             # The thread as stored after its messages (whose attachments may have made its store).
             thread = await create_thread_row(conn, project, req.thread or ThreadCreate(), req.tool_resources)
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_max_duration_s)
-            created, started = await self._insert_started(conn, project, run)
-            preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started))
+            created, started = await self._insert_started(conn, project, run, RunState())
+            preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started.data))
         first = None
         if req.stream:
             first = [("thread.created", thread), ("thread.run.created", created), ("thread.run.queued", created)]
-        return thread, created, self._start(project, started, first, claimed=True, preloaded=preloaded)
+        return thread, created, self._start(project, started.data, first, claimed=started, preloaded=preloaded)
 
     async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
         if await threads.get_row(conn, project, thread_id) is None:
@@ -176,11 +178,20 @@ class RunService:
             raise NotFound("run", run_id)
         return run
 
-    async def get(self, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
-        async with self.db.read() as conn:
-            return public(await self._thread_run(conn, project, thread_id, run_id))
+    async def _thread_run_row(self, conn: Any, project: str, thread_id: str, run_id: str) -> Any:
+        """The run's whole row (with its `state`)."""
+        if await threads.get_row(conn, project, thread_id) is None:
+            raise NotFound("thread", thread_id)
+        row = await runs.get_row(conn, project, run_id, parent=thread_id)
+        if row is None:
+            raise NotFound("run", run_id)
+        return row
 
-    async def poll(self, project: str, thread_id: str, run_id: str, wait_s: float = LONG_POLL_S) -> dict[str, Any]:
+    async def get(self, project: str, thread_id: str, run_id: str) -> Run:
+        async with self.db.read() as conn:
+            return RunRecord(await self._thread_run(conn, project, thread_id, run_id)).to_wire()
+
+    async def poll(self, project: str, thread_id: str, run_id: str, wait_s: float = LONG_POLL_S) -> Run:
         """`GET` a run for an SDK poll helper: while the run is active and executing in this replica,
         answer when it settles (or after `wait_s`), so `create_and_poll` returns as soon as the run
         ends instead of after a whole polling interval. Other replicas' runs answer at once."""
@@ -214,17 +225,17 @@ class RunService:
                 params,
                 parent=thread_id,
             )
-        return Page([public(r) for r in page.data], page.has_more)
+        return page
 
-    async def modify(self, project: str, thread_id: str, run_id: str, req: RunModify) -> dict[str, Any]:
+    async def modify(self, project: str, thread_id: str, run_id: str, req: RunModify) -> Run:
         async with self.db.write() as conn:
             run = await self._thread_run(conn, project, thread_id, run_id)
             if req.metadata is not None:
                 run["metadata"] = dict(req.metadata)
                 await runs.replace(conn, project, run)
-        return public(run)
+        return RunRecord(run).to_wire()
 
-    async def cancel(self, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
+    async def cancel(self, project: str, thread_id: str, run_id: str) -> Run:
         async with self.db.read() as conn:
             run = await self._thread_run(conn, project, thread_id, run_id)
         if run["status"] in TERMINAL or run["status"] == "cancelling":
@@ -233,18 +244,19 @@ class RunService:
         if cancelled is None:
             current = await self.get(project, thread_id, run_id)
             raise InvalidRequest(f"Cannot cancel run with status '{current['status']}'.")
-        return public(cancelled)
+        return RunRecord(cancelled).to_wire()
 
     async def submit_tool_outputs(
         self, project: str, thread_id: str, run_id: str, req: SubmitToolOutputs
-    ) -> tuple[dict[str, Any], dict[str, Any], RunEvents | None]:
+    ) -> tuple[RunStep, Run, RunEvents | None]:
         """The completed tool-call step, the run queued again, and (with `stream`) its events, from
         `thread.run.step.completed`."""
         async with self.db.write() as conn:
-            run = await self._thread_run(conn, project, thread_id, run_id)
-            if run["status"] != "requires_action":
-                raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
-            pending = [c["id"] for c in run["required_action"]["submit_tool_outputs"]["tool_calls"]]
+            row = await self._thread_run_row(conn, project, thread_id, run_id)
+            run = RunRecord.from_row(row)
+            if run.status != "requires_action":
+                raise InvalidRequest(f'Runs in status "{run.status}" do not accept tool outputs.')
+            pending = [c["id"] for c in run.data["required_action"]["submit_tool_outputs"]["tool_calls"]]
             given: dict[str, str] = {}
             for i, out in enumerate(req.tool_outputs):
                 if out.tool_call_id is None:
@@ -267,13 +279,14 @@ class RunService:
                     param="tool_outputs",
                     code="invalid_value",
                 )
-            step = await self._pending_step(conn, run_id)
+            pending_step = await self._pending_step(conn, run_id)
+            step, calls = pending_step.data, pending_step.state
             for call in step["step_details"]["tool_calls"]:
                 if call["type"] == "function" and call["id"] in given:
                     call["function"]["output"] = given[call["id"]]
-                    step.setdefault("_calls", {}).setdefault(call["id"], {})["output"] = given[call["id"]]
+                    calls = calls.with_output(call["id"], given[call["id"]])
             step.update(status="completed", completed_at=now())
-            await run_steps.replace(conn, project, step)
+            await run_steps.replace(conn, project, step, state=calls.to_json())
         # The resumed run has the whole maximum run duration again.
         queued = await self.engine.store.transition(
             project,
@@ -283,22 +296,24 @@ class RunService:
             expires_at=now() + self.engine.settings.run_max_duration_s,
         )
         if queued is None:
-            raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
+            raise InvalidRequest(f'Runs in status "{run.status}" do not accept tool outputs.')
         # The step as the run's stream shows steps (its `include[]`: submitToolOutputs has none).
-        step_out, queued_out = step_wire(step, run.get("_include", [])), public(queued)
+        step_out, queued_out = RunStepRecord(step).to_wire(run.state.include), RunRecord(queued).to_wire()
         first = [("thread.run.step.completed", step_out), ("thread.run.queued", queued_out)] if req.stream else None
         return step_out, queued_out, self._start(project, queued, first)
 
-    async def _pending_step(self, conn: Any, run_id: str) -> dict[str, Any]:
+    async def _pending_step(self, conn: Any, run_id: str) -> RunStepRecord:
         s = tables.run_steps
         rows = (
             await conn.execute(
-                sa.select(s.c.data).where(s.c.run_id == run_id).order_by(s.c.created_at.desc(), s.c.seq.desc())
+                sa.select(s.c.data, s.c.state)
+                .where(s.c.run_id == run_id)
+                .order_by(s.c.created_at.desc(), s.c.seq.desc())
             )
         ).all()
-        for (data,) in rows:
-            if data["type"] == "tool_calls" and data["status"] == "in_progress":
-                return dict(data)
+        for row in rows:
+            if row.data["type"] == "tool_calls" and row.data["status"] == "in_progress":
+                return RunStepRecord.from_row(row)
         raise InvalidRequest("The run has no tool call waiting for outputs.")
 
     async def list_steps(
@@ -312,14 +327,12 @@ class RunService:
                 params,
                 parent=run_id,
             )
-        return Page([step_wire(s, include) for s in page.data], page.has_more)
+        return Page([dict(RunStepRecord(s).to_wire(include)) for s in page.data], page.has_more)
 
-    async def get_step(
-        self, project: str, thread_id: str, run_id: str, step_id: str, include: list[str]
-    ) -> dict[str, Any]:
+    async def get_step(self, project: str, thread_id: str, run_id: str, step_id: str, include: list[str]) -> RunStep:
         async with self.db.read() as conn:
             await self._thread_run(conn, project, thread_id, run_id)
             step = await run_steps.get(conn, project, step_id, parent=run_id)
         if step is None:
             raise NotFound("run step", step_id)
-        return step_wire(step, include)
+        return RunStepRecord(step).to_wire(include)

@@ -33,10 +33,6 @@ THREAD_STORE_DAYS = 7  # stores made for a thread's attachments expire 7 days af
 FILE_STATUSES = ("in_progress", "completed", "failed", "cancelled")
 
 
-def public(obj: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if not k.startswith("_")}
-
-
 def count_statuses(rows: Iterable[tuple[str, int]]) -> dict[str, int]:
     counts = dict.fromkeys(FILE_STATUSES, 0)
     for status, n in rows:
@@ -61,7 +57,7 @@ async def file_counts(conn: AsyncConnection, vector_store_id: str, batch_id: str
 async def store_wire(conn: AsyncConnection, store: dict[str, Any]) -> dict[str, Any]:
     """The store as the API shows it: counts from the file rows, status from them and the clock."""
     counts = await file_counts(conn, store["id"])
-    wire = public(store)
+    wire = dict(store)
     wire["file_counts"] = counts
     if wire.get("expires_after") is None:
         # Optional but not nullable in OpenAI's schema: absent when the store has no expiry policy.

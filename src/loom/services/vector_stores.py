@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.records import VectorStoreFile, VectorStoreFileRecord
 from loom.retrieval.chunking import AUTO, ChunkingStrategy, parse_chunking_strategy
 from loom.retrieval.embedding import Embedder
 from loom.retrieval.index import ChunkIndex
@@ -39,7 +40,6 @@ from loom.services.vector_store_rows import (
     file_counts,
     insert_store,
     is_expired,
-    public,
     remove_file_row,
     store_files,
     store_wire,
@@ -191,7 +191,7 @@ class VectorStoreService:
 
     # Files.
 
-    async def create_file(self, project: str, vector_store_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def create_file(self, project: str, vector_store_id: str, body: dict[str, Any]) -> VectorStoreFile:
         req = parse(VectorStoreFileCreate, body)
         chunking = _chunking(req.chunking_strategy)
         async with self.db.write() as conn:
@@ -199,7 +199,7 @@ class VectorStoreService:
             await require_files(conn, project, [req.file_id])
             obj = await attach_file(conn, project, vector_store_id, req.file_id, chunking, req.attributes)
         self._wake()
-        return public(obj)
+        return VectorStoreFileRecord(obj).to_wire()
 
     async def list_files(
         self, project: str, vector_store_id: str, params: ListParams, status: str | None, batch_id: str | None = None
@@ -226,19 +226,19 @@ class VectorStoreService:
                 parent=vector_store_id,
                 where=where,
             )
-        return Page(data=[public(o) for o in page.data], has_more=page.has_more)
+        return page
 
-    async def get_file(self, project: str, vector_store_id: str, file_id: str) -> dict[str, Any]:
+    async def get_file(self, project: str, vector_store_id: str, file_id: str) -> VectorStoreFile:
         async with self.db.read() as conn:
             await self._store(conn, project, vector_store_id)
             obj = await store_files.get(conn, project, file_id, parent=vector_store_id)
         if obj is None:
             raise NotFound("vector store file", file_id)
-        return public(obj)
+        return VectorStoreFileRecord(obj).to_wire()
 
     async def update_file(
         self, project: str, vector_store_id: str, file_id: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
+    ) -> VectorStoreFile:
         req = parse(VectorStoreFileUpdate, body)
         async with self.db.write() as conn:
             await self._store(conn, project, vector_store_id)
@@ -249,7 +249,7 @@ class VectorStoreService:
             obj["attributes"] = dict(req.attributes or {})
             await store_files.replace(conn, project, obj, parent=vector_store_id)
         await self.index.set_attributes(vector_store_id, file_id, obj["attributes"])
-        return public(obj)
+        return VectorStoreFileRecord(obj).to_wire()
 
     async def delete_file(self, project: str, vector_store_id: str, file_id: str) -> dict[str, Any]:
         async with self.db.write() as conn:
@@ -291,7 +291,7 @@ class VectorStoreService:
 
     async def _batch_wire(self, conn: AsyncConnection, batch: dict[str, Any]) -> dict[str, Any]:
         counts = await file_counts(conn, batch["vector_store_id"], batch["id"])
-        wire = public(batch)
+        wire = dict(batch)
         wire["file_counts"] = counts
         if batch.get("status") != "cancelled":
             wire["status"] = "in_progress" if counts["in_progress"] else "completed"

@@ -1,7 +1,9 @@
 """Tables. Each API object is one row: the columns Loom queries on, and `data`, the object as the wire shows it.
 
 Keeping the wire object whole in `data` makes a read one row fetch with no re-assembly; the indexed columns
-(project, parents, status, created_at) carry everything the API filters or orders on.
+(project, parents, status, created_at) carry everything the API filters or orders on. `data` holds exactly
+the wire object: Loom's own bookkeeping of a run, a step, an upload or a vector-store file is in its
+`state` column (`loom.records.state`), never in `data`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ runs = _resource(
     sa.Column("lease_owner", sa.String(64), nullable=True),
     sa.Column("lease_expires_at", sa.Float, nullable=True),
     sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("state", Json, nullable=True),
     sa.Index("ix_runs_list", "thread_id", "created_at", "seq"),
     sa.Index("ix_runs_status", "status"),
 )
@@ -70,6 +73,7 @@ run_steps = _resource(
     "run_steps",
     sa.Column("thread_id", sa.String(64), nullable=False),
     sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("state", Json, nullable=True),
     sa.Index("ix_run_steps_list", "run_id", "created_at", "seq"),
 )
 
@@ -85,6 +89,7 @@ uploads = _resource(
     "uploads",
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("state", Json, nullable=True),
 )
 
 upload_parts = _resource(
@@ -106,6 +111,7 @@ vector_store_files = _resource(
     sa.Column("vector_store_id", sa.String(64), nullable=False),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("batch_id", sa.String(64), nullable=True),
+    sa.Column("state", Json, nullable=True),
     sa.UniqueConstraint("vector_store_id", "id", name="uq_vector_store_files"),
     sa.Index("ix_vector_store_files_list", "vector_store_id", "created_at", "seq"),
     unique_id=False,

@@ -18,6 +18,7 @@ from loom.services.files import FileService
 from loom.services.keys import KeyRing
 from loom.services.runs import RunService
 from loom.services.threads import ThreadService
+from loom.services.uploads import UploadService
 from loom.services.vector_stores import VectorStoreService
 from loom.store.blobs import BlobStore
 from loom.store.db import Database
@@ -49,6 +50,10 @@ async def get_file_service(request: Request) -> FileService:
     return container_of(request).files
 
 
+async def get_upload_service(request: Request) -> UploadService:
+    return container_of(request).uploads
+
+
 async def get_vector_store_service(request: Request) -> VectorStoreService:
     return container_of(request).vector_stores
 
@@ -77,6 +82,7 @@ AssistantServiceDep = Annotated[AssistantService, Depends(get_assistant_service)
 ThreadServiceDep = Annotated[ThreadService, Depends(get_thread_service)]
 RunServiceDep = Annotated[RunService, Depends(get_run_service)]
 FileServiceDep = Annotated[FileService, Depends(get_file_service)]
+UploadServiceDep = Annotated[UploadService, Depends(get_upload_service)]
 VectorStoreServiceDep = Annotated[VectorStoreService, Depends(get_vector_store_service)]
 KeyRingDep = Annotated[KeyRing, Depends(get_key_ring)]
 ModelRouterDep = Annotated[ModelRouter, Depends(get_model_router)]

@@ -9,7 +9,7 @@ from loom.api.multipart import FORM_OVERHEAD_BYTES, read_form
 from loom.errors import PayloadTooLarge
 from loom.services.common import list_params
 from loom.web.auth import Project
-from loom.web.deps import BlobsDep, FileServiceDep, SettingsDep
+from loom.web.deps import BlobsDep, FileServiceDep, SettingsDep, UploadServiceDep
 from loom.web.http import JSON, json_body
 
 router = APIRouter()
@@ -66,14 +66,19 @@ async def file_content(request: Request, project: Project, files: FileServiceDep
 
 
 @router.post("/uploads")
-async def create_upload(request: Request, project: Project, files: FileServiceDep, settings: SettingsDep) -> JSON:
+async def create_upload(request: Request, project: Project, uploads: UploadServiceDep, settings: SettingsDep) -> JSON:
     body = await json_body(request)
-    return JSON(await files.create_upload(project, body, settings.max_upload_bytes))
+    return JSON(await uploads.create_upload(project, body, settings.max_upload_bytes))
 
 
 @router.post("/uploads/{upload_id}/parts")
 async def add_upload_part(
-    request: Request, project: Project, files: FileServiceDep, settings: SettingsDep, blobs: BlobsDep, upload_id: str
+    request: Request,
+    project: Project,
+    uploads: UploadServiceDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    upload_id: str,
 ) -> JSON:
     limit = settings.max_upload_part_bytes
     _check_length(request, limit)
@@ -84,15 +89,15 @@ async def add_upload_part(
         max_file_bytes=limit,
         temp_path=blobs.new_temp,
     )
-    return JSON(await files.add_part(project, upload_id, form))
+    return JSON(await uploads.add_part(project, upload_id, form))
 
 
 @router.post("/uploads/{upload_id}/complete")
-async def complete_upload(request: Request, project: Project, files: FileServiceDep, upload_id: str) -> JSON:
+async def complete_upload(request: Request, project: Project, uploads: UploadServiceDep, upload_id: str) -> JSON:
     body = await json_body(request)
-    return JSON(await files.complete_upload(project, upload_id, body))
+    return JSON(await uploads.complete_upload(project, upload_id, body))
 
 
 @router.post("/uploads/{upload_id}/cancel")
-async def cancel_upload(request: Request, project: Project, files: FileServiceDep, upload_id: str) -> JSON:
-    return JSON(await files.cancel_upload(project, upload_id))
+async def cancel_upload(request: Request, project: Project, uploads: UploadServiceDep, upload_id: str) -> JSON:
+    return JSON(await uploads.cancel_upload(project, upload_id))

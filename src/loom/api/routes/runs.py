@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -23,7 +24,7 @@ def _include(request: Request) -> list[str]:
     return check_include(request.query_params.getlist("include[]") + request.query_params.getlist("include"))
 
 
-def _polled(runs: RunService, run: dict[str, Any]) -> JSON:
+def _polled(runs: RunService, run: Mapping[str, Any]) -> JSON:
     return JSON(run, headers={"openai-poll-after-ms": str(runs.poll_after_ms(run))})
 
 

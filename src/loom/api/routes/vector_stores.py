@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from fastapi import APIRouter, Depends, Request
 
 from loom.services.common import list_params
@@ -16,7 +18,7 @@ from loom.web.http import JSON, json_body
 router = APIRouter(dependencies=[Depends(optional_beta)])
 
 
-def _polled(service: VectorStoreService, body: dict[str, object]) -> JSON:
+def _polled(service: VectorStoreService, body: Mapping[str, object]) -> JSON:
     """A response the SDK's poll helpers read: tell them how long to wait before the next GET."""
     return JSON(body, headers={"openai-poll-after-ms": str(service.poll_after_ms)})
 
