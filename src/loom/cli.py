@@ -1,4 +1,4 @@
-"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom sandbox check|setup`, `loom config show`,
+"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom webhooks …`, `loom sandbox check|setup`, `loom config show`,
 `loom export|import`."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from loom.sandbox.setup import add_arguments as setup_arguments
 from loom.services import keys
 from loom.store.db import Database
 from loom.store.migrate import migrate
+from loom.webhooks import cli as webhooks_cli
 
 log = logging.getLogger("loom")
 
@@ -240,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_sub.add_parser("check", help="report what isolation this machine provides")
     p_setup = sandbox_sub.add_parser("setup", help="build the sandbox's Python environment")
     setup_arguments(p_setup)
+    webhooks_cli.add_parser(sub)
     return parser
 
 
@@ -273,6 +275,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run_import(args, settings)
     if args.command == "migrate":
         return _run_migrate(settings)
+    if args.command == "webhooks":
+        return webhooks_cli.run(args, settings)
     if args.command == "sandbox":
         if args.sandbox_command == "check":
             from loom.sandbox.check import check_isolation

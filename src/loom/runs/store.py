@@ -11,6 +11,7 @@ from loom.runs import status
 from loom.store import tables
 from loom.store.collections import assistants, messages, run_steps, runs, threads
 from loom.store.db import Database
+from loom.webhooks import outbox
 
 # The thread's messages from before the run, the run's steps, the run's own messages by id.
 RunContext = tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]
@@ -81,6 +82,7 @@ class RunStore:
             {} if target in ("queued", "in_progress", "cancelling") else {"lease_owner": None, "lease_expires_at": None}
         )
         await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **lease)
+        await outbox.record_run(conn, project, run)
         events.run_moved(project, run)
         return run
 
