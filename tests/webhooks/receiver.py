@@ -66,7 +66,10 @@ class Receiver:
             return [r for r in self.received if r.path == path]
 
     def wait(self, path: str, count: int = 1, timeout: float = 20.0) -> list[Received]:
-        return wait_for(lambda: (got := self.at(path)) if len(got) >= count else None, timeout, f"{count} at {path}")
+        try:
+            return wait_for(lambda: got if len(got := self.at(path)) >= count else None, timeout, f"{count} at {path}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; got: {[r.body for r in self.at(path)]}") from None
 
     def __enter__(self) -> Receiver:
         self._thread.start()

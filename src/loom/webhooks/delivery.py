@@ -108,7 +108,7 @@ class DeliveryWorker:
     async def claim(self, limit: int) -> list[Claimed]:
         now = time.time()
         due = (
-            sa.select(_D.c.id, _D.c.payload, _D.c.attempts, _D.c.created_at, _E.c.url, _E.c.secret)
+            sa.select(_D.c.id, _D.c.payload, _D.c.attempts, _D.c.created_at, _E.c.data, _E.c.secret)
             .add_columns(_E.c.old_secret, _E.c.old_secret_until)
             .join(_E, _E.c.id == _D.c.endpoint_id)
             .where(_D.c.status == "pending", _D.c.next_attempt_at <= now, _E.c.enabled == sa.true())
@@ -125,7 +125,7 @@ class DeliveryWorker:
         claimed = []
         for r in rows:
             keys = (r.secret,) if r.old_secret is None or (r.old_secret_until or 0) < now else (r.secret, r.old_secret)
-            claimed.append(Claimed(r.id, r.payload, r.attempts, r.created_at, r.url, keys))
+            claimed.append(Claimed(r.id, r.payload, r.attempts, r.created_at, r.data["url"], keys))
         return claimed
 
     def _client(self) -> httpx.AsyncClient:
