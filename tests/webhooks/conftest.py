@@ -57,6 +57,11 @@ def api_client(server: LoomServer, key: str = DEFAULT_KEY) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, headers={"authorization": f"Bearer {key}"}, timeout=30)
 
 
+def unwrap(client: openai.OpenAI, body: bytes, headers: dict[str, str], secret: str) -> Any:
+    """The SDK's `client.webhooks.unwrap` (its union of OpenAI's own event types does not name Loom's)."""
+    return client.webhooks.unwrap(body, headers, secret=secret)
+
+
 def unique_path() -> str:
     """A receiver path of the test's own (the receiver is shared by the session)."""
     return f"/hook/{secrets.token_hex(6)}"
