@@ -25,7 +25,7 @@ from tests.support.postgres import new_database
 from tests.support.server import LoomServer
 from tests.webhooks.receiver import Receiver
 
-from bench.runs_bench import REPLY, new_thread, pct, streamed_run, table
+from bench.runs_bench import REPLY, pct, table
 from loom.store.db import Database
 from loom.webhooks.tables import webhook_deliveries
 
@@ -34,19 +34,36 @@ def headers(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}", "OpenAI-Beta": "assistants=v2"}
 
 
+async def streamed_run(http: httpx.AsyncClient, base: str, key: str, assistant_id: str) -> tuple[float, float]:
+    """A new thread, then a streaming run on it: (time to the first delta, whole time), in seconds."""
+    made = await http.post(
+        f"{base}/threads", json={"messages": [{"role": "user", "content": "hi"}]}, headers=headers(key)
+    )
+    made.raise_for_status()
+    start = time.perf_counter()
+    first = 0.0
+    body = {"assistant_id": assistant_id, "stream": True}
+    url = f"{base}/threads/{made.json()['id']}/runs"
+    async with http.stream("POST", url, json=body, headers=headers(key)) as response:
+        async for line in response.aiter_lines():
+            if not first and line == "event: thread.message.delta":
+                first = time.perf_counter() - start
+    if not first:
+        raise RuntimeError("no delta")
+    return first, time.perf_counter() - start
+
+
 async def runs(server: LoomServer, keys: dict[str, str], n: int) -> dict[str, list[tuple[float, float]]]:
     base = server.base_url
     out: dict[str, list[tuple[float, float]]] = {name: [] for name in keys}
     async with httpx.AsyncClient(timeout=120) as http:
         assistants = {}
         for name, key in keys.items():
-            http.headers.update(headers(key))
-            assistants[name] = (await http.post(f"{base}/assistants", json={"model": "gpt-4o"})).json()["id"]
+            made = await http.post(f"{base}/assistants", json={"model": "gpt-4o"}, headers=headers(key))
+            assistants[name] = made.json()["id"]
         for i in range(n + 10):
             for name, key in keys.items():
-                http.headers.update(headers(key))
-                thread = await new_thread(http, base)
-                timing = await streamed_run(http, base, thread, assistants[name])
+                timing = await streamed_run(http, base, key, assistants[name])
                 if i >= 10:  # warm-up
                     out[name].append(timing)
     return out
