@@ -18,8 +18,6 @@ MODULE_ALLOW = {
     # The session (BwrapSession), the pool and host preparation still share one module and the session
     # still calls the manager's private pool methods (issue 14, point 3).
     "sandbox/manager.py": "session, pool and host preparation still share one module",
-    # Not split yet: the upstream client, its streaming parser and its error mapping.
-    "llm/openai_backend.py": "client, stream parsing and error mapping still share one module",
     # Not split yet: uploads (multipart assembly) and Files in one service.
     "services/files.py": "Files and Uploads still share one service",
     # Not split yet: the kernel's protocol and its process handling.
