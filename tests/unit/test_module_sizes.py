@@ -20,8 +20,6 @@ MODULE_ALLOW = {
     "sandbox/manager.py": "session, pool and host preparation still share one module",
     # Not split yet: uploads (multipart assembly) and Files in one service.
     "services/files.py": "Files and Uploads still share one service",
-    # Not split yet: the kernel's protocol and its process handling.
-    "sandbox/kernel.py": "kernel protocol and process handling still share one module",
     # Not split yet: shares helpers with the SQLite index (issue 14, point 4 moves them).
     "retrieval/pg_index.py": "waits for the shared chunk-index helpers of issue 14, point 4",
 }
@@ -32,12 +30,6 @@ FUNCTION_ALLOW = {
     "store/migrations/versions/0001_core_tables.py:upgrade": "one flat list of CREATE TABLEs",
     # One SQL statement built step by step; its parts only make sense together.
     "retrieval/pg_index.py:keyword_candidates": "one SQL query assembled in order",
-    # A sequence of isolation probes reported in one place (not split yet).
-    "sandbox/check.py:check_isolation": "sequence of probes, not split yet",
-    # The kernel's request/response exchange (not split yet).
-    "sandbox/kernel.py:execute": "not split yet",
-    # Host preparation of the sandbox, step by step (not split yet).
-    "sandbox/launcher.py:prepare": "not split yet",
     # A table from pydantic's error kinds to OpenAI's wording.
     "schemas/common.py:translate": "one mapping of error kinds to OpenAI's messages",
 }
