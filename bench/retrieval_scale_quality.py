@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E40
 
 from bench.retrieval_latency import CHUNKS_PER_FILE, DIMS, drop_kept, kept_database, pct, synthetic, vocabulary  # noqa: E402
 from bench.retrieval_quality import load, ndcg_at_10, recall_at_100  # noqa: E402
-from loom.retrieval import pg_index  # noqa: E402
+from loom.retrieval import pg_keywords  # noqa: E402
 from loom.retrieval.chunking import chunk_text  # noqa: E402
 from loom.retrieval.index import Candidate, query_terms  # noqa: E402
 from loom.retrieval.pg_index import PostgresChunkIndex  # noqa: E402
@@ -107,7 +107,7 @@ class Run:
 
 
 # The approximate path starts with `_co_occurring` (module-level, looked up at call time): count it.
-_co_occurring = pg_index._co_occurring
+_co_occurring = pg_keywords._co_occurring
 _last_path: list[str] = []
 
 
@@ -119,7 +119,7 @@ def _counting_co_occurring(
     return groups
 
 
-pg_index._co_occurring = _counting_co_occurring
+pg_keywords._co_occurring = _counting_co_occurring
 
 
 async def keyword(run: Run, query: str) -> tuple[list[Candidate], float, str | None]:
@@ -164,9 +164,9 @@ async def measure(
         for run in runs:
             if timed and run.name == "exhaustive":
                 continue
-            capped = pg_index.MAX_SCORED
+            capped = pg_keywords.MAX_SCORED
             if run.name == "exhaustive":
-                pg_index.MAX_SCORED = n + 1
+                pg_keywords.MAX_SCORED = n + 1
             try:
                 for qid, q in queries.items():
                     found, ms, path = await keyword(run, q)
@@ -177,7 +177,7 @@ async def measure(
                         if path is not None:
                             run.approximate[qid] = path
             finally:
-                pg_index.MAX_SCORED = capped
+                pg_keywords.MAX_SCORED = capped
     return n, runs
 
 
@@ -230,8 +230,8 @@ async def main() -> None:
 
     print(
         f"SciFact: {len(corpus)} documents + N distractor chunks in one store; {len(queries)} judged queries, "
-        f"keyword only, top {LIMIT} chunks; defaults first_pass_rows={pg_index.FIRST_PASS_ROWS} "
-        f"large_store={pg_index.LARGE_STORE}, MAX_SCORED={pg_index.MAX_SCORED}"
+        f"keyword only, top {LIMIT} chunks; defaults first_pass_rows={pg_keywords.FIRST_PASS_ROWS} "
+        f"large_store={pg_keywords.LARGE_STORE}, MAX_SCORED={pg_keywords.MAX_SCORED}"
     )
     table: list[str] = []
     for distractors in [int(s) for s in args.distractors.split(",") if s]:

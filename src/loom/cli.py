@@ -70,7 +70,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
     container = Container(settings)
-    from loom.ops.banner import log_startup_report
+    from loom.admin.banner import log_startup_report
 
     asyncio.run(log_startup_report(container, f"http://{args.host}:{args.port}/v1", has_keys=has_keys))
     app = create_app(container)
@@ -141,7 +141,7 @@ def _show_config(settings: Settings) -> int:
 
 
 def _run_export(args: argparse.Namespace, settings: Settings) -> int:
-    from loom.ops.archive import export_project
+    from loom.admin.archive import export_project
 
     async def go() -> dict[str, int]:
         db = Database(settings.effective_database_url)
@@ -157,7 +157,7 @@ def _run_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_import(args: argparse.Namespace, settings: Settings) -> int:
-    from loom.ops.archive import ArchiveError, import_bundle, read_archive
+    from loom.admin.archive import ArchiveError, import_bundle, read_archive
     from loom.store.blobs import BlobStore
 
     try:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_upload_part_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     upload_expiry_s: int = 3600
+    # Where file bytes live: file:///path (empty: <data_dir>/files) or s3://bucket/prefix, with the
+    # standard AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION variables.
+    blob_url: str = ""
     # Tests only: seconds to pause between parts while completing an upload (to crash a server mid-way).
     test_upload_assembly_pause_s: float = 0.0
 
@@ -144,6 +147,13 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_keys(cls, value: object) -> list[str]:
         return _split_keys(value)
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, value: str) -> str:
+        if value and not value.startswith(("file:///", "s3://")):
+            raise ValueError("must be file:///path or s3://bucket/prefix")
+        return value
 
     @model_validator(mode="after")
     def _derived_defaults(self) -> Settings:
@@ -210,6 +220,8 @@ class Settings(BaseSettings):
                 shown = mask_secret(value)
             elif name == "database_url":
                 shown = mask_url(value) if value else f"(SQLite) {mask_url(self.effective_database_url)}"
+            elif name == "blob_url":
+                shown = value or f"(local) {self.effective_blob_url}"
             elif isinstance(value, list):
                 shown = ",".join(str(v) for v in value)
             else:
@@ -226,6 +238,10 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+    @property
+    def effective_blob_url(self) -> str:
+        return self.blob_url or self.files_dir.absolute().as_uri()
 
 
 def mask_secret(value: object) -> str:
@@ -270,6 +286,8 @@ def settings_help() -> str:
             default = "<data_dir>/sandbox-env"
         elif name == "database_url":
             default = "SQLite at <data_dir>/loom.db"
+        elif name == "blob_url":
+            default = "file://<data_dir>/files"
         else:
             value = getattr(defaults, name, field.default)
             default = ",".join(value) if isinstance(value, list) else ("" if value is None else str(value))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from loom.config import Settings
 from loom.jobs.ingest import IngestWorker
@@ -18,6 +17,7 @@ from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from loom.runs.code_interpreter import CodeInterpreterTool
 from loom.runs.engine import RunEngine
 from loom.runs.file_search import FileSearchTool
+from loom.runs.live import LiveRuns
 from loom.sandbox.manager import SandboxManager
 from loom.sandbox.types import Sandbox, SandboxUnavailable
 from loom.services.assistants import AssistantService
@@ -27,6 +27,7 @@ from loom.services.runs import RunService
 from loom.services.threads import ThreadService
 from loom.services.vector_stores import VectorStoreService
 from loom.store.blobs import BlobStore
+from loom.store.coordination import coordinator_for
 from loom.store.db import Database
 from loom.store.migrate import migrate
 from loom.supervisor import Supervisor
@@ -96,6 +97,8 @@ class Container:
         self.supervisor = Supervisor()
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(settings.effective_database_url)
+        # Locks, notifications and single-process mode, as the database provides them.
+        self.coordination = coordinator_for(self.db.engine)
         self.blobs = BlobStore(settings.files_dir)
         self.keys = KeyRing(self.db, settings.api_keys)
         self.router = ModelRouter.from_settings(settings)
@@ -108,19 +111,17 @@ class Container:
             settings.upload_expiry_s,
             lease_s=settings.lease_s,
             assembly_pause_s=settings.test_upload_assembly_pause_s,
+            single_process=self.coordination.single_process,
         )
-        self.engine = RunEngine(settings, self.db, self.router, self.blobs)
-        self.runs = RunService(self.db, self.engine)
+        self.engine = RunEngine(settings, self.db, self.router, self.blobs, self.coordination)
+        self.runs = RunService(self.db, self.engine, LiveRuns(self.engine.bus))
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
         self.embedder = embedder_from_settings(settings)
-        self.chunk_index: ChunkIndex = (
-            SQLiteChunkIndex(self.db.engine)
-            if self.db.is_sqlite
-            else PostgresChunkIndex(self.db.engine, self.embedder.dimensions)
-        )
+        self.chunk_index = self.coordination.choose(sqlite=self._sqlite_index, postgresql=self._postgres_index)
         self.vector_stores = VectorStoreService(self.db, self.chunk_index, self.embedder, settings.poll_after_ms)
         self.ingest = IngestWorker(
             self.db,
+            self.coordination,
             self.vector_stores,
             self.blobs.path_for,
             concurrency=settings.ingest_concurrency,
@@ -130,8 +131,15 @@ class Container:
         self.files.delete_hooks.append(self.vector_stores.forget_file)
         self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings, self.supervisor)
-        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.db, settings))
+        # The code interpreter reads input Files and writes output Files through the file service.
+        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.files, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
+
+    def _sqlite_index(self) -> ChunkIndex:
+        return SQLiteChunkIndex(self.db.engine)
+
+    def _postgres_index(self) -> ChunkIndex:
+        return PostgresChunkIndex(self.db.engine, self.embedder.dimensions)
 
     async def start(self) -> None:
         await migrate(self.db.engine)
@@ -145,6 +153,7 @@ class Container:
         await self.supervisor.stop()
         await self.ingest.stop()
         await self.engine.stop()
+        await self.coordination.close()
         await self.sandbox.aclose()
         await self.router.aclose()
         await self.db.dispose()
@@ -157,9 +166,3 @@ class Container:
             await self.files.delete_expired()
             await self.files.expire_uploads()
             await asyncio.sleep(_JANITOR_EVERY_S)
-
-    async def model_list(self) -> list[dict[str, Any]]:
-        return [
-            {"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by}
-            for m in await self.router.list_models()
-        ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import pytest
 from tests.conftest import DEFAULT_KEY, sdk_client
 from tests.fakes.upstream import FakeUpstream, Turn
 from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 
 @pytest.fixture()
@@ -222,6 +224,78 @@ def test_a_running_run_can_be_watched_to_its_end(
     # A run that has ended: its state, then done.
     ended = parse_sse(get(console_server, f"/console/api/threads/{thread.id}/runs/{run.id}/events").text)
     assert [name for name, _ in ended] == ["thread.run.completed", "done"]
+
+
+def read_until_idle(chunks: Iterator[bytes]) -> str:
+    """What a stream sends until it goes quiet (its first keep-alive comment: the server sends one when it
+    has had nothing to send for LOOM_SSE_KEEPALIVE_S)."""
+    received = ""
+    for chunk in chunks:
+        received += chunk.decode()
+        if ": keep-alive" in received:
+            return received
+    return received
+
+
+def message_text(events: list[tuple[str, Any]]) -> str:
+    """The assistant message's text as a client shows it: a full message object replaces it, a delta appends."""
+    text = ""
+    for name, data in events:
+        if name == "thread.message.delta":
+            text += "".join(p["text"].get("value", "") for p in data["delta"]["content"] if p["type"] == "text")
+        elif name.startswith("thread.message."):
+            text = "".join(p["text"]["value"] for p in data["content"] if p["type"] == "text")
+    return text
+
+
+def test_a_watcher_joining_mid_answer_gets_the_text_so_far_then_the_rest_once(
+    console_server: LoomServer, client: openai.OpenAI, console_other_key: str, upstream: FakeUpstream
+) -> None:
+    assistant = client.beta.assistants.create(model="gpt-4o")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "count"}])
+    final = "alpha beta gamma delta epsilon zeta eta theta"
+    gate = f"join-{uuid.uuid4().hex}"
+    upstream.push(Turn.reply(final, chunk_size=3, gate=gate, gate_after=5))  # four pieces, then it holds
+    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    upstream.wait_held(gate)
+    so_far = final[:12]
+    path = f"{origin(console_server)}/console/api/threads/{thread.id}/runs/{run.id}/events"
+    headers = {"Authorization": f"Bearer {DEFAULT_KEY}"}
+
+    def snapshot() -> list[tuple[str, Any]]:
+        with httpx.stream("GET", path, headers=headers, timeout=60) as response:
+            return parse_sse(read_until_idle(response.iter_bytes()))
+
+    # The server has read the held pieces once the snapshot shows them (the upstream sent them already).
+    first = wait_for(lambda: (events := snapshot()) and message_text(events) == so_far and events, what="text")
+    # The run, its step and its message as announced, then the text so far in one delta.
+    assert [name for name, _ in first] == [
+        "thread.run.in_progress",
+        "thread.run.step.in_progress",
+        "thread.message.in_progress",
+        "thread.message.delta",
+    ]
+    assert first[0][1]["id"] == run.id and first[2][1]["run_id"] == run.id
+    # Another project's key: not found, exactly as before, and none of the text.
+    theirs = httpx.get(
+        f"{origin(console_server)}/console/api/threads/{thread.id}/runs/{run.id}/events",
+        headers={"Authorization": f"Bearer {console_other_key}"},
+        timeout=30,
+    )
+    assert theirs.status_code == 404 and so_far not in theirs.text
+    with httpx.stream("GET", path, headers=headers, timeout=60) as response:
+        chunks = response.iter_bytes()
+        before = parse_sse(read_until_idle(chunks))
+        upstream.release(gate)
+        after = parse_sse("".join(chunk.decode() for chunk in chunks))
+    assert message_text(before) == so_far
+    events = before + after
+    names = [name for name, _ in events]
+    assert names[-2:] == ["thread.run.completed", "done"]
+    # Every piece once: the deltas after the snapshot continue its text exactly where it stopped.
+    deltas = [e for e in after if e[0] == "thread.message.delta"]
+    assert so_far + message_text(deltas) == final
+    assert message_text(events) == final
 
 
 def test_pages_are_served_by_loom_itself(console_server: LoomServer) -> None:

@@ -136,6 +136,30 @@ def test_a_run_in_progress_updates_live(console: Console, e2e_client: openai.Ope
     assert page.evaluate("window.__sameDocument") is True  # no reload: the page followed the run's events
 
 
+def test_a_page_opened_mid_answer_shows_the_text_so_far_then_the_rest_once(
+    console: Console, e2e_client: openai.OpenAI, upstream: FakeUpstream
+) -> None:
+    assistant = e2e_client.beta.assistants.create(model="gpt-4o")
+    thread = e2e_client.beta.threads.create(messages=[{"role": "user", "content": "Count slowly."}])
+    final = "one two three four five six seven eight nine ten eleven twelve"
+    gate = f"joined-{uuid.uuid4().hex}"
+    # Six pieces, then the reply holds: the page opens mid-answer. The engine saves streamed text about once a
+    # second and only as pieces arrive, so what the page shows of it comes from the run's live record.
+    upstream.push(Turn.reply(final, chunk_size=3, gate=gate, gate_after=7))
+    run = e2e_client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    upstream.wait_held(gate)
+    so_far = final[:18]
+    console.sign_in_as(DEFAULT_KEY)
+    page = console.open(f"/console/threads/{thread.id}")
+    answer = page.locator("#messages .message.role-assistant")
+    expect(answer.locator(".text")).to_have_text(so_far)
+    expect(page.locator(f"section.run[data-id={run.id}]")).to_have_attribute("data-status", "in_progress")
+    upstream.release(gate)
+    expect(page.locator(f"section.run[data-id={run.id}]")).to_have_attribute("data-status", "completed")
+    expect(answer.locator(".text")).to_have_text(final)  # every piece once: none lost, none twice
+    expect(answer).to_have_count(1)
+
+
 def test_playground_streams_an_answer_token_by_token(
     console: Console, e2e_client: openai.OpenAI, upstream: FakeUpstream
 ) -> None:

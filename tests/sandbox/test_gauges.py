@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loom.api.routes.metrics import sandbox_gauges
 from loom.container import Container
-from loom.ops.http import sandbox_gauges
 from tests.sandbox.conftest import require_sandbox, sandbox_settings
 from tests.support.wait import wait_for_async
 

@@ -8,15 +8,16 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 
-from loom.api.http import JSON
 from loom.api.middleware import RequestIdMiddleware
 from loom.api.routes import assistants, files, models, runs, threads, vector_stores
+from loom.api.routes.metrics import metrics_endpoint, sandbox_gauges
 from loom.console import api as console_api
 from loom.console import pages as console_pages
 from loom.container import Container
 from loom.errors import LoomError
 from loom.ops import metrics
-from loom.ops.http import AccessMiddleware, metrics_endpoint, sandbox_gauges
+from loom.ops.http import AccessMiddleware
+from loom.web.http import JSON
 
 
 def create_app(container: Container) -> FastAPI:

@@ -6,8 +6,9 @@
   `key=value` for an exact metadata value); each with its message count, run count, last activity and the
   status of its last run.
 - `GET /console/api/threads/{thread_id}/runs/{run_id}/events`: a run's events as server-sent events (the
-  same frames as a streamed `/v1` run), from its current state to its end, for watching a run that some
-  other client started.
+  same frames as a streamed `/v1` run), for watching a run that some other client started: first a snapshot
+  of the run so far (its state, the steps and messages of this execution, the text streamed so far), then
+  its live events to its end.
 
 Every route authenticates like `/v1` (the same dependency): no key is 401, another project's ids are 404.
 """
@@ -15,23 +16,21 @@ Every route authenticates like `/v1` (the same dependency): no key is 401, anoth
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
-from loom.api.auth import Project
-from loom.api.http import JSON
-from loom.api.sse import event_stream
 from loom.errors import InvalidRequest
-from loom.runs.bus import END
-from loom.runs.status import TERMINAL
 from loom.services.common import list_params
 from loom.store import tables
 from loom.store.collections import threads
 from loom.store.repo import Obj
+from loom.web.auth import Project
+from loom.web.deps import DatabaseDep, KeyRingDep, RunServiceDep
+from loom.web.http import JSON
+from loom.web.sse import event_stream
 
 router = APIRouter(prefix="/console/api")
 
@@ -107,18 +106,15 @@ async def thread_stats(conn: AsyncConnection, project: str, thread_ids: Sequence
 
 
 @router.get("/me")
-async def me(request: Request, project: Project) -> JSON:
-    return JSON(
-        {"object": "console.session", "project": project, "open": await request.app.state.container.keys.is_open()}
-    )
+async def me(project: Project, keys: KeyRingDep) -> JSON:
+    return JSON({"object": "console.session", "project": project, "open": await keys.is_open()})
 
 
 @router.get("/threads")
-async def list_threads(request: Request, project: Project) -> JSON:
+async def list_threads(request: Request, project: Project, db: DatabaseDep) -> JSON:
     params = list_params(request.query_params, default_limit=50)
     where = search_filter(request.query_params.get("q", ""))
-    container = request.app.state.container
-    async with container.db.read() as conn:
+    async with db.read() as conn:
         page = await threads.list(conn, project, params, where=where)
         stats = await thread_stats(conn, project, [t["id"] for t in page.data])
     data: list[Obj] = []
@@ -149,21 +145,9 @@ async def list_threads(request: Request, project: Project) -> JSON:
 
 
 @router.get("/threads/{thread_id}/runs/{run_id}/events")
-async def run_events(request: Request, project: Project, thread_id: str, run_id: str) -> Response:
+async def run_events(project: Project, runs: RunServiceDep, thread_id: str, run_id: str) -> Response:
     """The run now, then its events until it stops (requires_action included), then `done`.
 
     Events come from the replica executing the run; a run executing elsewhere (or no longer executing)
     answers its current state and ends, and the console says it is not live."""
-    container = request.app.state.container
-    bus = container.engine.bus
-    queue = bus.subscribe(run_id)
-    try:
-        run: dict[str, Any] = await container.runs.get(project, thread_id, run_id)
-    except BaseException:
-        bus.unsubscribe(run_id, queue)
-        raise
-    status = run["status"]
-    first: list[tuple[str, Any]] = [(f"thread.run.{status}", run)]
-    if status in TERMINAL or status == "requires_action" or not container.engine.runs_here(run_id):
-        queue.put_nowait(END)
-    return event_stream(first, queue, run_id, bus, container.settings.sse_keepalive_s)
+    return event_stream(await runs.events(project, thread_id, run_id))

@@ -2,9 +2,9 @@
 
 A file row is born `in_progress`; the `IngestWorker` of every process sweeps for such rows (woken at
 once by the API, and every half second anyway, which also picks up files attached by thread/assistant
-helpers and files left behind by a killed process). On PostgreSQL a session advisory lock per file
-makes exactly one replica ingest it; the lock dies with its connection, so a killed replica's files
-are taken over by the next sweep elsewhere. Each claim counts an attempt: a file that was interrupted
+helpers and files left behind by a killed process). A named lock per file (`loom.store.coordination`:
+a session advisory lock on PostgreSQL) makes exactly one replica ingest it; the lock dies with its
+connection, so a killed replica's files are taken over by the next sweep elsewhere. Each claim counts an attempt: a file that was interrupted
 `MAX_ATTEMPTS` times (say it crashes the process) fails with `server_error` instead of looping.
 Parsing and chunking run in a child process with a memory and a time limit (`loom.retrieval.isolate`),
 so a hostile file fails alone; embedding runs in threads, never on the event loop, one batch of chunks
@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from loom.retrieval.isolate import ParseLimits, close_host
 from loom.services.vector_store_rows import add_usage, store_files
 from loom.services.vector_stores import VectorStoreService
 from loom.store import tables
+from loom.store.coordination import Coordinator
 from loom.store.db import Database
 from loom.supervisor import Supervisor
 
@@ -47,17 +47,13 @@ def _strategy_from_wire(wire: Mapping[str, Any] | None) -> ChunkingStrategy:
     return ChunkingStrategy(int(static["max_chunk_size_tokens"]), int(static["chunk_overlap_tokens"]))
 
 
-def _lock_key(vector_store_id: str, file_id: str) -> int:
-    digest = hashlib.blake2b(f"{vector_store_id}/{file_id}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
-
-
 class IngestWorker:
     """Finds `in_progress` vector store files and ingests them, a few at a time, off the event loop."""
 
     def __init__(
         self,
         db: Database,
+        coordination: Coordinator,
         service: VectorStoreService,
         blobs_path: Any,
         *,
@@ -67,6 +63,7 @@ class IngestWorker:
         limits: ParseLimits | None = None,
     ) -> None:
         self.db = db
+        self.coordination = coordination
         self.limits = limits or ParseLimits()
         self.service = service
         self.path_for = blobs_path  # file id -> Path of its bytes
@@ -137,22 +134,11 @@ class IngestWorker:
         self._wake.set()
 
     async def _guarded(self, project: str, store_id: str, file_id: str) -> None:
-        if self.db.is_sqlite:
-            await self._ingest(project, store_id, file_id)
-            return
-        # One replica per file: the advisory lock lives as long as this connection.
-        async with self.db.engine.connect() as lock_conn:
-            key = _lock_key(store_id, file_id)
-            got = (await lock_conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key})).scalar()
-            await lock_conn.commit()
-            if not got:
-                return
-            try:
+        # One replica per file. The name (store id/file id) keeps the advisory key earlier versions
+        # took, so replicas of both exclude each other during a rolling upgrade.
+        async with self.coordination.try_lock(f"{store_id}/{file_id}") as got:
+            if got:
                 await self._ingest(project, store_id, file_id)
-            finally:
-                with contextlib.suppress(Exception):
-                    await lock_conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    await lock_conn.commit()
 
     async def _claim(self, project: str, store_id: str, file_id: str) -> dict[str, Any] | None:
         """Count an attempt on a file still `in_progress`; fail it when it has had too many."""

@@ -1,4 +1,5 @@
-"""The access log and HTTP metrics (pure ASGI: streams pass through unbuffered), and `GET /metrics`."""
+"""The access log and HTTP metrics (pure ASGI: streams pass through unbuffered). `GET /metrics` itself is
+`loom.api.routes.metrics`."""
 
 from __future__ import annotations
 
@@ -6,9 +7,6 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from loom.ops import metrics
@@ -77,27 +75,3 @@ class AccessMiddleware:
                     elapsed * 1000,
                     extra={"fields": {"request_id": request_id, "route": template}},
                 )
-
-
-def sandbox_gauges(container: Any) -> dict[str, float]:
-    manager = container.sandbox.manager
-    if manager is None:
-        return {}
-    return {
-        "loom_sandbox_sessions_live": float(manager.live_sessions),
-        "loom_sandbox_sessions_pooled": float(manager.pooled),
-    }
-
-
-async def metrics_endpoint(request: Request) -> Response:
-    """Prometheus text format. LOOM_METRICS=key: the bearer token must be metrics_key or an API key."""
-    container = request.app.state.container
-    mode = container.settings.metrics
-    if mode == "off":
-        return Response(status_code=404)
-    if mode == "key":
-        header = request.headers.get("authorization") or ""
-        key = container.settings.metrics_key
-        if not (key and header == f"Bearer {key}"):
-            await container.keys.authenticate(header or None)
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -192,7 +192,8 @@ def term_stats_drop_statements(dialect_name: str) -> list[str]:
     return list(POSTGRES_TERM_STATS_DROP) if dialect_name == "postgresql" else []
 
 
-async def create_schema(conn: AsyncConnection, dimensions: int = DEFAULT_DIMENSIONS) -> None:
-    """Create the retrieval tables on this connection's database, or bring them up to date (idempotent)."""
-    for statement in schema_statements(conn.dialect.name, dimensions) + term_stats_statements(conn.dialect.name):
+async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: int = DEFAULT_DIMENSIONS) -> None:
+    """Create the retrieval tables on this connection's database (`dialect_name`: the index's own), or
+    bring them up to date (idempotent)."""
+    for statement in schema_statements(dialect_name, dimensions) + term_stats_statements(dialect_name):
         await conn.execute(text(statement))

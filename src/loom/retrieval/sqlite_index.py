@@ -7,7 +7,6 @@ drops its cache entry (SQLite deployments are one process, so the cache cannot g
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +19,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.index import Attributes, Candidate, FileEntry, StoredChunk
+from loom.retrieval.index_sql import (
+    CHUNK_COLUMNS,
+    DELETE_FILE_ENTRY,
+    FILE_CHUNKS,
+    file_entry,
+    file_params,
+    put_file_statement,
+    set_attributes_statement,
+    stored_chunk,
+)
 from loom.retrieval.schema import create_schema
 
 
@@ -51,7 +60,7 @@ class SQLiteChunkIndex:
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
-            await create_schema(conn)
+            await create_schema(conn, "sqlite")
 
     def _invalidate(self, vector_store_id: str) -> None:
         self._cache.pop(vector_store_id, None)
@@ -64,20 +73,12 @@ class SQLiteChunkIndex:
     ) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(
-                text(
-                    "INSERT INTO retrieval_files (vector_store_id, file_id, filename, attributes) "
-                    "VALUES (:vs, :f, :name, :attrs) ON CONFLICT (vector_store_id, file_id) "
-                    "DO UPDATE SET filename = excluded.filename, attributes = excluded.attributes"
-                ),
-                {"vs": vector_store_id, "f": file_id, "name": filename, "attrs": json.dumps(attributes or {})},
+                put_file_statement(":attrs"), file_params(vector_store_id, file_id, attributes, name=filename)
             )
 
     async def set_attributes(self, vector_store_id: str, file_id: str, attributes: Attributes | None) -> None:
         async with self._engine.begin() as conn:
-            await conn.execute(
-                text("UPDATE retrieval_files SET attributes = :a WHERE vector_store_id = :vs AND file_id = :f"),
-                {"a": json.dumps(attributes or {}), "vs": vector_store_id, "f": file_id},
-            )
+            await conn.execute(set_attributes_statement(":attrs"), file_params(vector_store_id, file_id, attributes))
 
     async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
         if len(chunks) != len(vectors):
@@ -112,10 +113,7 @@ class SQLiteChunkIndex:
                 text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs AND file_id = :f"),
                 {"vs": vector_store_id, "f": file_id},
             )
-            await conn.execute(
-                text("DELETE FROM retrieval_files WHERE vector_store_id = :vs AND file_id = :f"),
-                {"vs": vector_store_id, "f": file_id},
-            )
+            await conn.execute(DELETE_FILE_ENTRY, {"vs": vector_store_id, "f": file_id})
         self._invalidate(vector_store_id)
         return int(result.rowcount or 0)
 
@@ -138,20 +136,12 @@ class SQLiteChunkIndex:
                 ),
                 {"vs": list(vector_store_ids)},
             )
-            return [FileEntry(r[0], r[1], r[2], json.loads(r[3])) for r in result]
+            return [file_entry(r) for r in result]
 
     async def file_chunks(self, vector_store_id: str, file_id: str) -> list[StoredChunk]:
         async with self._engine.connect() as conn:
-            result = await conn.execute(
-                text(
-                    "SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, "
-                    "c.end_offset, c.text, f.attributes FROM retrieval_chunks c JOIN retrieval_files f "
-                    "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id "
-                    "WHERE c.vector_store_id = :vs AND c.file_id = :f ORDER BY c.chunk_index"
-                ),
-                {"vs": vector_store_id, "f": file_id},
-            )
-            return [_stored(r) for r in result]
+            result = await conn.execute(FILE_CHUNKS, {"vs": vector_store_id, "f": file_id})
+            return [stored_chunk(r) for r in result]
 
     async def _store_vectors(self, vector_store_id: str) -> _StoreVectors:
         cached = self._cache.get(vector_store_id)
@@ -264,27 +254,14 @@ class SQLiteChunkIndex:
             return {}
         async with self._engine.connect() as conn:
             result = await conn.execute(
-                _expanding(
-                    "SELECT c.id, c.vector_store_id, c.file_id, f.filename, c.chunk_index, c.start_offset, "
-                    "c.end_offset, c.text, f.attributes FROM retrieval_chunks c JOIN retrieval_files f "
-                    "ON f.vector_store_id = c.vector_store_id AND f.file_id = c.file_id WHERE c.id IN :ids",
-                    "ids",
-                ),
-                {"ids": list(chunk_ids)},
+                _expanding(f"SELECT {CHUNK_COLUMNS} WHERE c.id IN :ids", "ids"), {"ids": list(chunk_ids)}
             )
-            return {int(r[0]): _stored(r) for r in result}
+            return {int(r[0]): stored_chunk(r) for r in result}
 
 
 def _phrase(value: str) -> str:
     """An FTS5 string literal: user text can then never be read as query syntax."""
     return '"' + value.replace('"', '""') + '"'
-
-
-def _stored(r: Any) -> StoredChunk:
-    attrs = r[8]
-    if isinstance(attrs, str):
-        attrs = json.loads(attrs)
-    return StoredChunk(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), r[7], dict(attrs or {}))
 
 
 def _build_matrix(rows: Sequence[Any]) -> _StoreVectors:

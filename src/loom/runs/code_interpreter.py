@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from loom.config import Settings
 from loom.errors import LoomError
 from loom.llm.types import ChatTool, ToolCall
+from loom.runs.ports import OutputFileWriter, StoredFileReader
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
 from loom.sandbox.types import DATA_DIR, SandboxProvider, SandboxUnavailable
-from loom.services.files import FileService
 from loom.store import tables
 from loom.store.db import Database
 
@@ -213,9 +213,17 @@ class CodeInterpreterTool:
     # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
     # adds the outputs: the call's first delta (id, type) and the input are never sent twice.
 
-    def __init__(self, sandbox: SandboxProvider, files: FileService, db: Database, settings: Settings) -> None:
+    def __init__(
+        self,
+        sandbox: SandboxProvider,
+        inputs: StoredFileReader,
+        outputs: OutputFileWriter,
+        db: Database,
+        settings: Settings,
+    ) -> None:
         self.sandbox = sandbox
-        self.files = files
+        self.inputs = inputs
+        self.outputs = outputs
         self.db = db
         self.max_output_files = max(1, settings.sandbox_max_output_files)
         self.max_output_file_bytes = min(settings.sandbox_max_output_file_mb * 1024 * 1024, settings.max_file_bytes)
@@ -260,12 +268,11 @@ class CodeInterpreterTool:
             present = {f.name: f for f in await session.list_files()}
             for file_id in await self._input_file_ids(ctx):
                 try:
-                    meta = await self.files.get(ctx.project, file_id)
+                    found = await self.inputs.stored_file(ctx.project, file_id)
                 except Exception:
                     continue
-                if meta["filename"] not in present:
-                    path = await self.files.path(ctx.project, file_id)
-                    await session.put_file(meta["filename"], path.read_bytes())
+                if found is not None and found[0] not in present:
+                    await session.put_file(found[0], found[1].read_bytes())
             before = {f.path: f.mtime for f in await session.list_files()}
             # (What the code leaves running is ended by the sandbox itself, after each execution.)
             result = await session.execute(code)
@@ -289,10 +296,10 @@ class CodeInterpreterTool:
         if logs:
             outputs.append({"type": "logs", "logs": logs})
         for n, png in enumerate(result.images):
-            image = await self.files.create_output(ctx.project, f"{call.id}-image-{n}.png", png)
-            outputs.append({"type": "image", "image": {"file_id": image["id"]}})
-            images.append(image["id"])
-            model_notes.append(f"[an image was displayed to the user: file {image['id']}]")
+            image_id = await self.outputs.write_output(ctx.project, f"{call.id}-image-{n}.png", png)
+            outputs.append({"type": "image", "image": {"file_id": image_id}})
+            images.append(image_id)
+            model_notes.append(f"[an image was displayed to the user: file {image_id}]")
         if outputs:
             await emit(
                 {
@@ -333,13 +340,13 @@ class CodeInterpreterTool:
         citations: list[Citation] = []
         links = list(dict.fromkeys(m.group(0).rstrip(".,;:!?*_") for m in _LINK.finditer(text)))
         for link in [x for x in links if x not in known][: self.max_output_files]:
-            temp = self.files.blobs.new_temp()
+            temp = self.outputs.new_temp()
             try:
                 size = await session.export_file(link, temp, self.max_output_file_bytes)
             except (LoomError, OSError) as exc:  # missing, too large, a link the code planted, ...
                 temp.unlink(missing_ok=True)
                 log.info("linked sandbox file not returned: %s", getattr(exc, "message", exc))
                 continue
-            made = await self.files.create_output_from(ctx.project, link.rsplit("/", 1)[-1], temp, size)
-            citations.append(Citation(kind="file_path", text=link, file_id=made["id"]))
+            made = await self.outputs.write_output_from(ctx.project, link.rsplit("/", 1)[-1], temp, size)
+            citations.append(Citation(kind="file_path", text=link, file_id=made))
         return citations

@@ -5,7 +5,8 @@ submit tool outputs). Each executing run holds a lease in its row, renewed while
 whose lease lapsed (its process died) is failed with `server_error` by whichever replica notices.
 A run still executing at its `expires_at` (`run_max_duration_s` after it was created or resumed) is
 stopped and ends `expired`; the sweep expires such runs whose executor is gone or stuck.
-On PostgreSQL a cancel asked on one replica reaches the executing one through `NOTIFY`.
+A cancel asked on one replica reaches the executing one through the database's notifications
+(`loom.store.coordination`: `NOTIFY` on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from loom.store import tables
 from loom.store.blobs import BlobStore
 from loom.store.collections import files as files_collection
 from loom.store.collections import messages, run_steps
+from loom.store.coordination import Coordinator
 from loom.store.db import Database
 from loom.supervisor import Supervisor
 
@@ -44,9 +46,12 @@ _MIN_POLL_MS = 5
 
 
 class RunEngine:
-    def __init__(self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStore) -> None:
+    def __init__(
+        self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStore, coordination: Coordinator
+    ) -> None:
         self.settings = settings
         self.db = db
+        self.coordination = coordination
         self.router = router
         self.blobs = blobs
         self.store = RunStore(db)
@@ -61,7 +66,6 @@ class RunEngine:
         # Cancels asked for runs whose task here has not registered its executor yet.
         self._cancel_pending: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
-        self._listener: Any = None
 
     def register_tool(self, tool: ServerTool) -> None:
         self.server_tools[tool.type] = tool
@@ -88,12 +92,11 @@ class RunEngine:
     # Life cycle.
 
     async def start(self, supervisor: Supervisor) -> None:
-        if self.db.is_sqlite:
-            # One process owns a SQLite database: whatever was running when it stopped is orphaned now.
+        if self.coordination.single_process:
+            # One process owns the database (SQLite): whatever was running when it stopped is orphaned now.
             await self.recover(orphans_only=False)
         self._background.append(supervisor.start("loom-run-sweeper", self._sweeper))
-        if not self.db.is_sqlite:
-            await self._listen()
+        await self.coordination.listen(_CHANNEL, self._on_cancel_notice)
 
     async def stop(self) -> None:
         for task in [*self._background, *self._tasks]:
@@ -101,9 +104,6 @@ class RunEngine:
         for task in [*self._background, *self._tasks]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
 
     # Executing.
 
@@ -242,8 +242,8 @@ class RunEngine:
             # Its task is claiming it right now: the task finishes the cancel, whichever way the claim goes.
             self._cancel_pending.add(run_id)
         elif await self._leased_elsewhere(run_id):
-            if not self.db.is_sqlite:
-                await self._notify_cancel(run_id)
+            # The replica executing it hears of it (its lease renewal would notice too, later).
+            await self.coordination.notify(_CHANNEL, run_id)
         else:
             await self._cancel_here(project, run_id)
         return run
@@ -280,23 +280,11 @@ class RunEngine:
                     close_open([], [message], step_status=step_status, reason=reason, error=error)
                     await messages.replace(conn, project, message)
 
-    async def _listen(self) -> None:
-        import asyncpg
-
-        url = self.db.engine.url.set(drivername="postgresql")
-        dsn = url.render_as_string(hide_password=False)
-        self._listener = await asyncpg.connect(dsn)
-
-        def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            executor = self.executors.get(payload)
-            if executor is not None:
-                executor.cancel()
-
-        await self._listener.add_listener(_CHANNEL, on_notify)
-
-    async def _notify_cancel(self, run_id: str) -> None:
-        async with self.db.write() as conn:
-            await conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": _CHANNEL, "p": run_id})
+    def _on_cancel_notice(self, run_id: str) -> None:
+        """A cancel asked on another replica for a run that may execute here."""
+        executor = self.executors.get(run_id)
+        if executor is not None:
+            executor.cancel()
 
     # Recovery and expiry.
 

@@ -11,23 +11,45 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from loom.clock import now
+from loom.config import Settings
 from loom.llm.errors import UpstreamError
-from loom.llm.routing import Route
+from loom.llm.routing import ModelRouter, Route
 from loom.llm.types import ChatRequest, ToolCall
 from loom.ops import metrics
 from loom.runs import endings, model_request
 from loom.runs.assistant_output import AssistantOutput
+from loom.runs.bus import EventBus
+from loom.runs.context import FileReader
 from loom.runs.model_request import ServerTools
 from loom.runs.objects import step_wire, usage_dict
-from loom.runs.store import Preloaded, RunContext, public
+from loom.runs.store import Preloaded, RunContext, RunStore, public
 from loom.runs.tools import Citation, LinksFiles, ServerTool, ToolContext, ToolResult
 from loom.runs.turn import Turn
 
-if TYPE_CHECKING:
-    from loom.runs.engine import RunEngine
+
+class ExecutorHost(Protocol):
+    """What an executor needs of the engine that starts it (`loom.runs.engine.RunEngine`), so that the
+    engine imports the executor and never the other way round."""
+
+    @property
+    def store(self) -> RunStore: ...
+
+    @property
+    def bus(self) -> EventBus: ...
+
+    @property
+    def router(self) -> ModelRouter: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    def server_tools_for(self, tools: list[dict[str, Any]]) -> dict[str, tuple[ServerTool, dict[str, Any]]]: ...
+
+    def file_reader(self, project: str) -> FileReader: ...
+
 
 log = logging.getLogger("loom.runs")
 
@@ -37,7 +59,7 @@ MAX_MODEL_CALLS = 24
 
 class RunExecutor:
     def __init__(
-        self, engine: RunEngine, project: str, run_id: str, preload: asyncio.Future[Preloaded] | None = None
+        self, engine: ExecutorHost, project: str, run_id: str, preload: asyncio.Future[Preloaded] | None = None
     ) -> None:
         self.engine = engine
         # Reads for the first model call: started while the run was being claimed, or done already.

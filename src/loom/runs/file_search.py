@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from loom.llm.types import ChatTool, ToolCall
+from loom.runs.ports import VectorSearch
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
-from loom.services.vector_stores import VectorStoreService
 
 DEFAULT_RANKER = "default_2024_08_21"
 # A marker `【{message_idx}:{result_idx}†{filename}】`, and the scratch key of the next message index.
@@ -64,7 +64,7 @@ class FileSearchTool:
     interruptible = True
     function_name = "file_search"
 
-    def __init__(self, service: VectorStoreService, wait_s: float = 60.0) -> None:
+    def __init__(self, service: VectorSearch, wait_s: float = 60.0) -> None:
         self.service = service
         self.wait_s = wait_s
 

@@ -8,7 +8,8 @@ from loom import ids
 from loom.clock import now
 from loom.errors import NotFound
 from loom.schemas.assistants import AssistantCreate, AssistantModify, response_format_wire, tool_wire
-from loom.services.common import ListParams, named_vector_stores, require_vector_stores, tool_resources_wire
+from loom.services.common import ListParams, named_vector_stores, require_vector_stores
+from loom.services.tool_resources import tool_resources_wire
 from loom.store.collections import assistants
 from loom.store.db import Database
 from loom.store.repo import Page

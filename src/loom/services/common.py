@@ -1,13 +1,11 @@
-"""Rules shared by several resources: list parameters and tool resources."""
+"""Rules shared by several resources: list parameters, references to files and stores, active runs."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom.clock import now
@@ -16,6 +14,7 @@ from loom.runs.status import ACTIVE
 from loom.schemas.assistants import ToolResources, ToolResourcesUpdate
 from loom.store import tables
 from loom.store.collections import assistants, threads
+from loom.store.json_sql import json_list_has
 from loom.store.repo import Order
 
 # The statuses in which a run holds its thread (one definition: `loom.runs.status.ACTIVE`).
@@ -85,11 +84,10 @@ async def require_files(conn: AsyncConnection, project: str, file_ids: Iterable[
 async def require_vector_stores(conn: AsyncConnection, project: str, ids: Iterable[str]) -> None:
     t = tables.vector_stores
     for vs_id in ids:
-        query = sa.select(t.c.seq).where(t.c.id == vs_id, t.c.project == project)
-        if conn.dialect.name == "postgresql":
-            # Held until this write commits: a concurrent delete of the store waits for it, then finds
-            # (and detaches) the reference this write makes; a delete that went first makes this a 404.
-            query = query.with_for_update(read=True)
+        # Held until this write commits (PostgreSQL; SQLite has one writer and renders no FOR SHARE): a
+        # concurrent delete of the store waits for it, then finds (and detaches) the reference this write
+        # makes; a delete that went first makes this a 404.
+        query = sa.select(t.c.seq).where(t.c.id == vs_id, t.c.project == project).with_for_update(read=True)
         if (await conn.execute(query)).first() is None:
             raise NotFound("vector store", vs_id)
 
@@ -102,19 +100,12 @@ def named_vector_stores(resources: ToolResources | ToolResourcesUpdate | None) -
 async def forget_vector_store(conn: AsyncConnection, project: str, vector_store_id: str) -> None:
     """Detach a deleted store from the project's assistants and threads, as OpenAI did (their
     `file_search.vector_store_ids` no longer name it), so writing back what was read stays valid."""
-    postgres = conn.dialect.name == "postgresql"
     for collection in (assistants, threads):
         t = collection.table
         # A scan of the project's rows (50 to 100 ms per 100k rows on either backend), narrowed
-        # by the id (confirmed on the parsed object below).
-        if postgres:
-            named = sa.type_coerce(t.c.data, JSONB)[("tool_resources", "file_search", "vector_store_ids")]
-            query = sa.select(t.c.data).where(t.c.project == project, named.has_key(vector_store_id)).with_for_update()
-        else:
-            needle = f'"{vector_store_id}"'
-            query = sa.select(t.c.data).where(
-                t.c.project == project, sa.cast(t.c.data, sa.Text).contains(needle, autoescape=True)
-            )
+        # by the id (confirmed on the parsed object below); rows locked on PostgreSQL.
+        named = json_list_has(t.c.data, ("tool_resources", "file_search", "vector_store_ids"), vector_store_id)
+        query = sa.select(t.c.data).where(t.c.project == project, named).with_for_update()
         for (data,) in (await conn.execute(query)).all():
             obj = dict(data)
             resources = dict(obj.get("tool_resources") or {})
@@ -126,44 +117,6 @@ async def forget_vector_store(conn: AsyncConnection, project: str, vector_store_
             resources["file_search"] = fs
             obj["tool_resources"] = resources
             await collection.replace(conn, project, obj)
-
-
-async def tool_resources_wire(
-    conn: AsyncConnection,
-    project: str,
-    resources: ToolResources | ToolResourcesUpdate | None,
-    current: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Validate referenced files and stores; return tool_resources as OpenAI echoed them.
-
-    On modify, each given part replaces its counterpart (code_interpreter.file_ids overrides the list);
-    a `file_search` without `vector_store_ids` keeps the stores there are.
-    """
-    wire: dict[str, Any] = dict(current or {})
-    if resources is None:
-        return wire
-    if resources.code_interpreter is not None:
-        await require_files(conn, project, resources.code_interpreter.file_ids)
-        wire["code_interpreter"] = {"file_ids": list(resources.code_interpreter.file_ids)}
-    fs = resources.file_search
-    helpers = getattr(fs, "vector_stores", None) or []
-    if fs is not None and fs.vector_store_ids is None and not helpers and "file_search" in wire:
-        # `file_search: {}` names no stores: the current ones stay (the spec gives `vector_store_ids` no
-        # default, unlike `code_interpreter.file_ids`; Agency Swarm sends this on every agent reload).
-        fs = None
-    if fs is not None:
-        ids = list(fs.vector_store_ids or [])
-        await require_vector_stores(conn, project, ids)
-        if helpers:
-            # The create-a-store helper: a new store with these files (ingested in the background).
-            from loom.services.vector_store_rows import create_helper_store
-
-            for i, helper in enumerate(helpers):
-                ids.append(
-                    await create_helper_store(conn, project, helper, f"tool_resources.file_search.vector_stores[{i}]")
-                )
-        wire["file_search"] = {"vector_store_ids": ids}
-    return wire
 
 
 # Built once: checked on every message and run creation.

@@ -98,16 +98,18 @@ class FileService:
         *,
         lease_s: float = 15.0,
         assembly_pause_s: float = 0.0,
+        single_process: bool = False,
     ) -> None:
         self.db = db
         self.blobs = blobs
         self.max_file_bytes = max_file_bytes
         self.upload_expiry_s = upload_expiry_s
         # Claims on uploads being completed: this process's name, how long a claim lasts unrenewed, and
-        # whether this process is the database's only one (SQLite), so that other processes' claims are dead.
+        # whether this process is the database's only one (`Coordinator.single_process`), so that other
+        # processes' claims are dead.
         self.owner = "files_" + secrets.token_hex(6)
         self.lease_s = lease_s
-        self.sole_owner = db.is_sqlite
+        self.sole_owner = single_process
         # Tests only: a pause between parts while assembling, to stop the server mid-way deterministically.
         self.assembly_pause_s = assembly_pause_s
         # Called with (project, file_id) after a File is deleted or expires (vector stores drop it).
@@ -204,6 +206,24 @@ class FileService:
     async def path(self, project: str, file_id: str) -> Path:
         await self.get(project, file_id)
         return self.blobs.path_for(file_id)
+
+    # What the run engine's code interpreter needs (`loom.runs.ports`: StoredFileReader, OutputFileWriter).
+
+    async def stored_file(self, project: str, file_id: str) -> tuple[str, Path] | None:
+        try:
+            meta = await self.get(project, file_id)
+        except NotFound:
+            return None
+        return str(meta["filename"]), self.blobs.path_for(file_id)
+
+    def new_temp(self) -> Path:
+        return self.blobs.new_temp()
+
+    async def write_output(self, project: str, filename: str, data: bytes) -> str:
+        return str((await self.create_output(project, filename, data))["id"])
+
+    async def write_output_from(self, project: str, filename: str, temp: Path, size: int) -> str:
+        return str((await self.create_output_from(project, filename, temp, size))["id"])
 
     async def list(self, project: str, params: ListParams, purpose: str | None) -> Page:
         where = [_alive()]

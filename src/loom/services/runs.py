@@ -11,8 +11,10 @@ import sqlalchemy as sa
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
 from loom.runs import status
-from loom.runs.bus import END, Event
+from loom.runs.bus import END, SETTLED
+from loom.runs.bus import RunEvents as RunEvents  # the routes' view of a run's events
 from loom.runs.engine import RunEngine
+from loom.runs.live import LiveRuns
 from loom.runs.objects import FILE_SEARCH_CONTENT, new_run, step_wire
 from loom.runs.status import TERMINAL
 from loom.runs.store import Preloaded, RunStore, public
@@ -27,12 +29,6 @@ from loom.store.repo import Page
 
 # A poll from an SDK helper waits at most this long for the run to settle before answering.
 LONG_POLL_S = 2.0
-# The run events after which a poll answers at once (the SDK stops polling on these statuses).
-_SETTLED = frozenset(
-    f"thread.run.{s}" for s in ("requires_action", "completed", "failed", "cancelled", "expired", "incomplete")
-)
-
-Queue = asyncio.Queue[Event]
 
 
 def check_include(include: list[str]) -> list[str]:
@@ -47,27 +43,66 @@ def check_include(include: list[str]) -> list[str]:
 
 
 class RunService:
-    def __init__(self, db: Database, engine: RunEngine) -> None:
+    def __init__(self, db: Database, engine: RunEngine, live: LiveRuns | None = None) -> None:
         self.db = db
         self.engine = engine
+        # What each run executing here has said so far, for watchers joining mid-run (`events`).
+        self.live = live
 
     def _lease(self) -> dict[str, Any]:
         """A new run is leased to this replica from its first commit: if the process dies before the
         executor starts, the lease lapses and another replica fails the run (never stuck `queued`)."""
         return {"lease_owner": self.engine.replica, "lease_expires_at": time.time() + self.engine.settings.lease_s}
 
+    def _events(self, run_id: str) -> RunEvents:
+        return RunEvents(self.engine.bus, run_id, idle_s=self.engine.settings.sse_keepalive_s)
+
     def _start(
         self,
         project: str,
         run: dict[str, Any],
-        stream: bool,
+        first: list[tuple[str, Any]] | None,
         *,
         claimed: bool = False,
         preloaded: Preloaded | None = None,
-    ) -> Queue | None:
-        queue = self.engine.bus.subscribe(run["id"]) if stream else None
+    ) -> RunEvents | None:
+        """Start executing the run; with `first` (a streaming request), its events from now on, after
+        those (what the request already did: `thread.run.created`, …)."""
+        events = None
+        if first is not None:
+            events = self._events(run["id"])
+            for name, data in first:
+                events.announce(name, data)
         self.engine.start_run(project, run["id"], run, claimed=claimed, preloaded=preloaded)
-        return queue
+        return events
+
+    async def events(self, project: str, thread_id: str, run_id: str) -> RunEvents:
+        """A run's events for a watcher, until it settles. A run executing here starts with its snapshot
+        (`loom.runs.live`: the run, then each step and message of this execution as last announced with
+        the deltas since), then its live events, none missing and none twice. A run executing elsewhere
+        (or no longer executing) gives its current state (`thread.run.<status>`) and ends."""
+        events = self._events(run_id)
+        try:
+            run = await self.get(project, thread_id, run_id)  # another project's ids: 404
+        except BaseException:
+            events.close()
+            raise
+        snapshot = self.live.snapshot(run_id) if self.live is not None else None
+        if snapshot is not None:
+            # Taken without an await after the subscription's events: it covers them.
+            events.drop_received()
+            for name, data in snapshot:
+                events.announce(name, data)
+            return events
+        status = run["status"]
+        events.announce(f"thread.run.{status}", run)
+        if status in TERMINAL or status == "requires_action" or not self.engine.runs_here(run_id):
+            events.end()
+        return events
+
+    def poll_after_ms(self, run: dict[str, Any]) -> int:
+        """The `openai-poll-after-ms` hint for a run (shorter while it is young and executing here)."""
+        return self.engine.poll_after_ms(run)
 
     async def _insert_started(
         self, conn: Any, project: str, run: dict[str, Any]
@@ -91,7 +126,8 @@ class RunService:
 
     async def create(
         self, project: str, thread_id: str, req: RunCreate, include: list[str]
-    ) -> tuple[dict[str, Any], Queue | None]:
+    ) -> tuple[dict[str, Any], RunEvents | None]:
+        """The run as created, and (with `stream`) its events, from `thread.run.created`."""
         async with self.db.write() as conn:
             thread = await threads.get_row(conn, project, thread_id, lock=True)
             if thread is None:
@@ -110,11 +146,13 @@ class RunService:
             created, started = await self._insert_started(conn, project, run)
             # The executor's first reads, done here: this transaction has the assistant and thread.
             preloaded = (assistant, dict(thread.data), await RunStore.new_run_context(conn, started))
-        return created, self._start(project, started, bool(req.stream), claimed=True, preloaded=preloaded)
+        first = [("thread.run.created", created), ("thread.run.queued", created)] if req.stream else None
+        return created, self._start(project, started, first, claimed=True, preloaded=preloaded)
 
     async def create_thread_and_run(
         self, project: str, req: ThreadAndRunCreate
-    ) -> tuple[dict[str, Any], dict[str, Any], Queue | None]:
+    ) -> tuple[dict[str, Any], dict[str, Any], RunEvents | None]:
+        """The thread, the run as created, and (with `stream`) its events, from `thread.created`."""
         async with self.db.write() as conn:
             assistant = await assistants.get(conn, project, req.assistant_id)
             if assistant is None:
@@ -125,7 +163,10 @@ class RunService:
             run = new_run(thread["id"], assistant, req, self.engine.settings.run_max_duration_s)
             created, started = await self._insert_started(conn, project, run)
             preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started))
-        return thread, created, self._start(project, started, bool(req.stream), claimed=True, preloaded=preloaded)
+        first = None
+        if req.stream:
+            first = [("thread.created", thread), ("thread.run.created", created), ("thread.run.queued", created)]
+        return thread, created, self._start(project, started, first, claimed=True, preloaded=preloaded)
 
     async def _thread_run(self, conn: Any, project: str, thread_id: str, run_id: str) -> dict[str, Any]:
         if await threads.get_row(conn, project, thread_id) is None:
@@ -157,7 +198,7 @@ class RunService:
                     event = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
-                if event is END or event.name in _SETTLED:
+                if event is END or event.name in SETTLED:
                     break
             return await self.get(project, thread_id, run_id)
         finally:
@@ -196,7 +237,9 @@ class RunService:
 
     async def submit_tool_outputs(
         self, project: str, thread_id: str, run_id: str, req: SubmitToolOutputs
-    ) -> tuple[dict[str, Any], dict[str, Any], Queue | None]:
+    ) -> tuple[dict[str, Any], dict[str, Any], RunEvents | None]:
+        """The completed tool-call step, the run queued again, and (with `stream`) its events, from
+        `thread.run.step.completed`."""
         async with self.db.write() as conn:
             run = await self._thread_run(conn, project, thread_id, run_id)
             if run["status"] != "requires_action":
@@ -242,7 +285,9 @@ class RunService:
         if queued is None:
             raise InvalidRequest(f'Runs in status "{run["status"]}" do not accept tool outputs.')
         # The step as the run's stream shows steps (its `include[]`: submitToolOutputs has none).
-        return step_wire(step, run.get("_include", [])), public(queued), self._start(project, queued, bool(req.stream))
+        step_out, queued_out = step_wire(step, run.get("_include", [])), public(queued)
+        first = [("thread.run.step.completed", step_out), ("thread.run.queued", queued_out)] if req.stream else None
+        return step_out, queued_out, self._start(project, queued, first)
 
     async def _pending_step(self, conn: Any, run_id: str) -> dict[str, Any]:
         s = tables.run_steps

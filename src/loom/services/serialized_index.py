@@ -16,7 +16,8 @@ class SerializedWrites:
 
     SQLite has one writer. The index writes through its own threaded engine, so it takes this
     process's writers' turn (`Database.writer_turn`: the lock without a transaction of its own, which
-    would hold SQLite's write lock the index then waits for) and API writes never wait on it.
+    would hold SQLite's write lock the index then waits for) and API writes never wait on it. On
+    PostgreSQL the turn is free (`writer_turn` takes no lock there): the calls just pass through.
     """
 
     def __init__(self, inner: ChunkIndex, db: Database) -> None:

@@ -20,8 +20,8 @@ from loom.services.common import (
     named_vector_stores,
     require_files,
     require_vector_stores,
-    tool_resources_wire,
 )
+from loom.services.tool_resources import tool_resources_wire
 from loom.store import tables
 from loom.store.collections import messages, threads
 from loom.store.db import Database

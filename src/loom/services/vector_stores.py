@@ -64,7 +64,7 @@ def _chunking(raw: Any, param: str = "chunking_strategy") -> ChunkingStrategy:
 class VectorStoreService:
     def __init__(self, db: Database, index: ChunkIndex, embedder: Embedder, poll_after_ms: int = 100) -> None:
         self.db = db
-        self.index: ChunkIndex = SerializedWrites(index, db) if db.is_sqlite else index
+        self.index: ChunkIndex = SerializedWrites(index, db)
         self.embedder = embedder
         self.poll_after_ms = poll_after_ms
         self.worker: Waker | None = None

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loom.store.coordination import coordinator_for
+
 _MIGRATIONS = Path(__file__).parent / "migrations"
-# Any constant works; it only has to be the same for every replica starting at once.
-_PG_ADVISORY_KEY = 0x100A
+# Any name works; it only has to be the same for every replica starting at once.
+_LOCK = "loom-migrations"
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -24,12 +25,15 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _upgrade(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        # Replicas starting together must not migrate concurrently.
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_ADVISORY_KEY})
     command.upgrade(alembic_config(connection), "head")
 
 
 async def migrate(engine: AsyncEngine) -> None:
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    coordination = coordinator_for(engine)
+    try:
+        async with engine.begin() as conn:
+            # Replicas starting together must not migrate concurrently.
+            await coordination.lock_transaction(conn, _LOCK)
+            await conn.run_sync(_upgrade)
+    finally:
+        await coordination.close()

@@ -96,12 +96,12 @@ class Collection:
         lock: bool = False,
     ) -> sa.Row[Any] | None:
         in_parent, params = self._by_id(project, object_id, parent)
-        for_update = lock and conn.dialect.name == "postgresql"
-        key = ("get_row", in_parent, for_update)
+        key = ("get_row", in_parent, lock)
         query = self._statements.get(key)
         if query is None:
             select = sa.select(self.table).where(*self._where_id(in_parent))
-            query = self._statements[key] = select.with_for_update() if for_update else select
+            # FOR UPDATE is PostgreSQL's row lock; SQLite (one writer at a time) renders none.
+            query = self._statements[key] = select.with_for_update() if lock else select
         return (await conn.execute(query, params)).first()
 
     async def insert(self, conn: AsyncConnection, project: str, obj: Obj, **columns: Any) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.responses import FileResponse
 
-from loom.api.auth import Project
-from loom.api.http import JSON, json_body
 from loom.api.multipart import FORM_OVERHEAD_BYTES, read_form
 from loom.errors import PayloadTooLarge
 from loom.services.common import list_params
+from loom.web.auth import Project
+from loom.web.deps import BlobsDep, FileServiceDep, SettingsDep
+from loom.web.http import JSON, json_body
 
 router = APIRouter()
 
@@ -26,71 +27,72 @@ def _check_length(request: Request, limit: int) -> None:
 
 
 @router.post("/files")
-async def create_file(request: Request, project: Project) -> JSON:
-    container = request.app.state.container
-    limit = container.settings.max_file_bytes
+async def create_file(
+    request: Request, project: Project, files: FileServiceDep, settings: SettingsDep, blobs: BlobsDep
+) -> JSON:
+    limit = settings.max_file_bytes
     _check_length(request, limit)
     form = await read_form(
         request.headers.get("content-type"),
         request.stream(),
         file_fields={"file"},
         max_file_bytes=limit,
-        temp_path=container.blobs.new_temp,
+        temp_path=blobs.new_temp,
     )
-    return JSON(await container.files.create_from_form(project, form))
+    return JSON(await files.create_from_form(project, form))
 
 
 @router.get("/files")
-async def list_files(request: Request, project: Project) -> JSON:
+async def list_files(request: Request, project: Project, files: FileServiceDep) -> JSON:
     params = list_params(request.query_params, max_limit=10_000, default_limit=10_000, allow_before=False)
-    page = await request.app.state.container.files.list(project, params, request.query_params.get("purpose"))
+    page = await files.list(project, params, request.query_params.get("purpose"))
     return JSON(page.wire())
 
 
 @router.get("/files/{file_id}")
-async def get_file(request: Request, project: Project, file_id: str) -> JSON:
-    return JSON(await request.app.state.container.files.get(project, file_id))
+async def get_file(request: Request, project: Project, files: FileServiceDep, file_id: str) -> JSON:
+    return JSON(await files.get(project, file_id))
 
 
 @router.delete("/files/{file_id}")
-async def delete_file(request: Request, project: Project, file_id: str) -> JSON:
-    return JSON(await request.app.state.container.files.delete(project, file_id))
+async def delete_file(request: Request, project: Project, files: FileServiceDep, file_id: str) -> JSON:
+    return JSON(await files.delete(project, file_id))
 
 
 @router.get("/files/{file_id}/content")
-async def file_content(request: Request, project: Project, file_id: str) -> FileResponse:
-    path = await request.app.state.container.files.path(project, file_id)
+async def file_content(request: Request, project: Project, files: FileServiceDep, file_id: str) -> FileResponse:
+    path = await files.path(project, file_id)
     return FileResponse(path, media_type="application/octet-stream")
 
 
 @router.post("/uploads")
-async def create_upload(request: Request, project: Project) -> JSON:
-    container = request.app.state.container
+async def create_upload(request: Request, project: Project, files: FileServiceDep, settings: SettingsDep) -> JSON:
     body = await json_body(request)
-    return JSON(await container.files.create_upload(project, body, container.settings.max_upload_bytes))
+    return JSON(await files.create_upload(project, body, settings.max_upload_bytes))
 
 
 @router.post("/uploads/{upload_id}/parts")
-async def add_upload_part(request: Request, project: Project, upload_id: str) -> JSON:
-    container = request.app.state.container
-    limit = container.settings.max_upload_part_bytes
+async def add_upload_part(
+    request: Request, project: Project, files: FileServiceDep, settings: SettingsDep, blobs: BlobsDep, upload_id: str
+) -> JSON:
+    limit = settings.max_upload_part_bytes
     _check_length(request, limit)
     form = await read_form(
         request.headers.get("content-type"),
         request.stream(),
         file_fields={"data"},
         max_file_bytes=limit,
-        temp_path=container.blobs.new_temp,
+        temp_path=blobs.new_temp,
     )
-    return JSON(await container.files.add_part(project, upload_id, form))
+    return JSON(await files.add_part(project, upload_id, form))
 
 
 @router.post("/uploads/{upload_id}/complete")
-async def complete_upload(request: Request, project: Project, upload_id: str) -> JSON:
+async def complete_upload(request: Request, project: Project, files: FileServiceDep, upload_id: str) -> JSON:
     body = await json_body(request)
-    return JSON(await request.app.state.container.files.complete_upload(project, upload_id, body))
+    return JSON(await files.complete_upload(project, upload_id, body))
 
 
 @router.post("/uploads/{upload_id}/cancel")
-async def cancel_upload(request: Request, project: Project, upload_id: str) -> JSON:
-    return JSON(await request.app.state.container.files.cancel_upload(project, upload_id))
+async def cancel_upload(request: Request, project: Project, files: FileServiceDep, upload_id: str) -> JSON:
+    return JSON(await files.cancel_upload(project, upload_id))

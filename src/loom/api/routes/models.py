@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Any
 
-from loom.api.auth import Project
-from loom.api.http import JSON
+from fastapi import APIRouter
+
 from loom.errors import NotFound
+from loom.llm.routing import ModelRouter
+from loom.web.auth import Project
+from loom.web.deps import ModelRouterDep
+from loom.web.http import JSON
 
 router = APIRouter()
 
 
+async def _models(router: ModelRouter) -> list[dict[str, Any]]:
+    return [{"id": m.id, "object": "model", "created": 0, "owned_by": m.owned_by} for m in await router.list_models()]
+
+
 @router.get("/models")
-async def list_models(request: Request, project: Project) -> JSON:
-    return JSON({"object": "list", "data": await request.app.state.container.model_list()})
+async def list_models(project: Project, models: ModelRouterDep) -> JSON:
+    return JSON({"object": "list", "data": await _models(models)})
 
 
 @router.get("/models/{model_id:path}")
-async def get_model(request: Request, project: Project, model_id: str) -> JSON:
-    for model in await request.app.state.container.model_list():
+async def get_model(project: Project, models: ModelRouterDep, model_id: str) -> JSON:
+    for model in await _models(models):
         if model["id"] == model_id:
             return JSON(model)
     raise NotFound("model", model_id)

@@ -86,12 +86,15 @@ function usage(u) {
   return `${u.prompt_tokens} prompt + ${u.completion_tokens} completion = ${u.total_tokens} tokens`;
 }
 
+// The same four rows whatever the run's state, so that a run ending does not push what is below its panel.
 function runTimes(run) {
   const end = run.completed_at || run.failed_at || run.cancelled_at;
-  const rows = [["created", timeEl(run.created_at)], ["started", timeEl(run.started_at)]];
-  if (end) rows.push(["ended", timeEl(end)], ["took", fmtDuration(end - (run.started_at || run.created_at))]);
-  else if (run.expires_at) rows.push(["expires", timeEl(run.expires_at)]);
-  return rows;
+  return [
+    ["created", timeEl(run.created_at)],
+    ["started", timeEl(run.started_at)],
+    end ? ["ended", timeEl(end)] : ["expires", timeEl(run.expires_at)],
+    ["took", end ? fmtDuration(end - (run.started_at || run.created_at)) : "—"],
+  ];
 }
 
 function renderToolCall(call) {
@@ -236,7 +239,7 @@ export function runSummary(run) {
       "dl.kv",
       {},
       [["assistant", run.assistant_id ? h("a", { href: `/console/assistants/${run.assistant_id}` }, run.assistant_id) : "—"], ["usage", usage(run.usage)], ...runTimes(run)].map(
-        ([k, v]) => [h("dt", {}, k), h("dd", {}, v)],
+        ([k, v]) => [h("dt", {}, k), h("dd", { title: typeof v === "string" ? v : undefined }, v)],
       ),
     ),
     run.last_error ? errorBox(run.last_error) : null,

@@ -135,7 +135,8 @@ export async function threadView(main, [threadId], _query, ctx) {
   const loads = [];
   ordered.forEach((run, i) => {
     const view = new RunView(run, { threadId, onMessage: (el) => msgList.append(el), onSubmitted: (v) => loadSteps(v) });
-    const details = h("details.run-box", { open: i < 5 }, h("summary", {}, badge(run.status), " ", run.id, " ", h("span.muted", {}, run.model)), view.el);
+    const summaryBadge = badge(run.status);
+    const details = h("details.run-box", { open: i < 5 }, h("summary", {}, summaryBadge, " ", run.id, " ", h("span.muted", {}, run.model)), view.el);
     runList.append(details);
     views.push(view);
     const loadSteps = async (v) => {
@@ -148,7 +149,13 @@ export async function threadView(main, [threadId], _query, ctx) {
     if (ACTIVE.has(run.status)) {
       for (const [m, el] of rendered.values()) if (m.run_id === run.id) view.adopt(m, el);
       // Live: the run's own events through the console API (no polling).
-      watch(`/console/api/threads/${enc(threadId)}/runs/${run.id}/events`, (n, d) => view.apply(n, d), ctx.signal).catch(() => {});
+      // The first events are the run so far (its snapshot: the text streamed before this page opened included).
+      const onEvent = (n, d) => {
+        view.apply(n, d);
+        summaryBadge.className = badge(view.run.status).className;
+        summaryBadge.textContent = view.run.status;
+      };
+      watch(`/console/api/threads/${enc(threadId)}/runs/${run.id}/events`, onEvent, ctx.signal).catch(() => {});
     }
   });
   await Promise.all(loads);
@@ -306,9 +313,13 @@ export async function playgroundView(main, _params, query, ctx) {
   const pick = h("select", { name: "assistant" }, assistants.data.map((a) => h("option", { value: a.id, selected: a.id === wanted }, `${a.name || "(unnamed)"} — ${a.model} (${a.id})`)));
   const threadLabel = h("span", {});
   const chat = h("div.chat", { id: "chat", "aria-live": "off" });
-  // Follow the answer as it grows, unless the user scrolled up to read.
+  // Follow the answer as it grows (by scrolling the chat: nothing moves on the page), unless the user scrolled up
+  // to read. Whether to follow is decided where the user left the scroll, not after the growth: a burst of
+  // pieces may add more than a screen at once.
+  let follow = true;
+  chat.addEventListener("scroll", () => (follow = chat.scrollHeight - chat.scrollTop - chat.clientHeight < 24), { passive: true });
   new MutationObserver(() => {
-    if (chat.scrollHeight - chat.scrollTop - chat.clientHeight < 160) chat.scrollTop = chat.scrollHeight;
+    if (follow) chat.scrollTop = chat.scrollHeight;
   }).observe(chat, { childList: true, subtree: true, characterData: true });
   const input = h("textarea", { name: "message", rows: 3, placeholder: "Message… (Ctrl+Enter sends)", "aria-label": "Message" });
   const fileInput = h("input", { type: "file", multiple: true, "aria-label": "Attach files" });

@@ -7,12 +7,11 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from loom.errors import InvalidRequest
+from loom.web.deps import container_of
 
 
 async def authenticate(request: Request) -> str:
-    container = request.app.state.container
-    project: str = await container.keys.authenticate(request.headers.get("authorization"))
-    return project
+    return await container_of(request).keys.authenticate(request.headers.get("authorization"))
 
 
 Project = Annotated[str, Depends(authenticate)]
