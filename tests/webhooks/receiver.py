@@ -10,8 +10,9 @@ from typing import Any
 
 from tests.support.wait import wait_for
 
-# An answer: an HTTP status, or "hang" (no answer until the receiver closes).
+# An answer: an HTTP status, "hang" (no answer until the receiver closes), or "slow" (200 after SLOW_S).
 Answer = int | str
+SLOW_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Receiver:
                 if answer == "hang":
                     receiver._closing.wait(120)
                     return
+                if answer == "slow":
+                    receiver._closing.wait(SLOW_S)
+                    answer = 200
                 self.send_response(int(answer))
                 self.send_header("content-length", "0")
                 self.end_headers()
