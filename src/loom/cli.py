@@ -142,12 +142,17 @@ def _show_config(settings: Settings) -> int:
 
 def _run_export(args: argparse.Namespace, settings: Settings) -> int:
     from loom.admin.archive import export_project
+    from loom.store.blobstore import open_blob_storage
 
     async def go() -> dict[str, int]:
         db = Database(settings.effective_database_url)
         try:
             await migrate(db.engine)
-            return await export_project(db, args.project, args.out)
+            blobs = open_blob_storage(settings.effective_blob_url)
+            try:
+                return await export_project(db, blobs, args.project, args.out)
+            finally:
+                await blobs.aclose()
         finally:
             await db.dispose()
 
@@ -158,7 +163,7 @@ def _run_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_import(args: argparse.Namespace, settings: Settings) -> int:
     from loom.admin.archive import ArchiveError, import_bundle, read_archive
-    from loom.store.blobs import BlobStore
+    from loom.store.blobstore import open_blob_storage
 
     try:
         bundle = read_archive(args.file)
@@ -172,7 +177,11 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
         db = Database(settings.effective_database_url)
         try:
             await migrate(db.engine)
-            report = await import_bundle(db, BlobStore(settings.files_dir), bundle, project)
+            blobs = open_blob_storage(settings.effective_blob_url)
+            try:
+                report = await import_bundle(db, blobs, bundle, project)
+            finally:
+                await blobs.aclose()
             return report.lines()
         finally:
             await db.dispose()

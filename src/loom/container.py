@@ -27,14 +27,17 @@ from loom.services.runs import RunService
 from loom.services.threads import ThreadService
 from loom.services.uploads import UploadService
 from loom.services.vector_stores import VectorStoreService
-from loom.store.blobs import BlobStore
+from loom.store.blobstore import BlobStoreUnavailable, open_blob_storage
 from loom.store.coordination import coordinator_for
 from loom.store.db import Database
 from loom.store.migrate import migrate
+from loom.store.spool import Spool
 from loom.supervisor import Supervisor
 
 log = logging.getLogger("loom")
 _JANITOR_EVERY_S = 30.0
+# Listing a whole store is not free: orphans are looked for every 10th pass (five minutes).
+_ORPHAN_SWEEP_EVERY = 10
 
 
 class LazySandbox:
@@ -100,12 +103,14 @@ class Container:
         self.db = Database(settings.effective_database_url)
         # Locks, notifications and single-process mode, as the database provides them.
         self.coordination = coordinator_for(self.db.engine)
-        self.blobs = BlobStore(settings.files_dir)
+        # Temporary files on this machine; file bytes in the store LOOM_BLOB_URL names (local or S3).
+        self.spool = Spool(settings.files_dir / "tmp")
+        self.blobs = open_blob_storage(settings.effective_blob_url, spool_dir=self.spool.root)
         self.keys = KeyRing(self.db, settings.api_keys)
         self.router = ModelRouter.from_settings(settings)
         self.assistants = AssistantService(self.db)
         self.threads = ThreadService(self.db)
-        self.files = FileService(self.db, self.blobs, settings.max_file_bytes)
+        self.files = FileService(self.db, self.blobs, self.spool, settings.max_file_bytes)
         self.uploads = UploadService(
             self.db,
             self.files,
@@ -124,7 +129,7 @@ class Container:
             self.db,
             self.coordination,
             self.vector_stores,
-            self.blobs.path_for,
+            self.blobs,
             concurrency=settings.ingest_concurrency,
             janitor_s=settings.vector_store_janitor_s,
             limits=ParseLimits(settings.ingest_memory_mb, settings.ingest_timeout_s),
@@ -144,7 +149,7 @@ class Container:
 
     async def start(self) -> None:
         await migrate(self.db.engine)
-        self.blobs.clean_temp()
+        self.spool.clean()
         await self.engine.start(self.supervisor)
         await self.ingest.start(self.supervisor)
         await self.sandbox.start()
@@ -157,13 +162,22 @@ class Container:
         await self.coordination.close()
         await self.sandbox.aclose()
         await self.router.aclose()
+        await self.blobs.aclose()
         await self.db.dispose()
 
     async def _janitor(self) -> None:
         """Expire what has a deadline: files past `expires_at`, uploads past their hour (and roll back
-        upload completions a dead process left); the first pass runs at start-up (and after a restart
-        by the supervisor)."""
+        upload completions a dead process left); remove stored objects no row names (left by a crash
+        between a put and its row) once they are an hour old. The first pass runs at start-up (and after
+        a restart by the supervisor). A store that is down skips the orphans until the next pass."""
+        passes = 0
         while True:
             await self.files.delete_expired()
             await self.uploads.expire_uploads()
+            if passes % _ORPHAN_SWEEP_EVERY == 0:
+                try:
+                    await self.files.sweep_orphans()
+                except BlobStoreUnavailable as exc:
+                    log.warning("orphan objects not swept this time: %s", exc)
+            passes += 1
             await asyncio.sleep(_JANITOR_EVERY_S)

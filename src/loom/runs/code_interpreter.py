@@ -12,6 +12,7 @@ what was left out.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -272,7 +273,10 @@ class CodeInterpreterTool:
                 except Exception:
                     continue
                 if found is not None and found[0] not in present:
-                    await session.put_file(found[0], found[1].read_bytes())
+                    # From the blob store (a copy spooled here when it is remote), read off the event loop.
+                    async with self.inputs.local_file(found[1]) as local:
+                        data = await asyncio.to_thread(local.read_bytes)
+                    await session.put_file(found[0], data)
             before = {f.path: f.mtime for f in await session.list_files()}
             # (What the code leaves running is ended by the sandbox itself, after each execution.)
             result = await session.execute(code)

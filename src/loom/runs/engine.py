@@ -17,7 +17,6 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,7 +33,7 @@ from loom.runs.executor import RunExecutor
 from loom.runs.store import Preloaded, RunStore
 from loom.runs.tools import ServerTool
 from loom.store import tables
-from loom.store.blobs import BlobStore
+from loom.store.blobstore import BlobStorage
 from loom.store.collections import files as files_collection
 from loom.store.collections import messages, run_steps
 from loom.store.coordination import Coordinator
@@ -49,7 +48,7 @@ _MIN_POLL_MS = 5
 
 class RunEngine:
     def __init__(
-        self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStore, coordination: Coordinator
+        self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStorage, coordination: Coordinator
     ) -> None:
         self.settings = settings
         self.db = db
@@ -87,7 +86,8 @@ class RunEngine:
                 row = await files_collection.get_row(conn, project, file_id)
             if row is None:
                 return None
-            return str(row.data["filename"]), Path(row.path).read_bytes()
+            async with await self.blobs.open(str(row.path)) as reader:
+                return str(row.data["filename"]), b"".join([chunk async for chunk in reader])
 
         return read
 

@@ -81,6 +81,7 @@ files = _resource(
     "files",
     sa.Column("purpose", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=True),
+    # The key of its bytes in the blob store (`loom.store.blobstore.file_key`), never a host path.
     sa.Column("path", sa.String(512), nullable=False),
     sa.Index("ix_files_list", "project", "created_at", "seq"),
 )
@@ -95,6 +96,7 @@ uploads = _resource(
 upload_parts = _resource(
     "upload_parts",
     sa.Column("upload_id", sa.String(64), nullable=False, index=True),
+    # The key of the part's bytes in the blob store (`loom.store.blobstore.part_key`).
     sa.Column("path", sa.String(512), nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
 )
