@@ -193,6 +193,36 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _run_blobs_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from loom.admin.blob_migrate import migrate_blobs
+    from loom.store.blobstore import BlobStoreConfigError, BlobStoreUnavailable, open_blob_storage
+
+    source_url = args.source or settings.files_dir.absolute().as_uri()
+    try:
+        source, target = open_blob_storage(source_url), open_blob_storage(args.to)
+    except BlobStoreConfigError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        try:
+            report = await migrate_blobs(source, target)
+        except BlobStoreUnavailable as exc:
+            print(f"loom: {exc} (nothing is lost: rerun to resume)", file=sys.stderr)
+            return 1
+        finally:
+            await source.aclose()
+            await target.aclose()
+        for line in report.lines(source, target):
+            print(line)
+        if report.ok:
+            print(f"done: set LOOM_BLOB_URL={args.to} (and the AWS_* variables) for every replica")
+            return 0
+        return 1
+
+    return asyncio.run(go())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loom", description="The OpenAI Assistants API, self-hosted.")
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
@@ -228,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_import.add_argument("file", type=Path)
     p_import.add_argument("--project", default=None, help="the target project (default: the archive's, or default)")
+    p_blobs = sub.add_parser("blobs", help="the store of file bytes (LOOM_BLOB_URL)")
+    blobs_sub = p_blobs.add_subparsers(dest="blobs_command", required=True)
+    p_blobs_migrate = blobs_sub.add_parser(
+        "migrate",
+        help="copy the local store's objects into another store (object storage), verifying each",
+        description="Copy every object of the local files folder (or --from) to --to, then check each "
+        "object's size and sha256 there. Keys are unchanged: afterwards set LOOM_BLOB_URL to the target. "
+        "An s3:// target reads the AWS_* variables. Safe to rerun: identical objects are skipped.",
+    )
+    p_blobs_migrate.add_argument("--to", required=True, help="the target store: s3://bucket/prefix or file:///path")
+    p_blobs_migrate.add_argument(
+        "--from", dest="source", default=None, help="the source store (default: <data_dir>/files, the local store)"
+    )
     p_config = sub.add_parser("config", help="the effective configuration")
     config_sub = p_config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser(
@@ -282,6 +325,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run_import(args, settings)
     if args.command == "migrate":
         return _run_migrate(settings)
+    if args.command == "blobs":
+        return _run_blobs_migrate(args, settings)
     if args.command == "sandbox":
         if args.sandbox_command == "check":
             from loom.sandbox.check import check_isolation
