@@ -1,4 +1,4 @@
-"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom sandbox check|setup`, `loom config show`,
+"""`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom webhooks …`, `loom sandbox check|setup`, `loom config show`,
 `loom export|import`."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loom import __version__
+from loom.admin import webhooks_cli
 from loom.config import Settings, SettingsError, settings_help
 from loom.llm.routing import ConfigError
 from loom.ops.logs import LOG_FORMATS, configure_logging
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_sub.add_parser("check", help="report what isolation this machine provides")
     p_setup = sandbox_sub.add_parser("setup", help="build the sandbox's Python environment")
     setup_arguments(p_setup)
+    webhooks_cli.add_parser(sub)
     return parser
 
 
@@ -327,6 +329,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run_migrate(settings)
     if args.command == "blobs":
         return _run_blobs_migrate(args, settings)
+    if args.command == "webhooks":
+        return webhooks_cli.run(args, settings)
     if args.command == "sandbox":
         if args.sandbox_command == "check":
             from loom.sandbox.check import check_isolation

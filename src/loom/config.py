@@ -131,6 +131,19 @@ class Settings(BaseSettings):
     ingest_timeout_s: float = 600.0
     vector_store_janitor_s: float = 60.0
 
+    # Webhooks (`/v1/loom/webhooks`). Endpoints on loopback, private or link-local addresses are refused
+    # (at registration and again at each delivery) unless this is true.
+    webhooks_allow_private: bool = False
+    # Deliveries in flight at once per process, and the time one attempt may take.
+    webhooks_concurrency: int = 16
+    webhooks_timeout_s: float = 10.0
+    # Retries: exponential backoff from base to max (with jitter) until the window since the event ends.
+    webhooks_retry_base_s: float = 5.0
+    webhooks_retry_max_s: float = 3600.0
+    webhooks_retry_window_s: float = 72 * 3600.0
+    # How often a replica looks for due deliveries written elsewhere (its own wake it at once).
+    webhooks_poll_s: float = 1.0
+
     # Logs: level, format ("text" or "json"), and one access-log line per request (with its request id).
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"

@@ -33,6 +33,8 @@ from loom.store.db import Database
 from loom.store.migrate import migrate
 from loom.store.spool import Spool
 from loom.supervisor import Supervisor
+from loom.webhooks.delivery import DeliveryWorker, Policy
+from loom.webhooks.service import WebhookService
 
 log = logging.getLogger("loom")
 _JANITOR_EVERY_S = 30.0
@@ -94,6 +96,18 @@ class LazySandbox:
             await self.manager.aclose()
 
 
+def webhook_policy(settings: Settings) -> Policy:
+    return Policy(
+        concurrency=settings.webhooks_concurrency,
+        timeout_s=settings.webhooks_timeout_s,
+        retry_base_s=settings.webhooks_retry_base_s,
+        retry_max_s=settings.webhooks_retry_max_s,
+        retry_window_s=settings.webhooks_retry_window_s,
+        poll_s=settings.webhooks_poll_s,
+        allow_private=settings.webhooks_allow_private,
+    )
+
+
 class Container:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -140,6 +154,8 @@ class Container:
         # The code interpreter reads input Files and writes output Files through the file service.
         self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.files, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
+        self.webhooks = WebhookService(self.db, allow_private=settings.webhooks_allow_private)
+        self.webhook_worker = DeliveryWorker(self.db, webhook_policy(settings))
 
     def _sqlite_index(self) -> ChunkIndex:
         return SQLiteChunkIndex(self.db.engine)
@@ -154,9 +170,11 @@ class Container:
         await self.ingest.start(self.supervisor)
         await self.sandbox.start()
         self.supervisor.start("loom-janitor", self._janitor)
+        self.supervisor.start("loom-webhooks", self.webhook_worker.run)
 
     async def stop(self) -> None:
         await self.supervisor.stop()
+        await self.webhook_worker.aclose()
         await self.ingest.stop()
         await self.engine.stop()
         await self.coordination.close()

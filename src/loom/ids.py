@@ -19,6 +19,10 @@ PREFIXES = {
     "file_batch": "vsfb_",
     "upload": "upload_",
     "part": "part_",
+    # Loom's webhooks (`loom.webhooks`): endpoints, events, deliveries (each delivery's `webhook-id`).
+    "webhook_endpoint": "we_",
+    "event": "evt_",
+    "webhook_delivery": "wh_",
 }
 
 

@@ -1,4 +1,4 @@
-"""Migration 0005: a database of an earlier Loom stored absolute host paths of file bytes; after it, rows
+"""Migration 0006: a database of an earlier Loom stored absolute host paths of file bytes; after it, rows
 hold blob keys, and the server (local store by default) serves the same bytes from them."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ async def test_absolute_paths_become_keys_and_the_bytes_are_served(backend: str,
     engine = create_async_engine(url)
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0004"))
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0005"))
             await conn.execute(
                 tables.files.insert().values(
                     id=FILE_ID, project=P, created_at=1, data=wire, purpose="assistants", path=str(old_file)

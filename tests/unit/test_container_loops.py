@@ -16,8 +16,15 @@ from loom.container import Container
 from loom.store import tables
 
 # Every forever-loop of a server: files janitor, run sweeper, ingestion queue, vector-store expiry,
-# and the idle-sandbox reaper (started with the sandbox).
-LOOPS = {"loom-janitor", "loom-run-sweeper", "loom-ingest", "loom-vector-store-janitor", "loom-sandbox-reaper"}
+# the idle-sandbox reaper (started with the sandbox), and webhook delivery.
+LOOPS = {
+    "loom-janitor",
+    "loom-run-sweeper",
+    "loom-ingest",
+    "loom-vector-store-janitor",
+    "loom-sandbox-reaper",
+    "loom-webhooks",
+}
 
 
 @pytest.fixture

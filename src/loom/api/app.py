@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 
 from loom.api.middleware import RequestIdMiddleware
-from loom.api.routes import assistants, files, models, runs, threads, vector_stores
+from loom.api.routes import assistants, files, models, runs, threads, vector_stores, webhooks
 from loom.api.routes.metrics import metrics_endpoint, sandbox_gauges
 from loom.console import api as console_api
 from loom.console import pages as console_pages
@@ -54,7 +54,7 @@ def create_app(container: Container) -> FastAPI:
         return JSON({"status": "ok"})
 
     # runs first: its `POST /threads/runs` must win over threads' `POST /threads/{thread_id}`.
-    for module in (assistants, runs, threads, files, models, vector_stores):
+    for module in (assistants, runs, threads, files, models, vector_stores, webhooks):
         app.include_router(module.router, prefix="/v1")
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])
     # The console (its API first: the pages' catch-all must not shadow it).

@@ -35,6 +35,7 @@ from loom.store.blobstore import BlobStorage
 from loom.store.coordination import Coordinator
 from loom.store.db import Database
 from loom.supervisor import Supervisor
+from loom.webhooks import outbox
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class IngestWorker:
                     last_error={"code": "server_error", "message": "Indexing was interrupted too many times."},
                 )
                 await store_files.replace(conn, project, obj, parent=store_id, status="failed", state=None)
+                await outbox.record_file(conn, project, obj, row.batch_id)
                 return None
             attempt = VectorStoreFileState(attempts=attempts + 1)
             await store_files.replace(conn, project, obj, parent=store_id, state=attempt.to_json())
@@ -214,6 +216,7 @@ class IngestWorker:
                 else:
                     done.update(status="failed", usage_bytes=0, last_error=error)
                 await store_files.replace(conn, project, done, parent=store_id, status=done["status"], state=None)
+                await outbox.record_file(conn, project, done, row.batch_id)
                 if error is None:
                     await add_usage(conn, project, store_id, usage)
         metrics.INGEST_OUTCOMES.labels("completed" if error is None else "failed").inc()

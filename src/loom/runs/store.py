@@ -12,6 +12,7 @@ from loom.runs import status
 from loom.store import tables
 from loom.store.collections import assistants, messages, run_steps, runs, threads
 from loom.store.db import Database
+from loom.webhooks import outbox
 
 # The thread's messages from before the run, the run's steps, the run's own messages by id.
 RunContext = tuple[list[dict[str, Any]], list[RunStepRecord], dict[str, dict[str, Any]]]
@@ -111,6 +112,7 @@ class RunStore:
         if state is not None:
             extra["state"] = state.to_json()
         await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **extra)
+        await outbox.record_run(conn, project, run)
         events.run_moved(project, run)
         return run
 

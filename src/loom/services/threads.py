@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
+from loom.records import Message, MessageRecord, Thread, ThreadRecord
 from loom.schemas.assistants import ToolResources
 from loom.schemas.threads import ImageFilePart, MessageCreate, MessageModify, TextPart, ThreadCreate, ThreadModify
 from loom.services.common import (
@@ -137,18 +138,18 @@ class ThreadService:
         # Called with the id of each deleted thread (e.g. to end its sandbox session).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
 
-    async def create(self, project: str, req: ThreadCreate) -> dict[str, Any]:
+    async def create(self, project: str, req: ThreadCreate) -> Thread:
         async with self.db.write() as conn:
-            return await create_thread_row(conn, project, req)
+            return ThreadRecord(await create_thread_row(conn, project, req)).to_wire()
 
-    async def get(self, project: str, thread_id: str) -> dict[str, Any]:
+    async def get(self, project: str, thread_id: str) -> Thread:
         async with self.db.read() as conn:
             obj = await threads.get(conn, project, thread_id)
         if obj is None:
             raise NotFound("thread", thread_id)
-        return obj
+        return ThreadRecord(obj).to_wire()
 
-    async def modify(self, project: str, thread_id: str, req: ThreadModify) -> dict[str, Any]:
+    async def modify(self, project: str, thread_id: str, req: ThreadModify) -> Thread:
         async with self.db.write() as conn:
             # The named stores first, then the row, locked until the write commits (the order a store's
             # delete takes them in): a delete that detaches the store is not overwritten by what was read.
@@ -156,7 +157,7 @@ class ThreadService:
             row = await threads.get_row(conn, project, thread_id, lock=True)
             if row is None:
                 raise NotFound("thread", thread_id)
-            obj = dict(row.data)
+            obj = ThreadRecord.from_row(row).data
             if req.metadata is not None:
                 obj["metadata"] = dict(req.metadata)
             if req.tool_resources is not None:
@@ -164,7 +165,7 @@ class ThreadService:
                     conn, project, req.tool_resources, obj["tool_resources"]
                 )
             await threads.replace(conn, project, obj)
-        return obj
+        return ThreadRecord(obj).to_wire()
 
     async def delete(self, project: str, thread_id: str) -> dict[str, Any]:
         async with self.db.write() as conn:
@@ -186,7 +187,7 @@ class ThreadService:
         if found is None:
             raise NotFound("thread", thread_id)
 
-    async def create_message(self, project: str, thread_id: str, req: MessageCreate) -> dict[str, Any]:
+    async def create_message(self, project: str, thread_id: str, req: MessageCreate) -> Message:
         t, r = tables.threads, tables.runs
         # The thread's existence and its active run in one statement: this runs inside the (on SQLite,
         # serialized) write transaction, where every statement costs a round trip to the driver's thread.
@@ -204,7 +205,7 @@ class ThreadService:
             run_id = found[1]
             if run_id is not None:
                 raise InvalidRequest(f"Can't add messages to {thread_id} while a run {run_id} is active.")
-            return await insert_message(conn, project, thread_id, req)
+            return MessageRecord(await insert_message(conn, project, thread_id, req)).to_wire()
 
     async def list_messages(self, project: str, thread_id: str, params: ListParams, run_id: str | None) -> Page:
         async with self.db.read() as conn:
@@ -218,15 +219,15 @@ class ThreadService:
                 where=where,
             )
 
-    async def get_message(self, project: str, thread_id: str, message_id: str) -> dict[str, Any]:
+    async def get_message(self, project: str, thread_id: str, message_id: str) -> Message:
         async with self.db.read() as conn:
             await self._require_thread(conn, project, thread_id)
             obj = await messages.get(conn, project, message_id, parent=thread_id)
         if obj is None:
             raise NotFound("message", message_id)
-        return obj
+        return MessageRecord(obj).to_wire()
 
-    async def modify_message(self, project: str, thread_id: str, message_id: str, req: MessageModify) -> dict[str, Any]:
+    async def modify_message(self, project: str, thread_id: str, message_id: str, req: MessageModify) -> Message:
         async with self.db.write() as conn:
             await self._require_thread(conn, project, thread_id)
             obj = await messages.get(conn, project, message_id, parent=thread_id)
@@ -235,7 +236,7 @@ class ThreadService:
             if req.metadata is not None:
                 obj["metadata"] = dict(req.metadata)
                 await messages.replace(conn, project, obj, parent=thread_id)
-        return obj
+        return MessageRecord(obj).to_wire()
 
     async def delete_message(self, project: str, thread_id: str, message_id: str) -> dict[str, Any]:
         async with self.db.write() as conn:

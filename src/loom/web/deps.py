@@ -22,6 +22,7 @@ from loom.services.uploads import UploadService
 from loom.services.vector_stores import VectorStoreService
 from loom.store.blobstore import BlobStorage
 from loom.store.db import Database
+from loom.webhooks.service import WebhookService
 
 
 def container_of(request: Request) -> Container:
@@ -58,6 +59,10 @@ async def get_vector_store_service(request: Request) -> VectorStoreService:
     return container_of(request).vector_stores
 
 
+async def get_webhook_service(request: Request) -> WebhookService:
+    return container_of(request).webhooks
+
+
 async def get_key_ring(request: Request) -> KeyRing:
     return container_of(request).keys
 
@@ -84,6 +89,7 @@ RunServiceDep = Annotated[RunService, Depends(get_run_service)]
 FileServiceDep = Annotated[FileService, Depends(get_file_service)]
 UploadServiceDep = Annotated[UploadService, Depends(get_upload_service)]
 VectorStoreServiceDep = Annotated[VectorStoreService, Depends(get_vector_store_service)]
+WebhookServiceDep = Annotated[WebhookService, Depends(get_webhook_service)]
 KeyRingDep = Annotated[KeyRing, Depends(get_key_ring)]
 ModelRouterDep = Annotated[ModelRouter, Depends(get_model_router)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -6,8 +6,8 @@ store's keys (`<xx>/<id>`), so each path becomes its last two components; a valu
 key is left as it is. The columns keep their names. Downgrade turns keys back into paths under the
 `files` folder of `LOOM_DATA_DIR` (or the default data directory), for a local store only.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import posixpath
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
