@@ -61,9 +61,10 @@ def memory_of(pids: list[int]) -> tuple[float, float]:
 
 async def bare_python(manager: SandboxManager, runs: int) -> list[float]:
     """`python -c pass` with the very launch chain a kernel gets (its own volume, cgroup, uid, namespaces)."""
-    launcher = manager._launcher
-    assert launcher is not None
-    volume = await manager._new_volume()
+    pool = manager.pool
+    assert pool is not None
+    launcher = pool.launcher
+    volume = await pool.new_volume()
     times: list[float] = []
     try:
         for _ in range(runs):
@@ -80,7 +81,7 @@ async def bare_python(manager: SandboxManager, runs: int) -> list[float]:
                 spec.cgroup.remove()
             shutil.rmtree(spec.runtime_dir, ignore_errors=True)
     finally:
-        await manager._destroy_volume(volume)
+        await pool.destroy_volume(volume)
     return times
 
 
@@ -117,11 +118,13 @@ async def main() -> None:
             r = await box.execute(f"print({i})")
             printed.append((time.perf_counter() - t0) * 1000)
 
+        pool = manager.pool
+        assert pool is not None
         first: list[float] = []
         cold: list[float] = []
         for i in range(args.sessions):
             for _ in range(300):  # wait until the pool has a started kernel again
-                if manager.pooled >= 1 and not manager._filling:
+                if manager.pooled >= 1 and not pool.filling:
                     break
                 await asyncio.sleep(0.02)
             t0 = time.perf_counter()
@@ -132,11 +135,11 @@ async def main() -> None:
             await manager.close_session(f"new-{i}")
             # A cold start: what a session costs when the pool is empty.
             t0 = time.perf_counter()
-            vol = await manager._new_volume()
-            kernel = await manager._start_kernel(vol)
+            vol = await pool.new_volume()
+            kernel = await pool.start_kernel(vol)
             cold.append((time.perf_counter() - t0) * 1000)
             await kernel.kill()
-            await manager._destroy_volume(vol)
+            await pool.destroy_volume(vol)
 
         idle = await manager.session("idle")
         await idle.execute("pass")

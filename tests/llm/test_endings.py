@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from loom.llm import ChatRequest, OpenAIBackend, UpstreamError, collect
-from loom.llm.openai_backend import one_line
+from loom.llm.error_mapping import one_line
 from tests.fakes.upstream import FakeUpstream, Turn
 
 HELLO = ChatRequest(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])

@@ -30,7 +30,7 @@ from loom.sandbox import (
     check_isolation,
 )
 from loom.sandbox import launcher as launcher_module
-from loom.sandbox.manager import UID_BLOCK, UID_BLOCKS, pick_uid_block
+from loom.sandbox.host import UID_BLOCK, UID_BLOCKS, pick_uid_block
 from tests.sandbox.conftest import require_sandbox, sandbox_settings
 from tests.support.wait import wait_for_async
 
@@ -586,7 +586,7 @@ async def main() -> None:
     if sys.argv[2] == "crash":
         import os, signal
         box = m.get("b")
-        print("", box.kernel.spec.cgroup.dirs[0], m._runtime_root, flush=True)
+        print("", box.kernel.spec.cgroup.dirs[0], m.runtime_root, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     await m.aclose()
 
@@ -611,7 +611,7 @@ async def test_another_server_in_another_pid_namespace_leaves_ours_alone(
     await box.put_file("keep.txt", b"mine")
     await box.execute("x = 'still here'")
     cgroup = box.kernel.spec.cgroup
-    runtime = manager._runtime_root
+    runtime = manager.runtime_root
     assert runtime is not None
     done = await asyncio.to_thread(_other_server, tmp_path, "close", "unshare", "--pid", "--fork", "--mount-proc")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -6,7 +6,7 @@ once (`detect`): its base URL (Azure), `GET /models` (`owned_by`), llama.cpp's `
 
 Everything a dialect changes happens to the request body (`shape_body`) and to whether the call is
 streamed (`streams`); the answer is read the same way for all servers (tool-call ids are always Loom's,
-and argument fragments are normalized in `openai_backend._ToolCallNormalizer`).
+and argument fragments are normalized in `loom.llm.chunks.ToolCallNormalizer`).
 """
 
 from __future__ import annotations

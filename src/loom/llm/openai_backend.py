@@ -2,6 +2,8 @@
 
 Always streams. The SDK's own retries are off (`max_retries=0`): we retry here, and only before the
 first chunk arrived, because a retry after that would repeat text the run has already shown.
+
+What the server sends is read in `loom.llm.chunks`; its failures are mapped in `loom.llm.error_mapping`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import openai
 
-from loom.ids import new_id
+from loom.llm.chunks import OpenStream, StreamEnded, completion_chunks, parse_chunk
 from loom.llm.context_windows import ServedWindow, listed_window, served_window
 from loom.llm.dialects import (
     Dialect,
@@ -29,11 +30,12 @@ from loom.llm.dialects import (
     model_entries,
     model_ids,
 )
+from loom.llm.error_mapping import map_error, retry_after
 from loom.llm.errors import UpstreamError
-from loom.llm.types import ChatChunk, ChatRequest, ToolCallDelta, Usage
+from loom.llm.types import ChatChunk, ChatRequest
 from loom.ops import events, metrics
 
-__all__ = ["BackendConfig", "MaxTokensParam", "OpenAIBackend", "map_error"]
+__all__ = ["BackendConfig", "MaxTokensParam", "OpenAIBackend"]
 
 log = logging.getLogger("loom.llm")
 # How long a backend's `GET /models` answer (or its failure) is reused for `/v1/models`.
@@ -72,287 +74,6 @@ class BackendConfig:
     # for a final usage chunk (`stream_options.include_usage`). None: as the dialect says.
     max_tokens_param: MaxTokensParam | None = None
     include_usage: bool | None = None
-
-
-_CONTEXT_OVERFLOW = re.compile(
-    r"context[_ ]length|context window|maximum context|too many tokens|too long|prompt is too long"
-    r"|exceeds? the (?:maximum|max|context)|input length",
-    re.IGNORECASE,
-)
-
-
-def _upstream_message(body: object, fallback: str) -> str:
-    """The upstream's own error message out of an error body (OpenAI's `{"error": {...}}` or variants)."""
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping):
-            message = error.get("message")
-            if isinstance(message, str) and message:
-                return message
-        elif isinstance(error, str) and error:
-            return error
-        detail = body.get("detail")
-        if isinstance(detail, str) and detail:
-            return detail
-    elif isinstance(body, str) and body.strip():
-        return body.strip()[:500]
-    return fallback
-
-
-def _upstream_code(body: object) -> str | None:
-    if isinstance(body, Mapping):
-        error = body.get("error", body)
-        if isinstance(error, Mapping):
-            code = error.get("code") or error.get("type")
-            if code is not None:
-                return str(code)
-    return None
-
-
-# A 500 that says the request itself is wrong (the server's validation, a template or type error):
-# sending the same request again gives the same answer.
-_DETERMINISTIC = re.compile(
-    r"validation|invalid|not supported|unsupported|not allowed|not found|must be|expected|unexpected|"
-    r"missing|required|template|schema|grammar|(?:Type|Value|Key|Attribute|Index|Assertion|Template)Error|"
-    r"Traceback|exceed",
-    re.IGNORECASE,
-)
-# ...unless it says in so many words that trying again may help.
-_TRANSIENT = re.compile(
-    r"overload|try again|temporar|unavailable|timed? ?out|busy|capacity|had an error while processing|"
-    r"connection|reset by peer|out of memory|loading model",
-    re.IGNORECASE,
-)
-_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][\w.@~+-]+){2,}[\\/]?""")
-_FILE_LINE = re.compile(r'File "[^"]*", line \d+(?:, in \S+)?')
-MAX_MESSAGE_CHARS = 300
-
-
-def one_line(message: str) -> str:
-    """An upstream's error text as one short line for `last_error`: a traceback is reduced to its last
-    line (the exception), file paths are taken out, whitespace is collapsed, the length is capped."""
-    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
-    if any(line.startswith("Traceback (most recent call last)") for line in lines):
-        tail = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "~"))]
-        lines = tail[-1:] if tail else []
-    text = " ".join(lines)
-    text = _FILE_LINE.sub("", text)
-    text = _PATH.sub("…", text)
-    text = re.sub(r"\s+", " ", text).strip(" :,")
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
-    return text or "no message"
-
-
-def transient_500(message: str) -> bool:
-    """Whether a 500's message looks like a passing failure (retried) rather than one the same request
-    will meet again (not retried)."""
-    return bool(_TRANSIENT.search(message)) or not _DETERMINISTIC.search(message)
-
-
-def map_error(
-    exc: BaseException, backend: str, *, timeout_s: float, streaming: bool = False
-) -> tuple[UpstreamError, bool]:
-    """The `UpstreamError` for an SDK exception, and whether a retry may help.
-
-    `streaming`: the failure came after the first chunk (then transport failures are described as a
-    lost or stalled stream, not as a failed connection). The message is one line that names the
-    backend; what the upstream said in full (a traceback, say) is logged, never put in the message."""
-    where = f"model backend '{backend}'"
-    if isinstance(exc, openai.APITimeoutError):
-        if streaming:
-            text = f"The {where} stopped sending for {timeout_s:g}s in the middle of its answer"
-        else:
-            text = f"The request to {where} timed out after {timeout_s:g}s"
-        return UpstreamError("server_error", text), True
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__
-        detail = f" ({type(cause).__name__}: {one_line(str(cause))})" if cause is not None and str(cause) else ""
-        if streaming:
-            text = f"The connection to {where} was lost in the middle of its answer{detail}"
-        else:
-            text = f"Could not connect to {where}{detail}"
-        return UpstreamError("server_error", text), True
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        raw = _upstream_message(exc.body, exc.response.reason_phrase or "no message")
-        message = one_line(raw)
-        if message != raw.strip():
-            log.warning("model backend %r answered HTTP %s: %s", backend, status, raw)
-        code = _upstream_code(exc.body)
-        text = f"The {where} returned HTTP {status}: {message}"
-        if status == 429:
-            # Out of quota will not come back by waiting a few seconds.
-            return UpstreamError("rate_limit_exceeded", text, status=status), code != "insufficient_quota"
-        if status in (400, 413, 422):
-            if code == "context_length_exceeded" or _CONTEXT_OVERFLOW.search(raw):
-                text = f"The prompt is too long for the model's context window. {text}"
-            return UpstreamError("invalid_prompt", text, status=status), False
-        if status == 500:
-            return UpstreamError("server_error", text, status=status), transient_500(raw)
-        if status in (408, 409, 502, 503, 504) or status >= 520:  # 520+: proxies' "origin unreachable"
-            return UpstreamError("server_error", text, status=status), True
-        if status > 500:  # 501 Not Implemented, 505…: the same request gets the same answer
-            return UpstreamError("server_error", text, status=status), False
-        # 401/403/404…: a configuration problem; retrying will not fix it.
-        return UpstreamError("server_error", text, status=status), False
-    if isinstance(exc, openai.APIError):
-        # An error event inside an otherwise successful stream.
-        raw = _upstream_message(exc.body, exc.message)
-        message = one_line(raw)
-        if message != raw.strip():
-            log.warning("model backend %r reported while streaming: %s", backend, raw)
-        code = _upstream_code(exc.body)
-        text = f"The {where} reported an error while streaming: {message}"
-        if code == "context_length_exceeded":
-            return UpstreamError("invalid_prompt", text), False
-        if code in ("rate_limit_exceeded", "rate_limit_error"):
-            return UpstreamError("rate_limit_exceeded", text), True
-        return UpstreamError("server_error", text), True
-    # Malformed JSON or SSE, or anything else: say what, not where in our code.
-    log.warning("model backend %r sent an invalid response", backend, exc_info=exc)
-    return UpstreamError("server_error", f"The {where} sent an invalid response ({type(exc).__name__})"), False
-
-
-def _retry_after(exc: BaseException) -> float | None:
-    if isinstance(exc, openai.APIStatusError):
-        value = exc.response.headers.get("retry-after")
-        if value:
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
-
-
-def _get(obj: Any, key: str) -> Any:
-    """A field of a decoded JSON object; None when absent or when `obj` is not an object."""
-    return obj.get(key) if isinstance(obj, Mapping) else None
-
-
-def _usage(raw: Any) -> Usage | None:
-    if not isinstance(raw, Mapping):
-        return None
-    prompt = int(_get(raw, "prompt_tokens") or 0)
-    completion = int(_get(raw, "completion_tokens") or 0)
-    total = int(_get(raw, "total_tokens") or 0) or prompt + completion
-    cached = _get(_get(raw, "prompt_tokens_details"), "cached_tokens")
-    reasoning = _get(_get(raw, "completion_tokens_details"), "reasoning_tokens")
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=total,
-        cached_tokens=int(cached) if cached is not None else None,
-        reasoning_tokens=int(reasoning) if reasoning is not None else None,
-    )
-
-
-class _ToolCallNormalizer:
-    """Makes every server's tool-call deltas look like OpenAI's: id and name once per call, a stable
-    index per call. Handles servers that repeat the id/name on every delta, omit `index`, omit the id,
-    or reuse index 0 for each of several parallel calls."""
-
-    def __init__(self) -> None:
-        self._ours: dict[int, int] = {}  # server index -> our index
-        self._ids: list[str] = []
-        self._named: set[int] = set()
-
-    def delta(self, position: int, raw: Any) -> ToolCallDelta:
-        server_index = _get(raw, "index")
-        if not isinstance(server_index, int):
-            server_index = position
-        call_id = _get(raw, "id") or None
-        function = _get(raw, "function")
-        name = _get(function, "name") or None
-        arguments = _get(function, "arguments") or ""
-
-        ours = self._ours.get(server_index)
-        if ours is None or (call_id is not None and call_id != self._ids[ours]):
-            ours = len(self._ids)
-            self._ours[server_index] = ours
-            self._ids.append(call_id or new_id("call"))
-            emit_id: str | None = self._ids[ours]
-        else:
-            emit_id = None
-        emit_name = None
-        if name is not None and ours not in self._named:
-            self._named.add(ours)
-            emit_name = name
-        return ToolCallDelta(index=ours, id=emit_id, name=emit_name, arguments=str(arguments))
-
-
-def _chunk(raw: object, calls: _ToolCallNormalizer) -> ChatChunk | None:
-    """One streamed chunk (`chat.completion.chunk` as decoded JSON) in Loom's terms; None if empty."""
-    usage = _usage(_get(raw, "usage"))
-    choices = _get(raw, "choices")
-    content = refusal = ""
-    tool_calls: tuple[ToolCallDelta, ...] = ()
-    finish_reason: str | None = None
-    if isinstance(choices, list) and choices:
-        choice = choices[0]
-        delta = _get(choice, "delta")
-        content = str(_get(delta, "content") or "")
-        refusal = str(_get(delta, "refusal") or "")
-        raw_calls = _get(delta, "tool_calls")
-        if isinstance(raw_calls, list):
-            tool_calls = tuple(calls.delta(i, tc) for i, tc in enumerate(raw_calls))
-        finish_reason = _get(choice, "finish_reason") or None
-    if not (content or refusal or tool_calls or finish_reason or usage):
-        return None
-    return ChatChunk(
-        content=content,
-        refusal=refusal,
-        tool_calls=tool_calls,
-        finish_reason=finish_reason,
-        usage=usage,
-    )
-
-
-def _completion_chunks(raw: object, calls: _ToolCallNormalizer) -> list[ChatChunk]:
-    """A whole (non-streamed) `chat.completion` as the chunks a stream of it would have been."""
-    choices = _get(raw, "choices")
-    choice = choices[0] if isinstance(choices, list) and choices else None
-    message = _get(choice, "message")
-    chunks: list[ChatChunk] = []
-    content = str(_get(message, "content") or "")
-    refusal = str(_get(message, "refusal") or "")
-    if content or refusal:
-        chunks.append(ChatChunk(content=content, refusal=refusal))
-    raw_calls = _get(message, "tool_calls")
-    if isinstance(raw_calls, list) and raw_calls:
-        deltas = [calls.delta(i, {**tc, "index": i}) for i, tc in enumerate(raw_calls) if isinstance(tc, Mapping)]
-        chunks.append(ChatChunk(tool_calls=tuple(deltas)))
-    finish_reason = _get(choice, "finish_reason") or None
-    usage = _usage(_get(raw, "usage"))
-    if finish_reason is not None or usage is not None:
-        chunks.append(ChatChunk(finish_reason=finish_reason, usage=usage))
-    return chunks
-
-
-class _Ended(Exception):
-    """The stream ended before the answer did (no finish reason)."""
-
-
-class _OpenStream:
-    """A response being read: the SDK stream (None for a non-streamed call), its chunks so far, and
-    whether a finish reason was among them."""
-
-    def __init__(self, stream: openai.AsyncStream[object] | None) -> None:
-        self.stream = stream
-        self.iterator: AsyncIterator[object] | None = stream.__aiter__() if stream is not None else None
-        self.calls = _ToolCallNormalizer()
-        # Read but not yet given to the caller: the first meaningful chunk (or a whole non-streamed answer).
-        self.ready: list[ChatChunk] = []
-        self.finished = False
-
-    def take(self, chunk: ChatChunk) -> None:
-        self.ready.append(chunk)
-        if chunk.finish_reason is not None:
-            self.finished = True
-
-    async def close(self) -> None:
-        if self.stream is not None:
-            await self.stream.close()
 
 
 class OpenAIBackend:
@@ -516,7 +237,7 @@ class OpenAIBackend:
         cfg = self.config
         delay: float = min(cfg.retry_max_delay_s, cfg.retry_base_delay_s * (2**attempt))
         delay *= random.uniform(0.5, 1.0)
-        hinted = _retry_after(exc)
+        hinted = retry_after(exc)
         if hinted is not None:
             delay = min(cfg.retry_max_delay_s, max(delay, hinted))
         return delay
@@ -529,7 +250,7 @@ class OpenAIBackend:
             text = f"The {where} ended its response in the middle of its answer (no finish reason)"
         return UpstreamError("server_error", text)
 
-    async def _send(self, body: dict[str, Any]) -> _OpenStream:
+    async def _send(self, body: dict[str, Any]) -> OpenStream:
         """One attempt: the response up to its first meaningful chunk (a non-streamed one whole).
 
         Chunks with nothing in them (the usual leading `{"role": "assistant"}`) do not count: a failure
@@ -537,24 +258,24 @@ class OpenAIBackend:
         if not body["stream"]:
             # A turn the server cannot stream (its dialect says so): asked for whole, replayed as chunks.
             whole = await self._client.post("/chat/completions", body=body, cast_to=object)
-            opened = _OpenStream(None)
-            for chunk in _completion_chunks(whole, opened.calls):
+            opened = OpenStream(None)
+            for chunk in completion_chunks(whole, opened.calls):
                 opened.take(chunk)
             if not opened.finished:
-                raise _Ended()
+                raise StreamEnded()
             return opened
         # The SDK's client, one level below `chat.completions.create`: the same URL, headers, auth,
         # timeouts and error types, without re-walking the request against its typed parameters or
         # building a model per chunk (together a millisecond of each run's time to first token); chunks
-        # stay decoded JSON, read by `_chunk`.
+        # stay decoded JSON, read by `parse_chunk`.
         stream = await self._client.post(
             "/chat/completions", body=body, cast_to=object, stream=True, stream_cls=openai.AsyncStream[object]
         )
-        opened = _OpenStream(stream)
+        opened = OpenStream(stream)
         try:
             assert opened.iterator is not None
             async for raw in opened.iterator:
-                first = _chunk(raw, opened.calls)
+                first = parse_chunk(raw, opened.calls)
                 if first is not None:
                     opened.take(first)
                     return opened
@@ -562,9 +283,9 @@ class OpenAIBackend:
             await opened.close()
             raise
         await opened.close()
-        raise _Ended()
+        raise StreamEnded()
 
-    async def _open(self, request: ChatRequest) -> _OpenStream:
+    async def _open(self, request: ChatRequest) -> OpenStream:
         """Send the request, retrying transient failures (an answer that ended before it began is one)."""
         body = self._body(request, await self.dialect())
         metrics.UPSTREAM_CALLS.labels(self.name).inc()
@@ -573,7 +294,7 @@ class OpenAIBackend:
             try:
                 return await self._send(body)
             except Exception as exc:
-                if isinstance(exc, _Ended):
+                if isinstance(exc, StreamEnded):
                     error, retryable = self._ended(before_anything=True), True
                 else:
                     error, retryable = map_error(exc, self.name, timeout_s=self.config.timeout_s)
@@ -612,7 +333,7 @@ class OpenAIBackend:
                     error, _ = map_error(exc, self.name, timeout_s=self.config.timeout_s, streaming=True)
                     events.upstream_failed(self.name, error, attempt=0, retrying=False)
                     raise error from None
-                more = _chunk(raw, opened.calls)
+                more = parse_chunk(raw, opened.calls)
                 if more is not None:
                     if more.finish_reason is not None:
                         opened.finished = True

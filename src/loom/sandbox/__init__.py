@@ -14,7 +14,8 @@ Setup (once per machine): `apt-get install -y bubblewrap` and `python -m loom.sa
 """
 
 from loom.sandbox.check import IsolationReport, check_isolation
-from loom.sandbox.manager import BwrapSession, SandboxManager
+from loom.sandbox.manager import SandboxManager
+from loom.sandbox.session import BwrapSession
 from loom.sandbox.types import (
     DATA_DIR,
     ExecutionResult,

@@ -80,7 +80,28 @@ def check_isolation(settings: Settings | None = None, *, try_volume: bool = True
     is_root = os.geteuid() == 0
     report.add("server user", True, "root (each session gets a uid of its own)" if is_root else
                f"uid {os.geteuid()} (sandboxes share this uid)", required=False)  # fmt: skip
+    env = _check_environment(report, settings)
+    if settings.sandbox == "unsafe-local":
+        report.add("isolation", False, "none: LOOM_SANDBOX=unsafe-local", required=False)
+        return report
+    bwrap = _which("bwrap")
+    if bwrap is None:
+        report.add("bubblewrap", False, "`bwrap` not found: apt-get install -y bubblewrap")
+    else:
+        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
+        report.add("bubblewrap", True, f"{bwrap} ({version})")
+    setpriv = _which("setpriv")
+    if is_root:
+        report.add("setpriv", setpriv is not None, setpriv or "not found (util-linux)")
+    _check_limits(report, is_root)
+    _check_volume(report, try_volume)
+    if bwrap is not None and env is not None and (setpriv is not None or not is_root):
+        _probe_namespaces(report, bwrap, env, setpriv if is_root else None, settings.sandbox_uid_base)
+    return report
 
+
+def _check_environment(report: IsolationReport, settings: Settings) -> SandboxEnv | None:
+    """Whether the sandbox's environment exists and imports its packages; the environment if it exists."""
     try:
         env = SandboxEnv.locate(settings.sandbox_env)
         proc = subprocess.run(
@@ -92,23 +113,13 @@ def check_isolation(settings: Settings | None = None, *, try_volume: bool = True
         else:
             report.add("environment", False, f"{env.root}: packages missing: {proc.stderr.strip()[-300:]}")
     except SandboxUnavailable as e:
-        env = None
         report.add("environment", False, e.message)
+        return None
+    return env
 
-    if settings.sandbox == "unsafe-local":
-        report.add("isolation", False, "none: LOOM_SANDBOX=unsafe-local", required=False)
-        return report
 
-    bwrap = _which("bwrap")
-    if bwrap is None:
-        report.add("bubblewrap", False, "`bwrap` not found: apt-get install -y bubblewrap")
-    else:
-        version = subprocess.run([bwrap, "--version"], capture_output=True, text=True).stdout.strip()
-        report.add("bubblewrap", True, f"{bwrap} ({version})")
-    setpriv = _which("setpriv")
-    if is_root:
-        report.add("setpriv", setpriv is not None, setpriv or "not found (util-linux)")
-
+def _check_limits(report: IsolationReport, is_root: bool) -> None:
+    """Which cgroup controllers there are, and so how each resource is limited."""
     cg = CgroupSupport.probe()
     report.add("cgroups", cg.memory and cg.pids, cg.describe(), required=False)
     lim = []
@@ -119,6 +130,9 @@ def check_isolation(settings: Settings | None = None, *, try_volume: bool = True
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     report.add("limits", True, "; ".join(lim) + f" (rlimits usable: AS {soft}/{hard})", required=False)
 
+
+def _check_volume(report: IsolationReport, try_volume: bool) -> None:
+    """Whether /mnt/data can be a loop volume of exactly the disk limit (one is made, when `try_volume`)."""
     loop_ok, why = loop_volumes_possible()
     if loop_ok and try_volume:
         with tempfile.TemporaryDirectory() as tmp:
@@ -135,43 +149,45 @@ def check_isolation(settings: Settings | None = None, *, try_volume: bool = True
         required=False,
     )  # fmt: skip
 
-    if bwrap is not None and env is not None and (setpriv is not None or not is_root):
-        args = [
-            bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-            "--new-session", "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-            "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-        ]  # fmt: skip
-        for top in ("bin", "lib", "lib64"):
-            host = Path("/") / top
-            if host.is_symlink():
-                args += ["--symlink", os.readlink(host), f"/{top}"]
-            elif host.is_dir():
-                args += ["--ro-bind", str(host), f"/{top}"]
-        if not str(env.base_prefix).startswith("/usr"):
-            args += ["--ro-bind", str(env.base_prefix), str(env.base_prefix)]
-        args += ["--ro-bind", str(env.root), "/opt/loom/env", "--", "/opt/loom/env/bin/python", "-I", "-c", _PROBE]
-        if is_root and setpriv is not None:
-            uid = str(settings.sandbox_uid_base)
-            args = [setpriv, "--reuid", uid, "--regid", uid, "--clear-groups", "--", *args]
-        try:
-            proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            report.add("namespaces", False, f"bwrap could not run: {e}")
-            return report
-        if proc.returncode != 0:
-            report.add(
-                "namespaces", False,
-                "bwrap could not make the sandbox (user namespaces not allowed?): " + proc.stderr.strip()[-400:],
-            )  # fmt: skip
-            return report
-        got = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
-        report.add("user namespace", got.get("uid") == str(SANDBOX_UID), f"uid inside {got.get('uid')}")
-        report.add("network", got.get("net") == "unreachable" and got.get("ifaces") == "lo",
-                   f"own namespace, interfaces: {got.get('ifaces')}, outside {got.get('net')}")  # fmt: skip
-        report.add("capabilities", got.get("caps") == "0000000000000000", f"effective {got.get('caps')}")
-        report.add("no_new_privs", got.get("nnp") == "1", f"NoNewPrivs {got.get('nnp')}")
-        report.add("read-only system", got.get("usr") == "read-only", f"/usr {got.get('usr')}")
-    return report
+
+def _probe_namespaces(report: IsolationReport, bwrap: str, env: SandboxEnv, setpriv: str | None, uid_base: int) -> None:
+    """Run the probe inside bwrap, with the sandbox's namespaces (and, through `setpriv` when given, a
+    uid of its own), and report what it saw from inside."""
+    args = [
+        bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+        "--new-session", "--cap-drop", "ALL", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+    ]  # fmt: skip
+    for top in ("bin", "lib", "lib64"):
+        host = Path("/") / top
+        if host.is_symlink():
+            args += ["--symlink", os.readlink(host), f"/{top}"]
+        elif host.is_dir():
+            args += ["--ro-bind", str(host), f"/{top}"]
+    if not str(env.base_prefix).startswith("/usr"):
+        args += ["--ro-bind", str(env.base_prefix), str(env.base_prefix)]
+    args += ["--ro-bind", str(env.root), "/opt/loom/env", "--", "/opt/loom/env/bin/python", "-I", "-c", _PROBE]
+    if setpriv is not None:
+        uid = str(uid_base)
+        args = [setpriv, "--reuid", uid, "--regid", uid, "--clear-groups", "--", *args]
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        report.add("namespaces", False, f"bwrap could not run: {e}")
+        return
+    if proc.returncode != 0:
+        report.add(
+            "namespaces", False,
+            "bwrap could not make the sandbox (user namespaces not allowed?): " + proc.stderr.strip()[-400:],
+        )  # fmt: skip
+        return
+    got = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    report.add("user namespace", got.get("uid") == str(SANDBOX_UID), f"uid inside {got.get('uid')}")
+    report.add("network", got.get("net") == "unreachable" and got.get("ifaces") == "lo",
+               f"own namespace, interfaces: {got.get('ifaces')}, outside {got.get('net')}")  # fmt: skip
+    report.add("capabilities", got.get("caps") == "0000000000000000", f"effective {got.get('caps')}")
+    report.add("no_new_privs", got.get("nnp") == "1", f"NoNewPrivs {got.get('nnp')}")
+    report.add("read-only system", got.get("usr") == "read-only", f"/usr {got.get('usr')}")
 
 
 def main() -> int:

@@ -9,14 +9,11 @@ is dropped as it arrives, and images past their count are not kept.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import os
-import re
 import signal
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,94 +24,19 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 from loom.sandbox.launcher import LaunchSpec
+from loom.sandbox.outputs import OutputCollector, collect_iopub
 from loom.sandbox.procs import REAP_CODE, ProcessScope
-from loom.sandbox.types import ImageOutput, LogOutput, SandboxLimits, SandboxUnavailable
+from loom.sandbox.types import SandboxLimits, SandboxUnavailable
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-MAX_IMAGE_BYTES = 8 * 1024 * 1024
 IOPUB_HWM = 64
 STDERR_TAIL = 16 * 1024
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 class KernelDied(Exception):
     def __init__(self, collected: OutputCollector) -> None:
         super().__init__("the kernel died")
         self.collected = collected
-
-
-class OutputCollector:
-    """Text and images of one execution, bounded: the head of the text, then (if it overflowed) its tail."""
-
-    def __init__(self, limits: SandboxLimits) -> None:
-        self.max_images = limits.max_images
-        self.head_budget = max(1, limits.max_output_bytes * 3 // 4)
-        self.tail_budget = max(1, limits.max_output_bytes - self.head_budget)
-        self.outputs: list[LogOutput | ImageOutput] = []
-        self.head_used = 0
-        self.tail: deque[str] = deque()
-        self.tail_len = 0
-        self.dropped = 0
-        self.images_dropped = 0
-        self.truncated = False
-
-    def _append_text(self, s: str) -> None:
-        if self.outputs and isinstance(self.outputs[-1], LogOutput):
-            self.outputs[-1] = LogOutput(self.outputs[-1].text + s)
-        else:
-            self.outputs.append(LogOutput(s))
-
-    def text(self, s: str) -> None:
-        if not s:
-            return
-        if not self.truncated:
-            n = len(s.encode("utf-8", "surrogatepass"))
-            if self.head_used + n <= self.head_budget:
-                self.head_used += n
-                self._append_text(s)
-                return
-            room = self.head_budget - self.head_used
-            head = s.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
-            self._append_text(head)
-            self.head_used = self.head_budget
-            self.truncated = True
-            s = s[len(head) :]
-        self.tail.append(s)
-        self.tail_len += len(s)
-        while self.tail_len > self.tail_budget and self.tail:
-            first = self.tail[0]
-            excess = self.tail_len - self.tail_budget
-            if len(first) <= excess:
-                self.tail.popleft()
-                self.tail_len -= len(first)
-                self.dropped += len(first)
-            else:
-                self.tail[0] = first[excess:]
-                self.tail_len -= excess
-                self.dropped += excess
-
-    def image(self, png: bytes) -> None:
-        if len([o for o in self.outputs if isinstance(o, ImageOutput)]) >= self.max_images:
-            self.images_dropped += 1
-            return
-        self.outputs.append(ImageOutput(png))
-
-    def finish(self, notice: str | None) -> list[LogOutput | ImageOutput]:
-        if self.truncated:
-            tail = "".join(self.tail)
-            # Start the tail on a line boundary when one is near.
-            cut = tail.find("\n")
-            if 0 <= cut < 200 and cut + 1 < len(tail):
-                self.dropped += cut + 1
-                tail = tail[cut + 1 :]
-            self._append_text(f"\n[... output truncated: {self.dropped} characters not shown ...]\n{tail}")
-        if self.images_dropped:
-            self._append_text(f"\n[{self.images_dropped} more image(s) not shown: limit {self.max_images}]\n")
-        if notice:
-            logs = "".join(o.text for o in self.outputs if isinstance(o, LogOutput))
-            self._append_text(("" if not logs or logs.endswith("\n") else "\n") + notice + "\n")
-        return self.outputs
 
 
 @dataclass
@@ -341,7 +263,6 @@ class KernelProcess:
         if self.shell is None or self.iopub is None or not self.alive:
             raise KernelDied(OutputCollector(self.limits))
         started = time.monotonic()
-        out = OutputCollector(self.limits)
         msg = self.session.msg(
             "execute_request",
             {
@@ -353,109 +274,112 @@ class KernelProcess:
                 "stop_on_error": True,
             },
         )
-        msg_id = msg["header"]["msg_id"]
+        exchange = _Exchange(msg["header"]["msg_id"], OutputCollector(self.limits), started, started + timeout_s)
         await self.shell.send_multipart(self.session.serialize(msg))
+        await self._follow(exchange, self.shell, self.iopub, watchdog)
+        return exchange.outcome(time.monotonic() - started)
+
+    async def _follow(
+        self,
+        ex: _Exchange,
+        shell: zmq.asyncio.Socket,
+        iopub: zmq.asyncio.Socket,
+        watchdog: Callable[[], Awaitable[str | None]] | None,
+    ) -> None:
+        """Read the kernel's answer to `ex` until it is whole, interrupting it on the deadline or the
+        watchdog's word, and giving up (stuck) when an interrupt is not obeyed within the grace period."""
         poller = zmq.asyncio.Poller()
-        poller.register(self.shell, zmq.POLLIN)
-        poller.register(self.iopub, zmq.POLLIN)
-        deadline = started + timeout_s
-        reply: dict[str, Any] | None = None
-        idle = False
-        interrupted_at: float | None = None
-        reply_at: float | None = None
-        error: tuple[str, str] | None = None
-        stop_reason: str | None = None
-        last_watch = started
-        stuck = False
+        poller.register(shell, zmq.POLLIN)
+        poller.register(iopub, zmq.POLLIN)
         while True:
             now = time.monotonic()
-            if reply is not None and (idle or (reply_at is not None and now - reply_at > 0.5)):
-                break
+            if ex.answered(now):
+                return
             if self.proc is None or self.proc.returncode is not None:
-                raise KernelDied(out)
-            if interrupted_at is None and now >= deadline:
-                interrupted_at, stop_reason = now, "timeout"
+                raise KernelDied(ex.out)
+            if ex.interrupted_at is None and now >= ex.deadline:
+                ex.interrupted_at, ex.stop_reason = now, "timeout"
                 await self.interrupt()
-            if interrupted_at is not None and now - interrupted_at > self.limits.interrupt_grace_s:
-                stuck = True
-                break
-            if watchdog is not None and interrupted_at is None and now - last_watch > 0.25:
-                last_watch = now
+            if ex.interrupted_at is not None and now - ex.interrupted_at > self.limits.interrupt_grace_s:
+                ex.stuck = True
+                return
+            if watchdog is not None and ex.interrupted_at is None and now - ex.last_watch > 0.25:
+                ex.last_watch = now
                 reason = await watchdog()
                 if reason:
-                    interrupted_at, stop_reason = now, reason
+                    ex.interrupted_at, ex.stop_reason = now, reason
                     await self.interrupt()
-            wait = 0.1 if interrupted_at is not None else min(0.1, max(0.0, deadline - now))
+            wait = 0.1 if ex.interrupted_at is not None else min(0.1, max(0.0, ex.deadline - now))
             events = dict(await poller.poll(int(wait * 1000) + 1))
-            if self.iopub in events:
-                for _ in range(1000):
-                    try:
-                        frames = await self.iopub.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    m = self._recv(frames)
-                    if m is None or m.get("parent_header", {}).get("msg_id") != msg_id:
-                        continue
-                    if m.get("msg_type") == "error":
-                        c = m.get("content") or {}
-                        error = (str(c.get("ename", "")), str(c.get("evalue", "")))
-                    if self._on_iopub(m, out):
-                        idle = True
-            if self.shell in events:
-                for _ in range(100):
-                    try:
-                        frames = await self.shell.recv_multipart(flags=zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    m = self._recv(frames)
-                    if m is not None and m.get("parent_header", {}).get("msg_id") == msg_id:
-                        reply = m
-                        reply_at = time.monotonic()
-        if stuck:
+            # (The sockets as they are now: a kill meanwhile has closed them and let go of them.)
+            if self.iopub is not None and self.iopub in events:
+                await self._drain_iopub(ex, self.iopub)
+            if self.shell is not None and self.shell in events:
+                await self._drain_shell(ex, self.shell)
+
+    async def _drain_iopub(self, ex: _Exchange, iopub: zmq.asyncio.Socket) -> None:
+        """The outputs waiting on iopub (a bounded number per round), those of `ex`'s request kept."""
+        for _ in range(1000):
+            try:
+                frames = await iopub.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            m = self._recv(frames)
+            if m is None or m.get("parent_header", {}).get("msg_id") != ex.msg_id:
+                continue
+            if m.get("msg_type") == "error":
+                c = m.get("content") or {}
+                ex.error = (str(c.get("ename", "")), str(c.get("evalue", "")))
+            if collect_iopub(m, ex.out):
+                ex.idle = True
+
+    async def _drain_shell(self, ex: _Exchange, shell: zmq.asyncio.Socket) -> None:
+        """The replies waiting on the shell socket; the one to `ex`'s request is kept."""
+        for _ in range(100):
+            try:
+                frames = await shell.recv_multipart(flags=zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                break
+            m = self._recv(frames)
+            if m is not None and m.get("parent_header", {}).get("msg_id") == ex.msg_id:
+                ex.reply = m
+                ex.reply_at = time.monotonic()
+
+
+@dataclass
+class _Exchange:
+    """One execute request as it is followed: what came back so far, and whether it was stopped."""
+
+    msg_id: str
+    out: OutputCollector
+    last_watch: float  # when the watchdog was last asked (the start, at first)
+    deadline: float
+    reply: dict[str, Any] | None = None
+    reply_at: float | None = None
+    idle: bool = False  # iopub's "idle" for the request came
+    error: tuple[str, str] | None = None
+    interrupted_at: float | None = None
+    stop_reason: str | None = None
+    stuck: bool = False
+
+    def answered(self, now: float) -> bool:
+        """The reply came, and its outputs did too ("idle"), or have had half a second to."""
+        return self.reply is not None and (self.idle or (self.reply_at is not None and now - self.reply_at > 0.5))
+
+    def outcome(self, duration_s: float) -> RawExecution:
+        error = self.error
+        if self.stuck:
             status = "stuck"
-        elif interrupted_at is not None:
+        elif self.interrupted_at is not None:
             status = "interrupted"
-        elif reply is not None and (reply.get("content") or {}).get("status") == "error":
+        elif self.reply is not None and (self.reply.get("content") or {}).get("status") == "error":
             status = "error"
             if error is None:
-                c = reply.get("content") or {}
+                c = self.reply.get("content") or {}
                 error = (str(c.get("ename", "")), str(c.get("evalue", "")))
         else:
             status = "ok"
-        return RawExecution(status, out, error, stop_reason, time.monotonic() - started, idle)
-
-    def _on_iopub(self, m: dict[str, Any], out: OutputCollector) -> bool:
-        """Collect one iopub message; True when it is the kernel's "idle" for our request."""
-        kind = m.get("msg_type")
-        content = m.get("content") or {}
-        if kind == "status":
-            return content.get("execution_state") == "idle"
-        if kind == "stream":
-            text = content.get("text")
-            if isinstance(text, str):
-                out.text(text)
-        elif kind == "error":
-            tb = content.get("traceback")
-            if isinstance(tb, list) and tb:
-                text = "\n".join(str(line).rstrip("\n") for line in tb)
-            else:
-                text = f"{content.get('ename', 'Error')}: {content.get('evalue', '')}"
-            out.text(_ANSI.sub("", text) + "\n")
-        elif kind in ("execute_result", "display_data", "update_display_data"):
-            data = content.get("data") or {}
-            png = data.get("image/png") if isinstance(data, dict) else None
-            if isinstance(png, str) and len(png) <= MAX_IMAGE_BYTES * 4 // 3 + 4:
-                try:
-                    raw = base64.b64decode(png)
-                except ValueError:
-                    raw = b""
-                if raw.startswith(PNG_MAGIC):
-                    out.image(raw)
-                    return False
-            text = data.get("text/plain") if isinstance(data, dict) else None
-            if isinstance(text, str):
-                out.text(_ANSI.sub("", text) + "\n")
-        return False
+        return RawExecution(status, self.out, error, self.stop_reason, duration_s, self.idle)
 
 
 def _rmtree(path: Path) -> None:

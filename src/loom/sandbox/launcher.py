@@ -186,36 +186,8 @@ class Launcher:
         name = f"k-{self.instance}-{self._counter}-{secrets.token_hex(3)}"
         runtime = self.runtime_root / name
         runtime.mkdir(mode=0o700)
-        sock_base = "k"
-        key = secrets.token_hex(32)
-        inner_conn: dict[str, Any] = {
-            "transport": "ipc",
-            "ip": f"{RUN_IN_SANDBOX}/{sock_base}" if not self.unsafe_local else str(runtime / sock_base),
-            "key": key,
-            "signature_scheme": "hmac-sha256",
-            "kernel_name": "loom-sandbox",
-            **PORTS,
-        }
-        host_conn = {**inner_conn, "ip": str(runtime / sock_base)}
-        (runtime / "kernel.json").write_text(json.dumps(inner_conn))
+        host_conn = self._write_configs(runtime, volume)
         threads = max(1, min(4, os.cpu_count() or 1, math.ceil(self.limits.cpus) if self.limits.cpus > 0 else 4))
-        budget = self.limits.max_output_bytes * 2 + 4096
-        mpl_cache = f"{ENV_IN_SANDBOX}/{MPL_CACHE_IN_ENV}"
-        boot_conf: dict[str, Any] = {
-            "connection_file": f"{RUN_IN_SANDBOX}/kernel.json",
-            "rlimits": self._rlimits(),
-            "output_budget": budget,
-            "mpl_cache": mpl_cache,
-        }
-        if self.unsafe_local:
-            boot_conf.update(
-                connection_file=str(runtime / "kernel.json"),
-                mpl_cache=str(self.env.root / MPL_CACHE_IN_ENV),
-                cwd=str(volume.path),
-                # Orphans of the code come back to the kernel, so they stay in its process tree.
-                subreaper=True,
-            )
-        (runtime / "boot.json").write_text(json.dumps(boot_conf))
         env = self._sandbox_env(threads)
         if self.unsafe_local:
             env.update(
@@ -228,6 +200,58 @@ class Launcher:
             argv = [str(self.env.python), "-I", "-B", str(self.runtime_root / "boot.py"), str(runtime / "boot.json")]
             return LaunchSpec(argv, env, [], runtime, host_conn, None, False, False, name)
 
+        uid, gid = self._write_etc(runtime, volume)
+        cgroup = self.cgroups.create(
+            name, memory_bytes=self.limits.memory_bytes, max_pids=self.limits.max_processes, cpus=self.limits.cpus
+        )
+        fds: list[int] = []
+        try:
+            args = self._bwrap_args(runtime, volume, fds)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            if cgroup is not None:
+                cgroup.remove()
+            raise
+        argv = self._wrapped(args, uid, gid, cgroup)
+        spec = LaunchSpec(argv, env, list(fds), runtime, host_conn, cgroup, True, self.switches_uid, name)
+        spec._fds = fds
+        return spec
+
+    def _write_configs(self, runtime: Path, volume: DataVolume) -> dict[str, Any]:
+        """The kernel's connection file and boot.py's settings, in its runtime folder; returns the
+        connection as the host reaches it."""
+        sock_base = "k"
+        inner_conn: dict[str, Any] = {
+            "transport": "ipc",
+            "ip": f"{RUN_IN_SANDBOX}/{sock_base}" if not self.unsafe_local else str(runtime / sock_base),
+            "key": secrets.token_hex(32),
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "loom-sandbox",
+            **PORTS,
+        }
+        host_conn = {**inner_conn, "ip": str(runtime / sock_base)}
+        (runtime / "kernel.json").write_text(json.dumps(inner_conn))
+        boot_conf: dict[str, Any] = {
+            "connection_file": f"{RUN_IN_SANDBOX}/kernel.json",
+            "rlimits": self._rlimits(),
+            "output_budget": self.limits.max_output_bytes * 2 + 4096,
+            "mpl_cache": f"{ENV_IN_SANDBOX}/{MPL_CACHE_IN_ENV}",
+        }
+        if self.unsafe_local:
+            boot_conf.update(
+                connection_file=str(runtime / "kernel.json"),
+                mpl_cache=str(self.env.root / MPL_CACHE_IN_ENV),
+                cwd=str(volume.path),
+                # Orphans of the code come back to the kernel, so they stay in its process tree.
+                subreaper=True,
+            )
+        (runtime / "boot.json").write_text(json.dumps(boot_conf))
+        return host_conn
+
+    def _write_etc(self, runtime: Path, volume: DataVolume) -> tuple[int, int]:
+        """The sandbox's /etc files, and the runtime folder handed to the session's uid; returns the
+        uid and gid the kernel runs as on the host."""
         for fname, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS)):
             (runtime / fname).write_text(text)
         uid = volume.uid if self.switches_uid else os.getuid()
@@ -236,11 +260,10 @@ class Launcher:
             os.chown(runtime, uid, gid)
             for fname in ("kernel.json", "boot.json", "passwd", "group", "hosts"):
                 os.chmod(runtime / fname, 0o644)
+        return uid, gid
 
-        cgroup = self.cgroups.create(
-            name, memory_bytes=self.limits.memory_bytes, max_pids=self.limits.max_processes, cpus=self.limits.cpus
-        )
-        fds: list[int] = []
+    def _bwrap_args(self, runtime: Path, volume: DataVolume, fds: list[int]) -> list[str]:
+        """bwrap's command line; each host path is opened (O_PATH) into `fds` and handed over by number."""
 
         def fd_of(path: Path | str) -> int:
             flags = os.O_PATH | os.O_CLOEXEC
@@ -248,54 +271,51 @@ class Launcher:
             fds.append(fd)
             return fd
 
-        try:
-            args: list[str] = [
-                self.bwrap or "bwrap",
-                "--unshare-all", "--unshare-user", "--disable-userns",
-                "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-                "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
-                "--hostname", "sandbox",
-                "--ro-bind-fd", str(fd_of("/usr")), "/usr",
-            ]  # fmt: skip
-            for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-                host = Path("/") / top
-                if host.is_symlink():
-                    args += ["--symlink", os.readlink(host), f"/{top}"]
-                elif host.is_dir():
-                    args += ["--ro-bind-fd", str(fd_of(host)), f"/{top}"]
-            base = self.env.base_prefix
-            if base != Path("/usr") and not str(base).startswith("/usr/"):
-                args += ["--ro-bind-fd", str(fd_of(base)), str(base)]
-            args += [
-                "--proc", "/proc",
-                "--dev", "/dev",
-                "--size", str(self.limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp",
-                "--dir", "/etc",
-                "--ro-bind-fd", str(fd_of(runtime / "passwd")), "/etc/passwd",
-                "--ro-bind-fd", str(fd_of(runtime / "group")), "/etc/group",
-                "--ro-bind-fd", str(fd_of(runtime / "hosts")), "/etc/hosts",
-            ]  # fmt: skip
-            for etc in ("ld.so.cache", "localtime"):
-                host = Path("/etc") / etc
-                if host.exists():
-                    args += ["--ro-bind-fd", str(fd_of(host.resolve())), f"/etc/{etc}"]
-            args += [
-                "--ro-bind-fd", str(fd_of(self.env.root)), ENV_IN_SANDBOX,
-                "--ro-bind-fd", str(fd_of(self.runtime_root / "boot.py")), BOOT_IN_SANDBOX,
-                "--bind-fd", str(fd_of(runtime)), RUN_IN_SANDBOX,
-                "--bind-fd", str(fd_of(volume.path)), DATA_DIR,
-                "--chdir", DATA_DIR,
-                "--remount-ro", "/",
-                "--",
-                f"{ENV_IN_SANDBOX}/bin/python", "-I", "-B", BOOT_IN_SANDBOX, f"{RUN_IN_SANDBOX}/boot.json",
-            ]  # fmt: skip
-        except BaseException:
-            for fd in fds:
-                os.close(fd)
-            if cgroup is not None:
-                cgroup.remove()
-            raise
+        args: list[str] = [
+            self.bwrap or "bwrap",
+            "--unshare-all", "--unshare-user", "--disable-userns",
+            "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_GID),
+            "--hostname", "sandbox",
+            "--ro-bind-fd", str(fd_of("/usr")), "/usr",
+        ]  # fmt: skip
+        for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+            host = Path("/") / top
+            if host.is_symlink():
+                args += ["--symlink", os.readlink(host), f"/{top}"]
+            elif host.is_dir():
+                args += ["--ro-bind-fd", str(fd_of(host)), f"/{top}"]
+        base = self.env.base_prefix
+        if base != Path("/usr") and not str(base).startswith("/usr/"):
+            args += ["--ro-bind-fd", str(fd_of(base)), str(base)]
+        args += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--size", str(self.limits.tmp_bytes), "--perms", "1777", "--tmpfs", "/tmp",
+            "--dir", "/etc",
+            "--ro-bind-fd", str(fd_of(runtime / "passwd")), "/etc/passwd",
+            "--ro-bind-fd", str(fd_of(runtime / "group")), "/etc/group",
+            "--ro-bind-fd", str(fd_of(runtime / "hosts")), "/etc/hosts",
+        ]  # fmt: skip
+        for etc in ("ld.so.cache", "localtime"):
+            host = Path("/etc") / etc
+            if host.exists():
+                args += ["--ro-bind-fd", str(fd_of(host.resolve())), f"/etc/{etc}"]
+        args += [
+            "--ro-bind-fd", str(fd_of(self.env.root)), ENV_IN_SANDBOX,
+            "--ro-bind-fd", str(fd_of(self.runtime_root / "boot.py")), BOOT_IN_SANDBOX,
+            "--bind-fd", str(fd_of(runtime)), RUN_IN_SANDBOX,
+            "--bind-fd", str(fd_of(volume.path)), DATA_DIR,
+            "--chdir", DATA_DIR,
+            "--remount-ro", "/",
+            "--",
+            f"{ENV_IN_SANDBOX}/bin/python", "-I", "-B", BOOT_IN_SANDBOX, f"{RUN_IN_SANDBOX}/boot.json",
+        ]  # fmt: skip
+        return args
 
+    def _wrapped(self, args: list[str], uid: int, gid: int, cgroup: KernelCgroup | None) -> list[str]:
+        """bwrap's command line run as the session's uid (setpriv), dying with the server, from a shell
+        that first joins the kernel's cgroups (root's part: nothing of the sandbox runs before)."""
         inner = args
         pdeath = ["--pdeathsig", "KILL"]
         if self.setpriv is not None:
@@ -303,7 +323,4 @@ class Launcher:
             inner = [self.setpriv, *ids, *pdeath, "--", *args]
         procs = [str(p) for p in cgroup.procs_files] if cgroup is not None else []
         script = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 121; shift; n=$((n-1)); done; exec "$@"'
-        argv = [self.sh, "-c", script, "sh", str(len(procs)), *procs, *inner]
-        spec = LaunchSpec(argv, env, list(fds), runtime, host_conn, cgroup, True, self.switches_uid, name)
-        spec._fds = fds
-        return spec
+        return [self.sh, "-c", script, "sh", str(len(procs)), *procs, *inner]

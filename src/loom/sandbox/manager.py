@@ -5,39 +5,31 @@ kernels already started, each with an empty volume of its own, so a new key's fi
 start-up. A session idle for `sandbox_idle_timeout_s` is closed; so is one whose key is closed
 (thread deletion). At most `sandbox_max_sessions` live at once: past that the least recently used idle
 session is closed to make room (a busy one never is).
+
+The parts: `SandboxHost` (host.py) prepares this server's folders and uid block and cleans what dead
+servers left; `KernelPool` (pool.py) makes and unmakes kernels with their volumes; `BwrapSession`
+(session.py) is one key's session. This module ties them together and owns the sessions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
-import os
 import secrets
-import shutil
-import subprocess
-import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import zmq.asyncio
 
-import loom.sandbox.boot as boot_module
 from loom.config import Settings
 from loom.sandbox.cgroups import CgroupSupport
-from loom.sandbox.kernel import KernelDied, KernelProcess, RawExecution
+from loom.sandbox.host import UID_BLOCK, SandboxHost
 from loom.sandbox.launcher import Launcher, SandboxEnv
-from loom.sandbox.types import (
-    DATA_DIR,
-    ExecutionResult,
-    SandboxFile,
-    SandboxLimits,
-    SandboxUnavailable,
-    default_sandbox_dir,
-)
-from loom.sandbox.volumes import DataVolume, loop_volumes_possible, unmount_all_under
+from loom.sandbox.pool import KernelPool
+from loom.sandbox.session import BwrapSession
+from loom.sandbox.types import ExecutionResult, SandboxLimits, SandboxUnavailable, default_sandbox_dir
 from loom.supervisor import Supervisor
 
 log = logging.getLogger("loom.sandbox")
@@ -46,216 +38,6 @@ UNSAFE_BANNER = (
     "LOOM_SANDBOX=unsafe-local: code-interpreter code runs WITHOUT ANY ISOLATION, as this server's user, "
     "with its files and network. For development only."
 )
-
-
-# Each manager hands out uids from a block of its own: `sandbox_uid_base + block * UID_BLOCK + slot`. The
-# block comes from the manager's random instance id, over up to UID_BLOCKS blocks (uids stay under 2**31),
-# never one that a live instance whose marker this one can see (same data dir or /tmp) holds: two servers
-# on one host, each in a pid namespace of its own, never share a uid (whose code could signal or read the
-# other's sandboxes).
-UID_BLOCK = 1024
-UID_BLOCKS = 1 << 20
-_UID_LIMIT = 2**31 - 1
-
-
-def _fmt_bytes(n: int) -> str:
-    return f"{n / (1024 * 1024):.0f} MB"
-
-
-class _Slot:
-    """A started kernel and its volume, not yet given to a key (the pool), or a session's."""
-
-    def __init__(self, kernel: KernelProcess, volume: DataVolume, uid_slot: int) -> None:
-        self.kernel = kernel
-        self.volume = volume
-        self.uid_slot = uid_slot
-
-
-class BwrapSession:
-    """One key's session. Implements the `Sandbox` protocol."""
-
-    def __init__(self, manager: SandboxManager, key: str, slot: _Slot) -> None:
-        self._manager = manager
-        self._key = key
-        self._slot = slot
-        self._lock = asyncio.Lock()
-        self._closed = False
-        self._restart_task: asyncio.Task[KernelProcess] | None = None
-        self._restart_note: str | None = None
-        self.last_used = time.monotonic()
-        self.busy = False
-
-    @property
-    def key(self) -> str:
-        return self._key
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def kernel(self) -> KernelProcess:
-        return self._slot.kernel
-
-    @property
-    def volume(self) -> DataVolume:
-        return self._slot.volume
-
-    def _touch(self) -> None:
-        self.last_used = time.monotonic()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise SandboxUnavailable(f"The sandbox session {self._key!r} is closed.", code="sandbox_closed")
-
-    # ------------------------------------------------------------------------------------- execution
-
-    def _begin_restart(self, why: str | None) -> None:
-        """Restart the kernel in the background; `why` is told on the next execution (None: already told)."""
-        if self._closed:
-            return
-        old = self._slot.kernel
-        self._restart_note = why
-        self._restart_task = asyncio.create_task(self._manager._restart_kernel(old, self._slot.volume))
-
-    async def _ready_kernel(self) -> tuple[KernelProcess, str | None]:
-        """The session's kernel, restarted first if it died since the last execution."""
-        note = None
-        if self._restart_task is None and not self._slot.kernel.alive:
-            self._begin_restart("The kernel had stopped since the last execution")
-        if self._restart_task is not None:
-            task, self._restart_task = self._restart_task, None
-            note, self._restart_note = self._restart_note, None
-            self._slot.kernel = await task
-        return self._slot.kernel, note
-
-    async def execute(self, code: str, *, timeout_s: float | None = None) -> ExecutionResult:
-        self._check_open()
-        limits = self._manager.limits
-        timeout = limits.timeout_s if timeout_s is None else timeout_s
-        async with self._lock:
-            self._check_open()
-            self.busy = True
-            self._touch()
-            try:
-                kernel, note = await self._ready_kernel()
-                if note:
-                    note = f"[{note}; it was restarted and earlier variables are gone.]"
-                watchdog = self._disk_watchdog() if self._slot.volume.kind == "dir" else None
-                try:
-                    raw = await kernel.execute(code, timeout_s=timeout, watchdog=watchdog)
-                except KernelDied as died:
-                    if self._closed:
-                        notice = "[The sandbox session was closed during this execution.]"
-                        return ExecutionResult(status="crashed", outputs=died.collected.finish(notice), notice=notice)
-                    return self._crashed(kernel, died, note)
-                if raw.status != "stuck":  # (a stuck kernel is restarted, and its processes with it)
-                    # What the code left running is ended here, from the host: all of it when the
-                    # execution was stopped, or when more are left than a pool of workers would need;
-                    # else what left the kernel's process group (background processes).
-                    await kernel.end_strays(force=raw.status == "interrupted")
-                return self._result(raw, timeout, note)
-            finally:
-                self.busy = False
-                self._touch()
-
-    def _disk_watchdog(self) -> Callable[[], Awaitable[str | None]]:
-        volume = self._slot.volume
-
-        async def check() -> str | None:
-            used = await asyncio.to_thread(volume.usage)
-            if used > volume.disk_bytes:
-                return f"{DATA_DIR} is over its limit ({_fmt_bytes(used)} used of {_fmt_bytes(volume.disk_bytes)})"
-            return None
-
-        return check
-
-    def _crashed(self, kernel: KernelProcess, died: KernelDied, note: str | None) -> ExecutionResult:
-        limits = self._manager.limits
-        if kernel.died_of_oom():
-            why = f"The kernel ran out of memory (limit {_fmt_bytes(limits.memory_bytes)}) and was killed"
-        else:
-            why = "The kernel died during this execution"
-        self._begin_restart(None)
-        notice = f"[{why}; it is being restarted, and variables from earlier executions are gone.]"
-        if note:
-            notice = note + "\n" + notice
-        outputs = died.collected.finish(notice)
-        return ExecutionResult(
-            status="crashed",
-            outputs=outputs,
-            kernel_restarted=True,
-            truncated=died.collected.truncated,
-            notice=notice,
-            sandboxed=kernel.spec.sandboxed,
-        )
-
-    def _result(self, raw: RawExecution, timeout: float, note: str | None) -> ExecutionResult:
-        notices = [note] if note else []
-        restarted = False
-        if raw.status in ("interrupted", "stuck"):
-            if raw.stop_reason == "timeout":
-                what = f"Execution timed out after {timeout:g} s"
-            else:
-                what = f"Execution stopped: {raw.stop_reason}"
-            if raw.status == "stuck":
-                restarted = True
-                self._begin_restart(None)
-                notices.append(
-                    f"[{what}. The kernel did not respond to the interrupt, so it was restarted: "
-                    "variables from earlier executions are gone.]"
-                )
-            else:
-                notices.append(f"[{what} and was interrupted; the kernel and its variables are kept.]")
-        notice = "\n".join(notices) or None
-        outputs = raw.collected.finish(notice)
-        status = "timeout" if raw.status in ("interrupted", "stuck") else raw.status
-        error_name, error_value = raw.error if raw.error and status == "error" else (None, None)
-        return ExecutionResult(
-            status=status,  # type: ignore[arg-type]
-            outputs=outputs,
-            error_name=error_name,
-            error_value=error_value,
-            timed_out=raw.stop_reason == "timeout",
-            kernel_restarted=restarted or note is not None,
-            truncated=raw.collected.truncated,
-            duration_s=raw.duration_s,
-            notice=notice,
-            sandboxed=self._slot.kernel.spec.sandboxed,
-        )
-
-    # ----------------------------------------------------------------------------------------- files
-
-    async def put_file(self, name: str, data: bytes) -> str:
-        self._check_open()
-        self._touch()
-        return await asyncio.to_thread(self._slot.volume.put, name, data)
-
-    async def read_file(self, path: str) -> bytes:
-        self._check_open()
-        self._touch()
-        return await asyncio.to_thread(self._slot.volume.read, path, self._manager.limits.max_read_bytes)
-
-    async def list_files(self) -> list[SandboxFile]:
-        self._check_open()
-        self._touch()
-        return await asyncio.to_thread(self._slot.volume.list)
-
-    async def export_file(self, path: str, dest: Path, max_bytes: int) -> int:
-        self._check_open()
-        self._touch()
-        return await asyncio.to_thread(self._slot.volume.export, path, dest, max_bytes)
-
-    async def close(self) -> None:
-        await self._manager.close_session(self._key)
-
-    async def _shutdown(self) -> None:
-        self._closed = True
-        if self._restart_task is not None:
-            task, self._restart_task = self._restart_task, None
-            with contextlib.suppress(BaseException):
-                self._slot.kernel = await task
-        await self._manager._discard(self._slot)
 
 
 class SandboxManager:
@@ -273,35 +55,38 @@ class SandboxManager:
         self.max_sessions = max(1, settings.sandbox_max_sessions)
         self.idle_timeout_s = settings.sandbox_idle_timeout_s
         self._sessions: dict[str, BwrapSession] = {}
-        self._pool: list[_Slot] = []
-        self._pool_waiters = 0
-        self._filling: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()
-        self._free_uid_slots: list[int] = []
         self._ctx: zmq.asyncio.Context | None = None
-        self._launcher: Launcher | None = None
-        self._cgroups = CgroupSupport()
-        self._loop_volumes = False
+        self._pool: KernelPool | None = None
         self._reaper: asyncio.Task[None] | None = None
-        self._runtime_root: Path | None = None
         self._started = False
         self._closing = False
-        self._pool_changed = asyncio.Event()
-        self._volume_counter = 0
-        self._uid_block = 0
         # Names this manager's cgroups, volumes and runtime folder: several servers may share the cgroup
         # tree, /tmp or a data dir (containers on one host), each in a pid namespace of its own.
         self.instance = secrets.token_hex(6)
+        self.host = SandboxHost(
+            self.root, self.instance, uid_base=settings.sandbox_uid_base, unsafe_local=self.unsafe_local
+        )
 
     # ------------------------------------------------------------------------------------- lifecycle
 
     @property
     def cgroups(self) -> CgroupSupport:
-        return self._cgroups
+        return self.host.cgroups
 
     @property
     def volume_kind(self) -> str:
-        return "loop" if self._loop_volumes else "dir"
+        return "loop" if self.host.loop_volumes else "dir"
+
+    @property
+    def runtime_root(self) -> Path | None:
+        """This instance's runtime folder (kernels' sockets, mount points, the boot script) once started."""
+        return self.host.runtime_root
+
+    @property
+    def pool(self) -> KernelPool | None:
+        """The kernel pool, once started."""
+        return self._pool
 
     async def start(self) -> None:
         """Check the setup, prepare the host and start the first pooled kernel; SandboxUnavailable if impossible."""
@@ -317,12 +102,12 @@ class SandboxManager:
         env = SandboxEnv.locate(self.settings.sandbox_env)
         if self.unsafe_local:
             log.warning(UNSAFE_BANNER)
-        env = await asyncio.to_thread(self._prepare_host, env)
-        self._launcher = Launcher(
+        env = await asyncio.to_thread(self.host.prepare, env)
+        launcher = Launcher(
             env=env,
-            runtime_root=self._runtime_root or self.root,
+            runtime_root=self.host.runtime_root or self.root,
             limits=self.limits,
-            cgroups=self._cgroups,
+            cgroups=self.host.cgroups,
             unsafe_local=self.unsafe_local,
             instance=self.instance,
         )
@@ -330,125 +115,37 @@ class SandboxManager:
         slots = self.max_sessions + self.pool_size + 2
         if slots > UID_BLOCK:
             raise SandboxUnavailable(f"sandbox_max_sessions + sandbox_pool_size must stay under {UID_BLOCK - 2}.")
-        self._free_uid_slots = list(range(slots))
+        self._pool = KernelPool(
+            host=self.host,
+            launcher=launcher,
+            context=self._ctx,
+            limits=self.limits,
+            size=self.pool_size,
+            uid_slots=slots,
+            room=lambda: self.max_sessions + self.pool_size - len(self._sessions),
+        )
         self._started = True
         # The first kernel is started now, so that a broken setup fails here and not on first use.
-        first = await self._new_slot()
-        self._pool.append(first)
-        self._refill()
+        await self._pool.prime()
         self._reaper = self._supervisor.start("loom-sandbox-reaper", self._reap_idle)
-
-    def _prepare_host(self, env: SandboxEnv) -> SandboxEnv:
-        """Make this process's folders and clean what dead ones left; returns the env as bwrap reaches it."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "volumes").mkdir(exist_ok=True)
-        (self.root / "instances").mkdir(exist_ok=True)
-        parent = _runtime_parent()
-        dead = self._cleanup_stale(parent)
-        # Chosen before this instance's marker is written, and recorded in it, for those starting later.
-        blocks = max(1, min(UID_BLOCKS, (_UID_LIMIT - self.settings.sandbox_uid_base) // UID_BLOCK))
-        self._uid_block = pick_uid_block(self.instance, self._held_uid_blocks(parent, dead), blocks)
-        # The runtime root holds what bwrap (running as the sandbox's uid) binds in: kernels' socket
-        # folders, the sessions' /mnt/data folders or mount points, and the boot script. Short paths:
-        # sun_path is limited to 108 bytes. Searchable (not readable) by other users.
-        runtime = parent / f"loom-sbx-{os.getpid()}-{self.instance}"
-        runtime.mkdir(mode=0o700)
-        self._runtime_root = runtime
-        owner = json.dumps({"instance": self.instance, "uid_block": self._uid_block, **_owner()})
-        (runtime / OWNER_FILE).write_text(owner)
-        (self.root / "instances" / f"{self.instance}.json").write_text(owner)
-        (runtime / "v").mkdir()
-        shutil.copyfile(boot_module.__file__, runtime / "boot.py")
-        os.chmod(runtime / "boot.py", 0o644)
-        if self.unsafe_local:
-            return env
-        self._cgroups = CgroupSupport.probe()
-        self._loop_volumes = loop_volumes_possible()[0]
-        if self._cgroups.version is not None and dead:
-            self._cgroups.cleanup_stale(lambda name: _instance_of(name) in dead)
-        for instance in dead:
-            (self.root / "instances" / f"{instance}.json").unlink(missing_ok=True)
-        if os.geteuid() != 0:
-            return env
-        for d in (runtime, runtime / "v"):
-            os.chmod(d, 0o711)
-        if _untraversable(env.base_prefix) is not None:
-            raise SandboxUnavailable(
-                f"The sandbox's Python ({env.base_prefix}) is in a folder other users cannot enter: make "
-                "the sandbox environment from a system Python (`python -m loom.sandbox.setup --python "
-                "/usr/bin/python3 --force`)."
-            )
-        if _untraversable(env.root) is not None:
-            # Reachable through a read-only bind mount of our own instead.
-            target = runtime / "env"
-            target.mkdir()
-            try:
-                subprocess.run(["mount", "--bind", str(env.root), str(target)], check=True, capture_output=True)
-                subprocess.run(["mount", "-o", "remount,bind,ro", str(target)], check=True, capture_output=True)
-            except (OSError, subprocess.CalledProcessError) as e:
-                raise SandboxUnavailable(
-                    f"The sandbox environment {env.root} is in a folder other users cannot enter, and it "
-                    f"could not be bind-mounted elsewhere ({e}): set LOOM_SANDBOX_ENV to a searchable place."
-                ) from e
-            return SandboxEnv(target, env.base_prefix)
-        return env
-
-    def _markers(self, runtime_parent: Path) -> dict[str, tuple[dict[str, object], Path | None]]:
-        """The instance markers this server can see (its data dir's, and the runtime folders in /tmp)."""
-        owners: dict[str, tuple[dict[str, object], Path | None]] = {}
-        for marker in (self.root / "instances").glob("*.json"):
-            record = _read_owner(marker)
-            if record is not None:
-                owners[str(record["instance"])] = (record, None)
-        for run_dir in runtime_parent.glob("loom-sbx-*-*"):
-            record = _read_owner(run_dir / OWNER_FILE)
-            if record is not None and run_dir.name.endswith("-" + str(record["instance"])):
-                owners[str(record["instance"])] = (record, run_dir)
-        return owners
-
-    def _held_uid_blocks(self, runtime_parent: Path, dead: set[str]) -> set[int]:
-        """The uid blocks of the other instances not proved dead (those of another pid namespace included)."""
-        held = set()
-        for instance, (record, _) in self._markers(runtime_parent).items():
-            block = record.get("uid_block")
-            if instance != self.instance and instance not in dead and isinstance(block, int):
-                held.add(block)
-        return held
-
-    def _cleanup_stale(self, runtime_parent: Path) -> set[str]:
-        """Remove the runtime folders and volumes of instances proved dead (`_provably_dead`); returns
-        those instances. What another server made, or what cannot be proved dead, is never touched."""
-        owners = self._markers(runtime_parent)
-        dead = {instance for instance, (record, _) in owners.items() if _provably_dead(record)}
-        for instance in dead:
-            folder = owners[instance][1]
-            if folder is not None and unmount_all_under(folder):
-                shutil.rmtree(folder, ignore_errors=True)
-        for vol_dir in (self.root / "volumes").iterdir():
-            if _instance_of(vol_dir.name) in dead:
-                shutil.rmtree(vol_dir, ignore_errors=True)
-        return dead
 
     async def aclose(self) -> None:
         self._closing = True
+        pool = self._pool
+        if pool is not None:
+            pool.close()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(BaseException):
                 await self._reaper
-        for task in list(self._filling):
-            task.cancel()
-        for task in list(self._filling):
-            with contextlib.suppress(BaseException):
-                await task
+        if pool is not None:
+            await pool.cancel_fills()
         sessions, self._sessions = list(self._sessions.values()), {}
         for s in sessions:
-            await s._shutdown()
-        pool, self._pool = self._pool, []
-        for slot in pool:
-            await self._discard(slot)
-        if self._runtime_root is not None and await asyncio.to_thread(unmount_all_under, self._runtime_root):
-            shutil.rmtree(self._runtime_root, ignore_errors=True)
-            (self.root / "instances" / f"{self.instance}.json").unlink(missing_ok=True)
+            await s.shutdown()
+        if pool is not None:
+            await pool.discard_ready()
+        await self.host.release()
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
@@ -461,124 +158,26 @@ class SandboxManager:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    # ------------------------------------------------------------------------------------------ pool
-
-    async def _new_volume(self) -> DataVolume:
-        if not self._free_uid_slots:
-            raise SandboxUnavailable("No sandbox uid is free (too many sessions).")
-        uid_slot = self._free_uid_slots.pop(0)
-        self._volume_counter += 1
-        vid = f"v-{self.instance}-{self._volume_counter}-{secrets.token_hex(3)}"
-        switch = self._launcher is not None and self._launcher.switches_uid
-        uid = self.settings.sandbox_uid_base + self._uid_block * UID_BLOCK + uid_slot if switch else os.getuid()
-        gid = uid if switch else os.getgid()
-        try:
-            vol = await asyncio.to_thread(
-                DataVolume.create,
-                self.root / "volumes" / vid,
-                (self._runtime_root or self.root) / "v" / vid,
-                uid=uid,
-                gid=gid,
-                disk_bytes=self.limits.disk_bytes,
-                loop=self._loop_volumes,
-                uid_slot=uid_slot,
-            )
-        except BaseException:
-            self._free_uid_slots.append(uid_slot)
-            raise
-        return vol
-
-    async def _start_kernel(self, volume: DataVolume) -> KernelProcess:
-        assert self._launcher is not None and self._ctx is not None
-        spec = await asyncio.to_thread(self._launcher.prepare, volume)
-        kernel = KernelProcess(spec, self._ctx, self.limits)
-        await kernel.start()
-        return kernel
-
-    async def _new_slot(self) -> _Slot:
-        volume = await self._new_volume()
-        try:
-            kernel = await self._start_kernel(volume)
-        except BaseException:
-            await self._destroy_volume(volume)
-            raise
-        return _Slot(kernel, volume, volume.uid_slot)
-
-    async def _destroy_volume(self, volume: DataVolume) -> None:
-        await asyncio.to_thread(volume.destroy)
-        if volume.uid_slot >= 0:
-            self._free_uid_slots.append(volume.uid_slot)
-
-    async def _discard(self, slot: _Slot) -> None:
-        await slot.kernel.kill()
-        await self._destroy_volume(slot.volume)
-
-    async def _restart_kernel(self, old: KernelProcess, volume: DataVolume) -> KernelProcess:
-        await old.kill()
-        return await self._start_kernel(volume)
-
     def _refill(self) -> None:
-        if self._closing or not self._started:
+        if self._closing or not self._started or self._pool is None:
             return
-        want = self.pool_size + self._pool_waiters
-        room = self.max_sessions + self.pool_size - len(self._sessions)
-        while len(self._pool) + len(self._filling) < min(want, room):
-            task = asyncio.create_task(self._fill_one())
-            self._filling.add(task)
-            task.add_done_callback(self._filling.discard)
-
-    async def _fill_one(self) -> None:
-        try:
-            slot = await self._new_slot()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("could not start a sandbox kernel for the pool")
-            await asyncio.sleep(1.0)
-            return
-        finally:
-            self._pool_changed.set()
-        if self._closing:
-            await self._discard(slot)
-            return
-        self._pool.append(slot)
-        self._pool_changed.set()
-
-    async def _take_slot(self) -> _Slot:
-        """A started kernel from the pool (waiting for one to start if it is empty)."""
-        self._pool_waiters += 1
-        try:
-            while True:
-                while self._pool:
-                    slot = self._pool.pop(0)
-                    if slot.kernel.alive:
-                        return slot
-                    await self._discard(slot)
-                self._refill()
-                self._pool_changed.clear()
-                if not self._filling:
-                    # Nothing is starting (the last try failed): start one here, and let errors show.
-                    return await self._new_slot()
-                await self._pool_changed.wait()
-        finally:
-            self._pool_waiters -= 1
-            self._refill()
+        self._pool.refill()
 
     # -------------------------------------------------------------------------------------- sessions
 
     async def session(self, key: str) -> BwrapSession:
-        if not self._started:
+        if not self._started or self._pool is None:
             raise SandboxUnavailable("The sandbox manager is not started.")
         existing = self._sessions.get(key)
         if existing is not None and not existing.closed:
-            existing._touch()
+            existing.touch()
             return existing
         async with self._lock:
             existing = self._sessions.get(key)
             if existing is not None and not existing.closed:
                 return existing
             while len(self._sessions) >= self.max_sessions:
-                idle = [s for s in self._sessions.values() if not s.busy and not s._lock.locked()]
+                idle = [s for s in self._sessions.values() if s.idle]
                 if not idle:
                     raise SandboxUnavailable(
                         f"All {self.max_sessions} sandbox sessions are busy; try again later.", code="sandbox_busy"
@@ -586,9 +185,15 @@ class SandboxManager:
                 victim = min(idle, key=lambda s: s.last_used)
                 log.info("closing sandbox session %s to make room", victim.key)
                 del self._sessions[victim.key]
-                await victim._shutdown()
-            slot = await self._take_slot()
-            session = BwrapSession(self, key, slot)
+                await victim.shutdown()
+            slot = await self._pool.take()
+            session = BwrapSession(
+                key,
+                slot,
+                pool=self._pool,
+                limits=self.limits,
+                on_close=functools.partial(self.close_session, key),
+            )
             self._sessions[key] = session
             return session
 
@@ -603,7 +208,7 @@ class SandboxManager:
     async def close_session(self, key: str) -> None:
         session = self._sessions.pop(key, None)
         if session is not None:
-            await session._shutdown()
+            await session.shutdown()
         self._refill()
 
     @property
@@ -612,7 +217,7 @@ class SandboxManager:
 
     @property
     def pooled(self) -> int:
-        return len(self._pool)
+        return self._pool.pooled if self._pool is not None else 0
 
     async def _reap_idle(self) -> None:
         interval = max(0.05, min(30.0, self.idle_timeout_s / 4))
@@ -623,112 +228,12 @@ class SandboxManager:
     async def reap_idle(self) -> int:
         """Close the sessions idle for longer than the idle timeout; returns how many."""
         now = time.monotonic()
-        stale = [
-            s
-            for s in self._sessions.values()
-            if not s.busy and not s._lock.locked() and now - s.last_used > self.idle_timeout_s
-        ]
+        stale = [s for s in self._sessions.values() if s.idle and now - s.last_used > self.idle_timeout_s]
         for s in stale:
             if self._sessions.get(s.key) is s:
                 del self._sessions[s.key]
                 log.info("closing idle sandbox session %s", s.key)
-                await s._shutdown()
+                await s.shutdown()
         if stale:
             self._refill()
         return len(stale)
-
-
-def _runtime_parent() -> Path:
-    """A temporary folder other users can enter (the sandbox's uid must reach what is bound in)."""
-    for candidate in (tempfile.gettempdir(), "/tmp", "/dev/shm", "/run"):
-        p = Path(candidate)
-        if p.is_dir() and _untraversable(p) is None:
-            return p
-    return Path(tempfile.gettempdir())
-
-
-def _untraversable(path: Path) -> Path | None:
-    """The first folder on the way to `path` that other users cannot enter (None: all can)."""
-    p = path.absolute()
-    for d in [*reversed(p.parents), p]:
-        try:
-            if not d.is_dir():
-                continue
-            if d.stat().st_mode & 0o001 == 0:
-                return d
-        except OSError:
-            return d
-    return None
-
-
-OWNER_FILE = "owner.json"
-
-
-def _start_time(pid: int) -> str | None:
-    """When `pid` started (clock ticks since boot), None when there is no such process."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def pick_uid_block(instance: str, held: set[int], blocks: int) -> int:
-    """The uid block of an instance: from its random id (hex) over `blocks`, else the next one no one holds."""
-    start = int(instance, 16) % blocks
-    for step in range(blocks):
-        block = (start + step) % blocks
-        if block not in held:
-            return block
-    raise SandboxUnavailable("Every block of sandbox uids is held by another Loom server on this host.")
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _owner() -> dict[str, object]:
-    """Who this server process is, in terms another one can check: pid, start time, pid namespace, boot."""
-    try:
-        pidns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pidns = ""
-    pid = os.getpid()
-    return {"pid": pid, "start": _start_time(pid), "pidns": pidns, "boot": _boot_id(), "host": os.uname().nodename}
-
-
-def _read_owner(path: Path) -> dict[str, object] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(record, dict) or not isinstance(record.get("instance"), str):
-        return None
-    if not record["instance"].isalnum():
-        return None
-    return record
-
-
-def _provably_dead(record: dict[str, object]) -> bool:
-    """Whether the server process a marker names is certainly gone: this machine has rebooted since, or
-    it ran in this very pid namespace (since this boot) and its pid is free or now another process's.
-    A process of another pid namespace cannot be checked from here: never dead."""
-    me = _owner()
-    if not record.get("boot") or not me["boot"] or not me["pidns"]:
-        return False
-    if record.get("host") == me["host"] and record.get("boot") != me["boot"]:
-        return True
-    if record.get("boot") != me["boot"] or record.get("pidns") != me["pidns"]:
-        return False
-    pid = record.get("pid")
-    return isinstance(pid, int) and pid > 0 and _start_time(pid) != record.get("start")
-
-
-def _instance_of(name: str) -> str | None:
-    """The instance in a cgroup or volume name (`k-<instance>-<n>-<hex>`, `v-<instance>-<n>-<hex>`)."""
-    parts = name.split("-")
-    if len(parts) != 4 or parts[0] not in ("k", "v"):
-        return None
-    return parts[1]

@@ -16,8 +16,8 @@ def sandbox_gauges(container: Container) -> dict[str, float]:
     if manager is None:
         return {}
     return {
-        "loom_sandbox_sessions_live": float(len(getattr(manager, "_sessions", ()))),
-        "loom_sandbox_sessions_pooled": float(len(getattr(manager, "_pool", ()))),
+        "loom_sandbox_sessions_live": float(manager.live_sessions),
+        "loom_sandbox_sessions_pooled": float(manager.pooled),
     }
 
 
