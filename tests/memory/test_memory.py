@@ -29,6 +29,11 @@ def _add(client: openai.OpenAI, thread_id: str, *texts: str) -> None:
         client.beta.threads.messages.create(thread_id, role="user", content=text)
 
 
+def _named(name: str, last_messages: int | None = None) -> Any:
+    """A `truncation_strategy` naming a memory strategy (the SDK's type lists only OpenAI's two)."""
+    return {"type": name, "last_messages": last_messages}
+
+
 def _main_calls(upstream: FakeUpstream) -> list[list[dict[str, Any]]]:
     return [r.body["messages"] for r in upstream.chat_requests if not _is_summary_call(r.body)]
 
@@ -122,7 +127,7 @@ def test_recall_sends_relevant_older_messages_and_the_recent_ones(
     run = loose.beta.threads.runs.create_and_poll(
         thread_id=thread.id,
         assistant_id=assistant.id,
-        truncation_strategy={"type": "recall", "last_messages": 3},  # type: ignore[typeddict-item]
+        truncation_strategy=_named("recall", 3),
     )
     assert run.status == "completed", run.last_error
     assert run.truncation_strategy is not None
@@ -146,7 +151,7 @@ def test_a_plug_in_found_as_an_entry_point_is_used(
     run = loose.beta.threads.runs.create_and_poll(
         thread_id=thread.id,
         assistant_id=assistant.id,
-        truncation_strategy={"type": "newest_only"},  # type: ignore[typeddict-item]
+        truncation_strategy=_named("newest_only"),
     )
     assert run.status == "completed", run.last_error
     assert _main_calls(upstream)[-1] == [
@@ -196,7 +201,7 @@ def test_truncation_type_is_still_validated(client: openai.OpenAI, assistant: An
             client.beta.threads.runs.create(
                 thread_id=thread.id,
                 assistant_id=assistant.id,
-                truncation_strategy={"type": bad},  # type: ignore[typeddict-item]
+                truncation_strategy=_named(bad),
             )
         assert caught.value.body == {
             "message": f"Invalid value: '{bad}'. Supported values are: 'auto' or 'last_messages'.",
