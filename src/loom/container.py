@@ -137,6 +137,8 @@ class Container:
         self.runs = RunService(self.db, self.engine, LiveRuns(self.engine.bus))
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
         self.embedder = embedder_from_settings(settings)
+        self.engine.memory.embedder = self.embedder
+        self.threads.on_delete.append(self.engine.memory.forget_thread)
         self.chunk_index = self.coordination.choose(sqlite=self._sqlite_index, postgresql=self._postgres_index)
         self.vector_stores = VectorStoreService(self.db, self.chunk_index, self.embedder, settings.poll_after_ms)
         self.ingest = IngestWorker(

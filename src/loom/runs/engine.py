@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from loom.clock import now
 from loom.config import Settings
 from loom.llm.routing import ModelRouter
+from loom.memory.service import MemoryService
 from loom.ops import metrics
 from loom.records import RunRecord, RunState, step_to_wire
 from loom.runs.bus import EventBus
@@ -56,6 +57,8 @@ class RunEngine:
         self.router = router
         self.blobs = blobs
         self.store = RunStore(db)
+        # Memory strategies (loom.memory); the container hands it the embedder file search uses.
+        self.memory = MemoryService(db)
         self.bus = EventBus()
         self.replica = "replica_" + secrets.token_hex(6)
         self.executors: dict[str, RunExecutor] = {}
