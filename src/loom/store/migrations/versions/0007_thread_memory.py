@@ -1,7 +1,7 @@
 """thread memory: what memory strategies (`summary`, `recall`, plug-ins) keep with a thread
 
-Revision ID: 0006_thread_memory
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision = "0006_thread_memory"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
