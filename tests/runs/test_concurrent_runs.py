@@ -39,16 +39,16 @@ def _requests_with(upstream: FakeUpstream, text: str) -> list[list[dict[str, Any
 
 
 def _run_ids(events: list[Any]) -> set[str]:
-    ids = set()
+    """The runs the events are about (deltas name none)."""
+    ids: set[str] = set()
     for event in events:
-        data = event.data
-        if event.event.startswith("thread.run.step."):
-            ids.add(data.run_id if event.event != "thread.run.step.delta" else None)
-        elif event.event.startswith("thread.run."):
-            ids.add(data.id)
-        elif event.event.startswith("thread.message.") and event.event != "thread.message.delta":
+        name, data = event.event, event.data
+        if name.endswith(".delta"):
+            continue
+        if name.startswith("thread.run.step.") or name.startswith("thread.message."):
             ids.add(data.run_id)
-    ids.discard(None)
+        elif name.startswith("thread.run."):
+            ids.add(data.id)
     return ids
 
 
