@@ -3,14 +3,17 @@ was created plus its own work; messages may be added meanwhile; cancel and tool 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import openai
 import pytest
 
+from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn, declarative_predicate
-from tests.runs.conftest import wait_status
+from tests.runs.conftest import server_env, wait_status
+from tests.support.server import LoomServer
 from tests.support.wait import wait_for
 
 OPT_IN = {"loom_concurrent_runs": "true"}
@@ -175,3 +178,27 @@ def test_without_the_opt_in_the_second_run_is_refused(
     assert info.value.message.endswith(f"Can't add messages to {thread.id} while a run {run.id} is active.")
     upstream.release("only")
     assert wait_status(client, thread.id, run.id, {"completed"}).status == "completed"
+
+
+@pytest.fixture(scope="module")
+def everywhere(upstream: FakeUpstream) -> Iterator[LoomServer]:
+    """A server (SQLite) on which every thread may hold several runs (`LOOM_CONCURRENT_RUNS`)."""
+    env = server_env(upstream, LOOM_CONCURRENT_RUNS="true")
+    with LoomServer(upstream_base_url=upstream.base_url, extra_env=env) as server:
+        yield server
+
+
+def test_the_server_wide_setting_opts_every_thread_in(everywhere: LoomServer, upstream: FakeUpstream) -> None:
+    client = sdk_client(everywhere)
+    assistant = client.beta.assistants.create(model="gpt-4o")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "Q0"}])
+    upstream.push(Turn.reply("one", chunk_size=1, gate="x"), Turn.reply("two", chunk_size=1, gate="y"))
+    first = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    upstream.wait_held("x", timeout=30)
+    second = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant.id)
+    upstream.wait_held("y", timeout=30)
+    client.beta.threads.messages.create(thread.id, role="user", content="meanwhile")
+    upstream.release("x")
+    upstream.release("y")
+    for run in (first, second):
+        assert wait_status(client, thread.id, run.id, {"completed", "failed"}).status == "completed"
