@@ -122,8 +122,8 @@ class Container:
         self.blobs = open_blob_storage(settings.effective_blob_url, spool_dir=self.spool.root)
         self.keys = KeyRing(self.db, settings.api_keys)
         self.router = ModelRouter.from_settings(settings)
-        self.assistants = AssistantService(self.db)
-        self.threads = ThreadService(self.db)
+        self.assistants = AssistantService(self.db, settings)
+        self.threads = ThreadService(self.db, concurrent_runs=settings.concurrent_runs)
         self.files = FileService(self.db, self.blobs, self.spool, settings.max_file_bytes)
         self.uploads = UploadService(
             self.db,

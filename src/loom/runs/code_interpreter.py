@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import re
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from loom.config import Settings
 from loom.errors import LoomError
 from loom.llm.types import ChatTool, ToolCall
+from loom.runs.options import execution_timeout_s
 from loom.runs.ports import OutputFileWriter, StoredFileReader
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
 from loom.sandbox.types import DATA_DIR, SandboxProvider, SandboxUnavailable
@@ -207,6 +209,49 @@ class CodeInputStream:
         return self._delta(code_from_arguments(arguments))
 
 
+def _logs_delta(text: str) -> dict[str, Any]:
+    return {"type": "code_interpreter", "code_interpreter": {"outputs": [{"index": 0, "type": "logs", "logs": text}]}}
+
+
+class LogStream:
+    """The text an execution prints, sent while it runs as deltas of the call's first output (`logs`),
+    the pieces that came meanwhile joined into one delta; `sent` is what was sent (the start of the
+    final logs, whose rest follows at the end)."""
+
+    def __init__(self, emit: EmitDelta) -> None:
+        self._emit = emit
+        self.sent = ""
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def push(self, text: str) -> None:
+        self._pending.append(text)
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                self.sent += text
+                await self._emit(_logs_delta(text))
+            if self._closed:
+                return
+
+    async def close(self) -> None:
+        """Send what is left to send, and stop."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+
 class CodeInterpreterTool:
     type = "code_interpreter"
     interruptible = False
@@ -226,6 +271,10 @@ class CodeInterpreterTool:
         self.inputs = inputs
         self.outputs = outputs
         self.db = db
+        self.settings = settings
+        # One execution at a time per thread (its files in and out with it): runs of a thread with
+        # concurrent runs take turns on its session, never interleaving in its kernel.
+        self._turns: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.max_output_files = max(1, settings.sandbox_max_output_files)
         self.max_output_file_bytes = min(settings.sandbox_max_output_file_mb * 1024 * 1024, settings.max_file_bytes)
 
@@ -264,34 +313,37 @@ class CodeInterpreterTool:
     ) -> ToolResult:
         # The call's first delta and its input were streamed by the executor (`StreamsArguments`).
         code = code_from_arguments(call.arguments)
+        timeout = execution_timeout_s(self.settings, ctx.run, ctx.assistant)
+        streamed = LogStream(emit)
+        turn = self._turns.setdefault(ctx.thread["id"], asyncio.Lock())
         try:
-            session = await self.sandbox.session(ctx.thread["id"])
-            present = {f.name: f for f in await session.list_files()}
-            for file_id in await self._input_file_ids(ctx):
-                try:
-                    found = await self.inputs.stored_file(ctx.project, file_id)
-                except Exception:
-                    continue
-                if found is not None and found[0] not in present:
-                    # From the blob store (a copy spooled here when it is remote), read off the event loop.
-                    async with self.inputs.local_file(found[1]) as local:
-                        data = await asyncio.to_thread(local.read_bytes)
-                    await session.put_file(found[0], data)
-            before = {f.path: f.mtime for f in await session.list_files()}
-            # (What the code leaves running is ended by the sandbox itself, after each execution.)
-            result = await session.execute(code)
-            after = await session.list_files()
+            async with turn:
+                session = await self.sandbox.session(ctx.thread["id"])
+                present = {f.name: f for f in await session.list_files()}
+                for file_id in await self._input_file_ids(ctx):
+                    try:
+                        found = await self.inputs.stored_file(ctx.project, file_id)
+                    except Exception:
+                        continue
+                    if found is not None and found[0] not in present:
+                        # From the blob store (a copy spooled here when it is remote), read off the event loop.
+                        async with self.inputs.local_file(found[1]) as local:
+                            data = await asyncio.to_thread(local.read_bytes)
+                        await session.put_file(found[0], data)
+                before = {f.path: f.mtime for f in await session.list_files()}
+                # (What the code leaves running is ended by the sandbox itself, after each execution.)
+                # What it prints is streamed as it comes (`LogStream`).
+                result = await session.execute(code, timeout_s=timeout, on_text=streamed.push)
+                after = await session.list_files()
         except SandboxUnavailable as exc:
+            await streamed.close()
             text = f"The code interpreter is unavailable: {exc.message}"
-            await emit(
-                {
-                    "type": "code_interpreter",
-                    "code_interpreter": {"outputs": [{"index": 0, "type": "logs", "logs": text}]},
-                }
-            )
+            await emit(_logs_delta(text))
             return ToolResult(
                 output=text, details={"code_interpreter": {"input": code, "outputs": [{"type": "logs", "logs": text}]}}
             )
+        finally:
+            await streamed.close()
 
         outputs: list[dict[str, Any]] = []
         images: list[str] = []
@@ -304,13 +356,13 @@ class CodeInterpreterTool:
             outputs.append({"type": "image", "image": {"file_id": image_id}})
             images.append(image_id)
             model_notes.append(f"[an image was displayed to the user: file {image_id}]")
-        if outputs:
-            await emit(
-                {
-                    "type": "code_interpreter",
-                    "code_interpreter": {"outputs": [{"index": i, **o} for i, o in enumerate(outputs)]},
-                }
-            )
+        # What was not streamed yet: the rest of the logs (truncation, notices), then the images.
+        unsent = [{"index": i, **o} for i, o in enumerate(outputs)]
+        if logs and streamed.sent and logs.startswith(streamed.sent):
+            rest = logs[len(streamed.sent) :]
+            unsent = ([{"index": 0, "type": "logs", "logs": rest}] if rest else []) + unsent[1:]
+        if unsent:
+            await emit({"type": "code_interpreter", "code_interpreter": {"outputs": unsent}})
         # Written files are only named here; those the answer links become Files then (`link_files`).
         written = [f for f in after if before.get(f.path) != f.mtime]
         for f in written[: self.max_output_files]:

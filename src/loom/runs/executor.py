@@ -185,7 +185,7 @@ class RunExecutor:
         self.linkers = [(impl, tool_ctx) for impl, _t in server_tools.values() if isinstance(impl, LinksFiles)]
         tools = model_request.chat_tools(self.run, tool_ctx, server_tools)
         if context is None:
-            context = await self.store.run_context(self.project, self.run)
+            context = await self.store.run_context(self.project, self.run, self.state)
         reader = self.engine.file_reader(self.project)
         prompt = await model_request.prompt_for(self.run, route, context, reader, tools, usage, self.memory)
         memory_usage = self.memory.take_usage() if self.memory is not None else (0, 0)
