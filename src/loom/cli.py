@@ -71,6 +71,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
     container = Container(settings)
+    from loom.scaleout.affinity import advertised_address
+
+    container.affinity.address = advertised_address(args.host, args.port, settings.internal_address)
     from loom.admin.banner import log_startup_report
 
     asyncio.run(log_startup_report(container, f"http://{args.host}:{args.port}/v1", has_keys=has_keys))
