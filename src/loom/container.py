@@ -181,14 +181,21 @@ class Container:
         self.supervisor.start("loom-janitor", self._janitor)
         self.supervisor.start("loom-webhooks", self.webhook_worker.run)
 
+    def begin_drain(self) -> None:
+        """SIGTERM: take no new runs (503, retried by clients elsewhere); `stop` then waits for the rest."""
+        self.engine.draining = True
+        self.affinity.draining = True
+
     async def stop(self) -> None:
+        self.begin_drain()
+        await self.engine.drain(self.settings.drain_timeout_s)
+        with contextlib.suppress(Exception):  # (a database already gone: the leases lapse by themselves)
+            await self.affinity.release()
         await self.supervisor.stop()
         await self.webhook_worker.aclose()
         await self.ingest.stop()
         await self.engine.stop()
         await self.coordination.close()
-        with contextlib.suppress(Exception):  # (a database already gone: the leases lapse by themselves)
-            await self.affinity.release()
         await self.affinity.aclose()
         await self.sandbox.aclose()
         await self.router.aclose()

@@ -178,12 +178,13 @@ class SessionAffinity:
             await asyncio.sleep(max(0.2, self.lease_s / 3))
 
     async def release(self) -> None:
-        """Give up every session this replica owns (a drain, a stop): the next run starts afresh elsewhere."""
+        """Give up every session this replica owns (a drain, a stop): their leases lapse now, so the next
+        run of each thread starts afresh on whichever replica gets it, and is told the state was lost."""
         if self.single_process:
             return
         t = tables.sandbox_owners
         async with self.db.write() as conn:
-            await conn.execute(t.delete().where(t.c.replica == self.replica))
+            await conn.execute(t.update().where(t.c.replica == self.replica).values(lease_expires_at=0.0))
 
     async def forget(self, thread_id: str) -> None:
         """The thread was deleted: its ownership goes (its session is closed by the sandbox's own hook)."""
@@ -201,8 +202,6 @@ class SessionAffinity:
     async def execute(self, project: str, thread_id: str, code: str, file_ids: list[str], call_id: str) -> Execution:
         if self.single_process:
             return await self.local.execute(project, thread_id, code, file_ids, call_id)
-        if self.draining:
-            raise SandboxUnavailable("This server is shutting down.", code=DRAINING)
         lost = False
         for _ in range(3):
             address, lost_now = await self._claim(thread_id)
