@@ -131,6 +131,8 @@ class Container:
             single_process=self.coordination.single_process,
         )
         self.engine = RunEngine(settings, self.db, self.router, self.blobs, self.coordination)
+        # This replica's id (runs' leases, sandbox ownership, the `x-loom-replica` header).
+        self.replica = self.engine.replica
         self.runs = RunService(self.db, self.engine, LiveRuns(self.engine.bus))
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
         self.embedder = embedder_from_settings(settings)

@@ -63,5 +63,5 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(console_api.router)
     app.include_router(console_pages.router)
     app.add_middleware(AccessMiddleware, access_log=container.settings.access_log)
-    app.add_middleware(RequestIdMiddleware, replica=container.engine.replica)
+    app.add_middleware(RequestIdMiddleware, replica=container.replica)
     return app
