@@ -12,6 +12,8 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from loom import __version__
 from loom.admin import webhooks_cli
@@ -22,6 +24,11 @@ from loom.sandbox.setup import add_arguments as setup_arguments
 from loom.services import keys
 from loom.store.db import Database
 from loom.store.migrate import migrate
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from loom.container import Container
 
 log = logging.getLogger("loom")
 
@@ -71,6 +78,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
     container = Container(settings)
+    from loom.scaleout.affinity import advertised_address
+
+    container.affinity.address = advertised_address(args.host, args.port, settings.internal_address)
     from loom.admin.banner import log_startup_report
 
     asyncio.run(log_startup_report(container, f"http://{args.host}:{args.port}/v1", has_keys=has_keys))
@@ -81,7 +91,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     gc.collect()
     gc.freeze()
     # log_config=None: uvicorn's loggers go through ours (one format); the access log is Loom's own.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -89,8 +99,24 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         log_config=None,
         lifespan="on",
+        # Graceful drain: open requests and event streams get this long once SIGTERM comes.
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
+    _draining_server(config, container).run()
     return 0
+
+
+def _draining_server(config: uvicorn.Config, container: Container) -> uvicorn.Server:
+    """uvicorn's server, whose SIGTERM (or SIGINT) first marks the container draining (no new runs), then
+    stops listening and waits for open requests as uvicorn does; the lifespan's end waits for executing runs."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            container.begin_drain()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _run_migrate(settings: Settings) -> int:

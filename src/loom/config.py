@@ -125,6 +125,15 @@ class Settings(BaseSettings):
     # server process, from this base up to base + 4096 * 1024.
     sandbox_uid_base: int = 1_500_000
 
+    # Several replicas (loom.scaleout): the base URL other replicas reach this one at for code-interpreter
+    # sessions it owns (empty: what `loom serve` listens on, 0.0.0.0 as this machine's routable address),
+    # and the secret of that internal channel (empty: one made once and kept in the database).
+    internal_address: str = ""
+    internal_secret: str = ""
+    # On SIGTERM (graceful drain): how long runs executing here (and open event streams) are given to
+    # finish before the server stops; runs still executing then are ended by another replica's sweep.
+    drain_timeout_s: float = 25.0
+
     # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).
     embedding_provider: str = "wordllama"
     embedding_base_url: str = ""  # empty: upstream_base_url

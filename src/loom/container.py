@@ -15,11 +15,13 @@ from loom.retrieval.isolate import ParseLimits
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from loom.runs.code_interpreter import CodeInterpreterTool
+from loom.runs.code_sessions import LocalCodeSessions
 from loom.runs.engine import RunEngine
 from loom.runs.file_search import FileSearchTool
 from loom.runs.live import LiveRuns
 from loom.sandbox.manager import SandboxManager
 from loom.sandbox.types import Sandbox, SandboxUnavailable
+from loom.scaleout.affinity import SessionAffinity
 from loom.services.assistants import AssistantService
 from loom.services.files import FileService
 from loom.services.keys import KeyRing
@@ -134,6 +136,8 @@ class Container:
             single_process=self.coordination.single_process,
         )
         self.engine = RunEngine(settings, self.db, self.router, self.blobs, self.coordination)
+        # This replica's id (runs' leases, sandbox ownership, the `x-loom-replica` header).
+        self.replica = self.engine.replica
         self.runs = RunService(self.db, self.engine, LiveRuns(self.engine.bus))
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
         self.embedder = embedder_from_settings(settings)
@@ -154,8 +158,18 @@ class Container:
         self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings, self.supervisor)
         # The code interpreter reads input Files and writes output Files through the file service.
-        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.files, self.db, settings))
+        self.code_sessions = LocalCodeSessions(self.sandbox, self.files, self.files)
+        # A thread's session has one owner replica; runs elsewhere send their code there (loom.scaleout).
+        self.affinity = SessionAffinity(
+            self.code_sessions,
+            self.db,
+            settings,
+            self.engine.replica,
+            single_process=self.coordination.single_process,
+        )
+        self.engine.register_tool(CodeInterpreterTool(self.affinity, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
+        self.threads.on_delete.append(self.affinity.forget)
         self.webhooks = WebhookService(self.db, allow_private=settings.webhooks_allow_private)
         self.webhook_worker = DeliveryWorker(self.db, webhook_policy(settings))
 
@@ -171,15 +185,27 @@ class Container:
         await self.engine.start(self.supervisor)
         await self.ingest.start(self.supervisor)
         await self.sandbox.start()
+        if not self.coordination.single_process:
+            self.supervisor.start("loom-sandbox-owners", self.affinity.renew_loop)
         self.supervisor.start("loom-janitor", self._janitor)
         self.supervisor.start("loom-webhooks", self.webhook_worker.run)
 
+    def begin_drain(self) -> None:
+        """SIGTERM: take no new runs (503, retried by clients elsewhere); `stop` then waits for the rest."""
+        self.engine.draining = True
+        self.affinity.draining = True
+
     async def stop(self) -> None:
+        self.begin_drain()
+        await self.engine.drain(self.settings.drain_timeout_s)
+        with contextlib.suppress(Exception):  # (a database already gone: the leases lapse by themselves)
+            await self.affinity.release()
         await self.supervisor.stop()
         await self.webhook_worker.aclose()
         await self.ingest.stop()
         await self.engine.stop()
         await self.coordination.close()
+        await self.affinity.aclose()
         await self.sandbox.aclose()
         await self.router.aclose()
         await self.blobs.aclose()

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from loom.clock import now
 from loom.config import Settings
+from loom.errors import ServiceUnavailable
 from loom.llm.routing import ModelRouter
 from loom.memory.service import MemoryService
 from loom.ops import metrics
@@ -70,6 +71,8 @@ class RunEngine:
         # Cancels asked for runs whose task here has not registered its executor yet.
         self._cancel_pending: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
+        # Set on SIGTERM (`drain`): no new run starts here; those executing are given time to finish.
+        self.draining = False
 
     def register_tool(self, tool: ServerTool) -> None:
         self.server_tools[tool.type] = tool
@@ -102,6 +105,22 @@ class RunEngine:
             await self.recover(orphans_only=False)
         self._background.append(supervisor.start("loom-run-sweeper", self._sweeper))
         await self.coordination.listen(_CHANNEL, self._on_cancel_notice)
+
+    def refuse_if_draining(self) -> None:
+        """A request that would start (or resume) a run here while this replica drains: 503, which clients
+        retry (the balancer sends the retry to another replica)."""
+        if self.draining:
+            raise ServiceUnavailable("The server is overloaded or not ready yet.")
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking runs and wait, up to `timeout_s`, for those executing here to end (or reach
+        `requires_action`). Any still executing then are stopped by `stop`: their leases lapse and another
+        replica's sweep ends them (`recover`)."""
+        self.draining = True
+        running = [t for t in self._tasks if not t.done()]
+        if running:
+            log.info("draining: waiting up to %gs for %d run(s) executing here", timeout_s, len(running))
+            await asyncio.wait(running, timeout=timeout_s)
 
     async def stop(self) -> None:
         for task in [*self._background, *self._tasks]:

@@ -133,6 +133,7 @@ class RunService:
         self, project: str, thread_id: str, req: RunCreate, include: list[str]
     ) -> tuple[Run, RunEvents | None]:
         """The run as created, and (with `stream`) its events, from `thread.run.created`."""
+        self.engine.refuse_if_draining()
         async with self.db.write() as conn:
             thread = await threads.get_row(conn, project, thread_id, lock=True)
             if thread is None:
@@ -167,6 +168,7 @@ class RunService:
         self, project: str, req: ThreadAndRunCreate
     ) -> tuple[dict[str, Any], Run, RunEvents | None]:
         """The thread, the run as created, and (with `stream`) its events, from `thread.created`."""
+        self.engine.refuse_if_draining()
         async with self.db.write() as conn:
             assistant = await assistants.get(conn, project, req.assistant_id)
             if assistant is None:
@@ -271,6 +273,7 @@ class RunService:
     ) -> tuple[RunStep, Run, RunEvents | None]:
         """The completed tool-call step, the run queued again, and (with `stream`) its events, from
         `thread.run.step.completed`."""
+        self.engine.refuse_if_draining()
         async with self.db.write() as conn:
             row = await self._thread_run_row(conn, project, thread_id, run_id)
             run = RunRecord.from_row(row)

@@ -123,3 +123,21 @@ vector_store_file_batches = _resource(
     "vector_store_file_batches",
     sa.Column("vector_store_id", sa.String(64), nullable=False, index=True),
 )
+
+# Scale-out (loom.scaleout.affinity): which replica owns each thread's code-interpreter session, at which
+# internal address, under a lease it renews; and the replicas' shared secret for their internal channel.
+sandbox_owners = sa.Table(
+    "sandbox_owners",
+    metadata,
+    sa.Column("thread_id", sa.String(64), primary_key=True),
+    sa.Column("replica", sa.String(64), nullable=False, index=True),
+    sa.Column("address", sa.String(512), nullable=False),
+    sa.Column("lease_expires_at", sa.Float, nullable=False),
+)
+
+internal_secrets = sa.Table(
+    "internal_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+)
