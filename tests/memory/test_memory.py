@@ -4,14 +4,19 @@ changed for a program that opts into nothing."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from loom.memory.recall import RECALL_HEADING
 from loom.memory.summary import SUMMARY_HEADING, SUMMARY_INSTRUCTIONS
 from tests.fakes.upstream import FakeUpstream, Turn
+from tests.support.server import LoomServer
 
 INSTRUCTIONS = "You are terse."
 
@@ -209,3 +214,34 @@ def test_truncation_type_is_still_validated(client: openai.OpenAI, assistant: An
             "param": "truncation_strategy.type",
             "code": "invalid_value",
         }
+
+
+def _memory_rows(server: LoomServer, thread_id: str) -> int:
+    """Rows the thread has in the memory table, read from the server's own database."""
+    url = server.database_url or f"sqlite+aiosqlite:///{Path(server.data_dir) / 'loom.db'}"
+
+    async def count() -> int:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as conn:
+                found = await conn.execute(
+                    sa.text("SELECT count(*) FROM thread_memory WHERE thread_id = :t"), {"t": thread_id}
+                )
+                return int(found.scalar_one())
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(count())
+
+
+def test_a_threads_memory_goes_with_the_thread(
+    client: openai.OpenAI, upstream: FakeUpstream, assistant: Any, memory_server: LoomServer
+) -> None:
+    upstream.add_rule(_is_summary_call, lambda body: Turn.reply("A SUMMARY"))
+    upstream.set_default(Turn.reply("ok"))
+    thread = _thread(client, [f"fact number {i}" for i in range(30)], metadata={"loom_memory": "summary"})
+    run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id)
+    assert run.status == "completed", run.last_error
+    assert _memory_rows(memory_server, thread.id) == 1
+    assert client.beta.threads.delete(thread.id).deleted
+    assert _memory_rows(memory_server, thread.id) == 0
