@@ -10,7 +10,7 @@ PORT ?= 8000
 # LOOM_SANDBOX_ENV say otherwise; an installed `loom serve` uses the per-user data directory instead.
 IN_CHECKOUT := LOOM_DATA_DIR="$${LOOM_DATA_DIR:-$(CURDIR)/data}" LOOM_SANDBOX_ENV="$${LOOM_SANDBOX_ENV:-$(CURDIR)/.venv-sandbox}"
 
-.PHONY: serve test venv bubblewrap node chromium firefox sandbox-env lint llamacpp-env
+.PHONY: serve test venv bubblewrap node chromium firefox nginx sandbox-env lint llamacpp-env
 
 $(BIN)/.installed: pyproject.toml
 	@echo "loom: creating $(VENV) and installing Loom with its dependencies and dev tools (about a minute, once)…"
@@ -65,6 +65,18 @@ firefox:
 	  command -v firefox-esr >/dev/null 2>&1 || echo "loom: firefox-esr is not installed and could not be installed here: install the 'firefox-esr' package to run the console's Firefox test (or deselect the console tests with -m 'not console')." >&2; \
 	}
 
+# nginx, the load balancer of the scale-out tests (tests/scaleout: two replicas behind deploy/nginx.conf; the
+# tests run it themselves, unprivileged, on loopback). Installed where we may (as root with apt: Debian's
+# nginx-light, else nginx); if it cannot be, this target fails, since those tests need it.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || { \
+	  echo "loom: installing nginx (the load balancer of the scale-out tests)…"; \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq nginx-light >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null 2>&1))) || true; \
+	  fi; \
+	  PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null 2>&1 || { echo "loom: nginx is not installed and could not be installed here: install the 'nginx-light' (or 'nginx') package; the scale-out tests need it." >&2; exit 1; }; \
+	}
+
 # The code interpreter's own Python (numpy, pandas, matplotlib, …): a separate virtualenv, rebuilt only
 # when its pinned requirements change.
 sandbox-env: venv
@@ -93,5 +105,5 @@ lint: venv
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: venv bubblewrap node chromium firefox sandbox-env llamacpp-env lint
+test: venv bubblewrap node chromium firefox nginx sandbox-env llamacpp-env lint
 	$(BIN)/pytest -q

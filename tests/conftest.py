@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import weakref
 from collections.abc import Iterator
@@ -12,10 +14,14 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream
 from tests.support.postgres import database_url_for, drop_created_databases
+from tests.support.seaweed import SeaweedS3
 from tests.support.server import CREATED_DIRS, LoomServer
 from tests.support.tiers import mark_tiers
 
 DEFAULT_KEY = "sk-test-default"
+# `LOOM_TEST_BLOB=s3` runs the session's shared servers with their file bytes in object storage (a real
+# SeaweedFS), e.g. `LOOM_TEST_BLOB=s3 pytest tests/contract/test_files.py tests/contract/test_uploads.py`.
+TEST_BLOB = os.environ.get("LOOM_TEST_BLOB", "local")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,9 +60,31 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def loom_server(backend: str) -> Iterator[LoomServer]:
+def seaweed() -> Iterator[SeaweedS3]:
+    """A real S3-compatible server (SeaweedFS on loopback) for the session."""
+    with SeaweedS3() as server:
+        yield server
+
+
+def s3_blob_env(server: SeaweedS3) -> dict[str, str]:
+    """The environment of a Loom server whose file bytes live under a fresh prefix of `server`'s bucket."""
+    return {"LOOM_BLOB_URL": server.url("loom-" + secrets.token_hex(6)), **server.env}
+
+
+@pytest.fixture(scope="session")
+def blob_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """What the shared servers get for their blob store: nothing (the local default), or S3 (`LOOM_TEST_BLOB`)."""
+    if TEST_BLOB == "local":
+        return {}
+    if TEST_BLOB != "s3":
+        raise pytest.UsageError(f"LOOM_TEST_BLOB is local or s3, not {TEST_BLOB!r}")
+    return s3_blob_env(request.getfixturevalue("seaweed"))
+
+
+@pytest.fixture(scope="session")
+def loom_server(backend: str, blob_env: dict[str, str]) -> Iterator[LoomServer]:
     """One server per database backend for the whole session; tests isolate themselves by the ids they create."""
-    with LoomServer(database_url=database_url_for(backend)) as server:
+    with LoomServer(database_url=database_url_for(backend), extra_env=blob_env) as server:
         yield server
 
 

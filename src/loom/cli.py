@@ -12,6 +12,8 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from loom import __version__
 from loom.admin import webhooks_cli
@@ -22,6 +24,11 @@ from loom.sandbox.setup import add_arguments as setup_arguments
 from loom.services import keys
 from loom.store.db import Database
 from loom.store.migrate import migrate
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from loom.container import Container
 
 log = logging.getLogger("loom")
 
@@ -71,6 +78,9 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
     container = Container(settings)
+    from loom.scaleout.affinity import advertised_address
+
+    container.affinity.address = advertised_address(args.host, args.port, settings.internal_address)
     from loom.admin.banner import log_startup_report
 
     asyncio.run(log_startup_report(container, f"http://{args.host}:{args.port}/v1", has_keys=has_keys))
@@ -81,7 +91,7 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     gc.collect()
     gc.freeze()
     # log_config=None: uvicorn's loggers go through ours (one format); the access log is Loom's own.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=args.port,
@@ -89,8 +99,24 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
         access_log=False,
         log_config=None,
         lifespan="on",
+        # Graceful drain: open requests and event streams get this long once SIGTERM comes.
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
+    _draining_server(config, container).run()
     return 0
+
+
+def _draining_server(config: uvicorn.Config, container: Container) -> uvicorn.Server:
+    """uvicorn's server, whose SIGTERM (or SIGINT) first marks the container draining (no new runs), then
+    stops listening and waits for open requests as uvicorn does; the lifespan's end waits for executing runs."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            container.begin_drain()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _run_migrate(settings: Settings) -> int:
@@ -143,12 +169,17 @@ def _show_config(settings: Settings) -> int:
 
 def _run_export(args: argparse.Namespace, settings: Settings) -> int:
     from loom.admin.archive import export_project
+    from loom.store.blobstore import open_blob_storage
 
     async def go() -> dict[str, int]:
         db = Database(settings.effective_database_url)
         try:
             await migrate(db.engine)
-            return await export_project(db, args.project, args.out)
+            blobs = open_blob_storage(settings.effective_blob_url)
+            try:
+                return await export_project(db, blobs, args.project, args.out)
+            finally:
+                await blobs.aclose()
         finally:
             await db.dispose()
 
@@ -159,7 +190,7 @@ def _run_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def _run_import(args: argparse.Namespace, settings: Settings) -> int:
     from loom.admin.archive import ArchiveError, import_bundle, read_archive
-    from loom.store.blobs import BlobStore
+    from loom.store.blobstore import open_blob_storage
 
     try:
         bundle = read_archive(args.file)
@@ -173,7 +204,11 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
         db = Database(settings.effective_database_url)
         try:
             await migrate(db.engine)
-            report = await import_bundle(db, BlobStore(settings.files_dir), bundle, project)
+            blobs = open_blob_storage(settings.effective_blob_url)
+            try:
+                report = await import_bundle(db, blobs, bundle, project)
+            finally:
+                await blobs.aclose()
             return report.lines()
         finally:
             await db.dispose()
@@ -183,6 +218,36 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
     for line in lines or ["nothing to import"]:
         print(f"  {line}")
     return 0
+
+
+def _run_blobs_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from loom.admin.blob_migrate import migrate_blobs
+    from loom.store.blobstore import BlobStoreConfigError, BlobStoreUnavailable, open_blob_storage
+
+    source_url = args.source or settings.files_dir.absolute().as_uri()
+    try:
+        source, target = open_blob_storage(source_url), open_blob_storage(args.to)
+    except BlobStoreConfigError as exc:
+        print(f"loom: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> int:
+        try:
+            report = await migrate_blobs(source, target)
+        except BlobStoreUnavailable as exc:
+            print(f"loom: {exc} (nothing is lost: rerun to resume)", file=sys.stderr)
+            return 1
+        finally:
+            await source.aclose()
+            await target.aclose()
+        for line in report.lines(source, target):
+            print(line)
+        if report.ok:
+            print(f"done: set LOOM_BLOB_URL={args.to} (and the AWS_* variables) for every replica")
+            return 0
+        return 1
+
+    return asyncio.run(go())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_import.add_argument("file", type=Path)
     p_import.add_argument("--project", default=None, help="the target project (default: the archive's, or default)")
+    p_blobs = sub.add_parser("blobs", help="the store of file bytes (LOOM_BLOB_URL)")
+    blobs_sub = p_blobs.add_subparsers(dest="blobs_command", required=True)
+    p_blobs_migrate = blobs_sub.add_parser(
+        "migrate",
+        help="copy the local store's objects into another store (object storage), verifying each",
+        description="Copy every object of the local files folder (or --from) to --to, then check each "
+        "object's size and sha256 there. Keys are unchanged: afterwards set LOOM_BLOB_URL to the target. "
+        "An s3:// target reads the AWS_* variables. Safe to rerun: identical objects are skipped.",
+    )
+    p_blobs_migrate.add_argument("--to", required=True, help="the target store: s3://bucket/prefix or file:///path")
+    p_blobs_migrate.add_argument(
+        "--from", dest="source", default=None, help="the source store (default: <data_dir>/files, the local store)"
+    )
     p_config = sub.add_parser("config", help="the effective configuration")
     config_sub = p_config.add_subparsers(dest="config_command", required=True)
     config_sub.add_parser(
@@ -275,6 +353,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run_import(args, settings)
     if args.command == "migrate":
         return _run_migrate(settings)
+    if args.command == "blobs":
+        return _run_blobs_migrate(args, settings)
     if args.command == "webhooks":
         return webhooks_cli.run(args, settings)
     if args.command == "sandbox":

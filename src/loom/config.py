@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     # How long a run waits for tool outputs (`requires_action`) before it ends `expired`.
     run_expiry_s: int = 600
     lease_s: float = 15.0
+    # Every thread accepts several active runs at once (else only threads whose metadata has
+    # `"loom_concurrent_runs": "true"` do; OpenAI's one active run per thread otherwise).
+    concurrent_runs: bool = False
+    # The largest `loom_max_run_seconds` an assistant's or run's metadata may ask for.
+    run_max_duration_limit_s: int = 86400
     poll_after_ms: int = 100
     # Seconds of silence after which a run's event stream sends a `: keep-alive` comment.
     sse_keepalive_s: float = 10.0
@@ -96,6 +101,8 @@ class Settings(BaseSettings):
     sandbox_dir: Path | None = None
     # Limits, per execution or per session.
     sandbox_timeout_s: float = 60.0
+    # The largest `loom_max_execution_seconds` an assistant's or run's metadata may ask for.
+    sandbox_max_timeout_s: float = 3600.0
     sandbox_memory_mb: int = 1024
     sandbox_max_processes: int = 128
     sandbox_disk_mb: int = 1024
@@ -117,6 +124,15 @@ class Settings(BaseSettings):
     # Host uids for sandboxes (when the server runs as root): one per session, in a block of 1024 per
     # server process, from this base up to base + 4096 * 1024.
     sandbox_uid_base: int = 1_500_000
+
+    # Several replicas (loom.scaleout): the base URL other replicas reach this one at for code-interpreter
+    # sessions it owns (empty: what `loom serve` listens on, 0.0.0.0 as this machine's routable address),
+    # and the secret of that internal channel (empty: one made once and kept in the database).
+    internal_address: str = ""
+    internal_secret: str = ""
+    # On SIGTERM (graceful drain): how long runs executing here (and open event streams) are given to
+    # finish before the server stops; runs still executing then are ended by another replica's sweep.
+    drain_timeout_s: float = 25.0
 
     # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).
     embedding_provider: str = "wordllama"

@@ -15,11 +15,13 @@ from loom.retrieval.isolate import ParseLimits
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from loom.runs.code_interpreter import CodeInterpreterTool
+from loom.runs.code_sessions import LocalCodeSessions
 from loom.runs.engine import RunEngine
 from loom.runs.file_search import FileSearchTool
 from loom.runs.live import LiveRuns
 from loom.sandbox.manager import SandboxManager
 from loom.sandbox.types import Sandbox, SandboxUnavailable
+from loom.scaleout.affinity import SessionAffinity
 from loom.services.assistants import AssistantService
 from loom.services.files import FileService
 from loom.services.keys import KeyRing
@@ -27,16 +29,19 @@ from loom.services.runs import RunService
 from loom.services.threads import ThreadService
 from loom.services.uploads import UploadService
 from loom.services.vector_stores import VectorStoreService
-from loom.store.blobs import BlobStore
+from loom.store.blobstore import BlobStoreUnavailable, open_blob_storage
 from loom.store.coordination import coordinator_for
 from loom.store.db import Database
 from loom.store.migrate import migrate
+from loom.store.spool import Spool
 from loom.supervisor import Supervisor
 from loom.webhooks.delivery import DeliveryWorker, Policy
 from loom.webhooks.service import WebhookService
 
 log = logging.getLogger("loom")
 _JANITOR_EVERY_S = 30.0
+# Listing a whole store is not free: orphans are looked for every 10th pass (five minutes).
+_ORPHAN_SWEEP_EVERY = 10
 
 
 class LazySandbox:
@@ -114,12 +119,14 @@ class Container:
         self.db = Database(settings.effective_database_url)
         # Locks, notifications and single-process mode, as the database provides them.
         self.coordination = coordinator_for(self.db.engine)
-        self.blobs = BlobStore(settings.files_dir)
+        # Temporary files on this machine; file bytes in the store LOOM_BLOB_URL names (local or S3).
+        self.spool = Spool(settings.files_dir / "tmp")
+        self.blobs = open_blob_storage(settings.effective_blob_url, spool_dir=self.spool.root)
         self.keys = KeyRing(self.db, settings.api_keys)
         self.router = ModelRouter.from_settings(settings)
-        self.assistants = AssistantService(self.db)
-        self.threads = ThreadService(self.db)
-        self.files = FileService(self.db, self.blobs, settings.max_file_bytes)
+        self.assistants = AssistantService(self.db, settings)
+        self.threads = ThreadService(self.db, concurrent_runs=settings.concurrent_runs)
+        self.files = FileService(self.db, self.blobs, self.spool, settings.max_file_bytes)
         self.uploads = UploadService(
             self.db,
             self.files,
@@ -129,16 +136,20 @@ class Container:
             single_process=self.coordination.single_process,
         )
         self.engine = RunEngine(settings, self.db, self.router, self.blobs, self.coordination)
+        # This replica's id (runs' leases, sandbox ownership, the `x-loom-replica` header).
+        self.replica = self.engine.replica
         self.runs = RunService(self.db, self.engine, LiveRuns(self.engine.bus))
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
         self.embedder = embedder_from_settings(settings)
+        self.engine.memory.embedder = self.embedder
+        self.threads.on_delete.append(self.engine.memory.forget_thread)
         self.chunk_index = self.coordination.choose(sqlite=self._sqlite_index, postgresql=self._postgres_index)
         self.vector_stores = VectorStoreService(self.db, self.chunk_index, self.embedder, settings.poll_after_ms)
         self.ingest = IngestWorker(
             self.db,
             self.coordination,
             self.vector_stores,
-            self.blobs.path_for,
+            self.blobs,
             concurrency=settings.ingest_concurrency,
             janitor_s=settings.vector_store_janitor_s,
             limits=ParseLimits(settings.ingest_memory_mb, settings.ingest_timeout_s),
@@ -147,8 +158,18 @@ class Container:
         self.engine.register_tool(FileSearchTool(self.vector_stores))
         self.sandbox = LazySandbox(settings, self.supervisor)
         # The code interpreter reads input Files and writes output Files through the file service.
-        self.engine.register_tool(CodeInterpreterTool(self.sandbox, self.files, self.files, self.db, settings))
+        self.code_sessions = LocalCodeSessions(self.sandbox, self.files, self.files)
+        # A thread's session has one owner replica; runs elsewhere send their code there (loom.scaleout).
+        self.affinity = SessionAffinity(
+            self.code_sessions,
+            self.db,
+            settings,
+            self.engine.replica,
+            single_process=self.coordination.single_process,
+        )
+        self.engine.register_tool(CodeInterpreterTool(self.affinity, self.db, settings))
         self.threads.on_delete.append(self.sandbox.close_session)
+        self.threads.on_delete.append(self.affinity.forget)
         self.webhooks = WebhookService(self.db, allow_private=settings.webhooks_allow_private)
         self.webhook_worker = DeliveryWorker(self.db, webhook_policy(settings))
 
@@ -160,28 +181,49 @@ class Container:
 
     async def start(self) -> None:
         await migrate(self.db.engine)
-        self.blobs.clean_temp()
+        self.spool.clean()
         await self.engine.start(self.supervisor)
         await self.ingest.start(self.supervisor)
         await self.sandbox.start()
+        if not self.coordination.single_process:
+            self.supervisor.start("loom-sandbox-owners", self.affinity.renew_loop)
         self.supervisor.start("loom-janitor", self._janitor)
         self.supervisor.start("loom-webhooks", self.webhook_worker.run)
 
+    def begin_drain(self) -> None:
+        """SIGTERM: take no new runs (503, retried by clients elsewhere); `stop` then waits for the rest."""
+        self.engine.draining = True
+        self.affinity.draining = True
+
     async def stop(self) -> None:
+        self.begin_drain()
+        await self.engine.drain(self.settings.drain_timeout_s)
+        with contextlib.suppress(Exception):  # (a database already gone: the leases lapse by themselves)
+            await self.affinity.release()
         await self.supervisor.stop()
         await self.webhook_worker.aclose()
         await self.ingest.stop()
         await self.engine.stop()
         await self.coordination.close()
+        await self.affinity.aclose()
         await self.sandbox.aclose()
         await self.router.aclose()
+        await self.blobs.aclose()
         await self.db.dispose()
 
     async def _janitor(self) -> None:
         """Expire what has a deadline: files past `expires_at`, uploads past their hour (and roll back
-        upload completions a dead process left); the first pass runs at start-up (and after a restart
-        by the supervisor)."""
+        upload completions a dead process left); remove stored objects no row names (left by a crash
+        between a put and its row) once they are an hour old. The first pass runs at start-up (and after
+        a restart by the supervisor). A store that is down skips the orphans until the next pass."""
+        passes = 0
         while True:
             await self.files.delete_expired()
             await self.uploads.expire_uploads()
+            if passes % _ORPHAN_SWEEP_EVERY == 0:
+                try:
+                    await self.files.sweep_orphans()
+                except BlobStoreUnavailable as exc:
+                    log.warning("orphan objects not swept this time: %s", exc)
+            passes += 1
             await asyncio.sleep(_JANITOR_EVERY_S)

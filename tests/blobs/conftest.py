@@ -1,21 +1,16 @@
-"""The two blob stores under test: a local folder and a real S3-compatible server (SeaweedFS)."""
+"""The two blob stores under test: a local folder and a real S3-compatible server (SeaweedFS, the session's
+`seaweed` fixture of tests/conftest.py)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from loom.store.blobstore import BlobStorage, open_blob_storage
 from tests.support.seaweed import FAST_FAIL, SeaweedS3
-
-
-@pytest.fixture(scope="session")
-def seaweed() -> Iterator[SeaweedS3]:
-    with SeaweedS3() as server:
-        yield server
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -1,5 +1,5 @@
-"""The local store on disk: the legacy store's files are already its keys, and what a killed process
-left half-written is invisible and swept."""
+"""The local store on disk: what a killed process left half-written is invisible and swept (that the
+files folder of earlier versions is already this store's keys: tests/inprocess/test_blob_keys_migration.py)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from loom.ids import new_id
-from loom.store.blobs import BlobStore
 from loom.store.blobstore import LocalBlobStorage, bytes_chunks
 from tests.support.wait import wait_for
-
-
-async def test_the_legacy_stores_files_are_keys_of_the_local_store(tmp_path: Path) -> None:
-    legacy = BlobStore(tmp_path / "files")
-    file_id = new_id("file", 22)
-    temp = legacy.new_temp()
-    temp.write_bytes(b"legacy bytes")
-    legacy.commit(temp, file_id)
-    legacy.new_temp().write_bytes(b"an upload being received by the legacy store")
-    store = LocalBlobStorage(tmp_path / "files")
-    key = f"{file_id[-2:]}/{file_id}"
-    assert await store.read_range(key, 0, 100) == b"legacy bytes"
-    # Its temporary folder is no key and is never listed (a janitor must not take those for orphans).
-    assert [e.key async for e in store.list()] == [key]
-
 
 _KILLED_PUT = """
 import asyncio, os, sys

@@ -166,7 +166,7 @@ async def test_old_rows_move_their_private_keys_into_state(backend: str, tmp_pat
 async def test_an_archive_of_an_earlier_version_imports_its_private_keys_into_state(tmp_path: Path) -> None:
     """`loom import` of an archive exported before the `state` column: rows carry `_` keys in `data`."""
     from loom.admin.archive import Bundle, import_bundle
-    from loom.store.blobs import BlobStore
+    from loom.store.blobstore import LocalBlobStorage
     from loom.store.db import Database
     from loom.store.migrate import migrate
 
@@ -178,7 +178,7 @@ async def test_an_archive_of_an_earlier_version_imports_its_private_keys_into_st
             if table.name != "uploads":  # not archived
                 data = values["data"]
                 bundle.rows[table.name].append({"id": data["id"], "created_at": data["created_at"], **values})
-        await import_bundle(db, BlobStore(tmp_path / "blobs"), bundle, P)
+        await import_bundle(db, LocalBlobStorage(tmp_path / "blobs"), bundle, P)
         async with db.engine.connect() as conn:
             run = (await conn.execute(sa.select(tables.runs.c.data, tables.runs.c.state))).one()
             step = (await conn.execute(sa.select(tables.run_steps.c.data, tables.run_steps.c.state))).one()

@@ -377,6 +377,19 @@ async def test_output_truncation_keeps_the_end(manager: SandboxManager) -> None:
     assert r.logs.rstrip().endswith("ValueError: the end")
 
 
+async def test_text_is_told_as_it_comes_and_starts_the_logs(manager: SandboxManager) -> None:
+    box = await manager.session("told")
+    pieces: list[tuple[float, str]] = []
+    loop = asyncio.get_running_loop()
+    code = "import time\nprint('first', flush=True)\ntime.sleep(1)\nfor i in range(5000):\n    print('line', i)\n"
+    r = await box.execute(code, on_text=lambda text: pieces.append((loop.time(), text)))
+    told = "".join(text for _, text in pieces)
+    # What was told is the start of the logs (the truncated rest and its note come only with the result).
+    assert r.truncated and told.startswith("first\nline 0\n") and r.logs.startswith(told)
+    assert len(told.encode()) <= 8192 and "output truncated" not in told
+    assert pieces[0][1] == "first\n" and pieces[1][0] - pieces[0][0] > 0.5  # told before the sleep ended
+
+
 async def test_escape_kill_parent(manager: SandboxManager) -> None:
     box = await manager.session("killer")
     r = await box.execute(

@@ -72,6 +72,8 @@ class LoomServer:
             "LOOM_POLL_AFTER_MS": "20",
             # Kernels start on first use: most test servers never run code.
             "LOOM_SANDBOX_PREWARM": "false",
+            # A stop (SIGTERM) waits this long at most for runs still executing (graceful drain).
+            "LOOM_DRAIN_TIMEOUT_S": "5",
             **(extra_env or {}),
         }
         self.serve_args = serve_args

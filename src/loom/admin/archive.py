@@ -26,6 +26,7 @@ transaction; so is each other object. Runs that were still active when exported 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -42,7 +43,7 @@ from loom import __version__
 from loom.records import split_legacy
 from loom.runs.status import ACTIVE
 from loom.store import tables
-from loom.store.blobs import BlobStore
+from loom.store.blobstore import BlobNotFound, BlobStorage, bytes_chunks, file_key
 from loom.store.db import Database
 
 FORMAT = "loom-export/v1"
@@ -86,7 +87,7 @@ class ImportReport:
 # ------------------------------------------------------------------------------------------------- export
 
 
-async def export_project(db: Database, project: str, out: Path) -> dict[str, int]:
+async def export_project(db: Database, blobs: BlobStorage, project: str, out: Path) -> dict[str, int]:
     """Write `project`'s objects to the tar archive `out`; returns the row count of each table."""
     counts: dict[str, int] = {}
     tmp = out.with_name(out.name + ".partial")
@@ -98,9 +99,10 @@ async def export_project(db: Database, project: str, out: Path) -> dict[str, int
                 rows = [_row_out(dict(r)) for r in result.mappings()]
                 counts[name] = len(rows)
                 for row in rows if name == "files" else []:
-                    path = Path(row.pop("path"))  # a path on this host; the importer stores the bytes anew
-                    if path.is_file():
-                        tar.add(str(path), arcname=f"blobs/{row['id']}")
+                    key = str(row.pop("path"))  # a key of this store; the importer stores the bytes anew
+                    with contextlib.suppress(BlobNotFound):
+                        async with blobs.local_file(key) as path:
+                            tar.add(str(path), arcname=f"blobs/{row['id']}")
                 _add(tar, f"{name}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode())
         manifest = {
             "format": FORMAT,
@@ -239,7 +241,7 @@ def _add_thread_record(bundle: Bundle, record: Any, where: str) -> None:
 # ------------------------------------------------------------------------------------------------- import
 
 
-async def import_bundle(db: Database, blobs: BlobStore, bundle: Bundle, project: str) -> ImportReport:
+async def import_bundle(db: Database, blobs: BlobStorage, bundle: Bundle, project: str) -> ImportReport:
     report = ImportReport(notes=list(bundle.notes))
     report.imported = dict.fromkeys(ALL_TABLES, 0)
     report.already_present = dict.fromkeys(ALL_TABLES, 0)
@@ -334,7 +336,7 @@ def _remap(value: Any, mapping: dict[str, str]) -> Any:
 
 
 async def _insert(
-    conn: AsyncConnection, blobs: BlobStore, bundle: Bundle, name: str, row: Row, project: str, original: str
+    conn: AsyncConnection, blobs: BlobStorage, bundle: Bundle, name: str, row: Row, project: str, original: str
 ) -> None:
     """Insert one row (already remapped); `original` is its id in the archive (its bytes' name)."""
     table = tables.metadata.tables[name]
@@ -352,10 +354,9 @@ async def _insert(
         values.update(status="failed", lease_owner=None, lease_expires_at=None)
     if name == "files":
         content = bundle.blobs.get(original)
-        target = blobs.path_for(row["id"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content if content is not None else b"")
-        values["path"] = str(target)
+        key = file_key(row["id"])
+        await blobs.put(key, bytes_chunks(content or b""))
+        values["path"] = key
     if name == "vector_store_files":
         # The importing server indexes it again (its chunks are not in the archive).
         data.update(status="in_progress", usage_bytes=0, last_error=None)

@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from starlette.exceptions import HTTPException
 
 from loom.api.middleware import RequestIdMiddleware
-from loom.api.routes import assistants, files, models, runs, threads, vector_stores, webhooks
+from loom.api.routes import assistants, files, internal, models, runs, threads, vector_stores, webhooks
 from loom.api.routes.metrics import metrics_endpoint, sandbox_gauges
 from loom.console import api as console_api
 from loom.console import pages as console_pages
@@ -57,9 +57,11 @@ def create_app(container: Container) -> FastAPI:
     for module in (assistants, runs, threads, files, models, vector_stores, webhooks):
         app.include_router(module.router, prefix="/v1")
     app.add_route("/metrics", metrics_endpoint, methods=["GET"])
+    # The replicas' internal channel (loom.scaleout): only their shared secret opens it.
+    app.include_router(internal.router)
     # The console (its API first: the pages' catch-all must not shadow it).
     app.include_router(console_api.router)
     app.include_router(console_pages.router)
     app.add_middleware(AccessMiddleware, access_log=container.settings.access_log)
-    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RequestIdMiddleware, replica=container.replica)
     return app

@@ -31,10 +31,12 @@ _NUL_IN_URL = {
 
 
 class RequestIdMiddleware:
-    """Every response carries `x-request-id`; an unhandled exception becomes a 500 that says nothing internal."""
+    """Every response carries `x-request-id` (and `x-loom-replica`, the replica that answered, when given);
+    an unhandled exception becomes a 500 that says nothing internal."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, replica: str = "") -> None:
         self.app = app
+        self.replica = replica.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -55,6 +57,8 @@ class RequestIdMiddleware:
                 started = True
                 headers: list[Any] = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if self.replica:
+                    headers.append((b"x-loom-replica", self.replica))
                 message = {**message, "headers": headers}
             await send(message)
 

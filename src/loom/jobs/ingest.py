@@ -18,7 +18,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +31,7 @@ from loom.retrieval.isolate import ParseLimits, close_host
 from loom.services.vector_store_rows import add_usage, store_files
 from loom.services.vector_stores import VectorStoreService
 from loom.store import tables
+from loom.store.blobstore import BlobStorage
 from loom.store.coordination import Coordinator
 from loom.store.db import Database
 from loom.supervisor import Supervisor
@@ -57,7 +57,7 @@ class IngestWorker:
         db: Database,
         coordination: Coordinator,
         service: VectorStoreService,
-        blobs_path: Any,
+        blobs: BlobStorage,
         *,
         concurrency: int = 2,
         poll_s: float = 0.5,
@@ -68,7 +68,7 @@ class IngestWorker:
         self.coordination = coordination
         self.limits = limits or ParseLimits()
         self.service = service
-        self.path_for = blobs_path  # file id -> Path of its bytes
+        self.blobs = blobs  # where the Files' bytes are (their keys are in the file rows)
         self.concurrency = concurrency
         self.poll_s = poll_s
         self.janitor_s = janitor_s
@@ -142,9 +142,12 @@ class IngestWorker:
             if got:
                 await self._ingest(project, store_id, file_id)
 
-    async def _claim(self, project: str, store_id: str, file_id: str) -> tuple[dict[str, Any], str | None] | None:
+    async def _claim(
+        self, project: str, store_id: str, file_id: str
+    ) -> tuple[dict[str, Any], tuple[str, str] | None] | None:
         """Count an attempt on a file still `in_progress` (None when it is not, or has had too many
-        attempts: then it fails); the file row's wire object and the File's name (None if it is gone)."""
+        attempts: then it fails); the file row's wire object and the File's name and blob key (None if
+        it is gone)."""
         async with self.db.write() as conn:
             row = await store_files.get_row(conn, project, file_id, parent=store_id, lock=True)
             if row is None or row.status != "in_progress":
@@ -163,36 +166,38 @@ class IngestWorker:
             await store_files.replace(conn, project, obj, parent=store_id, state=attempt.to_json())
             file_row = (
                 await conn.execute(
-                    sa.select(tables.files.c.data).where(
+                    sa.select(tables.files.c.data, tables.files.c.path).where(
                         tables.files.c.id == file_id, tables.files.c.project == project
                     )
                 )
             ).first()
-            return obj, (dict(file_row[0])["filename"] if file_row is not None else None)
+            return obj, ((str(dict(file_row[0])["filename"]), str(file_row[1])) if file_row is not None else None)
 
     async def _ingest(self, project: str, store_id: str, file_id: str) -> None:
         claimed = await self._claim(project, store_id, file_id)
         if claimed is None:
             return
-        obj, filename = claimed
+        obj, stored = claimed
         index = self.service.index
         error: dict[str, str] | None = None
         usage = 0
         try:
-            if filename is None:
+            if stored is None:
                 raise FileProcessingError("The file no longer exists.")
-            path: Path = self.path_for(file_id)
-            result = await ingest_file(
-                index,
-                self.service.embedder,
-                vector_store_id=store_id,
-                file_id=file_id,
-                filename=filename,
-                path=path,
-                chunking=_strategy_from_wire(obj.get("chunking_strategy")),
-                attributes=obj.get("attributes"),
-                limits=self.limits,
-            )
+            filename, key = stored
+            # The bytes as a file on this machine (spooled from object storage, in chunks off the loop).
+            async with self.blobs.local_file(key) as path:
+                result = await ingest_file(
+                    index,
+                    self.service.embedder,
+                    vector_store_id=store_id,
+                    file_id=file_id,
+                    filename=filename,
+                    path=path,
+                    chunking=_strategy_from_wire(obj.get("chunking_strategy")),
+                    attributes=obj.get("attributes"),
+                    limits=self.limits,
+                )
             usage = result.text_bytes
         except FileProcessingError as exc:
             error = {"code": exc.code or "server_error", "message": exc.message}

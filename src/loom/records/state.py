@@ -33,6 +33,12 @@ class RunState:
     include: tuple[str, ...] = ()
     citations: tuple[CitationState, ...] = ()
     pending_images: tuple[str, ...] = ()
+    # A run on a thread with concurrent runs (`loom.runs.options`): the thread's messages it sees are
+    # those up to this `seq` when it was created, less those of the runs then active (`siblings`).
+    history_seq: int | None = None
+    siblings: tuple[str, ...] = ()
+    # Its own maximum duration (`loom_max_run_seconds` of the run or its assistant), kept for resumptions.
+    max_run_s: int | None = None
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> RunState:
@@ -44,6 +50,9 @@ class RunState:
             include=tuple(raw.get("include") or ()),
             citations=tuple(CitationState(**c) for c in raw.get("citations") or ()),
             pending_images=tuple(raw.get("pending_images") or ()),
+            history_seq=raw.get("history_seq"),
+            siblings=tuple(raw.get("siblings") or ()),
+            max_run_s=raw.get("max_run_s"),
         )
 
     def to_json(self) -> dict[str, Any] | None:
@@ -56,6 +65,12 @@ class RunState:
             out["citations"] = [c.to_json() for c in self.citations]
         if self.pending_images:
             out["pending_images"] = list(self.pending_images)
+        if self.history_seq is not None:
+            out["history_seq"] = self.history_seq
+        if self.siblings:
+            out["siblings"] = list(self.siblings)
+        if self.max_run_s is not None:
+            out["max_run_s"] = self.max_run_s
         return out or None
 
 

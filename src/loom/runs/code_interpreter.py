@@ -12,23 +12,21 @@ what was left out.
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import re
 from typing import Any
 
 import sqlalchemy as sa
 
 from loom.config import Settings
-from loom.errors import LoomError
 from loom.llm.types import ChatTool, ToolCall
-from loom.runs.ports import OutputFileWriter, StoredFileReader
+from loom.runs.code_sessions import CodeSessions
+from loom.runs.options import execution_timeout_s
 from loom.runs.tools import Citation, EmitDelta, ToolContext, ToolResult
-from loom.sandbox.types import DATA_DIR, SandboxProvider, SandboxUnavailable
+from loom.sandbox.types import DATA_DIR, SandboxUnavailable
 from loom.store import tables
 from loom.store.db import Database
-
-log = logging.getLogger("loom.runs")
 
 _DESCRIPTION = (
     "Run Python code in a stateful Jupyter kernel (variables persist between calls). Files the user gave "
@@ -206,6 +204,49 @@ class CodeInputStream:
         return self._delta(code_from_arguments(arguments))
 
 
+def _logs_delta(text: str) -> dict[str, Any]:
+    return {"type": "code_interpreter", "code_interpreter": {"outputs": [{"index": 0, "type": "logs", "logs": text}]}}
+
+
+class LogStream:
+    """The text an execution prints, sent while it runs as deltas of the call's first output (`logs`),
+    the pieces that came meanwhile joined into one delta; `sent` is what was sent (the start of the
+    final logs, whose rest follows at the end)."""
+
+    def __init__(self, emit: EmitDelta) -> None:
+        self._emit = emit
+        self.sent = ""
+        self._pending: list[str] = []
+        self._wake = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    def push(self, text: str) -> None:
+        self._pending.append(text)
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending:
+                text = "".join(self._pending)
+                self._pending.clear()
+                self.sent += text
+                await self._emit(_logs_delta(text))
+            if self._closed:
+                return
+
+    async def close(self) -> None:
+        """Send what is left to send, and stop."""
+        self._closed = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+
 class CodeInterpreterTool:
     type = "code_interpreter"
     interruptible = False
@@ -213,18 +254,12 @@ class CodeInterpreterTool:
     # The executor streams the input while the model writes it (`argument_stream`), so `execute` only
     # adds the outputs: the call's first delta (id, type) and the input are never sent twice.
 
-    def __init__(
-        self,
-        sandbox: SandboxProvider,
-        inputs: StoredFileReader,
-        outputs: OutputFileWriter,
-        db: Database,
-        settings: Settings,
-    ) -> None:
-        self.sandbox = sandbox
-        self.inputs = inputs
-        self.outputs = outputs
+    def __init__(self, sessions: CodeSessions, db: Database, settings: Settings) -> None:
+        self.sessions = sessions
         self.db = db
+        # One execution at a time per thread (its files in and out with it) is the sessions' rule
+        # (`CodeSessions`): runs of a thread with concurrent runs take turns, never interleaving in its kernel.
+        self.settings = settings
         self.max_output_files = max(1, settings.sandbox_max_output_files)
         self.max_output_file_bytes = min(settings.sandbox_max_output_file_mb * 1024 * 1024, settings.max_file_bytes)
 
@@ -263,60 +298,54 @@ class CodeInterpreterTool:
     ) -> ToolResult:
         # The call's first delta and its input were streamed by the executor (`StreamsArguments`).
         code = code_from_arguments(call.arguments)
+        timeout = execution_timeout_s(self.settings, ctx.run, ctx.assistant)
+        streamed = LogStream(emit)
         try:
-            session = await self.sandbox.session(ctx.thread["id"])
-            present = {f.name: f for f in await session.list_files()}
-            for file_id in await self._input_file_ids(ctx):
-                try:
-                    found = await self.inputs.stored_file(ctx.project, file_id)
-                except Exception:
-                    continue
-                if found is not None and found[0] not in present:
-                    await session.put_file(found[0], found[1].read_bytes())
-            before = {f.path: f.mtime for f in await session.list_files()}
-            # (What the code leaves running is ended by the sandbox itself, after each execution.)
-            result = await session.execute(code)
-            after = await session.list_files()
-        except SandboxUnavailable as exc:
-            text = f"The code interpreter is unavailable: {exc.message}"
-            await emit(
-                {
-                    "type": "code_interpreter",
-                    "code_interpreter": {"outputs": [{"index": 0, "type": "logs", "logs": text}]},
-                }
+            result = await self.sessions.execute(
+                ctx.project,
+                ctx.thread["id"],
+                code,
+                await self._input_file_ids(ctx),
+                call.id,
+                timeout_s=timeout,
+                on_text=streamed.push,
             )
+        except SandboxUnavailable as exc:
+            await streamed.close()
+            text = f"The code interpreter is unavailable: {exc.message}"
+            await emit(_logs_delta(text))
             return ToolResult(
                 output=text, details={"code_interpreter": {"input": code, "outputs": [{"type": "logs", "logs": text}]}}
             )
+        finally:
+            await streamed.close()
 
         outputs: list[dict[str, Any]] = []
-        images: list[str] = []
+        images = result.image_file_ids
         model_notes: list[str] = []
         logs = result.logs
         if logs:
             outputs.append({"type": "logs", "logs": logs})
-        for n, png in enumerate(result.images):
-            image_id = await self.outputs.write_output(ctx.project, f"{call.id}-image-{n}.png", png)
+        for image_id in images:
             outputs.append({"type": "image", "image": {"file_id": image_id}})
-            images.append(image_id)
             model_notes.append(f"[an image was displayed to the user: file {image_id}]")
-        if outputs:
-            await emit(
-                {
-                    "type": "code_interpreter",
-                    "code_interpreter": {"outputs": [{"index": i, **o} for i, o in enumerate(outputs)]},
-                }
-            )
+        # What was not streamed yet: the rest of the logs (truncation, notices), then the images.
+        unsent = [{"index": i, **o} for i, o in enumerate(outputs)]
+        if logs and streamed.sent and logs.startswith(streamed.sent):
+            rest = logs[len(streamed.sent) :]
+            unsent = ([{"index": 0, "type": "logs", "logs": rest}] if rest else []) + unsent[1:]
+        if unsent:
+            await emit({"type": "code_interpreter", "code_interpreter": {"outputs": unsent}})
         # Written files are only named here; those the answer links become Files then (`link_files`).
-        written = [f for f in after if before.get(f.path) != f.mtime]
-        for f in written[: self.max_output_files]:
-            if f.size > self.max_output_file_bytes:
+        written = result.written
+        for path, size in written[: self.max_output_files]:
+            if size > self.max_output_file_bytes:
                 model_notes.append(
-                    f"[file written: sandbox:{f.path} ({_mb(f.size)}), over the {_mb(self.max_output_file_bytes)} "
+                    f"[file written: sandbox:{path} ({_mb(size)}), over the {_mb(self.max_output_file_bytes)} "
                     "limit for files given to the user: it cannot be linked]"
                 )
             else:
-                model_notes.append(f"[file written: sandbox:{f.path}]")
+                model_notes.append(f"[file written: sandbox:{path}]")
         if len(written) > self.max_output_files:
             model_notes.append(
                 f"[... and {len(written) - self.max_output_files} more files written, not listed; at most "
@@ -334,19 +363,9 @@ class CodeInterpreterTool:
     async def link_files(self, ctx: ToolContext, text: str, known: set[str]) -> list[Citation]:
         """Files of the thread's session that `text` links (`sandbox:/mnt/data/x`), made Files now:
         streamed to the file store, at most `max_output_files`, each at most `max_output_file_bytes`."""
-        session = self.sandbox.get(ctx.thread["id"])
-        if session is None:
-            return []
-        citations: list[Citation] = []
         links = list(dict.fromkeys(m.group(0).rstrip(".,;:!?*_") for m in _LINK.finditer(text)))
-        for link in [x for x in links if x not in known][: self.max_output_files]:
-            temp = self.outputs.new_temp()
-            try:
-                size = await session.export_file(link, temp, self.max_output_file_bytes)
-            except (LoomError, OSError) as exc:  # missing, too large, a link the code planted, ...
-                temp.unlink(missing_ok=True)
-                log.info("linked sandbox file not returned: %s", getattr(exc, "message", exc))
-                continue
-            made = await self.outputs.write_output_from(ctx.project, link.rsplit("/", 1)[-1], temp, size)
-            citations.append(Citation(kind="file_path", text=link, file_id=made))
-        return citations
+        wanted = [x for x in links if x not in known][: self.max_output_files]
+        if not wanted:
+            return []
+        made = await self.sessions.export(ctx.project, ctx.thread["id"], wanted, self.max_output_file_bytes)
+        return [Citation(kind="file_path", text=link, file_id=file_id) for link, file_id in made]

@@ -150,6 +150,22 @@ def bound_message(message: ChatMessage) -> int:
     return total
 
 
+def prompt_limit(context_window: int, completion_reserve: int, max_prompt_tokens: int | None) -> int:
+    """The most tokens a prompt may take: the window less room for the reply, and `max_prompt_tokens`."""
+    budget = context_window - completion_reserve
+    return budget if max_prompt_tokens is None else min(budget, max_prompt_tokens)
+
+
+def history_budget(
+    model: str, instructions: str, transcript: list[ChatMessage], tools: list[ChatTool], limit: int
+) -> int:
+    """What is left of `limit` for the thread's messages once the instructions, the run's own turns and
+    the tools are counted (a memory strategy's budget)."""
+    system: list[ChatMessage] = [{"role": "system", "content": instructions}] if instructions else []
+    fixed = sum(count_message(m, model) for m in system + transcript) + count_tools(tools, model) + 3
+    return max(limit - fixed, 0)
+
+
 def build_prompt(
     *,
     model: str,
@@ -167,9 +183,7 @@ def build_prompt(
     if truncation.get("type") == "last_messages" and truncation.get("last_messages"):
         history = history[-int(truncation["last_messages"]) :]
     system: list[ChatMessage] = [{"role": "system", "content": instructions}] if instructions else []
-    budget = context_window - completion_reserve
-    if max_prompt_tokens is not None:
-        budget = min(budget, max_prompt_tokens)
+    budget = prompt_limit(context_window, completion_reserve, max_prompt_tokens)
     everything = system + history + transcript
     # Most prompts fit with room to spare: prove it from byte counts and skip tokenizing the whole
     # thread on every model call (and loading a tokenizer at all when the upstream reports usage).

@@ -17,14 +17,15 @@ import logging
 import secrets
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from loom.clock import now
 from loom.config import Settings
+from loom.errors import ServiceUnavailable
 from loom.llm.routing import ModelRouter
+from loom.memory.service import MemoryService
 from loom.ops import metrics
 from loom.records import RunRecord, RunState, step_to_wire
 from loom.runs.bus import EventBus
@@ -34,7 +35,7 @@ from loom.runs.executor import RunExecutor
 from loom.runs.store import Preloaded, RunStore
 from loom.runs.tools import ServerTool
 from loom.store import tables
-from loom.store.blobs import BlobStore
+from loom.store.blobstore import BlobStorage
 from loom.store.collections import files as files_collection
 from loom.store.collections import messages, run_steps
 from loom.store.coordination import Coordinator
@@ -49,7 +50,7 @@ _MIN_POLL_MS = 5
 
 class RunEngine:
     def __init__(
-        self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStore, coordination: Coordinator
+        self, settings: Settings, db: Database, router: ModelRouter, blobs: BlobStorage, coordination: Coordinator
     ) -> None:
         self.settings = settings
         self.db = db
@@ -57,6 +58,8 @@ class RunEngine:
         self.router = router
         self.blobs = blobs
         self.store = RunStore(db)
+        # Memory strategies (loom.memory); the container hands it the embedder file search uses.
+        self.memory = MemoryService(db)
         self.bus = EventBus()
         self.replica = "replica_" + secrets.token_hex(6)
         self.executors: dict[str, RunExecutor] = {}
@@ -68,6 +71,8 @@ class RunEngine:
         # Cancels asked for runs whose task here has not registered its executor yet.
         self._cancel_pending: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
+        # Set on SIGTERM (`drain`): no new run starts here; those executing are given time to finish.
+        self.draining = False
 
     def register_tool(self, tool: ServerTool) -> None:
         self.server_tools[tool.type] = tool
@@ -87,7 +92,8 @@ class RunEngine:
                 row = await files_collection.get_row(conn, project, file_id)
             if row is None:
                 return None
-            return str(row.data["filename"]), Path(row.path).read_bytes()
+            async with await self.blobs.open(str(row.path)) as reader:
+                return str(row.data["filename"]), b"".join([chunk async for chunk in reader])
 
         return read
 
@@ -99,6 +105,22 @@ class RunEngine:
             await self.recover(orphans_only=False)
         self._background.append(supervisor.start("loom-run-sweeper", self._sweeper))
         await self.coordination.listen(_CHANNEL, self._on_cancel_notice)
+
+    def refuse_if_draining(self) -> None:
+        """A request that would start (or resume) a run here while this replica drains: 503, which clients
+        retry (the balancer sends the retry to another replica)."""
+        if self.draining:
+            raise ServiceUnavailable("The server is overloaded or not ready yet.")
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking runs and wait, up to `timeout_s`, for those executing here to end (or reach
+        `requires_action`). Any still executing then are stopped by `stop`: their leases lapse and another
+        replica's sweep ends them (`recover`)."""
+        self.draining = True
+        running = [t for t in self._tasks if not t.done()]
+        if running:
+            log.info("draining: waiting up to %gs for %d run(s) executing here", timeout_s, len(running))
+            await asyncio.wait(running, timeout=timeout_s)
 
     async def stop(self) -> None:
         for task in [*self._background, *self._tasks]:

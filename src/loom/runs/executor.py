@@ -19,6 +19,8 @@ from loom.config import Settings
 from loom.llm.errors import UpstreamError
 from loom.llm.routing import ModelRouter, Route
 from loom.llm.types import ChatRequest, ToolCall
+from loom.memory import MemoryFailure
+from loom.memory.service import MemoryService, RunMemory
 from loom.ops import metrics
 from loom.records import CitationState, RunRecord, RunState, StepCall, StepState, step_to_wire
 from loom.runs import endings, model_request
@@ -51,6 +53,9 @@ class ExecutorHost(Protocol):
     def server_tools_for(self, tools: list[dict[str, Any]]) -> dict[str, tuple[ServerTool, dict[str, Any]]]: ...
 
     def file_reader(self, project: str) -> FileReader: ...
+
+    @property
+    def memory(self) -> MemoryService: ...
 
 
 log = logging.getLogger("loom.runs")
@@ -85,6 +90,8 @@ class RunExecutor:
         # When the run was claimed here, until its first token arrives (then 0: observed).
         self.awaiting_first_token = time.monotonic()
         self.output = AssistantOutput(self)
+        # The run's memory strategy (loom.memory), chosen once its assistant and thread are read.
+        self.memory: RunMemory | None = None
 
     # Events.
 
@@ -132,6 +139,8 @@ class RunExecutor:
             await self._loop()
         except UpstreamError as exc:
             await endings.fail(self, exc.code, exc.message)
+        except MemoryFailure as exc:
+            await endings.fail(self, "server_error", str(exc))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -153,6 +162,7 @@ class RunExecutor:
             cited=[c.to_json() for c in self.state.citations],
         )
         route = await self.engine.router.route(self.run["model"])
+        self.memory = self.engine.memory.for_run(self.project, self.run, thread, assistant, route)
         for _ in range(MAX_MODEL_CALLS):
             if await self._model_round(route, tool_ctx, context):
                 return
@@ -175,9 +185,14 @@ class RunExecutor:
         self.linkers = [(impl, tool_ctx) for impl, _t in server_tools.values() if isinstance(impl, LinksFiles)]
         tools = model_request.chat_tools(self.run, tool_ctx, server_tools)
         if context is None:
-            context = await self.store.run_context(self.project, self.run)
+            context = await self.store.run_context(self.project, self.run, self.state)
         reader = self.engine.file_reader(self.project)
-        prompt = await model_request.prompt_for(self.run, route, context, reader, tools, usage)
+        prompt = await model_request.prompt_for(self.run, route, context, reader, tools, usage, self.memory)
+        memory_usage = self.memory.take_usage() if self.memory is not None else (0, 0)
+        if any(memory_usage):
+            # A strategy's own model calls (a summary) count in the run's usage and in this step's.
+            usage = usage_dict(usage["prompt_tokens"] + memory_usage[0], usage["completion_tokens"] + memory_usage[1])
+            self.state = replace(self.state, usage=usage)
         if prompt.over_budget:
             await endings.incomplete(self, "max_prompt_tokens")
             return True
@@ -191,7 +206,9 @@ class RunExecutor:
             usage["prompt_tokens"] + call_usage.prompt_tokens,
             usage["completion_tokens"] + call_usage.completion_tokens,
         )
-        step_usage = usage_dict(call_usage.prompt_tokens, call_usage.completion_tokens)
+        step_usage = usage_dict(
+            call_usage.prompt_tokens + memory_usage[0], call_usage.completion_tokens + memory_usage[1]
+        )
         return await self._after_call(tool_ctx, turn, server_tools, total, step_usage)
 
     async def _call_model(self, route: Route, request: ChatRequest, turn: Turn, server_tools: ServerTools) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from loom.llm.routing import Route
-from loom.llm.types import ChatRequest, ChatTool
+from loom.llm.types import ChatMessage, ChatRequest, ChatTool
+from loom.memory import ThreadMessage
+from loom.memory.service import RunMemory
 from loom.runs import context as ctx_mod
 from loom.runs.context import FileReader, Prompt
 from loom.runs.store import RunContext
@@ -53,22 +56,53 @@ async def prompt_for(
     reader: FileReader,
     tools: list[ChatTool],
     usage: dict[str, int],
+    memory: RunMemory | None = None,
 ) -> Prompt:
     """The prompt of the run's next model call: the thread's history and the run's own transcript,
-    truncated to the run's strategy, the model's window and what is left of `max_prompt_tokens`."""
+    truncated to the run's strategy, the model's window and what is left of `max_prompt_tokens`.
+    With `memory`, the run's memory strategy (`loom.memory`) builds the thread's part first."""
     history, steps, own = context
     cap_completion = run.get("max_completion_tokens")
+    model = route.upstream_model
+    transcript = ctx_mod.run_transcript(steps, own)
+    max_prompt = run["max_prompt_tokens"] - usage["prompt_tokens"] if run["max_prompt_tokens"] else None
+    reserve = min(cap_completion or 4096, route.context_window // 8)
+    truncation = run["truncation_strategy"]
+    if memory is None:
+        chat = await ctx_mod.thread_history(history, reader)
+    else:
+        limit = ctx_mod.prompt_limit(route.context_window, reserve, max_prompt)
+
+        def budget() -> int:
+            return ctx_mod.history_budget(model, run["instructions"], transcript, tools, limit)
+
+        def count(messages: Sequence[ChatMessage]) -> int:
+            return sum(ctx_mod.count_message(m, model) for m in messages)
+
+        entries = [await _entry(m, reader) for m in history]
+        chat = await memory.history([e for e in entries if e is not None], budget, count)
+        # The strategy chose; what is still over the budget is dropped oldest first, as `auto` does.
+        truncation = {"type": "auto", "last_messages": None}
     return ctx_mod.build_prompt(
-        model=route.upstream_model,
+        model=model,
         instructions=run["instructions"],
-        history=await ctx_mod.thread_history(history, reader),
-        transcript=ctx_mod.run_transcript(steps, own),
+        history=chat,
+        transcript=transcript,
         tools=tools,
-        truncation=run["truncation_strategy"],
+        truncation=truncation,
         context_window=route.context_window,
-        max_prompt_tokens=(run["max_prompt_tokens"] - usage["prompt_tokens"] if run["max_prompt_tokens"] else None),
-        completion_reserve=min(cap_completion or 4096, route.context_window // 8),
+        max_prompt_tokens=max_prompt,
+        completion_reserve=reserve,
     )
+
+
+async def _entry(message: dict[str, Any], reader: FileReader) -> ThreadMessage | None:
+    """A thread message as memory strategies see it (None for one the model is not sent: no text)."""
+    chat = await ctx_mod.thread_history([message], reader)
+    if not chat:
+        return None
+    text = "".join(p["text"]["value"] for p in message["content"] if p.get("type") == "text")
+    return ThreadMessage(id=message["id"], role=message["role"], text=text, chat=chat[0])
 
 
 def chat_request(

@@ -11,6 +11,7 @@ that satisfy them (wired in `loom.container`) and never imports the services tha
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Protocol
 
@@ -18,9 +19,13 @@ from loom.retrieval.search import SearchResult
 
 
 class StoredFileReader(Protocol):
-    async def stored_file(self, project: str, file_id: str) -> tuple[str, Path] | None:
-        """The filename and local path of one of the project's live Files; None when there is none
+    async def stored_file(self, project: str, file_id: str) -> tuple[str, str] | None:
+        """The filename and blob key of one of the project's live Files; None when there is none
         (never was, deleted, expired)."""
+        ...
+
+    def local_file(self, key: str) -> AbstractAsyncContextManager[Path]:
+        """A path to the blob's bytes on this machine while the context lasts (see `BlobStorage`)."""
         ...
 
 

@@ -22,7 +22,7 @@ Preloaded = tuple[dict[str, Any] | None, dict[str, Any] | None, RunContext]
 
 # Read before every model call; built once.
 _THREAD_MESSAGES = (
-    sa.select(tables.messages.c.data)
+    sa.select(tables.messages.c.data, tables.messages.c.seq)
     .where(tables.messages.c.thread_id == sa.bindparam("thread_id"))
     .order_by(tables.messages.c.created_at, tables.messages.c.seq)
 )
@@ -188,29 +188,41 @@ class RunStore:
         async with self.db.read() as conn:
             assistant = await assistants.get(conn, project, run["assistant_id"])
             thread = await threads.get(conn, project, run["thread_id"])
-            context = await self._run_context(conn, run)
+            state = await conn.scalar(sa.select(tables.runs.c.state).where(tables.runs.c.id == run["id"]))
+            context = await self._run_context(conn, run, RunState.from_json(state))
         return assistant, thread, context
 
     @classmethod
-    async def new_run_context(cls, conn: Any, run: dict[str, Any]) -> RunContext:
+    async def new_run_context(cls, conn: Any, run: dict[str, Any], state: RunState | None = None) -> RunContext:
         """The context of a run being created, read in its creating transaction."""
-        return await cls._run_context(conn, run, new=True)
+        return await cls._run_context(conn, run, state, new=True)
 
-    async def run_context(self, project: str, run: dict[str, Any]) -> RunContext:
-        """The thread's messages from before this run, this run's steps, and this run's messages by id."""
+    async def run_context(self, project: str, run: dict[str, Any], state: RunState | None = None) -> RunContext:
+        """The thread's messages from before this run (as of its creation on a thread with concurrent
+        runs: `state.history_seq`), this run's steps, and this run's messages by id."""
         async with self.db.read() as conn:
-            return await self._run_context(conn, run)
+            return await self._run_context(conn, run, state)
 
     @staticmethod
-    async def _run_context(conn: Any, run: dict[str, Any], *, new: bool = False) -> RunContext:
+    async def history_view(conn: Any, thread_id: str, siblings: list[str]) -> RunState:
+        """What a run created now on a thread with concurrent runs sees of it (`RunState.history_seq`,
+        `siblings`): read in the creating transaction, which holds the thread's row."""
+        m = tables.messages
+        last = await conn.scalar(sa.select(sa.func.max(m.c.seq)).where(m.c.thread_id == thread_id))
+        return RunState(history_seq=int(last or 0), siblings=tuple(siblings))
+
+    @staticmethod
+    async def _run_context(conn: Any, run: dict[str, Any], state: RunState | None, *, new: bool = False) -> RunContext:
         """`new`: the run was created in this transaction, so it has no steps to read yet."""
         rows = (await conn.execute(_THREAD_MESSAGES, {"thread_id": run["thread_id"]})).all()
         step_rows = [] if new else (await conn.execute(_RUN_STEPS, {"run_id": run["id"]})).all()
+        upto = state.history_seq if state is not None else None
+        siblings = set(state.siblings) if state is not None else set()
         history: list[dict[str, Any]] = []
         own: dict[str, dict[str, Any]] = {}
-        for (data,) in rows:
+        for data, seq in rows:
             if data.get("run_id") == run["id"] and data["role"] == "assistant":
                 own[data["id"]] = dict(data)
-            else:
+            elif upto is None or (seq <= upto and data.get("run_id") not in siblings):
                 history.append(dict(data))
         return history, [RunStepRecord.from_row(r) for r in step_rows], own

@@ -253,12 +253,14 @@ class KernelProcess:
         *,
         timeout_s: float,
         watchdog: Callable[[], Awaitable[str | None]] | None = None,
+        on_text: Callable[[str], None] | None = None,
         _quiet: bool = False,
     ) -> RawExecution:
         """Run code and collect its outputs. Raises KernelDied (with what was collected) if the kernel dies.
 
         On the deadline (or when `watchdog` returns a reason) the kernel is interrupted; if it does not
         finish within the grace period the result's status is "stuck" and the caller must restart it.
+        `on_text` is told the text outputs as they come (`OutputCollector`).
         """
         if self.shell is None or self.iopub is None or not self.alive:
             raise KernelDied(OutputCollector(self.limits))
@@ -274,7 +276,8 @@ class KernelProcess:
                 "stop_on_error": True,
             },
         )
-        exchange = _Exchange(msg["header"]["msg_id"], OutputCollector(self.limits), started, started + timeout_s)
+        collector = OutputCollector(self.limits, on_text)
+        exchange = _Exchange(msg["header"]["msg_id"], collector, started, started + timeout_s)
         await self.shell.send_multipart(self.session.serialize(msg))
         await self._follow(exchange, self.shell, self.iopub, watchdog)
         return exchange.outcome(time.monotonic() - started)

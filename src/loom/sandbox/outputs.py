@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import re
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from loom.sandbox.types import ImageOutput, LogOutput, SandboxLimits
@@ -21,7 +22,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 class OutputCollector:
     """Text and images of one execution, bounded: the head of the text, then (if it overflowed) its tail."""
 
-    def __init__(self, limits: SandboxLimits) -> None:
+    def __init__(self, limits: SandboxLimits, on_text: Callable[[str], None] | None = None) -> None:
+        # Told each piece of text kept in the head as it comes (the pieces are the start of the final
+        # logs: what overflows, the truncation note and notices come only at the end).
+        self.on_text = on_text
         self.max_images = limits.max_images
         self.head_budget = max(1, limits.max_output_bytes * 3 // 4)
         self.tail_budget = max(1, limits.max_output_bytes - self.head_budget)
@@ -47,10 +51,14 @@ class OutputCollector:
             if self.head_used + n <= self.head_budget:
                 self.head_used += n
                 self._append_text(s)
+                if self.on_text is not None:
+                    self.on_text(s)
                 return
             room = self.head_budget - self.head_used
             head = s.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
             self._append_text(head)
+            if self.on_text is not None and head:
+                self.on_text(head)
             self.head_used = self.head_budget
             self.truncated = True
             s = s[len(head) :]

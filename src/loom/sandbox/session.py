@@ -97,7 +97,9 @@ class BwrapSession:
             self._slot.kernel = await task
         return self._slot.kernel, note
 
-    async def execute(self, code: str, *, timeout_s: float | None = None) -> ExecutionResult:
+    async def execute(
+        self, code: str, *, timeout_s: float | None = None, on_text: Callable[[str], None] | None = None
+    ) -> ExecutionResult:
         self._check_open()
         limits = self._limits
         timeout = limits.timeout_s if timeout_s is None else timeout_s
@@ -111,7 +113,7 @@ class BwrapSession:
                     note = f"[{note}; it was restarted and earlier variables are gone.]"
                 watchdog = self._disk_watchdog() if self._slot.volume.kind == "dir" else None
                 try:
-                    raw = await kernel.execute(code, timeout_s=timeout, watchdog=watchdog)
+                    raw = await kernel.execute(code, timeout_s=timeout, watchdog=watchdog, on_text=on_text)
                 except KernelDied as died:
                     if self._closed:
                         notice = "[The sandbox session was closed during this execution.]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
@@ -154,8 +155,11 @@ class Sandbox(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    async def execute(self, code: str, *, timeout_s: float | None = None) -> ExecutionResult:
-        """Run `code`; never raises for errors in the code itself (see `ExecutionResult`)."""
+    async def execute(
+        self, code: str, *, timeout_s: float | None = None, on_text: Callable[[str], None] | None = None
+    ) -> ExecutionResult:
+        """Run `code`; never raises for errors in the code itself (see `ExecutionResult`). `on_text` is
+        told the text the code prints as it comes (the start of the result's `logs`)."""
         ...
 
     async def put_file(self, name: str, data: bytes) -> str:

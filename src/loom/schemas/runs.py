@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from loom.schemas.assistants import ReasoningEffort, ResponseFormat, Temperature, Tool, ToolResources, TopP
 from loom.schemas.common import UNION_EXPECTATIONS, Metadata, Request, openai_error, tagged
@@ -18,8 +19,24 @@ Instructions = Annotated[str, Field(max_length=256_000)]
 MAX_TOOL_OUTPUT_CHARS = 512_000
 
 
+# Beyond OpenAI's two types, `type` may name a memory strategy (loom.memory): built in or a plug-in.
+_STRATEGY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.:-]{0,127}")
+
+
+def _truncation_type(value: object) -> object:
+    """OpenAI's types, or a strategy's name (found or not when the run starts); anything else gets
+    OpenAI's own error."""
+    if isinstance(value, str) and _STRATEGY_NAME.fullmatch(value):
+        return value
+    raise openai_error(
+        f"Invalid value: '{value}'. Supported values are: 'auto' or 'last_messages'.",
+        "truncation_strategy.type",
+        "invalid_value",
+    )
+
+
 class TruncationStrategy(Request):
-    type: Literal["auto", "last_messages"]
+    type: Annotated[str, BeforeValidator(_truncation_type)]
     last_messages: Annotated[int, Field(ge=1)] | None = None
 
 

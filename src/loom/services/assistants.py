@@ -6,7 +6,9 @@ from typing import Any
 
 from loom import ids
 from loom.clock import now
+from loom.config import Settings
 from loom.errors import NotFound
+from loom.runs.options import check_limits
 from loom.schemas.assistants import AssistantCreate, AssistantModify, response_format_wire, tool_wire
 from loom.services.common import ListParams, named_vector_stores, require_vector_stores
 from loom.services.tool_resources import tool_resources_wire
@@ -16,10 +18,13 @@ from loom.store.repo import Page
 
 
 class AssistantService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, settings: Settings | None = None) -> None:
         self.db = db
+        # The bounds of the run limits an assistant's metadata may set (`loom.runs.options`).
+        self.settings = settings or Settings()
 
     async def create(self, project: str, req: AssistantCreate) -> dict[str, Any]:
+        check_limits(self.settings, req.metadata)
         async with self.db.write() as conn:
             obj: dict[str, Any] = {
                 "id": ids.new_id("assistant"),
@@ -52,6 +57,7 @@ class AssistantService:
             return await assistants.list(conn, project, params)
 
     async def modify(self, project: str, assistant_id: str, req: AssistantModify) -> dict[str, Any]:
+        check_limits(self.settings, req.metadata)
         async with self.db.write() as conn:
             # The named stores first, then the row, locked until the write commits (the order a store's
             # delete takes them in): a delete that detaches the store is not overwritten by what was read.

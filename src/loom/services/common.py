@@ -130,3 +130,13 @@ _ACTIVE_RUN = (
 async def active_run(conn: AsyncConnection, thread_id: str) -> str | None:
     row = (await conn.execute(_ACTIVE_RUN, {"thread_id": thread_id})).first()
     return row[0] if row is not None else None
+
+
+_ACTIVE_RUNS = sa.select(tables.runs.c.id).where(
+    tables.runs.c.thread_id == sa.bindparam("thread_id"), tables.runs.c.status.in_(ACTIVE_RUN_STATUSES)
+)
+
+
+async def active_runs(conn: AsyncConnection, thread_id: str) -> list[str]:
+    """Every active run of the thread (several on a thread with concurrent runs)."""
+    return [row[0] for row in (await conn.execute(_ACTIVE_RUNS, {"thread_id": thread_id})).all()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -18,11 +19,12 @@ from loom.runs.bus import RunEvents as RunEvents  # the routes' view of a run's 
 from loom.runs.engine import RunEngine
 from loom.runs.live import LiveRuns
 from loom.runs.objects import new_run
+from loom.runs.options import check_limits, concurrent_runs, run_limit_s
 from loom.runs.status import TERMINAL
 from loom.runs.store import Preloaded, RunStore
 from loom.schemas.runs import RunCreate, RunModify, SubmitToolOutputs, ThreadAndRunCreate
 from loom.schemas.threads import ThreadCreate
-from loom.services.common import ListParams, active_run
+from loom.services.common import ListParams, active_run, active_runs
 from loom.services.threads import create_thread_row, insert_message
 from loom.store import tables
 from loom.store.collections import assistants, run_steps, runs, threads
@@ -131,6 +133,7 @@ class RunService:
         self, project: str, thread_id: str, req: RunCreate, include: list[str]
     ) -> tuple[Run, RunEvents | None]:
         """The run as created, and (with `stream`) its events, from `thread.run.created`."""
+        self.engine.refuse_if_draining()
         async with self.db.write() as conn:
             thread = await threads.get_row(conn, project, thread_id, lock=True)
             if thread is None:
@@ -138,16 +141,26 @@ class RunService:
             assistant = await assistants.get(conn, project, req.assistant_id)
             if assistant is None:
                 raise NotFound("assistant", req.assistant_id)
-            running = await active_run(conn, thread_id)
-            if running is not None:
-                raise InvalidRequest(f"Thread {thread_id} already has an active run {running}.")
+            settings = self.engine.settings
+            concurrent = concurrent_runs(settings.concurrent_runs, thread.data)
+            if not concurrent:
+                running = await active_run(conn, thread_id)
+                if running is not None:
+                    raise InvalidRequest(f"Thread {thread_id} already has an active run {running}.")
+            check_limits(settings, req.metadata)
             self.engine.router.resolve(req.model or assistant["model"])
             for message in req.additional_messages or []:
                 await insert_message(conn, project, thread_id, message)
-            run = new_run(thread_id, assistant, req, self.engine.settings.run_max_duration_s)
-            created, started = await self._insert_started(conn, project, run, RunState(include=tuple(include)))
+            limit = run_limit_s({"metadata": req.metadata}, assistant)
+            state = RunState(include=tuple(include), max_run_s=limit)
+            if concurrent:
+                # Several runs at once: this one sees the thread as it is now (`RunState.history_seq`).
+                view = await RunStore.history_view(conn, thread_id, await active_runs(conn, thread_id))
+                state = replace(state, history_seq=view.history_seq, siblings=view.siblings)
+            run = new_run(thread_id, assistant, req, limit or settings.run_max_duration_s)
+            created, started = await self._insert_started(conn, project, run, state)
             # The executor's first reads, done here: this transaction has the assistant and thread.
-            preloaded = (assistant, dict(thread.data), await RunStore.new_run_context(conn, started.data))
+            preloaded = (assistant, dict(thread.data), await RunStore.new_run_context(conn, started.data, state))
         first = [("thread.run.created", created), ("thread.run.queued", created)] if req.stream else None
         return created, self._start(project, started.data, first, claimed=started, preloaded=preloaded)
 
@@ -155,16 +168,24 @@ class RunService:
         self, project: str, req: ThreadAndRunCreate
     ) -> tuple[dict[str, Any], Run, RunEvents | None]:
         """The thread, the run as created, and (with `stream`) its events, from `thread.created`."""
+        self.engine.refuse_if_draining()
         async with self.db.write() as conn:
             assistant = await assistants.get(conn, project, req.assistant_id)
             if assistant is None:
                 raise NotFound("assistant", req.assistant_id)
             self.engine.router.resolve(req.model or assistant["model"])
+            settings = self.engine.settings
+            check_limits(settings, req.metadata)
             # The thread as stored after its messages (whose attachments may have made its store).
             thread = await create_thread_row(conn, project, req.thread or ThreadCreate(), req.tool_resources)
-            run = new_run(thread["id"], assistant, req, self.engine.settings.run_max_duration_s)
-            created, started = await self._insert_started(conn, project, run, RunState())
-            preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started.data))
+            limit = run_limit_s({"metadata": req.metadata}, assistant)
+            run = new_run(thread["id"], assistant, req, limit or settings.run_max_duration_s)
+            state = RunState(max_run_s=limit)
+            if concurrent_runs(settings.concurrent_runs, thread):
+                view = await RunStore.history_view(conn, thread["id"], [])
+                state = replace(state, history_seq=view.history_seq)
+            created, started = await self._insert_started(conn, project, run, state)
+            preloaded = (assistant, dict(thread), await RunStore.new_run_context(conn, started.data, state))
         first = None
         if req.stream:
             first = [("thread.created", thread), ("thread.run.created", created), ("thread.run.queued", created)]
@@ -231,6 +252,7 @@ class RunService:
         async with self.db.write() as conn:
             run = await self._thread_run(conn, project, thread_id, run_id)
             if req.metadata is not None:
+                check_limits(self.engine.settings, req.metadata)
                 run["metadata"] = dict(req.metadata)
                 await runs.replace(conn, project, run)
         return RunRecord(run).to_wire()
@@ -251,6 +273,7 @@ class RunService:
     ) -> tuple[RunStep, Run, RunEvents | None]:
         """The completed tool-call step, the run queued again, and (with `stream`) its events, from
         `thread.run.step.completed`."""
+        self.engine.refuse_if_draining()
         async with self.db.write() as conn:
             row = await self._thread_run_row(conn, project, thread_id, run_id)
             run = RunRecord.from_row(row)
@@ -287,13 +310,13 @@ class RunService:
                     calls = calls.with_output(call["id"], given[call["id"]])
             step.update(status="completed", completed_at=now())
             await run_steps.replace(conn, project, step, state=calls.to_json())
-        # The resumed run has the whole maximum run duration again.
+        # The resumed run has the whole maximum run duration again (its own, or the server's).
         queued = await self.engine.store.transition(
             project,
             run_id,
             "queued",
             allowed_from={"requires_action"},
-            expires_at=now() + self.engine.settings.run_max_duration_s,
+            expires_at=now() + (run.state.max_run_s or self.engine.settings.run_max_duration_s),
         )
         if queued is None:
             raise InvalidRequest(f'Runs in status "{run.status}" do not accept tool outputs.')

@@ -13,6 +13,7 @@ from loom import ids
 from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
 from loom.records import Message, MessageRecord, Thread, ThreadRecord
+from loom.runs.options import concurrent_runs
 from loom.schemas.assistants import ToolResources
 from loom.schemas.threads import ImageFilePart, MessageCreate, MessageModify, TextPart, ThreadCreate, ThreadModify
 from loom.services.common import (
@@ -133,8 +134,11 @@ async def delete_thread_rows(conn: AsyncConnection, thread_id: str) -> None:
 
 
 class ThreadService:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, concurrent_runs: bool = False) -> None:
         self.db = db
+        # Every thread takes messages while runs are active (`LOOM_CONCURRENT_RUNS`), else only
+        # threads opted in by their metadata (`loom.runs.options`).
+        self.concurrent_runs = concurrent_runs
         # Called with the id of each deleted thread (e.g. to end its sandbox session).
         self.on_delete: list[Callable[[str], Awaitable[None]]] = []
 
@@ -197,14 +201,20 @@ class ThreadService:
             .limit(1)
             .scalar_subquery()
         )
-        check = sa.select(t.c.seq, active).where(t.c.id == thread_id, t.c.project == project)
+        # The thread's row is locked (PostgreSQL) as a run's creation locks it: the two commit one at a
+        # time, so a run's view of a thread with concurrent runs (its messages up to a `seq`,
+        # `RunState.history_seq`) never gains a message added after the run.
+        check = sa.select(t.c.seq, active).where(t.c.id == thread_id, t.c.project == project).with_for_update(of=t)
         async with self.db.write() as conn:
             found = (await conn.execute(check)).first()
             if found is None:
                 raise NotFound("thread", thread_id)
             run_id = found[1]
             if run_id is not None:
-                raise InvalidRequest(f"Can't add messages to {thread_id} while a run {run_id} is active.")
+                # A thread with concurrent runs takes the message anyway.
+                row = await threads.get_row(conn, project, thread_id)
+                if row is None or not concurrent_runs(self.concurrent_runs, row.data):
+                    raise InvalidRequest(f"Can't add messages to {thread_id} while a run {run_id} is active.")
             return MessageRecord(await insert_message(conn, project, thread_id, req)).to_wire()
 
     async def list_messages(self, project: str, thread_id: str, params: ListParams, run_id: str | None) -> Page:

@@ -5,6 +5,9 @@ A completion claims its upload (`status` column `completing`; the claim, `Upload
 it copies the parts. A claim that lapsed was left by a process that died mid-assembly: it is rolled back
 (the upload is `pending` again, the half-assembled file removed) by whichever request or janitor pass
 meets it. On SQLite one process owns the database, so a claim of any other process is dead.
+
+Each part is an object of the blob store (`part_key`), put before its row is inserted; completion streams
+the parts, in order, into the File's object (`file_key`): no whole file is ever held in memory.
 """
 
 from __future__ import annotations
@@ -14,11 +17,9 @@ import contextlib
 import hashlib
 import logging
 import secrets
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from loom.schemas.files import UploadComplete, UploadCreate
 from loom.schemas.forms import Form
 from loom.services.files import FileService, choice_error, clean_filename, expires_after_seconds
 from loom.store import tables
+from loom.store.blobstore import file_chunks, file_key, part_key
 from loom.store.collections import files, uploads
 from loom.store.db import Database
 from loom.store.repo import Collection
@@ -112,12 +114,12 @@ class UploadService:
             return True
         return claim.until <= time.time()
 
-    async def _settle_row(self, conn: Any, project: str, row: Any) -> Sequence[Path]:
-        """Roll back a dead completion and expire an overdue upload, in `conn`; the paths to remove once
+    async def _settle_row(self, conn: Any, project: str, row: Any) -> Sequence[str]:
+        """Roll back a dead completion and expire an overdue upload, in `conn`; the objects to delete once
         that is committed (the half-assembled file, the expired upload's parts)."""
         record = UploadRecord.from_row(row)
         obj, status, state = record.data, record.status, record.state
-        leftovers: list[Path] = []
+        leftovers: list[str] = []
         if status == _COMPLETING:
             claim = state.claim
             if not self._lapsed(claim):
@@ -125,13 +127,13 @@ class UploadService:
             state = replace(state, claim=None)
             status = "pending"
             if claim is not None:
-                leftovers.append(self.blobs.path_for(claim.file_id))
+                leftovers.append(file_key(claim.file_id))
             log.warning("upload %s: an interrupted completion was rolled back", obj["id"])
         if status == "pending" and obj["expires_at"] <= now():
             status = obj["status"] = "expired"
             t = tables.upload_parts
             paths = (await conn.execute(sa.select(t.c.path).where(t.c.upload_id == obj["id"]))).scalars()
-            leftovers += [Path(p) for p in paths]
+            leftovers += [str(p) for p in paths]
             await conn.execute(t.delete().where(t.c.upload_id == obj["id"]))
         if status != record.status:
             await uploads.replace(conn, project, obj, status=status, state=state.to_json())
@@ -156,8 +158,17 @@ class UploadService:
         async with self.db.write() as conn:
             row = await uploads.get_row(conn, project, upload_id, lock=True)
             leftovers = await self._settle_row(conn, project, row) if row is not None else []
-        for path in leftovers:
-            path.unlink(missing_ok=True)
+        await self._discard_leftovers(leftovers)
+
+    async def _discard_leftovers(self, keys: Sequence[str]) -> None:
+        """Delete what a settled upload left: its parts, or the File a dead completion was assembling
+        (whole, or what its interrupted put left half-written)."""
+        for key in keys:
+            await self.files.discard_object(key)
+            try:
+                await self.blobs.discard_incomplete(0, key=key)
+            except Exception as exc:
+                log.warning("could not remove what an interrupted put of %s left (the janitor will): %s", key, exc)
 
     async def _pending_upload(self, conn: Any, project: str, upload_id: str) -> UploadRecord:
         row = await uploads.get_row(conn, project, upload_id, lock=True)
@@ -183,16 +194,18 @@ class UploadService:
             part_id = ids.new_id("part")
             await self._settle(project, upload_id)
             async with self.db.write() as conn:
-                await self._pending_upload(conn, project, upload_id)
-                path = self.blobs.commit(data[0].path, part_id)
-                part = {"id": part_id, "object": "upload.part", "created_at": now(), "upload_id": upload_id}
-                try:
-                    await upload_parts.insert(
-                        conn, project, part, upload_id=upload_id, path=str(path), bytes=data[0].size
-                    )
-                except BaseException:
-                    path.unlink(missing_ok=True)
-                    raise
+                await self._pending_upload(conn, project, upload_id)  # refused before any byte is stored
+            # Bytes first (no row lock held while they travel), then the row, under the upload's lock.
+            key = part_key(upload_id, part_id)
+            info = await self.blobs.put(key, file_chunks(data[0].path))
+            part = {"id": part_id, "object": "upload.part", "created_at": now(), "upload_id": upload_id}
+            try:
+                async with self.db.write() as conn:
+                    await self._pending_upload(conn, project, upload_id)
+                    await upload_parts.insert(conn, project, part, upload_id=upload_id, path=key, bytes=info.size)
+            except BaseException:
+                await self.files.discard_object(key)
+                raise
             return part
         finally:
             form.discard()
@@ -215,7 +228,7 @@ class UploadService:
                     sa.select(t.c.id, t.c.path, t.c.bytes).where(t.c.upload_id == upload_id, t.c.project == project)
                 )
             ).all()
-            parts = {r[0]: (Path(r[1]), int(r[2])) for r in rows}
+            parts = {r[0]: (str(r[1]), int(r[2])) for r in rows}
             for part_id in req.part_ids:
                 if part_id not in parts:
                     raise InvalidRequest(
@@ -232,19 +245,20 @@ class UploadService:
                 )
             claimed = replace(pending.state, claim=UploadClaim(self.owner, time.time() + self.lease_s, file_id))
             await uploads.replace(conn, project, obj, status=_COMPLETING, state=claimed.to_json())
-        # Assembled straight into the File's own path: a crash leaves it where the rollback looks for it.
-        target = self.blobs.path_for(file_id)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        lost = threading.Event()
+        # Assembled straight into the File's own object: a crash leaves it where the rollback looks for it.
+        target = file_key(file_id)
+        lost = asyncio.Event()
         renewer = asyncio.create_task(self._renew_claim(project, upload_id, file_id, lost))
+        md5 = hashlib.md5(usedforsecurity=False)
         try:
             try:
-                digest = await asyncio.to_thread(self._assemble, [parts[p][0] for p in req.part_ids], target, lost)
+                await self.blobs.put(target, self._assemble([parts[p][0] for p in req.part_ids], md5, lost))
             finally:
-                lost.set()  # stops the copy too, when this request itself was cancelled
+                lost.set()
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
+            digest = md5.hexdigest()
             if req.md5 is not None and req.md5.lower() != digest:
                 raise InvalidRequest(
                     "The md5 checksum of the assembled file does not match the 'md5' given.",
@@ -259,7 +273,7 @@ class UploadService:
                 record = UploadRecord.from_row(row)
                 obj = record.data
                 await files.insert(
-                    conn, project, file_obj, purpose=obj["purpose"], expires_at=file_obj["expires_at"], path=str(target)
+                    conn, project, file_obj, purpose=obj["purpose"], expires_at=file_obj["expires_at"], path=target
                 )
                 obj["status"] = "completed"
                 obj["file"] = file_obj
@@ -267,11 +281,11 @@ class UploadService:
                 await uploads.replace(conn, project, obj, status="completed", state=done.to_json())
                 await conn.execute(t.delete().where(t.c.upload_id == upload_id))
         except BaseException:
-            target.unlink(missing_ok=True)
+            await self.files.discard_object(target)
             await self._release_claim(project, upload_id, file_id)
             raise
-        for part_path, _ in parts.values():
-            part_path.unlink(missing_ok=True)
+        for key, _ in parts.values():
+            await self.files.discard_object(key)
         return UploadRecord(obj, "completed", done).to_wire()
 
     def _claimed(self, row: Any, file_id: str) -> bool:
@@ -280,22 +294,21 @@ class UploadService:
             row.status == _COMPLETING and claim is not None and claim.owner == self.owner and claim.file_id == file_id
         )
 
-    def _assemble(self, sources: Sequence[Path], target: Path, lost: threading.Event) -> str:
-        """Copy the parts into `target` (in a worker thread); their md5. Stops when the claim is lost."""
-        digest = hashlib.md5(usedforsecurity=False)
-        with target.open("wb") as out:
-            for i, source in enumerate(sources):
-                if i and self.assembly_pause_s:
-                    lost.wait(self.assembly_pause_s)
-                with source.open("rb") as src:
-                    while chunk := src.read(1 << 20):
-                        if lost.is_set():
-                            raise InvalidRequest("The upload's completion was interrupted.")
-                        digest.update(chunk)
-                        out.write(chunk)
-        return digest.hexdigest()
+    async def _assemble(self, sources: Sequence[str], md5: Any, lost: asyncio.Event) -> AsyncIterator[bytes]:
+        """The parts' bytes in order, streamed from the store (their md5 into `md5`, in a worker thread).
+        Stops when the claim is lost."""
+        for i, source in enumerate(sources):
+            if i and self.assembly_pause_s:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self.assembly_pause_s)
+            async with await self.blobs.open(source) as reader:
+                async for chunk in reader:
+                    if lost.is_set():
+                        raise InvalidRequest("The upload's completion was interrupted.")
+                    await asyncio.to_thread(md5.update, chunk)
+                    yield chunk
 
-    async def _renew_claim(self, project: str, upload_id: str, file_id: str, lost: threading.Event) -> None:
+    async def _renew_claim(self, project: str, upload_id: str, file_id: str, lost: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(max(self.lease_s / 3, 0.1))
             async with self.db.write() as conn:
@@ -326,10 +339,10 @@ class UploadService:
             record = await self._pending_upload(conn, project, upload_id)
             record.data["status"] = "cancelled"
             await uploads.replace(conn, project, record.data, status="cancelled")
-            paths = list((await conn.execute(sa.select(t.c.path).where(t.c.upload_id == upload_id))).scalars())
+            keys = list((await conn.execute(sa.select(t.c.path).where(t.c.upload_id == upload_id))).scalars())
             await conn.execute(t.delete().where(t.c.upload_id == upload_id))
-        for p in paths:
-            Path(p).unlink(missing_ok=True)
+        for key in keys:
+            await self.files.discard_object(str(key))
         return record.to_wire()
 
     async def expire_uploads(self) -> int:
@@ -356,7 +369,6 @@ class UploadService:
             async with self.db.write() as conn:
                 row = await uploads.get_row(conn, project, upload_id, lock=True)
                 leftovers = await self._settle_row(conn, project, row) if row is not None else []
-            for path in leftovers:
-                path.unlink(missing_ok=True)
+            await self._discard_leftovers(leftovers)
             changed += 1
         return changed

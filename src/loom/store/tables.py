@@ -81,6 +81,7 @@ files = _resource(
     "files",
     sa.Column("purpose", sa.String(32), nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=True),
+    # The key of its bytes in the blob store (`loom.store.blobstore.file_key`), never a host path.
     sa.Column("path", sa.String(512), nullable=False),
     sa.Index("ix_files_list", "project", "created_at", "seq"),
 )
@@ -95,6 +96,7 @@ uploads = _resource(
 upload_parts = _resource(
     "upload_parts",
     sa.Column("upload_id", sa.String(64), nullable=False, index=True),
+    # The key of the part's bytes in the blob store (`loom.store.blobstore.part_key`).
     sa.Column("path", sa.String(512), nullable=False),
     sa.Column("bytes", sa.BigInteger, nullable=False),
 )
@@ -120,4 +122,22 @@ vector_store_files = _resource(
 vector_store_file_batches = _resource(
     "vector_store_file_batches",
     sa.Column("vector_store_id", sa.String(64), nullable=False, index=True),
+)
+
+# Scale-out (loom.scaleout.affinity): which replica owns each thread's code-interpreter session, at which
+# internal address, under a lease it renews; and the replicas' shared secret for their internal channel.
+sandbox_owners = sa.Table(
+    "sandbox_owners",
+    metadata,
+    sa.Column("thread_id", sa.String(64), primary_key=True),
+    sa.Column("replica", sa.String(64), nullable=False, index=True),
+    sa.Column("address", sa.String(512), nullable=False),
+    sa.Column("lease_expires_at", sa.Float, nullable=False),
+)
+
+internal_secrets = sa.Table(
+    "internal_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
 )

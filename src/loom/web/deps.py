@@ -20,7 +20,7 @@ from loom.services.runs import RunService
 from loom.services.threads import ThreadService
 from loom.services.uploads import UploadService
 from loom.services.vector_stores import VectorStoreService
-from loom.store.blobs import BlobStore
+from loom.store.blobstore import BlobStorage
 from loom.store.db import Database
 from loom.webhooks.service import WebhookService
 
@@ -75,7 +75,7 @@ async def get_settings(request: Request) -> Settings:
     return container_of(request).settings
 
 
-async def get_blobs(request: Request) -> BlobStore:
+async def get_blobs(request: Request) -> BlobStorage:
     return container_of(request).blobs
 
 
@@ -93,5 +93,5 @@ WebhookServiceDep = Annotated[WebhookService, Depends(get_webhook_service)]
 KeyRingDep = Annotated[KeyRing, Depends(get_key_ring)]
 ModelRouterDep = Annotated[ModelRouter, Depends(get_model_router)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+BlobsDep = Annotated[BlobStorage, Depends(get_blobs)]
 DatabaseDep = Annotated[Database, Depends(get_database)]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from starlette.responses import FileResponse
+from starlette.background import BackgroundTask
+from starlette.responses import StreamingResponse
 
 from loom.api.multipart import FORM_OVERHEAD_BYTES, read_form
 from loom.errors import PayloadTooLarge
 from loom.services.common import list_params
 from loom.web.auth import Project
-from loom.web.deps import BlobsDep, FileServiceDep, SettingsDep, UploadServiceDep
+from loom.web.deps import FileServiceDep, SettingsDep, UploadServiceDep
 from loom.web.http import JSON, json_body
 
 router = APIRouter()
@@ -27,9 +28,7 @@ def _check_length(request: Request, limit: int) -> None:
 
 
 @router.post("/files")
-async def create_file(
-    request: Request, project: Project, files: FileServiceDep, settings: SettingsDep, blobs: BlobsDep
-) -> JSON:
+async def create_file(request: Request, project: Project, files: FileServiceDep, settings: SettingsDep) -> JSON:
     limit = settings.max_file_bytes
     _check_length(request, limit)
     form = await read_form(
@@ -37,7 +36,7 @@ async def create_file(
         request.stream(),
         file_fields={"file"},
         max_file_bytes=limit,
-        temp_path=blobs.new_temp,
+        temp_path=files.new_temp,
     )
     return JSON(await files.create_from_form(project, form))
 
@@ -60,9 +59,15 @@ async def delete_file(request: Request, project: Project, files: FileServiceDep,
 
 
 @router.get("/files/{file_id}/content")
-async def file_content(request: Request, project: Project, files: FileServiceDep, file_id: str) -> FileResponse:
-    path = await files.path(project, file_id)
-    return FileResponse(path, media_type="application/octet-stream")
+async def file_content(request: Request, project: Project, files: FileServiceDep, file_id: str) -> StreamingResponse:
+    # Opened here, so that a missing File or a store that is down is an error response, not a cut stream.
+    reader = await files.content(project, file_id)
+    return StreamingResponse(
+        reader,
+        media_type="application/octet-stream",
+        headers={"content-length": str(reader.size)},
+        background=BackgroundTask(reader.aclose),
+    )
 
 
 @router.post("/uploads")
@@ -77,7 +82,7 @@ async def add_upload_part(
     project: Project,
     uploads: UploadServiceDep,
     settings: SettingsDep,
-    blobs: BlobsDep,
+    files: FileServiceDep,
     upload_id: str,
 ) -> JSON:
     limit = settings.max_upload_part_bytes
@@ -87,7 +92,7 @@ async def add_upload_part(
         request.stream(),
         file_fields={"data"},
         max_file_bytes=limit,
-        temp_path=blobs.new_temp,
+        temp_path=files.new_temp,
     )
     return JSON(await uploads.add_part(project, upload_id, form))
 

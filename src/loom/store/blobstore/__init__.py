@@ -41,8 +41,21 @@ __all__ = [
     "bytes_chunks",
     "check_key",
     "file_chunks",
+    "file_key",
     "open_blob_storage",
+    "part_key",
 ]
+
+
+def file_key(file_id: str) -> str:
+    """Where a File's bytes live: `<last two characters>/<id>` (the layout of Loom's files folder since
+    its first version, so a local store's existing files are already keys)."""
+    return check_key(f"{file_id[-2:]}/{file_id}")
+
+
+def part_key(upload_id: str, part_id: str) -> str:
+    """Where a part of an Upload lives until the upload is completed (or cancelled, or expires)."""
+    return check_key(f"{upload_id}/{part_id}")
 
 
 def open_blob_storage(

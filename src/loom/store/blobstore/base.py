@@ -171,8 +171,9 @@ class BlobStorage(Protocol):
         else a temporary copy spooled in chunks and removed afterwards."""
         ...
 
-    async def discard_incomplete(self, older_than_s: float) -> int:
-        """Remove what interrupted puts left (a crash mid-put) older than this; how many were removed."""
+    async def discard_incomplete(self, older_than_s: float, key: str | None = None) -> int:
+        """Remove what interrupted puts left (a crash mid-put) older than this, only that of puts of `key`
+        when given (a put its owner is known to have abandoned); how many were removed."""
         ...
 
     async def aclose(self) -> None: ...

@@ -272,12 +272,17 @@ class LocalBlobStorage:
         await self.size(key)  # BlobNotFound now, not when the consumer opens it
         yield path
 
-    async def discard_incomplete(self, older_than_s: float) -> int:
+    async def discard_incomplete(self, older_than_s: float, key: str | None = None) -> int:
         cutoff = time.time() - older_than_s
+        if key is None:
+            found = functools.partial(self.root.rglob, f".*{PARTIAL_SUFFIX}")
+        else:
+            target = self._path(key)
+            found = functools.partial(target.parent.glob, f".{target.name}.*{PARTIAL_SUFFIX}")
 
         def sweep() -> int:
             removed = 0
-            for path in self.root.rglob(f".*{PARTIAL_SUFFIX}"):
+            for path in found():
                 with contextlib.suppress(FileNotFoundError):
                     if path.stat().st_mtime < cutoff:
                         path.unlink()

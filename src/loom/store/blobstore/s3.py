@@ -252,7 +252,7 @@ class S3BlobStorage:
         finally:
             await asyncio.shield(asyncio.to_thread(path.unlink, True))
 
-    async def discard_incomplete(self, older_than_s: float) -> int:
+    async def discard_incomplete(self, older_than_s: float, key: str | None = None) -> int:
         # Interrupted puts abort their own uploads; what a killed process left is for the bucket's
         # lifecycle rule (obstore lists no multipart uploads).
         return 0

@@ -1,0 +1,142 @@
+"""The official SDK through a real nginx (deploy/nginx.conf) doing round-robin over two replicas with
+separate data directories on one PostgreSQL: code-interpreter state whichever replica runs the run,
+streaming, tool outputs submitted through the other replica, and one replica killed mid-run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any, cast
+
+import httpx
+import openai
+import pytest
+
+from tests.code_interpreter.conftest import new_thread
+from tests.conftest import sdk_client
+from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
+from tests.scaleout.conftest import Cluster
+from tests.support.nginx import Nginx
+from tests.support.server import LoomServer
+from tests.support.wait import wait_for
+
+TERMINAL = {"requires_action", "cancelled", "completed", "failed", "expired", "incomplete"}
+
+
+@pytest.fixture()
+def balancer(cluster: Cluster) -> Iterator[Nginx]:
+    nginx = Nginx([s.port for s in cluster.replicas]).start()
+    try:
+        yield nginx
+    finally:
+        nginx.stop()
+
+
+def _client(cluster: Cluster, nginx: Nginx) -> openai.OpenAI:
+    # (A stand-in whose base_url is the balancer's: `sdk_client` takes a server.)
+    return sdk_client(cast(LoomServer, nginx), timeout=120)
+
+
+def _create(client: openai.OpenAI, thread: str, assistant: str) -> tuple[Any, str]:
+    """A run created through the balancer, and the replica that received (and executes) it."""
+    raw = client.beta.threads.runs.with_raw_response.create(thread_id=thread, assistant_id=assistant)
+    return raw.parse(), raw.headers["x-loom-replica"]
+
+
+def _wait(client: openai.OpenAI, thread: str, run_id: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = client.beta.threads.runs.retrieve(run_id, thread_id=thread)
+        if run.status in TERMINAL or time.monotonic() > deadline:
+            return run
+        time.sleep(0.05)
+
+
+def _code_run(client: openai.OpenAI, upstream: FakeUpstream, thread: str, assistant: str, code: str) -> tuple[str, str]:
+    """(the code's logs, the replica that executed the run)."""
+    upstream.push(Turn.calls(ToolCallSpec("code_interpreter", {"code": code})), Turn.reply("Done."))
+    run, replica = _create(client, thread, assistant)
+    run = _wait(client, thread, run.id)
+    assert run.status == "completed", (run.status, run.last_error)
+    steps = client.beta.threads.runs.steps.list(thread_id=thread, run_id=run.id, order="asc")
+    (call,) = [c for s in steps if s.step_details.type == "tool_calls" for c in s.step_details.tool_calls]
+    assert call.type == "code_interpreter"
+    return "".join(o.logs for o in call.code_interpreter.outputs if o.type == "logs"), replica
+
+
+def test_the_whole_flow_through_the_balancer(cluster: Cluster, balancer: Nginx, upstream: FakeUpstream) -> None:
+    client = _client(cluster, balancer)
+    assistant = client.beta.assistants.create(
+        model="gpt-4o",
+        tools=[
+            {"type": "code_interpreter"},
+            {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}},
+        ],
+    ).id
+    thread = new_thread(client)
+    logs, first = _code_run(client, upstream, thread, assistant, "counter = 1\nprint(counter)")
+    assert logs == "1\n"
+    executed = {first}
+    for n in range(2, 6):
+        logs, replica = _code_run(client, upstream, thread, assistant, "counter += 1\nprint(counter)")
+        assert logs == f"{n}\n", logs  # the same kernel, whichever replica ran the run
+        executed.add(replica)
+    assert len(executed) == 2, executed  # both replicas executed runs of the thread
+
+    # Streaming through the balancer: every event, in order, unbuffered.
+    upstream.push(Turn.reply("Streamed through nginx.", chunk_size=3, chunk_delay_s=0.02))
+    with client.beta.threads.runs.stream(thread_id=thread, assistant_id=assistant) as stream:
+        events = [e.event for e in stream]
+        final = stream.get_final_run()
+    assert final.status == "completed"
+    assert events[0] == "thread.run.created" and events[-1] == "thread.run.completed", events
+    assert events.count("thread.message.delta") >= 5, events
+    assert stream.get_final_messages()[0].content[0].text.value == "Streamed through nginx."  # type: ignore[union-attr]
+
+    # Function calling: the tool outputs go through the replica that did not receive the run.
+    upstream.push(Turn.calls(ToolCallSpec("lookup", {})), Turn.reply("It is 42."))
+    run, creator = _create(client, thread, assistant)
+    run = _wait(client, thread, run.id)
+    assert run.status == "requires_action", (run.status, run.last_error)
+    assert run.required_action is not None
+    (pending,) = run.required_action.submit_tool_outputs.tool_calls
+    for _ in range(2):  # one worker: strict alternation, so the next request goes to the other replica
+        peek = client.beta.threads.runs.with_raw_response.retrieve(run.id, thread_id=thread)
+        if peek.headers["x-loom-replica"] == creator:
+            break
+    raw = client.beta.threads.runs.with_raw_response.submit_tool_outputs(
+        run.id, thread_id=thread, tool_outputs=[{"tool_call_id": pending.id, "output": "42"}]
+    )
+    assert raw.headers["x-loom-replica"] != creator
+    assert _wait(client, thread, run.id).status == "completed"
+    answer = client.beta.threads.messages.list(thread_id=thread, order="desc", limit=1).data[0]
+    assert answer.content[0].text.value == "It is 42."  # type: ignore[union-attr]
+
+
+def test_a_replica_killed_mid_run(cluster: Cluster, balancer: Nginx, upstream: FakeUpstream) -> None:
+    client = _client(cluster, balancer)
+    assistant = client.beta.assistants.create(model="gpt-4o").id
+    thread = new_thread(client)
+    upstream.push(Turn.reply("never finished", chunk_size=1, chunk_delay_s=0.5))
+    run, replica = _create(client, thread, assistant)
+    wait_for(
+        lambda: client.beta.threads.runs.retrieve(run.id, thread_id=thread).status == "in_progress",
+        30,
+        "the run to start",
+    )
+    (victim,) = [s for s in cluster.replicas if _replica_id(s) == replica]
+    victim.kill()
+    # The survivor's sweep takes the lapsed lease: the run ends, never stuck in progress.
+    ended = _wait(client, thread, run.id, timeout=60)
+    assert ended.status == "failed", ended.status
+    assert ended.last_error is not None and ended.last_error.code == "server_error"
+    # And the survivor serves everything that follows, through the balancer.
+    for _ in range(4):
+        upstream.push(Turn.reply("Still here."))
+        after = client.beta.threads.runs.create_and_poll(thread_id=thread, assistant_id=assistant, poll_interval_ms=50)
+        assert after.status == "completed", (after.status, after.last_error)
+    assert len(client.beta.threads.messages.list(thread_id=thread).data) >= 5
+
+
+def _replica_id(server: Any) -> str:
+    return httpx.get(f"http://127.0.0.1:{server.port}/health").headers["x-loom-replica"]
