@@ -1,9 +1,11 @@
 """The official SDK through a real nginx (deploy/nginx.conf) doing round-robin over two replicas with
-separate data directories on one PostgreSQL: code-interpreter state whichever replica runs the run,
-streaming, tool outputs submitted through the other replica, and one replica killed mid-run."""
+separate data directories on one PostgreSQL and one object store: code-interpreter state whichever replica
+runs the run, streaming, tool outputs submitted through the other replica, file bytes (upload, ingestion,
+file_search, code-interpreter input, download) whichever replica serves, and one replica killed mid-run."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -62,6 +64,96 @@ def _code_run(client: openai.OpenAI, upstream: FakeUpstream, thread: str, assist
     (call,) = [c for s in steps if s.step_details.type == "tool_calls" for c in s.step_details.tool_calls]
     assert call.type == "code_interpreter"
     return "".join(o.logs for o in call.code_interpreter.outputs if o.type == "logs"), replica
+
+
+def _next_goes_to(client: openai.OpenAI, replica: str) -> None:
+    """Steer the balancer: with one nginx worker round-robin alternates strictly between the two replicas,
+    so after a request that lands on the other one, the next request lands on `replica`."""
+    for _ in range(3):
+        if client.models.with_raw_response.list().headers["x-loom-replica"] != replica:
+            return
+    raise AssertionError(f"the balancer does not alternate: every request went to {replica}")
+
+
+NOTES = (
+    b"The capital of Freedonia is Gnarlytown. Gnarlytown has three hundred bridges over the Zarn river.\n"
+    + b"".join(b"Ledger line %d: the ferry from Gnarlytown carried %d crates.\n" % (i, i * 7) for i in range(400))
+)
+
+
+def test_file_bytes_through_the_balancer(cluster: Cluster, balancer: Nginx, upstream: FakeUpstream) -> None:
+    """Upload, ingestion, file_search, code-interpreter input and download of one file in object storage,
+    with requests served by both replicas (each with a data directory of its own)."""
+    client = _client(cluster, balancer)
+    replicas = {_replica_id(s) for s in cluster.replicas}
+    assert len(replicas) == 2
+    raw = client.files.with_raw_response.create(file=("notes.txt", NOTES), purpose="assistants")
+    uploaded, uploader = raw.parse(), raw.headers["x-loom-replica"]
+    (other,) = replicas - {uploader}
+
+    # A vector store with the file, ingested by whichever replica took the job, from the object store.
+    _next_goes_to(client, other)
+    raw_store = client.vector_stores.with_raw_response.create(name="notes", file_ids=[uploaded.id])
+    assert raw_store.headers["x-loom-replica"] == other
+    store = raw_store.parse()
+    wait_for(
+        lambda: client.vector_stores.files.retrieve(uploaded.id, vector_store_id=store.id).status != "in_progress",
+        60,
+        "the file's ingestion",
+    )
+    vs_file = client.vector_stores.files.retrieve(uploaded.id, vector_store_id=store.id)
+    assert vs_file.status == "completed", vs_file.last_error
+
+    # file_search, in a run the replica that did not store the file executes: the answer cites the file.
+    assistant = client.beta.assistants.create(
+        model="gpt-4o",
+        tools=[
+            {"type": "file_search", "file_search": {"ranking_options": {"score_threshold": 0.0}}},
+            {"type": "code_interpreter"},
+        ],
+        tool_resources={"file_search": {"vector_store_ids": [store.id]}},
+    ).id
+    thread = new_thread(client, messages=[{"role": "user", "content": "What is the capital of Freedonia?"}])
+    marker = "【0:0†notes.txt】"
+    upstream.push(
+        Turn.calls(ToolCallSpec("file_search", {"queries": ["capital of Freedonia"]})),
+        Turn.reply(f"Gnarlytown {marker}."),
+    )
+    _next_goes_to(client, other)
+    run, executor = _create(client, thread, assistant)
+    assert executor == other
+    run = _wait(client, thread, run.id)
+    assert run.status == "completed", (run.status, run.last_error)
+    text = client.beta.threads.messages.list(thread_id=thread, order="desc", limit=1).data[0].content[0]
+    assert text.type == "text" and text.text.value == f"Gnarlytown {marker}."
+    (citation,) = text.text.annotations
+    assert citation.type == "file_citation" and citation.file_citation.file_id == uploaded.id
+
+    # The file as a code-interpreter input, read by code in runs that each replica executes.
+    digest = hashlib.sha256(NOTES).hexdigest()
+    code = "import hashlib\nprint(hashlib.sha256(open('/mnt/data/notes.txt', 'rb').read()).hexdigest())"
+    for replica in sorted(replicas):
+        attached = new_thread(
+            client,
+            messages=[
+                {
+                    "role": "user",
+                    "content": "Hash the notes.",
+                    "attachments": [{"file_id": uploaded.id, "tools": [{"type": "code_interpreter"}]}],
+                }
+            ],
+        )
+        _next_goes_to(client, replica)
+        logs, executor = _code_run(client, upstream, attached, assistant, code)
+        assert executor == replica
+        assert logs == digest + "\n", logs
+
+    # Download through each replica: the same bytes.
+    for replica in sorted(replicas):
+        _next_goes_to(client, replica)
+        content = client.files.with_raw_response.content(uploaded.id)
+        assert content.headers["x-loom-replica"] == replica
+        assert content.content == NOTES
 
 
 def test_the_whole_flow_through_the_balancer(cluster: Cluster, balancer: Nginx, upstream: FakeUpstream) -> None:
