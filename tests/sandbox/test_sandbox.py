@@ -6,12 +6,14 @@ Each escape attempt must be contained, and the manager must serve executions nor
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import os
 import resource
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
 from pathlib import Path
 
@@ -83,6 +85,37 @@ async def test_file_put_in_and_read_by_code(manager: SandboxManager) -> None:
         await box.put_file("..", b"x")
     r = await box.execute("import os; print(sorted(os.listdir('/mnt/data')))")
     assert r.logs.strip() == "['data.csv', 'evil.txt', 'win.txt']"
+
+
+async def test_a_host_file_is_copied_in_a_chunk_at_a_time(manager: SandboxManager, tmp_path: Path) -> None:
+    """An input file goes in from the host file it was spooled to, never whole in this process's memory."""
+    source = _patterned(tmp_path / "big.bin", 24)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    box = await manager.session("files-in-big")
+    tracemalloc.start()
+    try:
+        assert await box.put_file("big.bin", source) == "/mnt/data/big.bin"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * (1 << 20), peak  # 24 MiB copied with at most a few 1 MiB chunks held at once
+    r = await box.execute("import hashlib\nprint(hashlib.sha256(open('/mnt/data/big.bin','rb').read()).hexdigest())")
+    assert r.status == "ok" and r.logs.strip() == digest, r.logs
+    with pytest.raises(SandboxFileError):
+        await box.put_file("huge.bin", _sparse(tmp_path / "huge.bin", 64 * 1024 * 1024))
+
+
+def _patterned(path: Path, mib: int) -> Path:
+    with open(path, "wb") as out:
+        for n in range(mib):
+            out.write(bytes([n]) * (1 << 20))
+    return path
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with open(path, "wb") as out:
+        out.truncate(size)
+    return path
 
 
 async def test_matplotlib_chart_is_png(manager: SandboxManager) -> None:

@@ -115,10 +115,10 @@ class LocalCodeSessions:
                 except Exception:
                     continue
                 if found is not None and found[0] not in present:
-                    # From the blob store (a copy spooled here when it is remote), read off the event loop.
+                    # From the blob store (a copy spooled here when it is remote), copied in a chunk at a
+                    # time off the event loop: never whole in memory.
                     async with self.inputs.local_file(found[1]) as local:
-                        data = await asyncio.to_thread(local.read_bytes)
-                    await session.put_file(found[0], data)
+                        await session.put_file(found[0], local)
             before = {f.path: f.mtime for f in await session.list_files()}
             # (What the code leaves running is ended by the sandbox itself, after each execution.)
             result = await session.execute(code, timeout_s=timeout_s, on_text=on_text)

@@ -196,7 +196,7 @@ class BwrapSession:
 
     # ----------------------------------------------------------------------------------------- files
 
-    async def put_file(self, name: str, data: bytes) -> str:
+    async def put_file(self, name: str, data: bytes | Path) -> str:
         self._check_open()
         self.touch()
         return await asyncio.to_thread(self._slot.volume.put, name, data)

@@ -162,8 +162,9 @@ class Sandbox(Protocol):
         told the text the code prints as it comes (the start of the result's `logs`)."""
         ...
 
-    async def put_file(self, name: str, data: bytes) -> str:
-        """Write `data` as /mnt/data/<name> (the name is reduced to a safe base name); returns that path."""
+    async def put_file(self, name: str, data: bytes | Path) -> str:
+        """Write `data` (bytes, or a host file copied a chunk at a time) as /mnt/data/<name> (the name is
+        reduced to a safe base name); returns that path."""
         ...
 
     async def read_file(self, path: str) -> bytes:

@@ -219,8 +219,11 @@ class DataVolume:
             raise
         return fd
 
-    def put(self, name: str, data: bytes) -> str:
+    def put(self, name: str, data: bytes | Path) -> str:
+        """Write `data` (bytes, or a host file of ours copied a chunk at a time, never whole in memory) as
+        `name` in the volume; returns its path in the sandbox."""
         base = safe_name(name)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
         dfd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             old = 0
@@ -234,9 +237,9 @@ class DataVolume:
                     os.unlink(base, dir_fd=dfd)
             except FileNotFoundError:
                 pass
-            if len(data) > self.disk_bytes - max(0, self.usage() - old):
+            if size > self.disk_bytes - max(0, self.usage() - old):
                 raise SandboxFileError(
-                    f"Not enough room in {DATA_DIR} for {base} ({len(data)} bytes; limit {self.disk_bytes}).",
+                    f"Not enough room in {DATA_DIR} for {base} ({size} bytes; limit {self.disk_bytes}).",
                     code="sandbox_disk_full",
                 )
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
@@ -247,10 +250,12 @@ class DataVolume:
             try:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):
                     raise SandboxFileError(f"{DATA_DIR}/{base} is not a regular file.")
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                if isinstance(data, Path):
+                    with open(data, "rb") as source:
+                        while chunk := source.read(1 << 20):
+                            _write_all(fd, chunk)
+                else:
+                    _write_all(fd, data)
                 os.fchown(fd, self.uid, self.gid)
                 os.fchmod(fd, 0o644)
             except OSError as e:
@@ -362,3 +367,10 @@ class DataVolume:
                 elif stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
                     stack.append((entry.path, child, depth + 1))
         return sorted(out, key=lambda f: f.path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
