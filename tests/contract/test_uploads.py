@@ -107,7 +107,9 @@ def test_bad_create(client: openai.OpenAI) -> None:
 
 @pytest.fixture(scope="module")
 def short_lived_uploads() -> Iterator[LoomServer]:
-    server = LoomServer(extra_env={"LOOM_UPLOAD_EXPIRY_S": "1"})
+    # Two seconds: timestamps are whole seconds, so an upload lives between one and two (with one, a part sent
+    # 50 ms after the create could find it expired when the create landed late in its second).
+    server = LoomServer(extra_env={"LOOM_UPLOAD_EXPIRY_S": "2"})
     server.start()
     try:
         yield server
@@ -118,7 +120,7 @@ def short_lived_uploads() -> Iterator[LoomServer]:
 def test_expired_upload_refuses_parts_and_completion(short_lived_uploads: LoomServer) -> None:
     client = checked_client(short_lived_uploads)
     upload = client.uploads.create(bytes=2, filename="x.txt", mime_type="text/plain", purpose="assistants")
-    assert upload.expires_at == upload.created_at + 1
+    assert upload.expires_at == upload.created_at + 2
     part = client.uploads.parts.create(upload.id, data=io.BytesIO(b"ok"))
 
     def refused() -> str | None:
