@@ -30,6 +30,17 @@ def _events(response: httpx.Response) -> list[tuple[str, Any]]:
     return events
 
 
+def _streamed(
+    server: LoomServer, path: str, body: dict[str, Any], include: list[str] | None = None
+) -> list[tuple[str, Any]]:
+    """The events of a streaming POST (`include[]` in the query when given)."""
+    params = {"include[]": include} if include is not None else None
+    with httpx.stream(
+        "POST", f"{server.base_url}{path}", params=params, json=body, headers=HEADERS, timeout=60
+    ) as response:
+        return _events(response)
+
+
 def _results(step: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         r
@@ -84,15 +95,9 @@ def test_streamed_steps_agree_with_get(vs_server: LoomServer, client: openai.Ope
             Turn.calls(ToolCallSpec("file_search", {"queries": ["capital of Freedonia"]})),
             Turn.reply("Gnarlytown 【0:0†notes.txt】."),
         )
-        with httpx.stream(
-            "POST",
-            f"{vs_server.base_url}/threads/{thread.id}/runs",
-            params={"include[]": include},
-            json={"assistant_id": assistant.id, "stream": True},
-            headers=HEADERS,
-            timeout=60,
-        ) as response:
-            events = _events(response)
+        events = _streamed(
+            vs_server, f"/threads/{thread.id}/runs", {"assistant_id": assistant.id, "stream": True}, include
+        )
         assert events[-1][0] == "thread.run.completed", events[-1]
         assert _check_agreement(vs_server, thread.id, events, include) > 0
 
@@ -103,26 +108,17 @@ def test_streamed_steps_agree_with_get(vs_server: LoomServer, client: openai.Ope
             Turn.calls(ToolCallSpec("file_search", {"queries": ["bridges"]}), ToolCallSpec("lookup", {"q": "b"})),
             Turn.reply("Three hundred."),
         )
-        with httpx.stream(
-            "POST",
-            f"{vs_server.base_url}/threads/{thread.id}/runs",
-            params={"include[]": include},
-            json={"assistant_id": assistant.id, "stream": True},
-            headers=HEADERS,
-            timeout=60,
-        ) as response:
-            events = _events(response)
+        events = _streamed(
+            vs_server, f"/threads/{thread.id}/runs", {"assistant_id": assistant.id, "stream": True}, include
+        )
         assert events[-1][0] == "thread.run.requires_action", events[-1]
         run = events[-1][1]
         _check_agreement(vs_server, thread.id, events, include)
         [call] = run["required_action"]["submit_tool_outputs"]["tool_calls"]
-        with httpx.stream(
-            "POST",
-            f"{vs_server.base_url}/threads/{thread.id}/runs/{run['id']}/submit_tool_outputs",
-            json={"tool_outputs": [{"tool_call_id": call["id"], "output": "300"}], "stream": True},
-            headers=HEADERS,
-            timeout=60,
-        ) as response:
-            resumed = _events(response)
+        resumed = _streamed(
+            vs_server,
+            f"/threads/{thread.id}/runs/{run['id']}/submit_tool_outputs",
+            {"tool_outputs": [{"tool_call_id": call["id"], "output": "300"}], "stream": True},
+        )
         assert resumed[0][0] == "thread.run.step.completed" and resumed[-1][0] == "thread.run.completed"
         assert _check_agreement(vs_server, thread.id, resumed, include) > 0
