@@ -169,8 +169,14 @@ def test_the_whole_flow_through_the_balancer(cluster: Cluster, balancer: Nginx, 
     logs, first = _code_run(client, upstream, thread, assistant, "counter = 1\nprint(counter)")
     assert logs == "1\n"
     executed = {first}
+    replicas = {_replica_id(s) for s in cluster.replicas}
+    last = first
     for n in range(2, 6):
+        # Each run steered to the replica that did not run the last one (left to the polls between runs,
+        # round-robin could send every run to the same replica).
+        _next_goes_to(client, next(iter(replicas - {last})))
         logs, replica = _code_run(client, upstream, thread, assistant, "counter += 1\nprint(counter)")
+        last = replica
         assert logs == f"{n}\n", logs  # the same kernel, whichever replica ran the run
         executed.add(replica)
     assert len(executed) == 2, executed  # both replicas executed runs of the thread
