@@ -133,6 +133,26 @@ async def delete_thread_rows(conn: AsyncConnection, thread_id: str) -> None:
         await conn.execute(table.delete().where(table.c.thread_id == thread_id))
 
 
+def _thread_and_active_run() -> sa.Select[tuple[int, Any]]:
+    """The thread's existence and its active run in one statement: `create_message` runs it inside the
+    (on SQLite, serialized) write transaction, where every statement costs a round trip to the driver's
+    thread. Built once (bound parameters), not per message. The thread's row is locked (PostgreSQL) as a
+    run's creation locks it: the two commit one at a time, so a run's view of a thread with concurrent
+    runs (its messages up to a `seq`, `RunState.history_seq`) never gains a message added after the run."""
+    t, r = tables.threads, tables.runs
+    active = (
+        sa.select(r.c.id).where(r.c.thread_id == t.c.id, r.c.status.in_(ACTIVE_RUN_STATUSES)).limit(1).scalar_subquery()
+    )
+    where = (t.c.id == sa.bindparam("thread_id"), t.c.project == sa.bindparam("project"))
+    return sa.select(t.c.seq, active).where(*where).with_for_update(of=t)
+
+
+_THREAD_AND_ACTIVE_RUN = _thread_and_active_run()
+_THREAD_EXISTS = sa.select(tables.threads.c.seq).where(
+    tables.threads.c.id == sa.bindparam("thread_id"), tables.threads.c.project == sa.bindparam("project")
+)
+
+
 class ThreadService:
     def __init__(self, db: Database, *, concurrent_runs: bool = False) -> None:
         self.db = db
@@ -186,27 +206,13 @@ class ThreadService:
     # Messages.
 
     async def _require_thread(self, conn: AsyncConnection, project: str, thread_id: str) -> None:
-        t = tables.threads
-        found = (await conn.execute(sa.select(t.c.seq).where(t.c.id == thread_id, t.c.project == project))).first()
+        found = (await conn.execute(_THREAD_EXISTS, {"thread_id": thread_id, "project": project})).first()
         if found is None:
             raise NotFound("thread", thread_id)
 
     async def create_message(self, project: str, thread_id: str, req: MessageCreate) -> Message:
-        t, r = tables.threads, tables.runs
-        # The thread's existence and its active run in one statement: this runs inside the (on SQLite,
-        # serialized) write transaction, where every statement costs a round trip to the driver's thread.
-        active = (
-            sa.select(r.c.id)
-            .where(r.c.thread_id == t.c.id, r.c.status.in_(ACTIVE_RUN_STATUSES))
-            .limit(1)
-            .scalar_subquery()
-        )
-        # The thread's row is locked (PostgreSQL) as a run's creation locks it: the two commit one at a
-        # time, so a run's view of a thread with concurrent runs (its messages up to a `seq`,
-        # `RunState.history_seq`) never gains a message added after the run.
-        check = sa.select(t.c.seq, active).where(t.c.id == thread_id, t.c.project == project).with_for_update(of=t)
         async with self.db.write() as conn:
-            found = (await conn.execute(check)).first()
+            found = (await conn.execute(_THREAD_AND_ACTIVE_RUN, {"thread_id": thread_id, "project": project})).first()
             if found is None:
                 raise NotFound("thread", thread_id)
             run_id = found[1]
