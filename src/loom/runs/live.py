@@ -35,27 +35,37 @@ def _json(data: Any) -> str:
 
 def _growing(name: str, data: Any) -> tuple[tuple[Any, ...], int, str] | None:
     """A delta that only appends to one string (a message's text or refusal, a function call's arguments, a
-    code interpreter's input): where that string is in the delta, the part's index, and the piece."""
+    code interpreter's input): where that string is in the delta, the part's index, and the piece.
+
+    Runs for every delta of every run executing here, watched or not: key counts and lookups, no sets
+    or copies (`bench/console_bench.py`)."""
     try:
         if name == "thread.message.delta":
             delta = data["delta"]
-            (part,) = delta["content"]
-            if set(delta) != {"content"}:
+            if len(delta) != 1:
                 return None
-            if part.get("type") == "text" and set(part) == {"index", "type", "text"}:
+            (part,) = delta["content"]
+            if len(part) != 3 or "index" not in part:
+                return None
+            kind = part.get("type")
+            if kind == "text":
                 text = part["text"]
-                if set(text) <= {"value", "annotations"} and not text.get("annotations"):
-                    value = text["value"]
-                    return (("delta", "content", 0, "text", "value"), part["index"], value)
-            if part.get("type") == "refusal" and set(part) == {"index", "type", "refusal"}:
+                if "value" not in text or len(text) > 2 or (len(text) == 2 and text.get("annotations", True)):
+                    return None
+                return (("delta", "content", 0, "text", "value"), part["index"], text["value"])
+            if kind == "refusal" and "refusal" in part:
                 return (("delta", "content", 0, "refusal"), part["index"], part["refusal"])
         elif name == "thread.run.step.delta":
             details = data["delta"]["step_details"]
             (call,) = details["tool_calls"]
-            for kind, key in (("function", "arguments"), ("code_interpreter", "input")):
-                if call.get("type") == kind and set(call) == {"index", "type", kind} and set(call[kind]) == {key}:
-                    path = ("delta", "step_details", "tool_calls", 0, kind, key)
-                    return (path, call["index"], call[kind][key])
+            kind = call.get("type")
+            key = "arguments" if kind == "function" else "input" if kind == "code_interpreter" else None
+            if key is None or len(call) != 3 or "index" not in call:
+                return None
+            inner = call[kind]
+            if len(inner) == 1 and key in inner:
+                path = ("delta", "step_details", "tool_calls", 0, kind, key)
+                return (path, call["index"], inner[key])
     except (KeyError, TypeError, ValueError):
         return None
     return None
@@ -103,7 +113,9 @@ class _Record:
         if name.startswith("thread.run.step.") or name.startswith("thread.message."):
             if not isinstance(data, dict) or not isinstance(data.get("id"), str):
                 return
-            obj = self.objects.setdefault(data["id"], _Object())
+            obj = self.objects.get(data["id"])
+            if obj is None:
+                obj = self.objects[data["id"]] = _Object()
             if not name.endswith(".delta"):
                 # What a client does with a full object: it replaces what it had (deltas included).
                 obj.full, obj.deltas = (name, _json(data)), []
