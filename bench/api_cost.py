@@ -13,7 +13,8 @@ the figure is the least of `--rounds` rounds.
 
 With `--base DIR` the same scenarios run in another checkout (its own `.venv` and code) and the table
 gives both and their ratio. Scenarios: create-message, retrieve-assistant, list-messages (100
-messages, limit=100) and an unknown assistant (404).
+messages, limit=100), an unknown assistant (404), and a streamed run against the scripted upstream
+(`tests/fakes/upstream.py`, its own process: its work is not counted).
 """
 
 from __future__ import annotations
@@ -34,14 +35,14 @@ KEY = "sk-bench"
 CLIENT_FILES = ("/httpx/", "/httpcore/", "/email/", "/http/cookiejar.py", "/urllib/", "api_cost.py")
 
 
-def _settings(data_dir: Path) -> Any:
+def _settings(data_dir: Path, upstream: str) -> Any:
     from loom.config import Settings
 
     fields: dict[str, Any] = {
         "data_dir": data_dir,
         "database_url": "",
         "api_keys": [KEY],
-        "upstream_base_url": "http://127.0.0.1:9/v1",
+        "upstream_base_url": upstream,
         "upstream_api_key": "sk-upstream",
         "poll_after_ms": 20,
         "sandbox_prewarm": False,
@@ -53,13 +54,15 @@ class Counter:
     """Counts the bytecodes run in frames of the measuring task (the ASGI transport runs the app in the
     caller's task), so that background loops waking meanwhile are not counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, every_task: bool = False) -> None:
         self.count = 0
-        self.task = asyncio.current_task()
+        self.task = None if every_task else asyncio.current_task()
 
     def tracer(self, frame: FrameType, _event: str, _arg: Any) -> Any:
         filename = frame.f_code.co_filename
-        if any(part in filename for part in CLIENT_FILES) or asyncio.current_task() is not self.task:
+        if any(part in filename for part in CLIENT_FILES):
+            return None
+        if self.task is not None and asyncio.current_task() is not self.task:
             return None
         frame.f_trace_opcodes = True
 
@@ -71,13 +74,13 @@ class Counter:
         return local
 
 
-async def measure(requests: int, rounds: int) -> dict[str, float]:
+async def measure(requests: int, rounds: int, upstream: str) -> dict[str, float]:
     import httpx
 
     from loom.api.app import create_app
     from loom.container import Container
 
-    app = create_app(Container(_settings(Path(tempfile.mkdtemp(prefix="loom-api-cost-")))))
+    app = create_app(Container(_settings(Path(tempfile.mkdtemp(prefix="loom-api-cost-")), upstream)))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         headers = {"Authorization": f"Bearer {KEY}", "OpenAI-Beta": "assistants=v2"}
@@ -96,6 +99,7 @@ async def measure(requests: int, rounds: int) -> dict[str, float]:
                 "unknown-assistant": lambda: client.get("/assistants/asst_unknown"),
             }
             out: dict[str, float] = {}
+            out["streamed-run"] = await _streamed_runs(client, assistant, max(3, requests // 5), rounds)
             for name, send in scenarios.items():
                 for _ in range(20):  # warm: statement caches, lazy imports
                     await send()
@@ -116,6 +120,28 @@ async def measure(requests: int, rounds: int) -> dict[str, float]:
             return out
 
 
+async def _streamed_runs(client: Any, assistant: str, runs: int, rounds: int) -> float:
+    """Bytecodes per streamed run (one thread each, the fake's reply in 4-character deltas: ~12 deltas),
+    from the POST to the stream's end. The executor runs in tasks of its own, so every task is counted
+    here: background loops that wake meanwhile are in it, and the least of the rounds is the figure."""
+    counts = []
+    for _ in range(rounds + 1):
+        threads = [(await client.post("/threads", json={})).json()["id"] for _ in range(runs)]
+        counter = Counter(every_task=True)
+        sys.settrace(counter.tracer)
+        try:
+            for thread in threads:
+                body = {"assistant_id": assistant, "stream": True}
+                async with client.stream("POST", f"/threads/{thread}/runs", json=body) as response:
+                    text = "".join([chunk async for chunk in response.aiter_text()])
+        finally:
+            sys.settrace(None)
+        if "thread.run.completed" not in text:
+            raise SystemExit(f"streamed-run: the run did not complete: {text[-300:]}")
+        counts.append(counter.count / runs)
+    return min(counts[1:])  # the first round warms the engine's and the upstream client's paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=30)
@@ -126,7 +152,12 @@ def main() -> None:
     import logging
 
     logging.disable(logging.WARNING)
-    this = asyncio.run(measure(args.requests, args.rounds))
+    sys.path.insert(0, str(Path.cwd()))  # the measured checkout's tests/ (run by path from another one)
+    from tests.fakes.upstream import FakeUpstreamProcess, Turn
+
+    with FakeUpstreamProcess(record=False) as fake:
+        fake.set_default(Turn.reply("The quick brown fox jumps over the lazy dog.", chunk_size=4))
+        this = asyncio.run(measure(args.requests, args.rounds, fake.base_url))
     if args.json:
         print(json.dumps(this))
         return
