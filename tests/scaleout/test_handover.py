@@ -22,12 +22,12 @@ from tests.support.postgres import new_database
 from tests.support.seaweed import SeaweedS3
 from tests.support.wait import wait_for
 
-DRAIN_S = 1.0
+DRAIN_S = 3.0
 
 
 @pytest.fixture()
 def drain_cluster(upstream: FakeUpstream, seaweed: SeaweedS3) -> Iterator[Cluster]:
-    """Replica A drains quickly (LOOM_DRAIN_TIMEOUT_S=1); replica B as usual."""
+    """Replica A drains quickly (LOOM_DRAIN_TIMEOUT_S=3); replica B as usual."""
     require_sandbox()
     made = Cluster(new_database(), [], s3_blob_env(seaweed))
     try:
@@ -140,3 +140,39 @@ def test_a_draining_replica_hands_a_running_run_over(drain_cluster: Cluster, ups
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {"prompt_tokens": prompt, "completion_tokens": completion}
+
+
+def test_a_run_hands_over_at_its_next_turn_boundary(drain_cluster: Cluster, upstream: FakeUpstream) -> None:
+    """Once A drains, a run executing there finishes the turn in flight (its code runs on A) and goes on
+    elsewhere from the next model call, without waiting for A's drain timeout: B's turn, slower than that
+    timeout, completes, and no turn was interrupted."""
+    a, b = drain_cluster.replicas
+    on_a, on_b = sdk_client(a, timeout=120), sdk_client(b, timeout=120)
+    assistant = on_a.beta.assistants.create(model="gpt-4o", tools=[{"type": "code_interpreter"}]).id
+    thread = new_thread(on_a)
+    slow = "Computed: forty-two, and nothing else."
+    upstream.push(
+        Turn.calls(ToolCallSpec("code_interpreter", {"code": "print(6 * 7)"}), arguments_chunk_size=4, gate="code"),
+        # Longer than twice A's drain timeout (uvicorn's wait for open connections, then the lifespan's for
+        # runs): only a replica that is not draining can finish it.
+        Turn.reply(slow, chunk_size=2, chunk_delay_s=(2 * DRAIN_S + 2) / (len(slow) / 2)),
+    )
+    run = on_a.beta.threads.runs.create(thread_id=thread, assistant_id=assistant)
+    upstream.wait_held("code", 1, timeout=60)
+    assert a.proc is not None
+    a.proc.terminate()  # SIGTERM, to our own child
+    time.sleep(0.3)
+    upstream.release("code")
+    deadline = time.monotonic() + 60
+    while (current := on_b.beta.threads.runs.retrieve(run.id, thread_id=thread)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert current.status == "completed", (current.status, current.last_error)
+    steps = on_b.beta.threads.runs.steps.list(run.id, thread_id=thread, order="asc").data
+    assert [(s.type, s.status) for s in steps] == [("tool_calls", "completed"), ("message_creation", "completed")]
+    details = steps[0].step_details
+    assert details.type == "tool_calls" and details.tool_calls[0].type == "code_interpreter"
+    assert details.tool_calls[0].code_interpreter.outputs[0].logs == "42\n"  # type: ignore[union-attr]
+    text = on_b.beta.threads.messages.list(thread_id=thread, order="desc", limit=1).data[0].content[0]
+    assert text.type == "text" and text.text.value == slow
+    assert a.proc.wait(30) in (0, -signal.SIGTERM)
