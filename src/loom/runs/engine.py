@@ -134,7 +134,10 @@ class RunEngine:
         if self.draining and self._drain_deadline is not None:
             return
         self.draining = True
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet: nothing executes, nothing to hand over
+            return
         self._drain_deadline = loop.time() + timeout_s
         loop.call_soon_threadsafe(self._start_handovers, timeout_s)
 
