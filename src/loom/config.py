@@ -130,8 +130,8 @@ class Settings(BaseSettings):
     # and the secret of that internal channel (empty: one made once and kept in the database).
     internal_address: str = ""
     internal_secret: str = ""
-    # On SIGTERM (graceful drain): how long runs executing here (and open event streams) are given to
-    # finish before the server stops; runs still executing then are ended by another replica's sweep.
+    # On SIGTERM (graceful drain): how long a run executing here (and open event streams) may go on with
+    # the turn in flight; a run still mid-turn then is interrupted and handed over to another replica.
     drain_timeout_s: float = 25.0
 
     # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).

@@ -191,8 +191,9 @@ class Container:
         self.supervisor.start("loom-webhooks", self.webhook_worker.run)
 
     def begin_drain(self) -> None:
-        """SIGTERM: take no new runs (503, retried by clients elsewhere); `stop` then waits for the rest."""
-        self.engine.draining = True
+        """SIGTERM: take no new runs (503, retried by clients elsewhere) and hand the executing ones over
+        (`RunEngine.begin_drain`); `stop` then waits for the rest."""
+        self.engine.begin_drain(self.settings.drain_timeout_s)
         self.affinity.draining = True
 
     async def stop(self) -> None:

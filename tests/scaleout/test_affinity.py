@@ -7,11 +7,12 @@ import httpx
 import openai
 
 from loom.scaleout.affinity import LOST_NOTE
-from tests.code_interpreter.conftest import new_thread, run_code
+from tests.code_interpreter.conftest import find_host_file, new_thread, run_code, sandbox_roots
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream
 from tests.scaleout.conftest import Cluster
 from tests.support.server import LoomServer
+from tests.support.wait import wait_for
 
 
 def _assistant(client: openai.OpenAI) -> str:
@@ -79,3 +80,24 @@ def test_internal_channel_needs_the_shared_secret(cluster: Cluster) -> None:
         r = httpx.post(url, json=body, headers={"x-loom-internal-secret": secret})
         assert r.status_code == 401, r.text
         assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_deleting_a_thread_elsewhere_closes_its_session_on_the_owner(cluster: Cluster, upstream: FakeUpstream) -> None:
+    """A thread deleted through a replica that does not own its session: the owner is told and closes the
+    session at once (its /mnt/data goes), rather than keeping it until its idle timeout."""
+    a, b = cluster.replicas
+    on_a, on_b = sdk_client(a, timeout=120), sdk_client(b, timeout=120)
+    assistant = _assistant(on_a)
+    thread = new_thread(on_a)
+    kept = new_thread(on_a)
+    run_code(on_a, upstream, thread, assistant, "open('/mnt/data/gone-with-thread.txt', 'w').write('x')")
+    run_code(on_a, upstream, kept, assistant, "open('/mnt/data/kept-with-thread.txt', 'w').write('y')")
+    roots = sandbox_roots(a)
+    assert find_host_file("gone-with-thread.txt", roots)
+    assert on_b.beta.threads.delete(thread).deleted
+    wait_for(lambda: not find_host_file("gone-with-thread.txt", roots), 10, "the owner to close the session")
+    # Only that thread's session: the other one lives on, still used through B.
+    assert find_host_file("kept-with-thread.txt", roots)
+    assert run_code(on_b, upstream, kept, assistant, "print(open('/mnt/data/kept-with-thread.txt').read())").logs == (
+        "y\n"
+    )

@@ -80,9 +80,12 @@ async def thread_history(messages: list[dict[str, Any]], read_file: FileReader) 
 
 
 def run_transcript(steps: list[RunStepRecord], messages_by_id: dict[str, dict[str, Any]]) -> list[ChatMessage]:
-    """This run's own turns so far: its messages and tool calls with their outputs, in step order."""
+    """This run's own turns so far: its messages and tool calls with their outputs, in step order. Only
+    completed steps count: a turn stopped mid-way (a replica's drain handed the run over) was not said."""
     transcript: list[ChatMessage] = []
     for step in steps:
+        if step.data["status"] != "completed":
+            continue
         details = step.data["step_details"]
         if details["type"] == "message_creation":
             message = messages_by_id.get(details["message_creation"]["message_id"])

@@ -1,5 +1,6 @@
-"""How a run ends when it does not complete: cancelled, expired, failed, incomplete; and closing what a
-run left open (its in-progress steps and messages), for the executor and for the engine's recovery."""
+"""How a run ends when it does not complete: cancelled, expired, failed, incomplete; how a draining
+replica hands a run over to another; and closing what a run left open (its in-progress steps and
+messages), for the executor and for the engine's recovery."""
 
 from __future__ import annotations
 
@@ -117,5 +118,20 @@ async def incomplete(ex: RunExecutor, reason: str) -> None:
     )
     if run is not None:
         ex.emit_run(run)
+    else:
+        await settle_after_race(ex, Turn())
+
+
+async def hand_over(ex: RunExecutor, turn: Turn) -> None:
+    """This replica is draining: stop the run here at a turn it can commit cleanly, for another replica
+    to go on with (`RunStore.hand_over`, then `RunEngine.take_over` elsewhere). A model call or tool
+    interrupted mid-way has its open step closed `cancelled` (no error: nothing failed, it was stopped)
+    and its message `incomplete`; the run's conversation then is what was committed before it (its
+    completed steps, `loom.runs.context.run_transcript`), and its token total as of then. A cancel that
+    came meanwhile wins: the run ends cancelled here."""
+    await close_turn(ex, turn, message_reason="run_cancelled", step_status="cancelled")
+    if await ex.store.hand_over(ex.run_id, ex.engine.replica, ex.state):
+        ex.lease_cleared = True
+        ex.handed_over = True
     else:
         await settle_after_race(ex, Turn())

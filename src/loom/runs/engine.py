@@ -7,12 +7,20 @@ A run still executing at its `expires_at` (`run_max_duration_s` after it was cre
 stopped and ends `expired`; the sweep expires such runs whose executor is gone or stuck.
 A cancel asked on one replica reaches the executing one through the database's notifications
 (`loom.store.coordination`: `NOTIFY` on PostgreSQL).
+
+A draining replica (SIGTERM) hands its executing runs over: each stops at its next turn boundary (the
+model call or tool round in flight finishes here), or, at the drain timeout, at once (the interrupted
+turn's open step and message closed); it stays `in_progress` with its lease on offer (`RunStore.hand_over`),
+and another replica takes it over (told at once by a notification; its sweep finds any it missed) and
+goes on from the last committed turn. A replica that died mid-run (its lease lapsed) left a turn whose
+effects are unknown (a tool may have run, a half answer was streamed): its runs still fail, as OpenAI's did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -32,7 +40,7 @@ from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
 from loom.runs.endings import INTERRUPTED, close_open
 from loom.runs.executor import RunExecutor
-from loom.runs.store import Preloaded, RunStore
+from loom.runs.store import HANDED_OVER, Preloaded, RunStore
 from loom.runs.tools import ServerTool
 from loom.store import tables
 from loom.store.blobstore import BlobStorage
@@ -44,6 +52,10 @@ from loom.supervisor import Supervisor
 
 log = logging.getLogger("loom.runs")
 _CHANNEL = "loom_run_control"
+# Runs handed over by a draining replica, for the others to take over (the payload: project and run id).
+_HANDOVER_CHANNEL = "loom_run_handover"
+# Once the drain timeout interrupted the runs still executing here, how long their handovers may take.
+_HANDOVER_GRACE_S = 5.0
 # The shortest polling hint given to clients (ms).
 _MIN_POLL_MS = 5
 
@@ -71,8 +83,10 @@ class RunEngine:
         # Cancels asked for runs whose task here has not registered its executor yet.
         self._cancel_pending: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
-        # Set on SIGTERM (`drain`): no new run starts here; those executing are given time to finish.
+        # Set on SIGTERM (`begin_drain`): no new run starts here; those executing are handed over.
         self.draining = False
+        # When the drain's timeout is up (the loop's clock), once it began.
+        self._drain_deadline: float | None = None
 
     def register_tool(self, tool: ServerTool) -> None:
         self.server_tools[tool.type] = tool
@@ -105,6 +119,7 @@ class RunEngine:
             await self.recover(orphans_only=False)
         self._background.append(supervisor.start("loom-run-sweeper", self._sweeper))
         await self.coordination.listen(_CHANNEL, self._on_cancel_notice)
+        await self.coordination.listen(_HANDOVER_CHANNEL, self._on_handover_notice)
 
     def refuse_if_draining(self) -> None:
         """A request that would start (or resume) a run here while this replica drains: 503, which clients
@@ -112,15 +127,42 @@ class RunEngine:
         if self.draining:
             raise ServiceUnavailable("The server is overloaded or not ready yet.")
 
-    async def drain(self, timeout_s: float) -> None:
-        """Stop taking runs and wait, up to `timeout_s`, for those executing here to end (or reach
-        `requires_action`). Any still executing then are stopped by `stop`: their leases lapse and another
-        replica's sweep ends them (`recover`)."""
+    def begin_drain(self, timeout_s: float) -> None:
+        """SIGTERM: take no new runs; each run executing here goes on elsewhere from its next turn
+        boundary, and those still executing `timeout_s` from now are interrupted and handed over.
+        (Called from a signal handler: it sets the flag and schedules the rest on the loop.)"""
+        if self.draining and self._drain_deadline is not None:
+            return
         self.draining = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving yet: nothing executes, nothing to hand over
+            return
+        self._drain_deadline = loop.time() + timeout_s
+        loop.call_soon_threadsafe(self._start_handovers, timeout_s)
+
+    def _start_handovers(self, timeout_s: float) -> None:
+        for executor in self.executors.values():
+            executor.hand_over()
+        asyncio.get_running_loop().call_later(timeout_s, self._interrupt_for_handover)
+
+    def _interrupt_for_handover(self) -> None:
+        for executor in self.executors.values():
+            executor.interrupt_for_handover()
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking runs and wait until those executing here end, reach `requires_action` or are handed
+        over (`begin_drain`): up to `timeout_s` after the drain began, and a little more for the handovers
+        the timeout made. Any still executing then are stopped by `stop`: their leases lapse and another
+        replica's sweep fails them (`recover`)."""
+        self.begin_drain(timeout_s)
         running = [t for t in self._tasks if not t.done()]
-        if running:
-            log.info("draining: waiting up to %gs for %d run(s) executing here", timeout_s, len(running))
-            await asyncio.wait(running, timeout=timeout_s)
+        if not running:
+            return
+        assert self._drain_deadline is not None
+        left = max(self._drain_deadline - asyncio.get_running_loop().time(), 0.0)
+        log.info("draining: handing over %d run(s) executing here, within %gs", len(running), left)
+        await asyncio.wait(running, timeout=left + _HANDOVER_GRACE_S)
 
     async def stop(self) -> None:
         for task in [*self._background, *self._tasks]:
@@ -139,11 +181,15 @@ class RunEngine:
         *,
         claimed: RunRecord | None = None,
         preloaded: Preloaded | None = None,
+        take_over: bool = False,
     ) -> None:
         """Execute a run here: a queued one (`run` as just committed lets the first reads overlap the
         claim), or `claimed`, one committed `in_progress` and leased to this replica already, with
-        what its first model call needs when the creating transaction read it (`preloaded`)."""
-        task = asyncio.create_task(self._execute(project, run_id, run, claimed, preloaded), name=f"run-{run_id}")
+        what its first model call needs when the creating transaction read it (`preloaded`), or
+        (`take_over`) one a draining replica handed over."""
+        task = asyncio.create_task(
+            self._execute(project, run_id, run, claimed, preloaded, take_over), name=f"run-{run_id}"
+        )
         self._tasks.add(task)
         self._local[run_id] = task
         task.add_done_callback(self._tasks.discard)
@@ -160,6 +206,7 @@ class RunEngine:
         hint: dict[str, Any] | None = None,
         preclaimed: RunRecord | None = None,
         preloaded: Preloaded | None = None,
+        take_over: bool = False,
     ) -> None:
         lease_s = self.settings.lease_s
         preload: asyncio.Future[Preloaded] | None = None
@@ -169,6 +216,10 @@ class RunEngine:
             if preloaded is not None:
                 preload = asyncio.get_running_loop().create_future()
                 preload.set_result(preloaded)
+        elif take_over:
+            claimed = await self.store.take_over(project, run_id, self.replica, time.time() + lease_s)
+            if claimed is not None:
+                log.info("run %s: taken over from a draining replica", run_id)
         else:
             preload = asyncio.create_task(self.store.preload(project, hint)) if hint is not None else None
             claimed = await self.store.claim(project, run_id, self.replica, time.time(), time.time() + lease_s)
@@ -188,6 +239,8 @@ class RunEngine:
         self._running_since[run_id] = time.monotonic()
         if cancel_asked:
             executor.cancel()
+        if self.draining:  # claimed as the drain began: it goes on elsewhere from its first boundary
+            executor.hand_over()
         renewer = asyncio.create_task(self._renew(executor))
         # The run ends at `expires_at` (LOOM_RUN_MAX_DURATION_S after it was created or resumed).
         expires_at = claimed.data.get("expires_at")
@@ -209,6 +262,10 @@ class RunEngine:
             if not executor.lease_cleared:  # one write less per run when it ended normally
                 await self._release(run_id)
             self.bus.end(run_id)
+            if executor.handed_over:
+                log.info("run %s: handed over (this replica drains)", run_id)
+                with contextlib.suppress(Exception):  # (the others' sweeps find it anyway)
+                    await self.coordination.notify(_HANDOVER_CHANNEL, json.dumps([project, run_id]))
 
     async def _renew(self, executor: RunExecutor) -> None:
         every = max(self.settings.lease_s / 3, 0.2)
@@ -313,21 +370,54 @@ class RunEngine:
         if executor is not None:
             executor.cancel()
 
+    # Handovers.
+
+    def _on_handover_notice(self, payload: str) -> None:
+        """A draining replica handed a run over: go on with it here (if no other replica is quicker)."""
+        if self.draining:
+            return
+        try:
+            project, run_id = json.loads(payload)
+        except ValueError:
+            log.warning("ignored a malformed handover notice: %r", payload)
+            return
+        if run_id not in self._local:
+            self.start_run(str(project), str(run_id), take_over=True)
+
+    async def take_over_handed(self) -> int:
+        """Take over the runs draining replicas handed over that no replica took yet (a notice missed,
+        or none was running then: on SQLite, the runs a drain handed over before the restart)."""
+        if self.draining:
+            return 0
+        t = tables.runs
+        query = sa.select(t.c.id, t.c.project).where(t.c.status == "in_progress", t.c.lease_owner == HANDED_OVER)
+        async with self.db.read() as conn:
+            rows = (await conn.execute(query)).all()
+        count = 0
+        for run_id, project in rows:
+            if run_id not in self._local and not self.draining:
+                self.start_run(project, run_id, take_over=True)
+                count += 1
+        return count
+
     # Recovery and expiry.
 
     async def _sweeper(self) -> None:
         every = max(min(self.settings.lease_s / 2, 5.0), 0.5)
         while True:  # supervised: a failed pass ends the loop, logged, and the supervisor restarts it
             await self.expire_overdue()
+            await self.take_over_handed()
             await self.recover(orphans_only=True)
             await self.expire_waiting()
             await asyncio.sleep(every)
 
     async def recover(self, *, orphans_only: bool) -> int:
-        """Fail (or finish cancelling) runs whose executor is gone: never leave a run stuck in progress."""
+        """Fail (or finish cancelling) runs whose executor is gone: never leave a run stuck in progress.
+        Runs handed over by a draining replica are not: they are taken over (`take_over_handed`)."""
         t = tables.runs
         query = sa.select(t.c.id, t.c.project, t.c.status).where(
-            t.c.status.in_(("queued", "in_progress", "cancelling"))
+            t.c.status.in_(("queued", "in_progress", "cancelling")),
+            sa.or_(t.c.lease_owner.is_(None), t.c.lease_owner != HANDED_OVER),
         )
         if orphans_only:
             query = query.where(t.c.lease_expires_at.is_not(None), t.c.lease_expires_at < time.time())

@@ -57,6 +57,9 @@ class ExecutorHost(Protocol):
     @property
     def memory(self) -> MemoryService: ...
 
+    @property
+    def replica(self) -> str: ...
+
 
 log = logging.getLogger("loom.runs")
 
@@ -78,6 +81,10 @@ class RunExecutor:
         # The run reached `expires_at`: it stops as a cancel would, but ends `expired` (`endings.finish_cancelled`).
         self.expired = False
         self.lease_cleared = False
+        # This replica drains: the run stops at its next clean turn boundary (`hand_over`), or at once
+        # (`interrupt_for_handover`), and another replica goes on with it (`endings.hand_over`).
+        self.handover_requested = False
+        self.handed_over = False
         self._call: asyncio.Task[Any] | None = None
         self.run: dict[str, Any] = {}
         # The run's bookkeeping (its row's `state`): running usage, `include[]`, what tools left.
@@ -118,6 +125,16 @@ class RunExecutor:
 
     def cancel(self) -> None:
         self.cancel_requested = True
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+
+    def hand_over(self) -> None:
+        """Go on elsewhere: stop before the next model call (the turn in flight finishes here)."""
+        self.handover_requested = True
+
+    def interrupt_for_handover(self) -> None:
+        """Go on elsewhere now: stop the model call (closing its stream) or interruptible tool at once."""
+        self.handover_requested = True
         if self._call is not None and not self._call.done():
             self._call.cancel()
 
@@ -176,6 +193,9 @@ class RunExecutor:
         if self.cancel_requested:
             await endings.finish_cancelled(self, Turn())
             return True
+        if self.handover_requested:
+            await endings.hand_over(self, Turn())
+            return True
         usage = self.usage_so_far()
         cap_completion = self.run.get("max_completion_tokens")
         if cap_completion is not None and usage["completion_tokens"] >= cap_completion:
@@ -224,9 +244,12 @@ class RunExecutor:
                     f"The model backend '{route.backend.name}' ended its answer without a finish reason",
                 )
         except asyncio.CancelledError:
-            if not self.cancel_requested:
+            if self.cancel_requested:
+                await endings.finish_cancelled(self, turn)
+            elif self.handover_requested:
+                await endings.hand_over(self, turn)
+            else:
                 raise
-            await endings.finish_cancelled(self, turn)
             return False
         except UpstreamError as exc:
             await endings.close_turn_failed(self, turn, exc.code, exc.message)
@@ -416,9 +439,12 @@ class RunExecutor:
         try:
             return await running
         except asyncio.CancelledError:
-            if not self.cancel_requested:
+            if self.cancel_requested:
+                await endings.finish_cancelled(self, turn)
+            elif self.handover_requested:
+                await endings.hand_over(self, turn)
+            else:
                 raise
-            await endings.finish_cancelled(self, turn)
             return None
         finally:
             self._call = None

@@ -39,6 +39,10 @@ _SET_STATE = (
     .values(state=sa.bindparam("state", type_=tables.runs.c.state.type))
 )
 
+# The `lease_owner` of a run a draining replica handed over (`RunStore.hand_over`): still `in_progress`
+# for its clients, its lease held by no replica and on offer to any (`RunStore.take_over`).
+HANDED_OVER = "handed_over"
+
 # A step saved with its calls' transcript (`StepState`), or only its wire object.
 Saved = tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], StepState]
 
@@ -145,6 +149,39 @@ class RunStore:
             status.apply(record.data, "in_progress")
             await runs.replace(conn, project, record.data, status=record.status, expires_at=record.data["expires_at"])
         return record
+
+    async def hand_over(self, run_id: str, owner: str, state: RunState) -> bool:
+        """Give up the lease of a run executing here (`owner`) for another replica to go on with it
+        (a drain): it stays `in_progress`, with its bookkeeping as of its last committed turn. False
+        when its status changed meanwhile (a cancel) or the lease is not `owner`'s any more."""
+        t = tables.runs
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                t.update()
+                .where(t.c.id == run_id, t.c.lease_owner == owner, t.c.status == "in_progress")
+                .values(lease_owner=HANDED_OVER, lease_expires_at=0.0, state=state.to_json())
+            )
+        return bool(result.rowcount)
+
+    async def take_over(self, project: str, run_id: str, owner: str, until: float) -> RunRecord | None:
+        """Take the lease of a run another replica handed over (`hand_over`); None if it is not on
+        offer (another replica took it first, or it was cancelled or expired meanwhile)."""
+        t = tables.runs
+        async with self.db.write() as conn:
+            result = await conn.execute(
+                t.update()
+                .where(
+                    t.c.id == run_id,
+                    t.c.project == project,
+                    t.c.status == "in_progress",
+                    t.c.lease_owner == HANDED_OVER,
+                )
+                .values(lease_owner=owner, lease_expires_at=until)
+            )
+            if not result.rowcount:
+                return None
+            row = await runs.get_row(conn, project, run_id)
+        return RunRecord.from_row(row) if row is not None else None
 
     async def renew(self, run_id: str, owner: str, until: float) -> str | None:
         """Extend the lease; returns the run's status (None if the lease was lost)."""

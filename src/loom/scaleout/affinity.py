@@ -46,6 +46,10 @@ LOST_NOTE = (
 )
 
 
+# How long deleting a thread waits for the owner of its session to close it.
+_CLOSE_WAIT_S = 10.0
+
+
 class OwnerGone(Exception):
     """The owner could not run the call (unreachable, draining, no longer the owner)."""
 
@@ -188,9 +192,19 @@ class SessionAffinity:
             await conn.execute(t.update().where(t.c.replica == self.replica).values(lease_expires_at=0.0))
 
     async def forget(self, thread_id: str) -> None:
-        """The thread was deleted: its ownership goes (its session is closed by the sandbox's own hook)."""
+        """The thread was deleted: its ownership goes. A session here is closed by the sandbox's own hook;
+        one another replica owns is closed there, told over the internal channel (`close`), at once
+        rather than at its idle timeout (an owner that cannot be told lets it expire there)."""
         if self.single_process:
             return
+        owner = await self._owner(thread_id)
+        if owner is not None and owner[0] != self.replica and owner[1] and owner[2] > time.time():
+            try:
+                await self._call(owner[1], "close", {"thread_id": thread_id}, wait_s=_CLOSE_WAIT_S)
+            except (OwnerGone, SandboxUnavailable) as exc:
+                log.warning(
+                    "could not close the sandbox session of deleted thread %s at %s: %s", thread_id, owner[1], exc
+                )
         t = tables.sandbox_owners
         async with self.db.write() as conn:
             await conn.execute(t.delete().where(t.c.thread_id == thread_id))

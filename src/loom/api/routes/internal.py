@@ -1,4 +1,5 @@
-"""The replicas' internal channel: `/internal/sandbox/*`, code run in the session this replica owns.
+"""The replicas' internal channel: `/internal/sandbox/*`, code run in the session this replica owns (and
+the session closed when its thread was deleted through another replica).
 
 Never reachable with a project API key: only the replicas' shared secret (header `x-loom-internal-secret`)
 opens it. Without the header the routes do not exist (404, as any unknown URL); a wrong secret is 401.
@@ -66,3 +67,11 @@ async def export(request: Request) -> JSON:
         str(body["project"]), body["thread_id"], [str(x) for x in body["links"]], int(body["max_bytes"])
     )
     return JSON({"files": [list(pair) for pair in made]})
+
+
+@router.post("/internal/sandbox/close")
+async def close(request: Request) -> JSON:
+    """The thread was deleted (through another replica): its session here ends now."""
+    _affinity, body = await _open(request)
+    await container_of(request).sandbox.close_session(body["thread_id"])
+    return JSON({"closed": True})
