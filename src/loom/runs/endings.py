@@ -4,7 +4,7 @@ messages), for the executor and for the engine's recovery."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from loom.clock import now
@@ -135,3 +135,40 @@ async def hand_over(ex: RunExecutor, turn: Turn) -> None:
         ex.handed_over = True
     else:
         await settle_after_race(ex, Turn())
+
+
+async def stopped(ex: RunExecutor, turn: Turn) -> bool:
+    """A model call or tool the executor stopped (its task cancelled): end the turn as a cancel or a
+    handover asked; False when neither did (the cancellation came from elsewhere: re-raise it)."""
+    if ex.cancel_requested:
+        await finish_cancelled(ex, turn)
+    elif ex.handover_requested:
+        await hand_over(ex, turn)
+    else:
+        return False
+    return True
+
+
+async def drop_truncated_calls(
+    ex: RunExecutor, turn: Turn, server_tools: Mapping[str, Any], step_usage: dict[str, int]
+) -> None:
+    """End a tool-call step whose calls were cut off by the token limit, none of them run.
+
+    Its status is `cancelled`: a step has no `incomplete` (in_progress, cancelled, failed, completed,
+    expired), `completed` would claim the calls ran (outputs filled), and `failed` needs a
+    `last_error` although nothing failed: the calls were stopped before they could run, with no
+    error, as a cancel stops them. The function calls stay in `step_details` as the model wrote them
+    (as they were streamed); server tools, never run, show nothing."""
+    step = turn.tool_step
+    assert step is not None
+    calls = []
+    for upstream_index in sorted(turn.calls):
+        call_id, name, parts = turn.calls[upstream_index]
+        if name not in server_tools:
+            function = {"name": name, "arguments": "".join(parts), "output": None}
+            calls.append({"id": call_id, "type": "function", "function": function})
+    step["step_details"] = {"type": "tool_calls", "tool_calls": calls}
+    step.update(status="cancelled", cancelled_at=now(), usage=step_usage)
+    await ex.store.save_objects(ex.project, ("step", step))
+    ex.emit("thread.run.step.cancelled", dict(step))
+    turn.tool_step = None

@@ -29,23 +29,21 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from loom.clock import now
 from loom.config import Settings
 from loom.errors import ServiceUnavailable
 from loom.llm.routing import ModelRouter
 from loom.memory.service import MemoryService
 from loom.ops import metrics
-from loom.records import RunRecord, RunState, step_to_wire
+from loom.records import RunRecord
 from loom.runs.bus import EventBus
 from loom.runs.context import FileReader
-from loom.runs.endings import INTERRUPTED, close_open
 from loom.runs.executor import RunExecutor
 from loom.runs.store import HANDED_OVER, Preloaded, RunStore
+from loom.runs.sweeps import RunSweeps
 from loom.runs.tools import ServerTool
 from loom.store import tables
 from loom.store.blobstore import BlobStorage
 from loom.store.collections import files as files_collection
-from loom.store.collections import messages, run_steps
 from loom.store.coordination import Coordinator
 from loom.store.db import Database
 from loom.supervisor import Supervisor
@@ -83,6 +81,9 @@ class RunEngine:
         # Cancels asked for runs whose task here has not registered its executor yet.
         self._cancel_pending: set[str] = set()
         self._background: list[asyncio.Task[None]] = []
+        self.sweeps = RunSweeps(
+            db, self.store, self.bus, settings, executing=lambda run_id: run_id in self.executors, here=self.runs_here
+        )
         # Set on SIGTERM (`begin_drain`): no new run starts here; those executing are handed over.
         self.draining = False
         # When the drain's timeout is up (the loop's clock), once it began.
@@ -116,7 +117,7 @@ class RunEngine:
     async def start(self, supervisor: Supervisor) -> None:
         if self.coordination.single_process:
             # One process owns the database (SQLite): whatever was running when it stopped is orphaned now.
-            await self.recover(orphans_only=False)
+            await self.sweeps.recover(orphans_only=False)
         self._background.append(supervisor.start("loom-run-sweeper", self._sweeper))
         await self.coordination.listen(_CHANNEL, self._on_cancel_notice)
         await self.coordination.listen(_HANDOVER_CHANNEL, self._on_handover_notice)
@@ -154,7 +155,7 @@ class RunEngine:
         """Stop taking runs and wait until those executing here end, reach `requires_action` or are handed
         over (`begin_drain`): up to `timeout_s` after the drain began, and a little more for the handovers
         the timeout made. Any still executing then are stopped by `stop`: their leases lapse and another
-        replica's sweep fails them (`recover`)."""
+        replica's sweep fails them (`RunSweeps.recover`)."""
         self.begin_drain(timeout_s)
         running = [t for t in self._tasks if not t.done()]
         if not running:
@@ -275,7 +276,7 @@ class RunEngine:
             if state == "cancelling" and not executor.cancel_requested:
                 executor.cancel()
             if state is None and not executor.expired:
-                # The lease is gone: another replica's sweep may have expired the run (`expire_overdue`).
+                # The lease is gone: another replica's sweep may have expired the run (`RunSweeps.expire_overdue`).
                 run = await self.store.get_run(executor.project, executor.run_id)
                 if run is not None and run["status"] == "expired":
                     executor.expire()
@@ -338,31 +339,11 @@ class RunEngine:
 
     async def _cancel_here(self, project: str, run_id: str) -> None:
         """Finish a cancel for a run no live executor holds: close its open steps and messages."""
-        await self._close_leftovers(project, run_id, step_status="cancelled", reason="run_cancelled", error=None)
+        await self.sweeps.close_leftovers(project, run_id, step_status="cancelled", reason="run_cancelled", error=None)
         run = await self.store.transition(project, run_id, "cancelled", allowed_from={"cancelling"})
         if run is not None:
             self.bus.publish(run_id, "thread.run.cancelled", dict(run))
         self.bus.end(run_id)
-
-    async def _close_leftovers(
-        self, project: str, run_id: str, *, step_status: str, reason: str, error: dict[str, str] | None
-    ) -> None:
-        """Close the open steps and messages of a run no executor holds (`endings.close_open`)."""
-        s, m, r = tables.run_steps, tables.messages, tables.runs
-        async with self.db.write() as conn:
-            # Step events show what a GET of the step with the run's `include[]` shows.
-            include = RunState.from_json(await conn.scalar(sa.select(r.c.state).where(r.c.id == run_id))).include
-            for (data,) in (await conn.execute(sa.select(s.c.data).where(s.c.run_id == run_id))).all():
-                if data["status"] == "in_progress":
-                    step = dict(data)
-                    close_open([step], [], step_status=step_status, reason=reason, error=error)
-                    await run_steps.replace(conn, project, step)
-                    self.bus.publish(run_id, f"thread.run.step.{step_status}", step_to_wire(step, include))
-            for (data,) in (await conn.execute(sa.select(m.c.data).where(m.c.run_id == run_id))).all():
-                if data["status"] == "in_progress":
-                    message = dict(data)
-                    close_open([], [message], step_status=step_status, reason=reason, error=error)
-                    await messages.replace(conn, project, message)
 
     def _on_cancel_notice(self, run_id: str) -> None:
         """A cancel asked on another replica for a run that may execute here."""
@@ -405,84 +386,8 @@ class RunEngine:
     async def _sweeper(self) -> None:
         every = max(min(self.settings.lease_s / 2, 5.0), 0.5)
         while True:  # supervised: a failed pass ends the loop, logged, and the supervisor restarts it
-            await self.expire_overdue()
+            await self.sweeps.expire_overdue()
             await self.take_over_handed()
-            await self.recover(orphans_only=True)
-            await self.expire_waiting()
+            await self.sweeps.recover(orphans_only=True)
+            await self.sweeps.expire_waiting()
             await asyncio.sleep(every)
-
-    async def recover(self, *, orphans_only: bool) -> int:
-        """Fail (or finish cancelling) runs whose executor is gone: never leave a run stuck in progress.
-        Runs handed over by a draining replica are not: they are taken over (`take_over_handed`)."""
-        t = tables.runs
-        query = sa.select(t.c.id, t.c.project, t.c.status).where(
-            t.c.status.in_(("queued", "in_progress", "cancelling")),
-            sa.or_(t.c.lease_owner.is_(None), t.c.lease_owner != HANDED_OVER),
-        )
-        if orphans_only:
-            query = query.where(t.c.lease_expires_at.is_not(None), t.c.lease_expires_at < time.time())
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        count = 0
-        for run_id, project, state in rows:
-            if run_id in self.executors:
-                continue
-            error = {"code": "server_error", "message": INTERRUPTED}
-            if state == "cancelling":
-                await self._close_leftovers(
-                    project, run_id, step_status="cancelled", reason="run_cancelled", error=None
-                )
-                run = await self.store.transition(project, run_id, "cancelled", allowed_from={"cancelling"})
-            else:
-                await self._close_leftovers(project, run_id, step_status="failed", reason="run_failed", error=error)
-                run = await self.store.transition(project, run_id, "failed", allowed_from={state}, last_error=error)
-            if run is not None:
-                count += 1
-                self.bus.publish(run_id, f"thread.run.{run['status']}", dict(run))
-                self.bus.end(run_id)
-        return count
-
-    async def expire_overdue(self) -> int:
-        """Runs queued or in progress past `expires_at` that no executor here holds become `expired`:
-        their executor died (lease lapsed), or has not ended them a lease length after the deadline."""
-        t = tables.runs
-        grace = max(int(self.settings.lease_s), 1)
-        query = sa.select(t.c.id, t.c.project, t.c.status).where(
-            t.c.status.in_(("queued", "in_progress")),
-            t.c.expires_at < now(),
-            sa.or_(
-                t.c.lease_expires_at.is_(None),
-                t.c.lease_expires_at < time.time(),
-                t.c.expires_at < now() - grace,
-            ),
-        )
-        async with self.db.read() as conn:
-            rows = (await conn.execute(query)).all()
-        count = 0
-        for run_id, project, state in rows:
-            if self.runs_here(run_id):
-                continue
-            await self._close_leftovers(project, run_id, step_status="expired", reason="run_expired", error=None)
-            run = await self.store.transition(project, run_id, "expired", allowed_from={state})
-            if run is not None:
-                count += 1
-                self.bus.publish(run_id, "thread.run.expired", dict(run))
-                self.bus.end(run_id)
-        return count
-
-    async def expire_waiting(self) -> int:
-        """Runs waiting for tool outputs past `expires_at` become `expired`."""
-        t = tables.runs
-        async with self.db.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(t.c.id, t.c.project).where(t.c.status == "requires_action", t.c.expires_at < now())
-                )
-            ).all()
-        for run_id, project in rows:
-            await self._close_leftovers(project, run_id, step_status="expired", reason="run_expired", error=None)
-            run = await self.store.transition(project, run_id, "expired", allowed_from={"requires_action"})
-            if run is not None:
-                self.bus.publish(run_id, "thread.run.expired", dict(run))
-                self.bus.end(run_id)
-        return len(rows)

@@ -244,11 +244,7 @@ class RunExecutor:
                     f"The model backend '{route.backend.name}' ended its answer without a finish reason",
                 )
         except asyncio.CancelledError:
-            if self.cancel_requested:
-                await endings.finish_cancelled(self, turn)
-            elif self.handover_requested:
-                await endings.hand_over(self, turn)
-            else:
+            if not await endings.stopped(self, turn):
                 raise
             return False
         except UpstreamError as exc:
@@ -290,7 +286,7 @@ class RunExecutor:
             # short, so none is run or handed to the client (`requires_action`); the run ends as OpenAI
             # ended it, `incomplete` with `max_completion_tokens` (the model's own output limit is one
             # too, so also without a `max_completion_tokens` of the run's).
-            await self._drop_truncated_calls(turn, server_tools, step_usage)
+            await endings.drop_truncated_calls(self, turn, server_tools, step_usage)
             await endings.incomplete(self, "max_completion_tokens")
             return True
         if truncated and turn.tool_step is None and cap_completion is not None:
@@ -301,28 +297,6 @@ class RunExecutor:
             done = await self.store.transition(self.project, self.run_id, "completed", state=self.state, usage=total)
             return await self._ended(turn, done)
         return await self._tool_round(tool_ctx, turn, server_tools, step_usage)
-
-    async def _drop_truncated_calls(self, turn: Turn, server_tools: ServerTools, step_usage: dict[str, int]) -> None:
-        """End a tool-call step whose calls were cut off by the token limit, none of them run.
-
-        Its status is `cancelled`: a step has no `incomplete` (in_progress, cancelled, failed, completed,
-        expired), `completed` would claim the calls ran (outputs filled), and `failed` needs a
-        `last_error` although nothing failed: the calls were stopped before they could run, with no
-        error, as a cancel stops them. The function calls stay in `step_details` as the model wrote them
-        (as they were streamed); server tools, never run, show nothing."""
-        step = turn.tool_step
-        assert step is not None
-        calls = []
-        for upstream_index in sorted(turn.calls):
-            call_id, name, parts = turn.calls[upstream_index]
-            if name not in server_tools:
-                function = {"name": name, "arguments": "".join(parts), "output": None}
-                calls.append({"id": call_id, "type": "function", "function": function})
-        step["step_details"] = {"type": "tool_calls", "tool_calls": calls}
-        step.update(status="cancelled", cancelled_at=now(), usage=step_usage)
-        await self.store.save_objects(self.project, ("step", step))
-        self.emit("thread.run.step.cancelled", dict(step))
-        turn.tool_step = None
 
     async def _ended(self, turn: Turn, done: dict[str, Any] | None) -> bool:
         """The run's completing transition: announce it, or settle as the status now says (a cancel won)."""
@@ -439,11 +413,7 @@ class RunExecutor:
         try:
             return await running
         except asyncio.CancelledError:
-            if self.cancel_requested:
-                await endings.finish_cancelled(self, turn)
-            elif self.handover_requested:
-                await endings.hand_over(self, turn)
-            else:
+            if not await endings.stopped(self, turn):
                 raise
             return None
         finally:
