@@ -83,8 +83,10 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
     container.affinity.address = advertised_address(args.host, args.port, settings.internal_address)
     from loom.admin.banner import log_startup_report
 
-    asyncio.run(log_startup_report(container, f"http://{args.host}:{args.port}/v1", has_keys=has_keys))
-    app = create_app(container)
+    url = f"http://{args.host}:{args.port}/v1"
+    # On the server's loop (in the lifespan), not a throwaway one: the report's model listing opens
+    # connections that the server reuses and, at shutdown, closes.
+    app = create_app(container, before_start=lambda: log_startup_report(container, url, has_keys=has_keys))
     # What is loaded by now (modules, routes, tables, schemas: ~170k objects) lives as long as the process.
     # Frozen, it is left out of the collector's full passes, each of which would stall every request for
     # ~100 ms (the p99 of a busy server).

@@ -4,6 +4,7 @@ errors in the log, and `GET /metrics` (parsed by prometheus_client's own parser)
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -143,3 +144,19 @@ def test_metrics_move_after_a_run(ops_server: LoomServer, upstream: FakeUpstream
     assert moved("loom_http_requests_total", method="POST", route="/v1/threads/{thread_id}/runs", status="200") == 1
     assert moved("loom_http_request_duration_seconds_count", method="POST", route="/v1/assistants") == 1
     assert ("loom_sandbox_sessions_live", ()) in after and ("loom_ingest_queue_depth", ()) in after
+
+
+def test_a_stop_after_the_startup_report_shuts_down_cleanly(upstream: FakeUpstream) -> None:
+    """The report lists the backend's models; the connection it opened must belong to the server's event
+    loop, or the shutdown's closing of the model clients fails ("Event loop is closed") and skips closing
+    the blob store and the database."""
+    server = LoomServer(upstream_base_url=upstream.base_url, serve_args=("--log-level", "info"))
+    with server:
+        assert server.proc is not None
+        httpx.get(server.base_url + "/models", headers={"Authorization": f"Bearer {DEFAULT_KEY}"}).raise_for_status()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(30)
+        log = server.log()
+    assert f"model backend default ({upstream.base_url}): answered" in log
+    assert "Application shutdown complete" in log, log[-2000:]
+    assert "Application shutdown failed" not in log and "Event loop is closed" not in log, log[-2000:]

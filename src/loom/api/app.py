@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -20,9 +20,15 @@ from loom.ops.http import AccessMiddleware
 from loom.web.http import JSON
 
 
-def create_app(container: Container) -> FastAPI:
+def create_app(container: Container, before_start: Callable[[], Awaitable[None]] | None = None) -> FastAPI:
+    """The app over `container`. `before_start` runs in the lifespan, on the server's event loop, before the
+    container starts (`loom serve`'s start-up report: the connections it opens to the model backends stay
+    usable, and closable, on that loop)."""
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if before_start is not None:
+            await before_start()
         await container.start()
         gauges = metrics.register_state(lambda: sandbox_gauges(container))
         try:
