@@ -134,7 +134,9 @@ class Settings(BaseSettings):
     # finish before the server stops; runs still executing then are ended by another replica's sweep.
     drain_timeout_s: float = 25.0
 
-    # Retrieval. embedding_provider: "wordllama" (bundled, offline) or "openai" (any /v1/embeddings).
+    # Retrieval. embedding_provider: "wordllama" (bundled, offline, fast), "minilm" (all-MiniLM-L6-v2 int8,
+    # offline, weights from `make weights`; better search, slower ingestion) or "openai" (any /v1/embeddings).
+    # Each vector store keeps the embedder it was built with; a change applies to new stores.
     embedding_provider: str = "wordllama"
     embedding_base_url: str = ""  # empty: upstream_base_url
     embedding_api_key: str = ""  # empty: upstream_api_key
