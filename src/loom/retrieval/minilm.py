@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import tempfile
@@ -165,6 +166,13 @@ def _build_graph(model_dir: Path) -> Any:
     return model
 
 
+class _QuantizerChatter(logging.Filter):
+    """ONNX Runtime's quantiser logs a line per tensor on the root logger: keep them out of Loom's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno < logging.ERROR and "onnxruntime" in record.pathname)
+
+
 class MiniLMRuntime:
     """Tokenizer + int8 ONNX Runtime session for one verified copy of the weights."""
 
@@ -182,9 +190,14 @@ class MiniLMRuntime:
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
                 path = Path(tmp) / "int8.onnx"
-                quantize_dynamic(
-                    fp32, path, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-                )
+                chatter = _QuantizerChatter()
+                logging.getLogger().addFilter(chatter)
+                try:
+                    quantize_dynamic(
+                        fp32, path, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+                    )
+                finally:
+                    logging.getLogger().removeFilter(chatter)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.intra_op_num_threads = threads or os.cpu_count() or 1
