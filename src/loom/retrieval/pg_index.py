@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loom.retrieval import pg_keywords as keywords
@@ -81,8 +82,17 @@ class PostgresChunkIndex:
         built when the first vectors of a size arrive, e.g. after the default embedder changes."""
         if dims in self._hnsw_ready:
             return
-        async with self._engine.begin() as conn:
-            await conn.execute(text(hnsw_index_statement(dims)))
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(text(hnsw_index_statement(dims)))
+        except DBAPIError:
+            # Another replica built it at the same moment (IF NOT EXISTS does not cover the race).
+            async with self._engine.connect() as conn:
+                found = await conn.execute(
+                    text("SELECT 1 FROM pg_indexes WHERE indexname = :n"), {"n": f"retrieval_chunks_hnsw_{dims}"}
+                )
+                if found.first() is None:
+                    raise
         self._hnsw_ready.add(dims)
 
     async def put_file(
