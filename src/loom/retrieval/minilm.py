@@ -94,12 +94,20 @@ class _Graph:
 
     def layer(self, i: int, x: str, bias: str) -> str:
         """One encoder layer: self-attention (padded keys masked by `bias`), then the GELU feed-forward."""
+        from onnx import helper
+
         p, d = f"encoder.layer.{i}.", HIDDEN // HEADS
         node, linear = self.node, self.linear
         heads_shape = self.const(f"heads_shape{i}", [0, 0, HEADS, d], np.int64)
-        q = linear(x, p + "attention.self.query", f"l{i}_q")
-        k = linear(x, p + "attention.self.key", f"l{i}_k")
-        v = linear(x, p + "attention.self.value", f"l{i}_v")
+        # Q, K and V in one product: the input is quantised once and the matrix is three times wider.
+        names = [p + f"attention.self.{n}" for n in ("query", "key", "value")]
+        qkv_w = self.const(f"l{i}_qkv_w", np.concatenate([self.w[n + ".weight"] for n in names], axis=0).T.copy())
+        qkv_b = self.const(f"l{i}_qkv_b", np.concatenate([self.w[n + ".bias"] for n in names]))
+        qkv = node("Add", [node("MatMul", [x, qkv_w], f"l{i}_qkv_mm"), qkv_b], f"l{i}_qkv")
+        self.nodes.append(
+            helper.make_node("Split", [qkv], [f"l{i}_q", f"l{i}_k", f"l{i}_v"], name=f"l{i}_split", axis=-1)
+        )
+        q, k, v = f"l{i}_q", f"l{i}_k", f"l{i}_v"
         q = node("Transpose", [node("Reshape", [q, heads_shape], f"l{i}_qr")], f"l{i}_qt", perm=[0, 2, 1, 3])
         k = node("Transpose", [node("Reshape", [k, heads_shape], f"l{i}_kr")], f"l{i}_kt", perm=[0, 2, 3, 1])
         v = node("Transpose", [node("Reshape", [v, heads_shape], f"l{i}_vr")], f"l{i}_vt", perm=[0, 2, 1, 3])
@@ -111,12 +119,10 @@ class _Graph:
         attn = linear(ctx, p + "attention.output.dense", f"l{i}_attn")
         x = self.layer_norm(node("Add", [x, attn], f"l{i}_res1"), p + "attention.output.LayerNorm", f"l{i}_ln1")
         up = linear(x, p + "intermediate.dense", f"l{i}_up")
-        # GELU(erf), written so ONNX Runtime fuses it into one Gelu kernel.
-        erf = node(
-            "Erf", [node("Mul", [up, self.const(f"sqrt_half{i}", 1.0 / math.sqrt(2.0))], f"l{i}_gs")], f"l{i}_erf"
-        )
-        half = node("Mul", [up, self.const(f"half{i}", 0.5)], f"l{i}_gh")
-        gelu = node("Mul", [half, node("Add", [erf, self.const(f"one{i}", 1.0)], f"l{i}_g1")], f"l{i}_gelu")
+        # GELU(erf) as x * 0.5 * (1 + erf(x / sqrt 2)): the form ONNX Runtime fuses (with the bias) into one kernel.
+        erf = node("Erf", [node("Div", [up, self.const(f"sqrt2_{i}", math.sqrt(2.0))], f"l{i}_gs")], f"l{i}_erf")
+        gelu = node("Mul", [up, node("Add", [erf, self.const(f"one{i}", 1.0)], f"l{i}_g1")], f"l{i}_gx")
+        gelu = node("Mul", [gelu, self.const(f"half{i}", 0.5)], f"l{i}_gelu")
         down = linear(gelu, p + "output.dense", f"l{i}_down")
         return self.layer_norm(node("Add", [x, down], f"l{i}_res2"), p + "output.LayerNorm", f"l{i}_ln2")
 
