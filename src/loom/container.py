@@ -9,7 +9,7 @@ import logging
 from loom.config import Settings
 from loom.jobs.ingest import IngestWorker
 from loom.llm.routing import ModelRouter
-from loom.retrieval.embedding import embedder_from_settings
+from loom.retrieval.embedding import Embedders
 from loom.retrieval.index import ChunkIndex
 from loom.retrieval.isolate import ParseLimits
 from loom.retrieval.pg_index import PostgresChunkIndex
@@ -140,11 +140,14 @@ class Container:
         self.replica = self.engine.replica
         self.runs = RunService(self.db, self.engine, LiveRuns(self.engine.bus))
         # Vector stores and file search (retrieval library underneath; ingestion in the background).
-        self.embedder = embedder_from_settings(settings)
+        self.embedders = Embedders(settings)
+        self.embedder = self.embedders.default
         self.engine.memory.embedder = self.embedder
         self.threads.on_delete.append(self.engine.memory.forget_thread)
         self.chunk_index = self.coordination.choose(sqlite=self._sqlite_index, postgresql=self._postgres_index)
-        self.vector_stores = VectorStoreService(self.db, self.chunk_index, self.embedder, settings.poll_after_ms)
+        self.vector_stores = VectorStoreService(
+            self.db, self.chunk_index, self.embedder, settings.poll_after_ms, self.embedders
+        )
         self.ingest = IngestWorker(
             self.db,
             self.coordination,

@@ -136,7 +136,7 @@ async def test_migration_0003_backfills_a_0002_database(engine: AsyncEngine) -> 
                 text(
                     "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, end_offset, "
                     "token_count, text, embedding, embedding_dims, doc_len, term_freqs) SELECT :vs, 'file-1', :i, 0, "
-                    "1, 1, :t, CAST('[1,0]' AS vector), 2, (SELECT COALESCE(sum(array_length(positions, 1)), 0) "
+                    "1, 1, :t, CAST('[1,0,0,0,0,0,0,0]' AS vector), 8, (SELECT COALESCE(sum(array_length(positions, 1)), 0) "
                     "FROM unnest(to_tsvector('loom_english', CAST(:t AS text)))), '{}'"
                 ),
                 {"vs": store, "i": i, "t": body},

@@ -40,6 +40,8 @@ SLOW: frozenset[str] = frozenset(
         "tests/runs/test_run_deadline.py::test_a_resumed_run_gets_the_whole_duration_again",
         "tests/vector_stores/test_ingest_bombs.py::test_parser_out_of_memory_fails_the_file_not_the_server",
         "tests/vector_stores/test_restart_and_compat.py::test_kill_during_ingestion_then_restart",
+        # Two servers, one of them loading all-MiniLM-L6-v2 (graph built and quantised at load).
+        "tests/vector_stores/test_store_embedder.py::test_store_keeps_its_embedder_after_the_default_changes",
     }
 )
 

@@ -189,7 +189,7 @@ class IngestWorker:
             async with self.blobs.local_file(key) as path:
                 result = await ingest_file(
                     index,
-                    self.service.embedder,
+                    await self.service.ingest_embedder(store_id),
                     vector_store_id=store_id,
                     file_id=file_id,
                     filename=filename,

@@ -159,18 +159,82 @@ class OpenAIEmbedder:
         return vectors
 
 
+PROVIDERS = ("wordllama", "minilm", "openai")
+
+
 def embedder_from_settings(settings: Any) -> Embedder:
     """Build the configured embedder from `loom.config.Settings` (the `# Retrieval` fields)."""
     provider = settings.embedding_provider.lower()
     if provider == "wordllama":
         return WordLlamaEmbedder()
+    if provider == "minilm":
+        from loom.retrieval.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
     if provider == "openai":
-        return OpenAIEmbedder(
-            base_url=settings.embedding_base_url or settings.upstream_base_url,
-            api_key=settings.embedding_api_key or settings.upstream_api_key,
-            model=settings.embedding_model,
-            dimensions=settings.embedding_dimensions,
-            timeout_s=settings.upstream_timeout_s,
-            max_retries=settings.upstream_max_retries,
-        )
-    raise ValueError(f"Unknown embedding_provider {settings.embedding_provider!r} (wordllama or openai).")
+        return _openai(settings, settings.embedding_model)
+    raise ValueError(
+        f"Unknown embedding_provider {settings.embedding_provider!r} ({', '.join(PROVIDERS[:-1])} or {PROVIDERS[-1]})."
+    )
+
+
+def _openai(settings: Any, model: str) -> OpenAIEmbedder:
+    return OpenAIEmbedder(
+        base_url=settings.embedding_base_url or settings.upstream_base_url,
+        api_key=settings.embedding_api_key or settings.upstream_api_key,
+        model=model,
+        dimensions=settings.embedding_dimensions if model == settings.embedding_model else None,
+        timeout_s=settings.upstream_timeout_s,
+        max_retries=settings.upstream_max_retries,
+    )
+
+
+# A store made before stores recorded their embedder (migration 0009) was embedded by the default of
+# that time: the bundled WordLlama, unless the deployment had configured an endpoint.
+LEGACY = "legacy"  # what migration 0009 records for those stores
+LEGACY_WORDLLAMA = "wordllama-l2_supercat-256"
+
+
+class Embedders:
+    """The default embedder for new stores, and each existing store's own embedder by its recorded name.
+
+    A store keeps the model it was built with: its searches and later ingestion use that model, so
+    changing the default never puts two models' vectors in one store (the indexes keep one embedding
+    size per HNSW index on PostgreSQL and one matrix per store on SQLite). Built lazily, one per name.
+    """
+
+    def __init__(self, settings: Any, default: Embedder | None = None) -> None:
+        self._settings = settings
+        self.default: Embedder = default if default is not None else embedder_from_settings(settings)
+        self._by_name: dict[str, Embedder] = {self.default.name: self.default}
+        self._lock = threading.Lock()
+
+    def legacy_name(self) -> str:
+        """The embedder of a store with no recorded one."""
+        if self._settings is not None and self._settings.embedding_provider.lower() == "openai":
+            return self.default.name
+        return LEGACY_WORDLLAMA
+
+    def for_name(self, name: str | None) -> Embedder:
+        """The embedder called `name`; None (a store not bound yet) is the default, "legacy" see above."""
+        if name is None:
+            return self.default
+        if name == LEGACY:
+            name = self.legacy_name()
+        with self._lock:
+            embedder = self._by_name.get(name)
+            if embedder is None:
+                embedder = self._build(name)
+                self._by_name[name] = embedder
+            return embedder
+
+    def _build(self, name: str) -> Embedder:
+        if name.startswith("wordllama-l2_supercat-"):
+            return WordLlamaEmbedder(dimensions=int(name.rsplit("-", 1)[1]))
+        if name in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-fp32"):
+            from loom.retrieval.minilm import MiniLMEmbedder
+
+            return MiniLMEmbedder(quantize=name == "all-MiniLM-L6-v2")
+        if name.startswith("openai:") and self._settings is not None:
+            return _openai(self._settings, name.removeprefix("openai:"))
+        raise IndexingFailed(f"This vector store was embedded with {name!r}, which this server cannot load.")

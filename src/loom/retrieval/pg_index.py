@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loom.retrieval import pg_keywords as keywords
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
+from loom.retrieval.errors import IndexingFailed
 from loom.retrieval.index import Attributes, Candidate, FileEntry, StoredChunk
 from loom.retrieval.index_sql import (
     CHUNK_COLUMNS,
@@ -29,7 +31,7 @@ from loom.retrieval.index_sql import (
     stored_chunk,
 )
 from loom.retrieval.pg_keywords import FIRST_PASS_ROWS, LARGE_STORE, SESSION_SETTINGS
-from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema
+from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema, hnsw_index_statement
 
 
 def vector_literal(vector: Any) -> str:
@@ -66,6 +68,7 @@ class PostgresChunkIndex:
     ) -> None:
         self._engine = engine
         self._dims = int(dimensions)
+        self._hnsw_ready: set[int] = set()
         self._ef_search = int(ef_search)
         self._first_pass_rows = int(first_pass_rows)
         self._large_store = int(large_store)
@@ -73,6 +76,24 @@ class PostgresChunkIndex:
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
             await create_schema(conn, "postgresql", self._dims)
+
+    async def _ensure_hnsw(self, dims: int) -> None:
+        """The HNSW index for this embedding size (the migrations make the 256-dimensional one only):
+        built when the first vectors of a size arrive, e.g. after the default embedder changes."""
+        if dims in self._hnsw_ready:
+            return
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(text(hnsw_index_statement(dims)))
+        except DBAPIError:
+            # Another replica built it at the same moment (IF NOT EXISTS does not cover the race).
+            async with self._engine.connect() as conn:
+                found = await conn.execute(
+                    text("SELECT 1 FROM pg_indexes WHERE indexname = :n"), {"n": f"retrieval_chunks_hnsw_{dims}"}
+                )
+                if found.first() is None:
+                    raise
+        self._hnsw_ready.add(dims)
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None
@@ -92,8 +113,20 @@ class PostgresChunkIndex:
         if not chunks:
             return
         dims = int(np.asarray(vectors).shape[1])
+        await self._ensure_hnsw(dims)
         async with self._engine.begin() as conn:
             await _lock_store(conn, vector_store_id)
+            # One embedding size per store: a store's vectors come from one model (`store_embedders`).
+            found = await conn.execute(
+                text("SELECT embedding_dims FROM retrieval_chunks WHERE vector_store_id = :vs LIMIT 1"),
+                {"vs": vector_store_id},
+            )
+            stored = found.scalar()
+            if stored is not None and int(stored) != dims:
+                raise IndexingFailed(
+                    f"Vector store {vector_store_id} holds {stored}-dimensional vectors; "
+                    f"refusing to add {dims}-dimensional ones from another model."
+                )
             # BM25 needs |D| and per-term frequencies; both come from the same tsvector (configuration
             # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per
             # query. The store's statistics (lexeme document frequencies, chunk count, total length)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
+from loom.retrieval.errors import IndexingFailed
 from loom.retrieval.index import Attributes, Candidate, FileEntry, StoredChunk
 from loom.retrieval.index_sql import (
     CHUNK_COLUMNS,
@@ -98,6 +99,17 @@ class SQLiteChunkIndex:
         ]
         async with self._engine.begin() as conn:
             if rows:
+                # One embedding size per store: a store's vectors come from one model (`store_embedders`).
+                found = await conn.execute(
+                    text("SELECT length(embedding) FROM retrieval_chunks WHERE vector_store_id = :vs LIMIT 1"),
+                    {"vs": vector_store_id},
+                )
+                stored, width = found.scalar(), 4 * int(np.asarray(vectors).shape[1])
+                if stored is not None and int(stored) != width:
+                    raise IndexingFailed(
+                        f"Vector store {vector_store_id} holds {int(stored) // 4}-dimensional vectors; "
+                        f"refusing to add {width // 4}-dimensional ones from another model."
+                    )
                 await conn.execute(
                     text(
                         "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "

@@ -18,9 +18,9 @@ from loom.clock import now
 from loom.errors import InvalidRequest, NotFound
 from loom.records import VectorStoreFile, VectorStoreFileRecord
 from loom.retrieval.chunking import AUTO, ChunkingStrategy, parse_chunking_strategy
-from loom.retrieval.embedding import Embedder
+from loom.retrieval.embedding import Embedder, Embedders
 from loom.retrieval.index import ChunkIndex
-from loom.retrieval.search import SearchResult, search
+from loom.retrieval.search import SearchResult
 from loom.schemas.common import parse
 from loom.schemas.vector_stores import (
     FileBatchCreate,
@@ -31,6 +31,7 @@ from loom.schemas.vector_stores import (
 )
 from loom.services.common import ListParams, forget_vector_store, require_files
 from loom.services.serialized_index import SerializedWrites
+from loom.services.store_embedders import ingest_embedder, search_stores, store_embedder_names
 from loom.services.vector_store_rows import (
     DAY_S,
     FILE_STATUSES,
@@ -62,10 +63,19 @@ def _chunking(raw: Any, param: str = "chunking_strategy") -> ChunkingStrategy:
 
 
 class VectorStoreService:
-    def __init__(self, db: Database, index: ChunkIndex, embedder: Embedder, poll_after_ms: int = 100) -> None:
+    def __init__(
+        self,
+        db: Database,
+        index: ChunkIndex,
+        embedder: Embedder,
+        poll_after_ms: int = 100,
+        embedders: Embedders | None = None,
+    ) -> None:
         self.db = db
         self.index: ChunkIndex = SerializedWrites(index, db)
-        self.embedder = embedder
+        self.embedder = embedder  # the default, for new stores
+        # Each store keeps the embedder it was built with (`loom.services.store_embedders`).
+        self.embedders = embedders if embedders is not None else Embedders(None, default=embedder)
         self.poll_after_ms = poll_after_ms
         self.worker: Waker | None = None
 
@@ -365,7 +375,8 @@ class VectorStoreService:
         request = SearchRequest.from_body(body)
         async with self.db.read() as conn:
             await self._live_store(conn, project, vector_store_id)
-        results = await request.run(self.index, self.embedder, [vector_store_id])
+        names = await store_embedder_names(self.db, [vector_store_id])
+        results = await request.run(self.index, self.embedders.for_name(names.get(vector_store_id)), [vector_store_id])
         await self.touch(project, [vector_store_id])
         return request.page(results)
 
@@ -384,9 +395,10 @@ class VectorStoreService:
         if not live:
             return []
         await self.wait_ready(live, wait_s)
-        results = await search(
+        results = await search_stores(
+            self.db,
             self.index,
-            self.embedder,
+            self.embedders,
             live,
             list(queries),
             max_num_results=max_num_results,
@@ -394,6 +406,10 @@ class VectorStoreService:
         )
         await self.touch(project, live)
         return results
+
+    async def ingest_embedder(self, vector_store_id: str) -> Embedder:
+        """The embedder for new chunks of this store (binds a store with no vector yet to the default)."""
+        return await ingest_embedder(self.db, self.embedders, vector_store_id)
 
     async def wait_ready(self, store_ids: Sequence[str], timeout_s: float) -> None:
         await wait_ingested(self.db, store_ids, timeout_s, self._wake)

@@ -104,6 +104,9 @@ upload_parts = _resource(
 vector_stores = _resource(
     "vector_stores",
     sa.Column("expires_at", sa.BigInteger, nullable=True),
+    # The embedder of the store's vectors (`Embedder.name`), bound by its first ingestion; NULL: not yet;
+    # 'legacy': made before migration 0009 (see `loom.retrieval.embedding.Embedders`).
+    sa.Column("embedder", sa.String(128), nullable=True),
     sa.Index("ix_vector_stores_list", "project", "created_at", "seq"),
 )
 

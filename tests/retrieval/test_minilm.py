@@ -1,0 +1,101 @@
+"""The `minilm` embedder: all-MiniLM-L6-v2 int8 on ONNX Runtime, from SHA-256-checked weights.
+
+Needs the weights fetched at install time (`make weights`, which `make venv` runs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench.minilm import MiniLMEncoder
+
+from loom.config import Settings
+from loom.retrieval.embedding import LEGACY, Embedders, WordLlamaEmbedder, embedder_from_settings
+from loom.retrieval.errors import IndexingFailed
+from loom.retrieval.minilm import MAX_TOKENS, MINILM, MiniLMEmbedder, load_runtime
+from loom.retrieval.weights import WeightsMissing, WeightsTampered, model_dir, verified_dir
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "Someone is strumming a guitar on stage.",
+    "The stock market fell sharply on Monday.",
+    "Shares dropped steeply at the start of the week.",
+    "Vitamin D supplementation reduces the risk of fractures in the elderly.",
+    "Older people taking vitamin D break fewer bones.",
+]
+
+
+@pytest.fixture(scope="module")
+def reference() -> MiniLMEncoder:
+    """The float32 forward pass in numpy (bench/minilm.py), checked there against sbert.net's figures."""
+    return MiniLMEncoder(verified_dir(MINILM))
+
+
+async def test_int8_vectors_agree_with_the_float32_reference(reference: MiniLMEncoder) -> None:
+    long = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)  # truncated at 256 pieces
+    texts = [*TEXTS, long]
+    vectors = await MiniLMEmbedder().embed(texts)
+    assert vectors.shape == (len(texts), 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    agreement = np.sum(vectors * reference.encode(texts), axis=1)
+    assert float(agreement.min()) > 0.98, agreement
+    sim = vectors @ vectors.T
+    for i in range(0, 6, 2):
+        unrelated = max(sim[i, j] for j in range(6) if j not in (i, i + 1))
+        assert sim[i, i + 1] > unrelated + 0.2
+
+
+def test_unquantised_graph_matches_the_reference_exactly(reference: MiniLMEncoder) -> None:
+    vectors = load_runtime(quantize=False).encode(TEXTS)
+    assert float(np.max(np.abs(vectors - reference.encode(TEXTS)))) < 1e-4
+
+
+def test_a_vector_does_not_depend_on_what_is_embedded_with_it() -> None:
+    runtime = load_runtime()
+    long = " ".join(["a sentence about the weather in spring"] * 80)
+    alone = runtime.encode([TEXTS[0]])[0]
+    together = runtime.encode([long, TEXTS[0], TEXTS[3]])[1]
+    assert np.array_equal(alone, together)
+    assert len(runtime.tokenizer.encode(long).ids) == MAX_TOKENS
+
+
+def _copy_weights(tmp_path: Path) -> Path:
+    """A cache of our own: the small files copied (so they can be tampered with), the weights linked."""
+    source = model_dir(MINILM)
+    target = model_dir(MINILM, tmp_path)
+    target.mkdir(parents=True)
+    for f in MINILM.files:
+        if f.name == "model.safetensors":
+            (target / f.name).symlink_to(source / f.name)
+        else:
+            (target / f.name).write_bytes((source / f.name).read_bytes())
+    return target
+
+
+async def test_embedder_refuses_a_tampered_file(tmp_path: Path) -> None:
+    target = _copy_weights(tmp_path)
+    config = target / "config.json"
+    config.write_text(config.read_text().replace('"num_hidden_layers": 6', '"num_hidden_layers": 5'))
+    with pytest.raises(WeightsTampered) as caught:
+        await MiniLMEmbedder(tmp_path).embed(["anything"])
+    assert str(config) in str(caught.value)
+    assert caught.value.expected == "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"
+
+
+async def test_embedder_refuses_missing_weights_naming_the_fetch(tmp_path: Path) -> None:
+    with pytest.raises(WeightsMissing, match=r"loom\.retrieval\.weights fetch all-MiniLM-L6-v2"):
+        await MiniLMEmbedder(tmp_path / "never-fetched").embed(["anything"])
+
+
+def test_provider_setting_and_per_store_names() -> None:
+    assert isinstance(embedder_from_settings(Settings(embedding_provider="minilm")), MiniLMEmbedder)
+    embedders = Embedders(Settings(embedding_provider="minilm"))
+    assert embedders.default.name == "all-MiniLM-L6-v2"
+    assert embedders.for_name(None) is embedders.default  # a store with no vector yet
+    legacy = embedders.for_name(LEGACY)  # stores made before migration 0009
+    assert isinstance(legacy, WordLlamaEmbedder) and legacy.dimensions == 256
+    assert embedders.for_name("wordllama-l2_supercat-256") is legacy
+    with pytest.raises(IndexingFailed, match="cannot load"):
+        embedders.for_name("some-other-model")
