@@ -245,3 +245,28 @@ def test_a_threads_memory_goes_with_the_thread(
     assert _memory_rows(memory_server, thread.id) == 1
     assert client.beta.threads.delete(thread.id).deleted
     assert _memory_rows(memory_server, thread.id) == 0
+
+
+def test_recall_after_the_embedder_changes(upstream: FakeUpstream, tmp_path: Path) -> None:
+    """The thread's vectors were made by one embedder; the server restarts with another (of another size):
+    recall makes them again with the new one instead of comparing two models' vectors (which failed the
+    run: a 256-d matrix against a 384-d query)."""
+    from tests.runs.conftest import server_env
+
+    upstream.set_default(Turn.reply("ok"))
+    filler = [f"Let us talk about {topic} for a while." for topic in ("the weather", "football", "tax forms")]
+    texts = [*filler, "My cat is called Whiskers and she loves sardines.", *filler, *filler]
+    loose: dict[str, Any] = {"truncation_strategy": _named("recall", 3)}
+    first = LoomServer(data_dir=tmp_path, extra_env=server_env(upstream, LOOM_EMBEDDING_PROVIDER="wordllama"))
+    with first, openai.OpenAI(base_url=first.base_url, api_key="sk-test-default", max_retries=0) as client:
+        assistant = client.beta.assistants.create(model="gpt-4o", instructions=INSTRUCTIONS)
+        thread = _thread(client, [*texts, "Which sport did we discuss?"])
+        run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, **loose)
+        assert run.status == "completed", run.last_error
+    second = LoomServer(data_dir=tmp_path, extra_env=server_env(upstream, LOOM_EMBEDDING_PROVIDER="minilm"))
+    with second, openai.OpenAI(base_url=second.base_url, api_key="sk-test-default", max_retries=0) as client:
+        _add(client, thread.id, "What food does my cat love?")
+        run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=assistant.id, **loose)
+        assert run.status == "completed", run.last_error
+    recalled = _main_calls(upstream)[-1][1]["content"]
+    assert recalled.startswith(RECALL_HEADING) and "Whiskers and she loves sardines" in recalled

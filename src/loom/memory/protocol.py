@@ -75,6 +75,9 @@ class MemoryContext:
     _count: Callable[[Sequence[ChatMessage]], int]
     _complete: Callable[[list[ChatMessage], int], Awaitable[str]]
     _embed: Callable[[Sequence[str]], Awaitable[npt.NDArray[np.float32]]]
+    # The name of the model `embed` uses: vectors of two models do not compare (the server's default
+    # embedder can change between runs of one thread), so a strategy keeping vectors keeps this with them.
+    embedder: str = ""
     _budget_value: int | None = field(default=None, init=False)
 
     @property

@@ -2,7 +2,8 @@
 recalled from an index of the thread (the embedder file search uses: the bundled one by default).
 
 Each older message is embedded once, when it first leaves the verbatim window, and its vector kept
-with the thread. The recalled messages go first, in the thread's order, inside one system message.
+with the thread, with the name of the embedder that made it: after the server's embedder changes,
+the thread's vectors are made again by the new one (two models' vectors do not compare). The recalled messages go first, in the thread's order, inside one system message.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ class RecallMemory:
         if not older or not query:
             return [m.chat for m in recent]
         stored = await ctx.state.all()
-        missing = [m for m in older if m.id not in stored]
+        # A vector is reused only if today's embedder made it (the default may have changed since).
+        missing = [m for m in older if stored.get(m.id, {}).get("e") != ctx.embedder]
         if missing:
             vectors = await ctx.embed([m.text for m in missing])
-            fresh = {m.id: {"v": _encode(v)} for m, v in zip(missing, vectors, strict=True)}
+            fresh = {m.id: {"v": _encode(v), "e": ctx.embedder} for m, v in zip(missing, vectors, strict=True)}
             await ctx.state.put_many(fresh)
             stored.update(fresh)
         matrix = np.stack([_decode(str(stored[m.id]["v"])) for m in older])

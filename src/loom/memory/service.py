@@ -32,6 +32,12 @@ class MemoryService:
         self.embedder = embedder
         self.registry = Registry()
 
+    @property
+    def embedder_name(self) -> str:
+        if self.embedder is None:
+            self.embedder = WordLlamaEmbedder()
+        return self.embedder.name
+
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
         if self.embedder is None:
             self.embedder = WordLlamaEmbedder()
@@ -102,6 +108,7 @@ class RunMemory:
             _count=count,
             _complete=self._complete,
             _embed=self.service.embed,
+            embedder=self.service.embedder_name,
         )
         try:
             built = await strategy.build(ctx)
