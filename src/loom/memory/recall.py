@@ -3,7 +3,8 @@ recalled from an index of the thread (the embedder file search uses: the bundled
 
 Each older message is embedded once, when it first leaves the verbatim window, and its vector kept
 with the thread, with the name of the embedder that made it: after the server's embedder changes,
-the thread's vectors are made again by the new one (two models' vectors do not compare). The recalled messages go first, in the thread's order, inside one system message.
+the thread's vectors are made again by the new one (two models' vectors do not compare). The
+recalled messages go first, in the thread's order, inside one system message.
 """
 
 from __future__ import annotations
