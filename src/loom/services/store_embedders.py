@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom.retrieval.embedding import Embedder, Embedders
 from loom.retrieval.index import ChunkIndex
@@ -19,11 +20,10 @@ from loom.store import tables
 from loom.store.db import Database
 
 
-async def store_embedder_names(db: Database, store_ids: Sequence[str]) -> dict[str, str | None]:
+async def store_embedder_names(conn: AsyncConnection, store_ids: Sequence[str]) -> dict[str, str | None]:
     t = tables.vector_stores
-    async with db.read() as conn:
-        rows = await conn.execute(sa.select(t.c.id, t.c.embedder).where(t.c.id.in_(list(store_ids))))
-        return {r[0]: r[1] for r in rows}
+    rows = await conn.execute(sa.select(t.c.id, t.c.embedder).where(t.c.id.in_(list(store_ids))))
+    return {r[0]: r[1] for r in rows}
 
 
 async def ingest_embedder(db: Database, embedders: Embedders, store_id: str) -> Embedder:
@@ -41,7 +41,8 @@ async def search_stores(
     db: Database, index: ChunkIndex, embedders: Embedders, store_ids: Sequence[str], queries: list[str], **kw: Any
 ) -> list[SearchResult]:
     """`search` over stores that may have different embedders: each group with its own, best scores first."""
-    names = await store_embedder_names(db, store_ids)
+    async with db.read() as conn:
+        names = await store_embedder_names(conn, store_ids)
     groups: dict[str, tuple[Embedder, list[str]]] = {}
     for store_id in store_ids:
         embedder = embedders.for_name(names.get(store_id))

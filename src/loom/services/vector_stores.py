@@ -369,13 +369,11 @@ class VectorStoreService:
 
     # Search.
 
-    # Search.
-
     async def search(self, project: str, vector_store_id: str, body: dict[str, Any]) -> dict[str, Any]:
         request = SearchRequest.from_body(body)
         async with self.db.read() as conn:
             await self._live_store(conn, project, vector_store_id)
-        names = await store_embedder_names(self.db, [vector_store_id])
+            names = await store_embedder_names(conn, [vector_store_id])
         results = await request.run(self.index, self.embedders.for_name(names.get(vector_store_id)), [vector_store_id])
         await self.touch(project, [vector_store_id])
         return request.page(results)
