@@ -32,16 +32,18 @@ class MemoryService:
         self.embedder = embedder
         self.registry = Registry()
 
+    def _embedder(self) -> Embedder:
+        """The container's embedder, or (a service made without one) the bundled default."""
+        if self.embedder is None:
+            self.embedder = WordLlamaEmbedder()
+        return self.embedder
+
     @property
     def embedder_name(self) -> str:
-        if self.embedder is None:
-            self.embedder = WordLlamaEmbedder()
-        return self.embedder.name
+        return self._embedder().name
 
     async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        if self.embedder is None:
-            self.embedder = WordLlamaEmbedder()
-        return np.asarray(await self.embedder.embed(texts), dtype=np.float32)
+        return np.asarray(await self._embedder().embed(texts), dtype=np.float32)
 
     async def forget_thread(self, thread_id: str) -> None:
         await forget_thread(self.db, thread_id)
