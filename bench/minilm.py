@@ -319,6 +319,17 @@ class MiniLMEmbedder:
         return await asyncio.to_thread(self.embed_sync, texts)
 
 
+# Three pairs of paraphrases, each unrelated to the other pairs: a sentence should be nearest its partner.
+PAIRED_TEXTS = [
+    "A man is playing a guitar.",
+    "Someone is strumming a guitar on stage.",
+    "The stock market fell sharply on Monday.",
+    "Shares dropped steeply at the start of the week.",
+    "Vitamin D supplementation reduces the risk of fractures in the elderly.",
+    "Older people taking vitamin D break fewer bones.",
+]
+
+
 def self_check(docs: int) -> None:
     """Checks that need no reference model; the SciFact figure (bench/retrieval_quality.py) is the rest."""
     grid = np.linspace(-6, 6, 20001, dtype=np.float32)
@@ -328,22 +339,14 @@ def self_check(docs: int) -> None:
 
     embedder = MiniLMEmbedder(persist=False)
     enc = embedder.encoder()
-    texts = [
-        "A man is playing a guitar.",
-        "Someone is strumming a guitar on stage.",
-        "The stock market fell sharply on Monday.",
-        "Shares dropped steeply at the start of the week.",
-        "Vitamin D supplementation reduces the risk of fractures in the elderly.",
-        "Older people taking vitamin D break fewer bones.",
-    ]
-    v = enc.encode(texts)
+    v = enc.encode(PAIRED_TEXTS)
     assert v.shape == (6, HIDDEN) and v.dtype == np.float32
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     sim = v @ v.T
     for i in range(0, 6, 2):
         paired = sim[i, i + 1]
         unrelated = max(sim[i, j] for j in range(6) if j not in (i, i + 1))
-        print(f"similarity: paraphrase {paired:.3f} vs best unrelated {unrelated:.3f}  ({texts[i]!r})")
+        print(f"similarity: paraphrase {paired:.3f} vs best unrelated {unrelated:.3f}  ({PAIRED_TEXTS[i]!r})")
         assert paired > unrelated + 0.2, (paired, unrelated)
 
     # The quickstart on sbert.net prints these similarities for this model (four decimals).
@@ -355,8 +358,8 @@ def self_check(docs: int) -> None:
 
     # Padding must not change a vector: alone vs. in a batch with a much longer text.
     long = " ".join(["the quick brown fox jumps over the lazy dog"] * 40)
-    alone = enc.encode([texts[0]])[0]
-    batched = enc.encode([texts[0], long])[0]
+    alone = enc.encode([PAIRED_TEXTS[0]])[0]
+    batched = enc.encode([PAIRED_TEXTS[0], long])[0]
     drift = float(np.max(np.abs(alone - batched)))
     print(f"padding: max abs difference {drift:.2e}; a long text has {len(enc.tokenizer.encode(long).ids)} pieces")
     assert drift < 1e-5, drift

@@ -9,22 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bench.minilm import MiniLMEncoder
+from bench.minilm import PAIRED_TEXTS, MiniLMEncoder
 
 from loom.config import Settings
 from loom.retrieval.embedding import LEGACY, Embedders, WordLlamaEmbedder, embedder_from_settings
 from loom.retrieval.errors import IndexingFailed
 from loom.retrieval.minilm import MAX_TOKENS, MINILM, MiniLMEmbedder, load_runtime
 from loom.retrieval.weights import WeightsMissing, WeightsTampered, model_dir, verified_dir
-
-TEXTS = [
-    "A man is playing a guitar.",
-    "Someone is strumming a guitar on stage.",
-    "The stock market fell sharply on Monday.",
-    "Shares dropped steeply at the start of the week.",
-    "Vitamin D supplementation reduces the risk of fractures in the elderly.",
-    "Older people taking vitamin D break fewer bones.",
-]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +26,7 @@ def reference() -> MiniLMEncoder:
 
 async def test_int8_vectors_agree_with_the_float32_reference(reference: MiniLMEncoder) -> None:
     long = " ".join(["the quick brown fox jumps over the lazy dog"] * 60)  # truncated at 256 pieces
-    texts = [*TEXTS, long]
+    texts = [*PAIRED_TEXTS, long]
     vectors = await MiniLMEmbedder().embed(texts)
     assert vectors.shape == (len(texts), 384) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -48,15 +39,15 @@ async def test_int8_vectors_agree_with_the_float32_reference(reference: MiniLMEn
 
 
 def test_unquantised_graph_matches_the_reference_exactly(reference: MiniLMEncoder) -> None:
-    vectors = load_runtime(quantize=False).encode(TEXTS)
-    assert float(np.max(np.abs(vectors - reference.encode(TEXTS)))) < 1e-4
+    vectors = load_runtime(quantize=False).encode(PAIRED_TEXTS)
+    assert float(np.max(np.abs(vectors - reference.encode(PAIRED_TEXTS)))) < 1e-4
 
 
 def test_a_vector_does_not_depend_on_what_is_embedded_with_it() -> None:
     runtime = load_runtime()
     long = " ".join(["a sentence about the weather in spring"] * 80)
-    alone = runtime.encode([TEXTS[0]])[0]
-    together = runtime.encode([long, TEXTS[0], TEXTS[3]])[1]
+    alone = runtime.encode([PAIRED_TEXTS[0]])[0]
+    together = runtime.encode([long, PAIRED_TEXTS[0], PAIRED_TEXTS[3]])[1]
     assert np.array_equal(alone, together)
     assert len(runtime.tokenizer.encode(long).ids) == MAX_TOKENS
 
