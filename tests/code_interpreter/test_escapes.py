@@ -175,12 +175,14 @@ def test_fork_bomb(client: openai.OpenAI, upstream: FakeUpstream, assistant_id: 
     # memory budget (and the host's CPU) in the next runs.
     count = "import os\nprint(len([p for p in os.listdir('/proc') if p.isdigit()]))"
     r = run_code(client, upstream, thread, assistant_id, count)
-    # (A notice may come first: the bomb can make the cgroup's OOM killer restart the kernel.)
+    # (A notice may come first: the bomb can make the cgroup's OOM killer restart the kernel, or, on a loaded
+    # host, the kernel may not answer the interrupt within its grace period and be restarted.)
     counts = re.findall(r"^(\d+)$", r.logs, re.MULTILINE)
     assert counts and int(counts[-1]) <= 3, r.logs  # the sandbox's init, the kernel (and its boot wrapper)
-    if "out of memory" not in bomb.logs + r.logs:  # interrupted, not restarted: variables kept
+    # Variables are lost only with a notice saying so; without one, they are kept.
+    if "are gone" not in bomb.logs + r.logs:
         r = run_code(client, upstream, thread, assistant_id, "print(kept)")
-        assert r.logs == "here\n", r.logs
+        assert r.logs == "here\n", (bomb.logs, r.logs)
     healthy(client, upstream, thread, assistant_id)
 
 
