@@ -94,8 +94,8 @@ class _Graph:
         b = self.const(prefix + ".bias", self.w[prefix + ".bias"])
         return self.node("LayerNormalization", [x, g, b], out, axis=-1, epsilon=LN_EPS)
 
-    def layer(self, i: int, x: str, bias: str) -> str:
-        """One encoder layer: self-attention (padded keys masked by `bias`), then the GELU feed-forward."""
+    def layer(self, i: int, x: str) -> str:
+        """One encoder layer: self-attention over all the tokens, then the GELU feed-forward."""
         from onnx import helper
 
         p, d = f"encoder.layer.{i}.", HIDDEN // HEADS
@@ -115,7 +115,7 @@ class _Graph:
         v = node("Transpose", [node("Reshape", [v, heads_shape], f"l{i}_vr")], f"l{i}_vt", perm=[0, 2, 1, 3])
         scale = self.const(f"scale{i}", 1.0 / math.sqrt(d))
         scores = node("Mul", [node("MatMul", [q, k], f"l{i}_qk"), scale], f"l{i}_scaled")
-        probs = node("Softmax", [node("Add", [scores, bias], f"l{i}_masked")], f"l{i}_probs", axis=-1)
+        probs = node("Softmax", [scores], f"l{i}_probs", axis=-1)
         ctx = node("Transpose", [node("MatMul", [probs, v], f"l{i}_ctx")], f"l{i}_ctxt", perm=[0, 2, 1, 3])
         ctx = node("Reshape", [ctx, self.const(f"hidden_shape{i}", [0, 0, HIDDEN], np.int64)], f"l{i}_ctxr")
         attn = linear(ctx, p + "attention.output.dense", f"l{i}_attn")
@@ -150,19 +150,16 @@ def _build_graph(model_dir: Path) -> Any:
     tok_emb = g.node("Gather", [word, "input_ids"], "tok_emb")
     x = g.node("Add", [tok_emb, g.node("Gather", [pos, "positions"], "pos_emb")], "emb")
     x = g.layer_norm(x, "embeddings.LayerNorm", "emb_ln")
-    # Padded keys get -1e4 before softmax: (1 - mask) * -1e4, shaped (B, 1, 1, L).
-    maskf = g.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
-    bias = g.node("Mul", [g.node("Sub", [g.const("one", 1.0), maskf], "inv_mask"), g.const("neg", -1e4)], "mask_bias")
-    bias = g.node("Unsqueeze", [bias, g.const("axes12", [1, 2], np.int64)], "mask_bias4")
+    # No attention mask: a run is one text, unpadded (`MiniLMRuntime.encode`), so every key is a token (the
+    # mask's add of zeros to each layer's (12, L, L) scores was a tenth of the model's time).
     for i in range(LAYERS):
-        x = g.layer(i, x, bias)
+        x = g.layer(i, x)
     g.nodes.append(helper.make_node("Identity", [x], ["hidden"], name="out"))
     graph = helper.make_graph(
         g.nodes,
         "all-MiniLM-L6-v2",
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
             helper.make_tensor_value_info("positions", TensorProto.INT64, ["seq"]),
         ],
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
@@ -252,7 +249,7 @@ class MiniLMRuntime:
             if n == 0:
                 return
             ids = np.asarray(encodings[row].ids, dtype=np.int64).reshape(1, n)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "positions": np.arange(n, dtype=np.int64)}
+            feeds = {"input_ids": ids, "positions": np.arange(n, dtype=np.int64)}
             (hidden,) = self.session.run(["hidden"], feeds)
             pooled = hidden[0].mean(axis=0)
             out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
