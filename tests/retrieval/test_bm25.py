@@ -186,3 +186,25 @@ def test_postings_are_sorted_csr() -> None:
         assert (lo, hi) == (p.offsets[j], p.offsets[j + 1])
         assert np.all(np.diff(p.docs[lo:hi]) > 0)  # each term's docs distinct, ascending
     assert p.total_length == sum(len(analyze(t)) for _, _, t in docs)
+
+
+def test_merged_parts_rank_as_one_built_index() -> None:
+    rng = random.Random(11)
+    docs = _corpus(rng, 1, 300, files=5)
+    whole = _postings(docs)
+    # Parts built with the store-wide file codes (as an index appending batches keeps them).
+    codes = {f: i for i, f in enumerate(whole.file_ids)}
+    rows = []
+    for chunk_id, file_id, text in docs:
+        enc = encode(text)
+        rows.append((chunk_id, codes[file_id], enc.terms, enc.tfs, enc.length))
+    parts = [Postings.build(rows[a:b], whole.file_ids) for a, b in ((0, 0), (0, 120), (120, 121), (121, 300))]
+    merged = Postings.merge(parts)
+    for name in ("terms", "offsets", "docs", "tfs", "chunk_ids", "file_codes", "lengths"):
+        assert np.array_equal(getattr(merged, name), getattr(whole, name)), name
+    assert merged.total_length == whole.total_length and merged.file_ids == whole.file_ids
+    for words in (["protein", "cell"], ["mouse"], ["rna", "kinase", "human"]):
+        want = rank([whole], query_hashes(words), 20, {"file-1", "file-3"})
+        assert rank(parts, query_hashes(words), 20, {"file-1", "file-3"}) == want
+        assert rank([merged], query_hashes(words), 20, {"file-1", "file-3"}) == want
+    assert Postings.merge([]).size == 0

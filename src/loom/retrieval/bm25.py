@@ -25,6 +25,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -175,30 +176,39 @@ class Postings:
         """Build from stored rows (vectorised: one join, one sort). Blocking: run it off the event loop.
         `file_ids[code]` names the file of a row's file code (needed only to filter by file)."""
         n = len(rows)
-        chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        file_codes = np.fromiter((r[1] for r in rows), dtype=np.int32, count=n)
-        lengths = np.fromiter((r[4] for r in rows), dtype=np.int64, count=n)
         widths = np.fromiter((len(r[2]) for r in rows), dtype=np.int64, count=n) // TERM_DTYPE.itemsize
         all_terms = np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_DTYPE)
         all_tfs = np.frombuffer(b"".join(r[3] for r in rows), dtype=TF_DTYPE)
         if all_terms.shape != all_tfs.shape or int(widths.sum()) != all_terms.shape[0]:
             raise ValueError("keyword blobs of different lengths")
-        doc_of = np.repeat(np.arange(n, dtype=np.int32), widths)
-        order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
-        sorted_terms = all_terms[order]
-        starts = np.flatnonzero(np.diff(sorted_terms)) + 1 if sorted_terms.size else np.zeros(0, np.int64)
-        offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
-        terms = sorted_terms[offsets[:-1]].astype(np.uint64) if sorted_terms.size else np.zeros(0, np.uint64)
-        return Postings(
-            terms=terms,
-            offsets=offsets if sorted_terms.size else np.zeros(1, np.int64),
-            docs=doc_of[order],
-            tfs=all_tfs[order].astype(np.uint16),
-            chunk_ids=chunk_ids,
-            file_codes=file_codes,
-            lengths=lengths,
-            file_ids=tuple(file_ids),
-            total_length=int(lengths.sum()),
+        return _from_postings(
+            all_terms,
+            np.repeat(np.arange(n, dtype=np.int32), widths),
+            all_tfs,
+            np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            np.fromiter((r[1] for r in rows), dtype=np.int32, count=n),
+            np.fromiter((r[4] for r in rows), dtype=np.int64, count=n),
+            file_ids,
+        )
+
+    @staticmethod
+    def merge(parts: Sequence[Postings], file_ids: Sequence[str] | None = None) -> Postings:
+        """One index holding the docs of `parts` (in order). File codes must mean the same file in every
+        part: `file_ids` (default: the longest part's) names them. Each part's postings are sorted, so
+        the stable sort is a merge of sorted runs."""
+        if file_ids is None:
+            file_ids = max((p.file_ids for p in parts), key=len, default=())
+        bases = np.cumsum([0] + [p.size for p in parts])
+        return _from_postings(
+            np.concatenate([np.repeat(p.terms, np.diff(p.offsets)) for p in parts] or [np.zeros(0, np.uint64)]),
+            np.concatenate(
+                [p.docs + np.int32(b) for p, b in zip(parts, bases, strict=False)] or [np.zeros(0, np.int32)]
+            ),
+            np.concatenate([p.tfs for p in parts] or [np.zeros(0, np.uint16)]),
+            np.concatenate([p.chunk_ids for p in parts] or [np.zeros(0, np.int64)]),
+            np.concatenate([p.file_codes for p in parts] or [np.zeros(0, np.int32)]),
+            np.concatenate([p.lengths for p in parts] or [np.zeros(0, np.int64)]),
+            file_ids,
         )
 
     def span(self, term: int) -> tuple[int, int]:
@@ -207,6 +217,36 @@ class Postings:
         if i < self.terms.shape[0] and int(self.terms[i]) == term:
             return int(self.offsets[i]), int(self.offsets[i + 1])
         return 0, 0
+
+
+def _from_postings(
+    all_terms: npt.NDArray[Any],
+    doc_of: npt.NDArray[np.int32],
+    all_tfs: npt.NDArray[Any],
+    chunk_ids: npt.NDArray[np.int64],
+    file_codes: npt.NDArray[np.int32],
+    lengths: npt.NDArray[np.int64],
+    file_ids: Sequence[str],
+) -> Postings:
+    """CSR from one (term, doc, tf) triple per posting, in any order: one stable sort by term."""
+    order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
+    sorted_terms = all_terms[order]
+    starts = np.flatnonzero(sorted_terms[1:] != sorted_terms[:-1]) + 1
+    if sorted_terms.size:
+        offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
+    else:
+        offsets = np.zeros(1, np.int64)
+    return Postings(
+        terms=sorted_terms[offsets[:-1]].astype(np.uint64),
+        offsets=offsets,
+        docs=doc_of[order].astype(np.int32),
+        tfs=all_tfs[order].astype(np.uint16),
+        chunk_ids=chunk_ids,
+        file_codes=file_codes,
+        lengths=lengths,
+        file_ids=tuple(file_ids),
+        total_length=int(lengths.sum()),
+    )
 
 
 def rank(
