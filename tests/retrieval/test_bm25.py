@@ -208,3 +208,55 @@ def test_merged_parts_rank_as_one_built_index() -> None:
         assert rank(parts, query_hashes(words), 20, {"file-1", "file-3"}) == want
         assert rank([merged], query_hashes(words), 20, {"file-1", "file-3"}) == want
     assert Postings.merge([]).size == 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_removed_docs_leave_exact_bm25_of_what_is_left(seed: int) -> None:
+    # Docs masked out (no rebuild) are out of N, df, the average length and the results: rank equals
+    # BM25 over the docs left, and so do the compacted and the merged indexes.
+    rng = random.Random(100 + seed)
+    stores = [_corpus(rng, 1 + 100_000 * s, rng.randint(1, 120), files=4) for s in range(rng.randint(1, 3))]
+    postings = [_postings(s) for s in stores]
+    left = [list(s) for s in stores]
+    for _ in range(3):
+        gone = f"file-{rng.randrange(4)}"
+        postings = [p.remove(p.file_codes == p.file_ids.index(gone)) if gone in p.file_ids else p for p in postings]
+        left = [[d for d in s if d[1] != gone] for s in left]
+        assert [p.live for p in postings] == [len(s) for s in left]
+        for _ in range(4):
+            words = rng.sample(VOCAB, rng.randint(1, 4))
+            limit = rng.choice([1, 3, 10, 1000])
+            allowed = {f"file-{f}" for f in range(4) if rng.random() < 0.6}
+            want = _brute(left, words, limit, allowed)
+            _assert_same(rank(postings, query_hashes(words), limit, allowed), want)
+            compacted = [p.compact() for p in postings]
+            assert [p.size for p in compacted] == [len(s) for s in left]
+            _assert_same(rank(compacted, query_hashes(words), limit, allowed), want)
+            merged = [Postings.merge([p, Postings.build([], p.file_ids)]) for p in postings]  # per store
+            _assert_same(rank(merged, query_hashes(words), limit, allowed), want)
+
+
+def test_compact_equals_a_fresh_build_of_the_docs_left() -> None:
+    rng = random.Random(5)
+    docs = _corpus(rng, 1, 250, files=4)
+    whole = _postings(docs)
+    gone = np.isin(whole.file_codes, [whole.file_ids.index("file-1"), whole.file_ids.index("file-3")])
+    removed = whole.remove(gone)
+    assert removed.removed_docs == int(gone.sum()) and removed.live == whole.size - int(gone.sum())
+    assert removed.live_length == int(whole.lengths[~gone].sum())
+    compacted = removed.compact()
+    codes = {f: i for i, f in enumerate(whole.file_ids)}
+    rows = []
+    for chunk_id, file_id, text in docs:
+        if file_id not in ("file-1", "file-3"):
+            enc = encode(text)
+            rows.append((chunk_id, codes[file_id], enc.terms, enc.tfs, enc.length))
+    fresh = Postings.build(rows, whole.file_ids)
+    for name in ("terms", "offsets", "docs", "tfs", "chunk_ids", "file_codes", "lengths"):
+        assert np.array_equal(getattr(compacted, name), getattr(fresh, name)), name
+    assert compacted.total_length == fresh.total_length and compacted.removed is None
+    # Removing nothing more returns the same index; removing everything leaves nothing to rank.
+    assert removed.remove(np.zeros(whole.size, dtype=bool)) is removed
+    none_left = whole.remove(np.ones(whole.size, dtype=bool))
+    assert none_left.live == 0 and rank([none_left], query_hashes(["protein"]), 5) == []
+    assert none_left.compact().size == 0 and none_left.compact().terms.size == 0

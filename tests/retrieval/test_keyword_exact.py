@@ -242,3 +242,49 @@ async def test_searches_between_writes_see_every_batch(tmp_path: Path) -> None:
             assert sorted(c.chunk_id for c in found) == sorted(docs)
     finally:
         await engine.dispose()
+
+
+async def test_delete_add_delete_ranks_as_brute_force_without_reloading_the_store(tmp_path: Path) -> None:
+    # A cached store takes writes without a reload (deletes are masked out of its postings, adds
+    # appended): each search after a delete, an add and another delete equals BM25 over what is stored,
+    # and the store's rows are scanned once, by the first search.
+    rng = random.Random(4)
+    vocab = ["alpha", "beta", "gamma", "delta", "epsilon"]
+
+    def texts(n: int, extra: str = "") -> list[str]:
+        return [" ".join(rng.choices(vocab, k=rng.randint(1, 7))) + extra for _ in range(n)]
+
+    engine, index = await _sqlite(tmp_path, "f.db")
+    scans: list[str] = []
+
+    def seen(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "kw_terms" in statement and statement.lstrip().upper().startswith("SELECT"):
+            scans.append(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", seen)
+    try:
+        query = ["alpha", "epsilon"]
+        for f in range(4):
+            await _add(index, "vs", f"file-{f}", texts(60, " epsilon" * f), seed=f)
+        _same(await index.keyword_candidates(["vs"], query, 12), _brute(await _stored(engine, "vs"), query, 12))
+        assert len(scans) == 1
+        for verb, file_no in (("delete", 1), ("add", 1), ("delete", 3), ("add", 5), ("delete", 0)):
+            if verb == "delete":
+                assert await index.delete_file("vs", f"file-{file_no}") > 0
+            else:
+                await _add(index, "vs", f"file-{file_no}", texts(40, " alpha alpha"), seed=10 + file_no)
+            docs = await _stored(engine, "vs")
+            _same(await index.keyword_candidates(["vs"], query, 12), _brute(docs, query, 12))
+            _same(
+                await index.keyword_candidates(["vs"], query, 12, ["file-1", "file-2"]),
+                _brute(docs, query, 12, ["file-1", "file-2"]),
+            )
+            found = await index.vector_candidates(["vs"], _vectors(1, 99)[0], 1000)
+            assert sorted(c.chunk_id for c in found) == sorted(docs)
+        assert len(scans) == 1, "a write reloaded the store"
+        # A fresh index over the same database (nothing cached) agrees exactly.
+        fresh = SQLiteChunkIndex(engine)
+        assert await fresh.keyword_candidates(["vs"], query, 12) == await index.keyword_candidates(["vs"], query, 12)
+    finally:
+        sa.event.remove(engine.sync_engine, "before_cursor_execute", seen)
+        await engine.dispose()

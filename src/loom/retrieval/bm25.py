@@ -24,7 +24,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -161,10 +161,59 @@ class Postings:
     lengths: npt.NDArray[np.int64]
     file_ids: tuple[str, ...]
     total_length: int
+    # Docs deleted since the build (None: none): left in the arrays, but out of N, df, the total
+    # length and the results, so scores stay exact BM25 of what is left; `compact` drops them.
+    removed: npt.NDArray[np.bool_] | None = None
+    removed_docs: int = 0
+    removed_length: int = 0
 
     @property
     def size(self) -> int:
+        """Docs held, removed ones included (see `live`)."""
         return int(self.chunk_ids.shape[0])
+
+    @property
+    def live(self) -> int:
+        """Docs held and not removed: this part's share of N."""
+        return self.size - self.removed_docs
+
+    @property
+    def live_length(self) -> int:
+        return self.total_length - self.removed_length
+
+    def remove(self, docs: npt.NDArray[np.bool_]) -> Postings:
+        """This index with the docs where `docs` is true removed (a mask over its docs; no rebuild)."""
+        mask = docs.astype(bool, copy=True)
+        if self.removed is not None:
+            mask |= self.removed
+        count = int(mask.sum())
+        if count == self.removed_docs:
+            return self
+        return replace(self, removed=mask, removed_docs=count, removed_length=int(self.lengths[mask].sum()))
+
+    def compact(self) -> Postings:
+        """This index without its removed docs (a vectorised filter: postings stay sorted by term)."""
+        if self.removed is None or self.removed_docs == 0:
+            return self if self.removed is None else replace(self, removed=None)
+        keep_doc = ~self.removed
+        new_index = np.cumsum(keep_doc, dtype=np.int64) - 1
+        keep = keep_doc[self.docs]
+        kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+        per_term = kept_before[self.offsets[1:]] - kept_before[self.offsets[:-1]]
+        alive = per_term > 0
+        offsets = np.concatenate(([0], np.cumsum(per_term[alive]))).astype(np.int64)
+        lengths = self.lengths[keep_doc]
+        return Postings(
+            terms=self.terms[alive],
+            offsets=offsets,
+            docs=new_index[self.docs[keep]].astype(np.int32),
+            tfs=self.tfs[keep],
+            chunk_ids=self.chunk_ids[keep_doc],
+            file_codes=self.file_codes[keep_doc],
+            lengths=lengths,
+            file_ids=self.file_ids,
+            total_length=int(lengths.sum()),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -193,11 +242,12 @@ class Postings:
 
     @staticmethod
     def merge(parts: Sequence[Postings], file_ids: Sequence[str] | None = None) -> Postings:
-        """One index holding the docs of `parts` (in order). File codes must mean the same file in every
+        """One index holding the (not removed) docs of `parts` (in order). File codes must mean the same file in every
         part: `file_ids` (default: the longest part's) names them. Each part's postings are sorted, so
         the stable sort is a merge of sorted runs."""
         if file_ids is None:
             file_ids = max((p.file_ids for p in parts), key=len, default=())
+        parts = [p.compact() for p in parts]
         bases = np.cumsum([0] + [p.size for p in parts])
         return _from_postings(
             np.concatenate([np.repeat(p.terms, np.diff(p.offsets)) for p in parts] or [np.zeros(0, np.uint64)]),
@@ -256,25 +306,35 @@ def rank(
     (ties: lower chunk id first); only chunks of the files `allowed` if given. N, df and the average
     length are those of `stores` together. Blocking (numpy): run it off the event loop."""
     terms = sorted({int(h) for h in hashes})
-    n = sum(s.size for s in stores)
+    n = sum(s.live for s in stores)
     if not terms or n == 0 or limit <= 0 or (allowed is not None and not allowed):
         return []
-    avgdl = max(sum(s.total_length for s in stores) / n, 1.0)
-    spans = [[s.span(t) for t in terms] for s in stores]
-    df = [sum(sp[j][1] - sp[j][0] for sp in spans) for j in range(len(terms))]
+    avgdl = max(sum(s.live_length for s in stores) / n, 1.0)
+    # Per store and term: the postings (docs, tfs) left once removed docs are dropped.
+    postings: list[list[tuple[npt.NDArray[np.int32], npt.NDArray[np.uint16]]]] = []
+    for s in stores:
+        found = []
+        for t in terms:
+            lo, hi = s.span(t)
+            docs, tfs = s.docs[lo:hi], s.tfs[lo:hi]
+            if s.removed is not None and docs.size:
+                keep = ~s.removed[docs]
+                docs, tfs = docs[keep], tfs[keep]
+            found.append((docs, tfs))
+        postings.append(found)
+    df = [sum(int(p[j][0].size) for p in postings) for j in range(len(terms))]
     weight = [math.log(1.0 + (n - d + 0.5) / (d + 0.5)) * (BM25_K1 + 1) if d else 0.0 for d in df]  # idf * (k1 + 1)
     found_scores: list[npt.NDArray[np.float64]] = []
     found_ids: list[npt.NDArray[np.int64]] = []
-    for store, store_spans in zip(stores, spans, strict=True):
-        if all(hi == lo for lo, hi in store_spans):
+    for store, store_postings in zip(stores, postings, strict=True):
+        if all(docs.size == 0 for docs, _ in store_postings):
             continue
         norm = BM25_K1 * (1 - BM25_B + BM25_B * store.lengths / avgdl)
         scores = np.zeros(store.size, dtype=np.float64)
-        for (lo, hi), w in zip(store_spans, weight, strict=True):
-            if hi == lo:
+        for (docs, tfs), w in zip(store_postings, weight, strict=True):
+            if docs.size == 0:
                 continue
-            docs = store.docs[lo:hi]
-            tf = store.tfs[lo:hi].astype(np.float64)
+            tf = tfs.astype(np.float64)
             scores[docs] += w * tf / (tf + norm[docs])  # a term's docs are distinct
         matched = np.flatnonzero(scores > 0)
         if allowed is not None:

@@ -4,8 +4,9 @@ Each store's vectors and keyword postings (`bm25.Postings`, from the per-chunk k
 `add_chunks` fills) are loaded in one scan and cached in-process; BM25's statistics are the
 searched stores' own. `add_chunks` hands its batch to a cached store, appended at the next search
 (a new postings segment, merged with the one before while it is at least half that one's size, so
-a store holds O(log n) segments); a delete drops the store's entry (SQLite deployments are one
-process, so the cache cannot go stale elsewhere).
+a store holds O(log n) segments); a deleted file is masked out of them, and a segment is compacted
+once a quarter of it is deleted (or when merged), so neither write reloads the store. SQLite
+deployments are one process, so the cache cannot go stale elsewhere.
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ class _Batch:
     vectors: Vectors
 
 
+@dataclass(frozen=True, slots=True)
+class _Removal:
+    """A file deleted from a cached store, not yet out of its cache entry."""
+
+    file_id: str
+
+
+# A store's postings segment is compacted (its removed docs dropped) once they are this share of it.
+COMPACT_SHARE = 0.25
+
+
 def _expanding(sql: str, *names: str) -> Any:
     return text(sql).bindparams(*(bindparam(n, expanding=True) for n in names))
 
@@ -66,11 +78,12 @@ class SQLiteChunkIndex:
         self._engine = engine
         self._cache: dict[str, _StoreVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # Per store: batches added since its cache entry was built; a count of every write (a load
-        # that saw one happen is not cached) and of deletes (an append that saw one is not cached).
-        self._pending: dict[str, list[_Batch]] = {}
+        # Per store: the writes (added batches, deleted files) since its cache entry was built, in
+        # order; a count of every write (a load that saw one happen is not cached) and of resets (an
+        # update of the entry that saw one is not cached).
+        self._pending: dict[str, list[_Batch | _Removal]] = {}
         self._writes: dict[str, int] = {}
-        self._deletes: dict[str, int] = {}
+        self._resets: dict[str, int] = {}
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -80,9 +93,9 @@ class SQLiteChunkIndex:
         self._cache.pop(vector_store_id, None)
         self._pending.pop(vector_store_id, None)
         self._writes[vector_store_id] = self._writes.get(vector_store_id, 0) + 1
-        self._deletes[vector_store_id] = self._deletes.get(vector_store_id, 0) + 1
+        self._resets[vector_store_id] = self._resets.get(vector_store_id, 0) + 1
 
-    def _appended(self, vector_store_id: str, batch: _Batch) -> None:
+    def _appended(self, vector_store_id: str, batch: _Batch | _Removal) -> None:
         self._writes[vector_store_id] = self._writes.get(vector_store_id, 0) + 1
         if vector_store_id in self._cache:
             self._pending.setdefault(vector_store_id, []).append(batch)
@@ -160,7 +173,7 @@ class SQLiteChunkIndex:
                 {"vs": vector_store_id, "f": file_id},
             )
             await conn.execute(DELETE_FILE_ENTRY, {"vs": vector_store_id, "f": file_id})
-        self._invalidate(vector_store_id)
+        self._appended(vector_store_id, _Removal(file_id))
         return int(result.rowcount or 0)
 
     async def delete_store(self, vector_store_id: str) -> int:
@@ -200,9 +213,9 @@ class SQLiteChunkIndex:
                 batches = self._pending.pop(vector_store_id, [])
                 if not batches:
                     return cached
-                deletes = self._deletes.get(vector_store_id, 0)
-                grown = await asyncio.to_thread(_append, cached, batches)
-                if deletes == self._deletes.get(vector_store_id, 0):  # no delete meanwhile
+                resets = self._resets.get(vector_store_id, 0)
+                grown = await asyncio.to_thread(_apply, cached, batches)
+                if resets == self._resets.get(vector_store_id, 0):  # not invalidated meanwhile
                     self._cache[vector_store_id] = grown
                 return grown
             writes = self._writes.get(vector_store_id, 0)
@@ -275,14 +288,26 @@ def _build_store(rows: Sequence[Any]) -> _StoreVectors:
     return _StoreVectors(ids, file_codes, list(codes), matrix, [Postings.build(keywords, list(codes))])
 
 
-def _append(store: _StoreVectors, batches: Sequence[_Batch]) -> _StoreVectors:
-    """The store with these batches added: a new entry (searches running on the old one go on)."""
+def _apply(store: _StoreVectors, writes: Sequence[_Batch | _Removal]) -> _StoreVectors:
+    """The store with these writes applied, in order: a new entry (searches running on the old one go
+    on). An added batch becomes a postings segment; a deleted file is masked out of the segments
+    (`Postings.remove`: BM25 stays exact without a rebuild) and dropped from the vector matrix."""
     file_ids = list(store.file_ids)
     codes = {f: i for i, f in enumerate(file_ids)}
     segments = list(store.segments)
     ids, file_codes = [store.ids], [store.file_codes]
     matrices = [store.matrix] if store.matrix.size else []
-    for b in batches:
+    for b in writes:
+        if isinstance(b, _Removal):
+            code = codes.get(b.file_id)
+            if code is None:
+                continue
+            segments = [q for q in (_compacted(p.remove(p.file_codes == code)) for p in segments) if q.size]
+            all_codes = _joined(file_codes)
+            keep = all_codes != code
+            ids, file_codes = [_joined(ids)[keep]], [all_codes[keep]]
+            matrices = [_joined(matrices)[keep]] if matrices else []
+            continue
         code = codes.setdefault(b.file_id, len(codes))
         if code == len(file_ids):
             file_ids.append(b.file_id)
@@ -296,7 +321,16 @@ def _append(store: _StoreVectors, batches: Sequence[_Batch]) -> _StoreVectors:
         while len(segments) > 1 and 2 * segments[-1].size >= segments[-2].size:
             last = segments.pop()
             segments[-1] = Postings.merge([segments[-1], last], file_ids)
-    return _StoreVectors(np.concatenate(ids), np.concatenate(file_codes), file_ids, np.concatenate(matrices), segments)
+    matrix = np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)
+    return _StoreVectors(np.concatenate(ids), np.concatenate(file_codes), file_ids, matrix, segments)
+
+
+def _joined(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _compacted(part: Postings) -> Postings:
+    return part.compact() if part.removed_docs > COMPACT_SHARE * part.size else part
 
 
 def _top_k(store: _StoreVectors, query: Vectors, limit: int, file_ids: Collection[str] | None) -> list[Candidate]:
