@@ -260,3 +260,26 @@ def test_compact_equals_a_fresh_build_of_the_docs_left() -> None:
     none_left = whole.remove(np.ones(whole.size, dtype=bool))
     assert none_left.live == 0 and rank([none_left], query_hashes(["protein"]), 5) == []
     assert none_left.compact().size == 0 and none_left.compact().terms.size == 0
+
+
+def test_terms_sharing_their_top_hash_bits_still_build_exact_postings() -> None:
+    # The fast build packs a term's top hash bits with the doc and tf into one sortable integer; two
+    # terms equal in those bits must not be merged (the build sorts by the full hash instead).
+    near = [np.uint64(0xABCD_0000_0000_0001), np.uint64(0xABCD_0000_0000_0002), np.uint64(0x1234_0000_0000_0000)]
+
+    def row(chunk_id: int, terms: list[np.uint64], tfs: list[int]) -> tuple[int, int, bytes, bytes, int]:
+        t = np.array(terms, dtype="<u8")
+        order = np.argsort(t)
+        return chunk_id, 0, t[order].tobytes(), np.array(tfs, dtype="<u2")[order].tobytes(), sum(tfs)
+
+    rows = [row(1, near[:2], [2, 1]), row(2, [near[0]], [3]), row(3, [near[1], near[2]], [1, 1])]
+    p = Postings.build(rows, ["f"])
+    assert p.terms.tolist() == sorted(int(h) for h in near)
+    assert {int(t): p.docs[slice(*p.span(int(t)))].tolist() for t in near} == {
+        int(near[0]): [0, 1],
+        int(near[1]): [0, 2],
+        int(near[2]): [2],
+    }
+    assert p.tfs[slice(*p.span(int(near[0])))].tolist() == [2, 3]
+    got = rank([p], [int(near[0])], 5)
+    assert [c.chunk_id for c in got] == [2, 1]

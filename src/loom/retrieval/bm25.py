@@ -278,7 +278,21 @@ def _from_postings(
     lengths: npt.NDArray[np.int64],
     file_ids: Sequence[str],
 ) -> Postings:
-    """CSR from one (term, doc, tf) triple per posting, in any order: one stable sort by term."""
+    """CSR from one (term, doc, tf) triple per posting, in any order: sorted by (term, doc)."""
+    packed = _packed_csr(all_terms, doc_of, all_tfs)
+    if packed is not None:
+        terms, offsets, docs, tfs = packed
+        return Postings(
+            terms=terms,
+            offsets=offsets,
+            docs=docs,
+            tfs=tfs,
+            chunk_ids=chunk_ids,
+            file_codes=file_codes,
+            lengths=lengths,
+            file_ids=tuple(file_ids),
+            total_length=int(lengths.sum()),
+        )
     order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
     sorted_terms = all_terms[order]
     starts = np.flatnonzero(sorted_terms[1:] != sorted_terms[:-1]) + 1
@@ -297,6 +311,38 @@ def _from_postings(
         file_ids=tuple(file_ids),
         total_length=int(lengths.sum()),
     )
+
+
+def _packed_csr(
+    all_terms: npt.NDArray[Any], doc_of: npt.NDArray[np.int32], all_tfs: npt.NDArray[Any]
+) -> tuple[Hashes, npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint16]] | None:
+    """The CSR arrays by one sort of values (vectorised, several times faster than an argsort and
+    its gathers): each posting packed into one uint64, the top bits of its term's hash above its doc
+    and tf. Exact only if the distinct terms differ in those top bits; None (the caller sorts by
+    the full hash) if any two do not, or if docs and tfs leave too few bits."""
+    if all_terms.size == 0 or int(doc_of.min()) < 0:
+        return None
+    doc_bits = max(int(doc_of.max()).bit_length(), 1)
+    tf_bits = max(int(all_tfs.max()).bit_length(), 1)
+    shift = doc_bits + tf_bits
+    if shift > 32:
+        return None
+    unique = np.sort(all_terms.astype(np.uint64))  # a value sort, then the distinct ones
+    unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
+    top = unique >> np.uint64(shift)
+    if top.size > 1 and not bool(np.all(top[1:] > top[:-1])):
+        return None  # two terms share their top bits
+    low = np.uint64((1 << shift) - 1)
+    keys = all_terms.astype(np.uint64) & ~low
+    keys |= (doc_of.astype(np.uint64) << np.uint64(tf_bits)) | all_tfs.astype(np.uint64)
+    keys.sort()
+    heads = keys >> np.uint64(shift)
+    starts = np.flatnonzero(heads[1:] != heads[:-1]) + 1
+    del heads
+    offsets = np.concatenate(([0], starts, [keys.size])).astype(np.int64)
+    docs = ((keys >> np.uint64(tf_bits)) & np.uint64((1 << doc_bits) - 1)).astype(np.int32)
+    tfs = (keys & np.uint64((1 << tf_bits) - 1)).astype(np.uint16)
+    return unique, offsets, docs, tfs
 
 
 def rank(
