@@ -225,20 +225,32 @@ class Postings:
         """Build from stored rows (vectorised: one join, one sort). Blocking: run it off the event loop.
         `file_ids[code]` names the file of a row's file code (needed only to filter by file)."""
         n = len(rows)
-        widths = np.fromiter((len(r[2]) for r in rows), dtype=np.int64, count=n) // TERM_DTYPE.itemsize
-        all_terms = np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_DTYPE)
-        all_tfs = np.frombuffer(b"".join(r[3] for r in rows), dtype=TF_DTYPE)
-        if all_terms.shape != all_tfs.shape or int(widths.sum()) != all_terms.shape[0]:
-            raise ValueError("keyword blobs of different lengths")
-        return _from_postings(
-            all_terms,
-            np.repeat(np.arange(n, dtype=np.int32), widths),
-            all_tfs,
+        return Postings.from_arrays(
+            np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_DTYPE),
+            np.frombuffer(b"".join(r[3] for r in rows), dtype=TF_DTYPE),
+            np.fromiter((len(r[2]) for r in rows), dtype=np.int64, count=n) // TERM_DTYPE.itemsize,
             np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
             np.fromiter((r[1] for r in rows), dtype=np.int32, count=n),
             np.fromiter((r[4] for r in rows), dtype=np.int64, count=n),
             file_ids,
         )
+
+    @staticmethod
+    def from_arrays(
+        all_terms: npt.NDArray[Any],
+        all_tfs: npt.NDArray[Any],
+        widths: npt.NDArray[np.int64],
+        chunk_ids: npt.NDArray[np.int64],
+        file_codes: npt.NDArray[np.int32],
+        lengths: npt.NDArray[np.int64],
+        file_ids: Sequence[str] = (),
+    ) -> Postings:
+        """`build` from the rows' columns already joined: every doc's terms and tfs end to end, and
+        how many terms each doc has (`widths`). Blocking: run it off the event loop."""
+        if all_terms.shape != all_tfs.shape or int(widths.sum()) != all_terms.shape[0]:
+            raise ValueError("keyword blobs of different lengths")
+        doc_of = np.repeat(np.arange(chunk_ids.shape[0], dtype=np.int32), widths)
+        return _from_postings(all_terms, doc_of, all_tfs, chunk_ids, file_codes, lengths, file_ids)
 
     @staticmethod
     def merge(parts: Sequence[Postings], file_ids: Sequence[str] | None = None) -> Postings:
@@ -325,23 +337,29 @@ def _packed_csr(
     doc_bits = max(int(doc_of.max()).bit_length(), 1)
     tf_bits = max(int(all_tfs.max()).bit_length(), 1)
     shift = doc_bits + tf_bits
-    if shift > 32:
+    if shift > 48:
         return None
-    unique = np.sort(all_terms.astype(np.uint64))  # a value sort, then the distinct ones
+    unique = np.sort(all_terms).astype(np.uint64, copy=False)  # a value sort, then the distinct ones
     unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
     top = unique >> np.uint64(shift)
     if top.size > 1 and not bool(np.all(top[1:] > top[:-1])):
         return None  # two terms share their top bits
-    low = np.uint64((1 << shift) - 1)
-    keys = all_terms.astype(np.uint64) & ~low
-    keys |= (doc_of.astype(np.uint64) << np.uint64(tf_bits)) | all_tfs.astype(np.uint64)
+    # In place where it can be: these arrays are one element per posting.
+    keys = all_terms & ~np.uint64((1 << shift) - 1)
+    spread = doc_of.astype(np.uint64)
+    spread <<= np.uint64(tf_bits)
+    keys |= spread
+    del spread
+    keys |= all_tfs
     keys.sort()
-    heads = keys >> np.uint64(shift)
-    starts = np.flatnonzero(heads[1:] != heads[:-1]) + 1
-    del heads
-    offsets = np.concatenate(([0], starts, [keys.size])).astype(np.int64)
-    docs = ((keys >> np.uint64(tf_bits)) & np.uint64((1 << doc_bits) - 1)).astype(np.int32)
+    # Each term's postings start where its top bits (shifted back) would be inserted.
+    offsets = np.empty(unique.size + 1, dtype=np.int64)
+    offsets[:-1] = np.searchsorted(keys, top << np.uint64(shift))
+    offsets[-1] = keys.size
     tfs = (keys & np.uint64((1 << tf_bits) - 1)).astype(np.uint16)
+    keys >>= np.uint64(tf_bits)
+    keys &= np.uint64((1 << doc_bits) - 1)
+    docs = keys.astype(np.int32)
     return unique, offsets, docs, tfs
 
 

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loom.retrieval.bm25 import Encoded, Postings, encode, query_hashes, rank
+from loom.retrieval.bm25 import TERM_DTYPE, TF_DTYPE, Encoded, Postings, encode, query_hashes, rank
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.errors import IndexingFailed
@@ -67,6 +67,8 @@ class _Removal:
 
 # A store's postings segment is compacted (its removed docs dropped) once they are this share of it.
 COMPACT_SHARE = 0.25
+# Rows read per batch when a store is loaded.
+LOAD_BATCH = 4096
 
 
 def _expanding(sql: str, *names: str) -> Any:
@@ -219,16 +221,22 @@ class SQLiteChunkIndex:
                     self._cache[vector_store_id] = grown
                 return grown
             writes = self._writes.get(vector_store_id, 0)
+            # Streamed: each batch of rows becomes arrays (off the event loop) and is freed, so the
+            # rows' blobs are never all held at once as Python objects.
+            codes: dict[str, int] = {}
+            parts: list[_Part] = []
             async with self._engine.connect() as conn:
-                result = await conn.execute(
+                result = await conn.stream(
                     text(
                         "SELECT id, file_id, embedding, kw_terms, kw_tfs, kw_len FROM retrieval_chunks "
                         "WHERE vector_store_id = :vs ORDER BY id"
                     ),
                     {"vs": vector_store_id},
                 )
-                rows = result.all()
-            loaded = await asyncio.to_thread(_build_store, rows)
+                async for rows in result.partitions(LOAD_BATCH):
+                    parts.append(await asyncio.to_thread(_load_part, rows, codes))
+            loaded = await asyncio.to_thread(_build_store, parts, list(codes))
+            del parts
             if writes == self._writes.get(vector_store_id, 0):  # no write since the scan began
                 self._cache[vector_store_id] = loaded
             return loaded
@@ -274,18 +282,48 @@ class SQLiteChunkIndex:
             return {int(r[0]): stored_chunk(r) for r in result}
 
 
-def _build_store(rows: Sequence[Any]) -> _StoreVectors:
-    if not rows:
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A batch of a store's rows as arrays (`_load_part`)."""
+
+    ids: npt.NDArray[np.int64]
+    file_codes: npt.NDArray[np.int32]
+    matrix: Vectors
+    terms: npt.NDArray[np.uint64]
+    tfs: npt.NDArray[np.uint16]
+    widths: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
+
+
+def _load_part(rows: Sequence[Any], codes: dict[str, int]) -> _Part:
+    """Rows (id, file id, embedding, kw_terms, kw_tfs, kw_len) as arrays; `codes` numbers the files
+    (extended with new ones)."""
+    n = len(rows)
+    terms = [r[3] or b"" for r in rows]
+    return _Part(
+        ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+        file_codes=np.fromiter((codes.setdefault(r[1], len(codes)) for r in rows), np.int32, n),
+        matrix=np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(n, -1),
+        terms=np.frombuffer(b"".join(terms), dtype=TERM_DTYPE),
+        tfs=np.frombuffer(b"".join(r[4] or b"" for r in rows), dtype=TF_DTYPE),
+        widths=np.fromiter((len(t) for t in terms), dtype=np.int64, count=n) // TERM_DTYPE.itemsize,
+        lengths=np.fromiter((r[5] or 0 for r in rows), dtype=np.int64, count=n),
+    )
+
+
+def _build_store(parts: list[_Part], file_ids: list[str]) -> _StoreVectors:
+    """The cache entry from a store's rows loaded in parts (emptied as they are joined)."""
+    if not parts:
         return _StoreVectors(np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros((0, 0), np.float32))
-    codes: dict[str, int] = {}
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    file_codes = np.fromiter((codes.setdefault(r[1], len(codes)) for r in rows), np.int32, len(rows))
-    blob = b"".join(r[2] for r in rows)
-    matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), -1)
-    keywords = [
-        (int(r[0]), int(c), r[3] or b"", r[4] or b"", int(r[5] or 0)) for r, c in zip(rows, file_codes, strict=True)
-    ]
-    return _StoreVectors(ids, file_codes, list(codes), matrix, [Postings.build(keywords, list(codes))])
+
+    def joined(name: str) -> npt.NDArray[Any]:
+        return _joined([getattr(p, name) for p in parts])
+
+    ids, file_codes, matrix = joined("ids"), joined("file_codes"), joined("matrix")
+    terms, tfs, widths, lengths = joined("terms"), joined("tfs"), joined("widths"), joined("lengths")
+    parts.clear()  # the parts' arrays go as soon as the joined ones hold them
+    postings = Postings.from_arrays(terms, tfs, widths, ids, file_codes, lengths, file_ids)
+    return _StoreVectors(ids, file_codes, file_ids, matrix, [postings])
 
 
 def _apply(store: _StoreVectors, writes: Sequence[_Batch | _Removal]) -> _StoreVectors:
