@@ -1,14 +1,14 @@
 """Retrieval tables, as raw dialect-specific DDL (FTS5 on SQLite; pgvector + tsvector on PostgreSQL).
 
-The Alembic revisions `0002_retrieval` (`schema_statements`) and `0003_retrieval_term_stats`
-(`term_stats_statements`) and `create_schema` (tests, ad-hoc setups) run the same statements, so
+The Alembic revisions `0002_retrieval` (`schema_statements`), `0003_retrieval_term_stats`
+(`term_stats_statements`), `0011_pg_keyword_columns` (`keyword_columns_upgrade`) and `create_schema` (tests, ad-hoc setups) run the same statements, so
 they can never drift. Statements of a revision never change once released: a later schema change
 is a new list and a new revision.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 DEFAULT_DIMENSIONS = 256  # the bundled WordLlama embedder
@@ -163,6 +163,85 @@ POSTGRES_TERM_STATS_DROP = [
     "DROP TABLE IF EXISTS retrieval_terms",
 ]
 
+# Revision 0011: keyword search from an in-memory index per store (`loom.retrieval.pg_keywords`).
+# Each chunk's keywords as `bm25.encode` writes them, the generation that added it; each store's
+# generation (bumped by every write) and that of its last delete. Existing chunks are encoded by
+# `backfill_keyword_columns` (Python: the analyzer is PyStemmer's), then the columns become NOT NULL.
+POSTGRES_KEYWORD_COLUMNS = [
+    "CREATE SEQUENCE IF NOT EXISTS retrieval_kw_generation",
+    "ALTER TABLE retrieval_chunks ADD COLUMN IF NOT EXISTS kw_terms BYTEA, "
+    "ADD COLUMN IF NOT EXISTS kw_tfs BYTEA, ADD COLUMN IF NOT EXISTS kw_len INTEGER, "
+    "ADD COLUMN IF NOT EXISTS kw_generation BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE retrieval_store_stats ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 0, "
+    "ADD COLUMN IF NOT EXISTS deleted_generation BIGINT NOT NULL DEFAULT 0",
+    # Delta loads: a store's chunks added since a generation.
+    "CREATE INDEX IF NOT EXISTS retrieval_chunks_kw_generation ON retrieval_chunks (vector_store_id, kw_generation)",
+]
+POSTGRES_KEYWORD_NOT_NULL = [
+    "ALTER TABLE retrieval_chunks ALTER COLUMN kw_terms SET NOT NULL, ALTER COLUMN kw_tfs SET NOT NULL, "
+    "ALTER COLUMN kw_len SET NOT NULL",
+]
+POSTGRES_KEYWORD_DROP = [
+    "DROP INDEX IF EXISTS retrieval_chunks_kw_generation",
+    "ALTER TABLE retrieval_store_stats DROP COLUMN IF EXISTS generation, DROP COLUMN IF EXISTS deleted_generation",
+    "ALTER TABLE retrieval_chunks DROP COLUMN IF EXISTS kw_terms, DROP COLUMN IF EXISTS kw_tfs, "
+    "DROP COLUMN IF EXISTS kw_len, DROP COLUMN IF EXISTS kw_generation",
+    "DROP SEQUENCE IF EXISTS retrieval_kw_generation",
+]
+_BACKFILL_BATCH = 1000
+
+
+def backfill_keyword_columns(conn: Connection, batch: int = _BACKFILL_BATCH) -> int:
+    """Encode the keywords of every chunk that has none yet, `batch` chunks per statement; the number
+    encoded. Synchronous (Alembic's connection; `create_schema` runs it through `run_sync`)."""
+    from loom.retrieval.bm25 import encode
+
+    done, last = 0, 0
+    while True:
+        rows = conn.execute(
+            text(
+                "SELECT id, text FROM retrieval_chunks WHERE kw_terms IS NULL AND id > :last ORDER BY id LIMIT :n"
+            ),
+            {"last": last, "n": batch},
+        ).all()
+        if not rows:
+            return done
+        encoded = [encode(str(r[1])) for r in rows]
+        conn.execute(
+            text(
+                "UPDATE retrieval_chunks c SET kw_terms = u.t, kw_tfs = u.f, kw_len = u.n FROM unnest("
+                "CAST(:ids AS bigint[]), CAST(:t AS bytea[]), CAST(:f AS bytea[]), CAST(:n AS int[])) "
+                "AS u(id, t, f, n) WHERE c.id = u.id"
+            ),
+            {
+                "ids": [int(r[0]) for r in rows],
+                "t": [e.terms for e in encoded],
+                "f": [e.tfs for e in encoded],
+                "n": [e.length for e in encoded],
+            },
+        )
+        done += len(rows)
+        last = int(rows[-1][0])
+
+
+def keyword_columns_upgrade(conn: Connection) -> None:
+    """Revision 0011 (PostgreSQL; nothing on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for statement in POSTGRES_KEYWORD_COLUMNS:
+        conn.execute(text(statement))
+    backfill_keyword_columns(conn)
+    for statement in POSTGRES_KEYWORD_NOT_NULL:
+        conn.execute(text(statement))
+
+
+def keyword_columns_downgrade(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        return
+    for statement in POSTGRES_KEYWORD_DROP:
+        conn.execute(text(statement))
+
+
 POSTGRES_DROP = [
     "DROP TABLE IF EXISTS retrieval_chunks",
     "DROP TABLE IF EXISTS retrieval_files",
@@ -197,3 +276,5 @@ async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: in
     bring them up to date (idempotent)."""
     for statement in schema_statements(dialect_name, dimensions) + term_stats_statements(dialect_name):
         await conn.execute(text(statement))
+    if dialect_name == "postgresql":
+        await conn.run_sync(keyword_columns_upgrade)
