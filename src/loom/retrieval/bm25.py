@@ -1,0 +1,255 @@
+"""Exact Okapi BM25 over compact postings held in numpy, with statistics of the searched stores only.
+
+Shared by the chunk indexes: a chunk's keywords are analysed once, at ingest (`encode`), into its
+distinct terms as sorted 64-bit hashes, their term frequencies and its length, stored as blobs; a
+store's chunks are loaded into one in-memory inverted index (`Postings`, CSR arrays); `rank` scores
+every chunk holding a query term (exhaustive, no candidate cap) and returns the exact top k.
+
+The analyzer is close to SQLite FTS5's `porter unicode61 remove_diacritics 2`: words are runs of
+letters and digits (`[^\\W_]+`), lower-cased, diacritics removed (NFKD, combining marks dropped),
+stemmed with Snowball's English stemmer (PyStemmer). No stop words on the document side: queries
+drop Loom's own (`index.query_terms`), and a stop list would shorten |D| and skew length
+normalisation.
+
+BM25: k1 1.2, b 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5)) (as `pg_keywords`), where N, df and
+the average length are counted over the searched stores together, so one store's ranking and scores
+never depend on what another store holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import Stemmer
+
+from loom.retrieval.index import Candidate
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+TF_MAX = 0xFFFF  # term frequencies are stored as uint16, saturating
+
+TERM_DTYPE = np.dtype("<u8")
+TF_DTYPE = np.dtype("<u2")
+
+_WORD = re.compile(r"[^\W_]+")
+_STEMMER = Stemmer.Stemmer("english")
+_CACHE_SIZE = 200_000
+# A lower-cased word -> the hash of its term (folded, stemmed); cleared when full (bounded memory).
+_term_cache: dict[str, int] = {}
+
+Hashes = npt.NDArray[np.uint64]
+
+
+def _fold(word: str) -> list[str]:
+    """Diacritics removed (NFKD, combining marks dropped); compatibility decomposition may split a
+    word (a ligature, a fraction), so it is re-tokenised."""
+    decomposed = unicodedata.normalize("NFKD", word)
+    kept = "".join(c for c in decomposed if not unicodedata.combining(c)).lower()
+    return _WORD.findall(kept)
+
+
+def _hash(term: str) -> int:
+    return int.from_bytes(hashlib.blake2b(term.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+def _term_hashes(word: str) -> list[int]:
+    """The hashes of one lower-cased word's terms (one, except where folding splits it)."""
+    if word.isascii():
+        return [_hash(_STEMMER.stemWord(word))]
+    return [_hash(_STEMMER.stemWord(w)) for w in _fold(word)]
+
+
+def _word_hash(word: str) -> int | list[int]:
+    found = _term_cache.get(word)
+    if found is not None:
+        return found
+    hashes = _term_hashes(word)
+    value: int | list[int] = hashes[0] if len(hashes) == 1 else hashes
+    if isinstance(value, int):
+        if len(_term_cache) >= _CACHE_SIZE:
+            _term_cache.clear()
+        _term_cache[word] = value
+    return value
+
+
+def analyze(text: str) -> list[str]:
+    """The terms of a text, in order (for tests and tools: indexing goes through `encode`)."""
+    terms: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        parts = [word] if word.isascii() else _fold(word)
+        terms.extend(_STEMMER.stemWord(w) for w in parts)
+    return terms
+
+
+def _hashes_of(text: str) -> list[int]:
+    out: list[int] = []
+    for word in _WORD.findall(text.lower()):
+        h = _word_hash(word)
+        if isinstance(h, int):
+            out.append(h)
+        else:
+            out.extend(h)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A chunk's keywords: its distinct terms' hashes (sorted little-endian uint64), their term
+    frequencies (little-endian uint16, same order, saturating at TF_MAX), and its length in terms."""
+
+    terms: bytes
+    tfs: bytes
+    length: int
+
+
+def encode(text: str) -> Encoded:
+    """Analyse a chunk's text into its keyword columns.
+
+    A term is identified by the first 8 bytes of the BLAKE2b digest of its stem (stable across
+    processes and versions, unlike `hash`). Two terms colliding would be counted as one: a query for
+    either would match chunks holding the other, with a shared document frequency. With a store's
+    vocabulary of V distinct terms the chance that any two collide is about V^2 / 2^65 (5e-9 at a
+    million terms), and a collision only perturbs the ranking of queries using those two terms.
+    """
+    hashes = _hashes_of(text)
+    if not hashes:
+        return Encoded(b"", b"", 0)
+    counts = Counter(hashes)
+    terms = np.fromiter(counts.keys(), dtype=np.uint64, count=len(counts))
+    tfs = np.fromiter(counts.values(), dtype=np.int64, count=len(counts))
+    order = np.argsort(terms)
+    return Encoded(
+        terms[order].astype(TERM_DTYPE).tobytes(),
+        np.minimum(tfs[order], TF_MAX).astype(TF_DTYPE).tobytes(),
+        len(hashes),
+    )
+
+
+def query_hashes(words: Iterable[str]) -> Hashes:
+    """The distinct hashes (sorted) of a query's words, analysed as documents are."""
+    found: set[int] = set()
+    for word in words:
+        found.update(_hashes_of(word))
+    return np.array(sorted(found), dtype=np.uint64)
+
+
+# (chunk id, file code, terms blob, tfs blob, length): one chunk as stored.
+PostingsRow = tuple[int, int, bytes, bytes, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Postings:
+    """One store's inverted index: CSR over the sorted distinct term hashes (`terms`); the postings of
+    `terms[i]` are `docs[offsets[i]:offsets[i + 1]]` (doc indexes) with term frequencies `tfs`
+    alongside. Per doc: its chunk id, file code (an index into `file_ids`) and length."""
+
+    terms: Hashes
+    offsets: npt.NDArray[np.int64]
+    docs: npt.NDArray[np.int32]
+    tfs: npt.NDArray[np.uint16]
+    chunk_ids: npt.NDArray[np.int64]
+    file_codes: npt.NDArray[np.int32]
+    lengths: npt.NDArray[np.int64]
+    file_ids: tuple[str, ...]
+    total_length: int
+
+    @property
+    def size(self) -> int:
+        return int(self.chunk_ids.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.terms, self.offsets, self.docs, self.tfs, self.chunk_ids, self.file_codes, self.lengths)
+        return sum(int(a.nbytes) for a in arrays)
+
+    @staticmethod
+    def build(rows: Sequence[PostingsRow], file_ids: Sequence[str] = ()) -> Postings:
+        """Build from stored rows (vectorised: one join, one sort). Blocking: run it off the event loop.
+        `file_ids[code]` names the file of a row's file code (needed only to filter by file)."""
+        n = len(rows)
+        chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        file_codes = np.fromiter((r[1] for r in rows), dtype=np.int32, count=n)
+        lengths = np.fromiter((r[4] for r in rows), dtype=np.int64, count=n)
+        widths = np.fromiter((len(r[2]) for r in rows), dtype=np.int64, count=n) // TERM_DTYPE.itemsize
+        all_terms = np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_DTYPE)
+        all_tfs = np.frombuffer(b"".join(r[3] for r in rows), dtype=TF_DTYPE)
+        if all_terms.shape != all_tfs.shape or int(widths.sum()) != all_terms.shape[0]:
+            raise ValueError("keyword blobs of different lengths")
+        doc_of = np.repeat(np.arange(n, dtype=np.int32), widths)
+        order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
+        sorted_terms = all_terms[order]
+        starts = np.flatnonzero(np.diff(sorted_terms)) + 1 if sorted_terms.size else np.zeros(0, np.int64)
+        offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
+        terms = sorted_terms[offsets[:-1]].astype(np.uint64) if sorted_terms.size else np.zeros(0, np.uint64)
+        return Postings(
+            terms=terms,
+            offsets=offsets if sorted_terms.size else np.zeros(1, np.int64),
+            docs=doc_of[order],
+            tfs=all_tfs[order].astype(np.uint16),
+            chunk_ids=chunk_ids,
+            file_codes=file_codes,
+            lengths=lengths,
+            file_ids=tuple(file_ids),
+            total_length=int(lengths.sum()),
+        )
+
+    def span(self, term: int) -> tuple[int, int]:
+        """The slice of `docs` / `tfs` holding `term`'s postings (empty if absent)."""
+        i = int(np.searchsorted(self.terms, np.uint64(term)))
+        if i < self.terms.shape[0] and int(self.terms[i]) == term:
+            return int(self.offsets[i]), int(self.offsets[i + 1])
+        return 0, 0
+
+
+def rank(
+    stores: Sequence[Postings], hashes: Hashes | Sequence[int], limit: int, allowed: Collection[str] | None = None
+) -> list[Candidate]:
+    """The `limit` best chunks of `stores` for the query terms `hashes` by exact Okapi BM25, best first
+    (ties: lower chunk id first); only chunks of the files `allowed` if given. N, df and the average
+    length are those of `stores` together. Blocking (numpy): run it off the event loop."""
+    terms = sorted({int(h) for h in hashes})
+    n = sum(s.size for s in stores)
+    if not terms or n == 0 or limit <= 0 or (allowed is not None and not allowed):
+        return []
+    avgdl = max(sum(s.total_length for s in stores) / n, 1.0)
+    spans = [[s.span(t) for t in terms] for s in stores]
+    df = [sum(sp[j][1] - sp[j][0] for sp in spans) for j in range(len(terms))]
+    weight = [math.log(1.0 + (n - d + 0.5) / (d + 0.5)) * (BM25_K1 + 1) if d else 0.0 for d in df]  # idf * (k1 + 1)
+    found_scores: list[npt.NDArray[np.float64]] = []
+    found_ids: list[npt.NDArray[np.int64]] = []
+    for store, store_spans in zip(stores, spans, strict=True):
+        if all(hi == lo for lo, hi in store_spans):
+            continue
+        norm = BM25_K1 * (1 - BM25_B + BM25_B * store.lengths / avgdl)
+        scores = np.zeros(store.size, dtype=np.float64)
+        for (lo, hi), w in zip(store_spans, weight, strict=True):
+            if hi == lo:
+                continue
+            docs = store.docs[lo:hi]
+            tf = store.tfs[lo:hi].astype(np.float64)
+            scores[docs] += w * tf / (tf + norm[docs])  # a term's docs are distinct
+        matched = np.flatnonzero(scores > 0)
+        if allowed is not None:
+            wanted = np.array([f in allowed for f in store.file_ids], dtype=bool)
+            matched = matched[wanted[store.file_codes[matched]]] if wanted.size else matched[:0]
+        found_scores.append(scores[matched])
+        found_ids.append(store.chunk_ids[matched])
+    if not found_scores:
+        return []
+    scores_all = np.concatenate(found_scores)
+    ids_all = np.concatenate(found_ids)
+    if scores_all.shape[0] > limit:
+        # Keep every chunk scoring at least the k-th score (ties included), then order exactly.
+        kth = -np.partition(-scores_all, limit - 1)[limit - 1]
+        keep = scores_all >= kth
+        scores_all, ids_all = scores_all[keep], ids_all[keep]
+    order = np.lexsort((ids_all, -scores_all))[:limit]
+    return [Candidate(int(ids_all[i]), float(scores_all[i])) for i in order]

@@ -1,0 +1,188 @@
+"""`loom.retrieval.bm25`: the analyzer, the stored encoding, and `rank` against a brute-force BM25."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import pytest
+
+from loom.retrieval.bm25 import (
+    BM25_B,
+    BM25_K1,
+    TF_MAX,
+    Postings,
+    analyze,
+    encode,
+    query_hashes,
+    rank,
+)
+from loom.retrieval.index import Candidate
+
+Doc = tuple[int, str, str]  # chunk id, file id, text
+
+
+def test_analyzer_folds_diacritics_lowercases_and_stems() -> None:
+    assert analyze("Café NAÏVE Résumés") == ["cafe", "naiv", "resum"]
+    assert analyze("running runs Runner") == ["run", "run", "runner"]
+
+
+def test_analyzer_splits_on_underscores_and_punctuation_keeps_digits() -> None:
+    assert analyze("snake_case, x-ray 2024!") == ["snake", "case", "x", "ray", "2024"]
+    # A compatibility decomposition that yields a separator splits the word, as FTS5's unicode61 did.
+    assert analyze("ﬁsh ½") == ["fish", "1", "2"]
+
+
+def test_encode_counts_distinct_terms_sorted_with_frequencies_and_length() -> None:
+    enc = encode("The cats sat; the cat sat on the mat.")
+    terms = np.frombuffer(enc.terms, dtype="<u8")
+    tfs = np.frombuffer(enc.tfs, dtype="<u2")
+    assert enc.length == 9
+    assert list(terms) == sorted(terms)
+    by_hash = dict(zip(terms.tolist(), tfs.tolist(), strict=True))
+    expected = Counter(analyze("The cats sat; the cat sat on the mat."))
+    assert sorted(by_hash.values()) == sorted(expected.values())
+    assert by_hash[int(query_hashes(["cat"])[0])] == 2
+    assert by_hash[int(query_hashes(["the"])[0])] == 3
+
+
+def test_term_hash_is_blake2b_of_the_stem_little_endian() -> None:
+    # The stored format: a term is the first 8 bytes of BLAKE2b of its stem, stable across processes.
+    want = int.from_bytes(hashlib.blake2b(b"cafe", digest_size=8).digest(), "little")
+    assert np.frombuffer(encode("Cafés").terms, dtype="<u8").tolist() == [want]
+    assert query_hashes(["café", "CAFE", "cafes"]).tolist() == [want]
+
+
+def test_term_frequency_saturates_and_empty_text_encodes_empty() -> None:
+    enc = encode("echo " * (TF_MAX + 10))
+    assert np.frombuffer(enc.tfs, dtype="<u2").tolist() == [TF_MAX]
+    assert enc.length == TF_MAX + 10
+    empty = encode(" _ ... ")
+    assert (empty.terms, empty.tfs, empty.length) == (b"", b"", 0)
+
+
+def _postings(docs: Sequence[Doc]) -> Postings:
+    codes: dict[str, int] = {}
+    rows = []
+    for chunk_id, file_id, text in docs:
+        enc = encode(text)
+        rows.append((chunk_id, codes.setdefault(file_id, len(codes)), enc.terms, enc.tfs, enc.length))
+    return Postings.build(rows, list(codes))
+
+
+def _brute(
+    stores: Sequence[Sequence[Doc]], words: Sequence[str], limit: int, allowed: Collection[str] | None = None
+) -> list[Candidate]:
+    """Okapi BM25 written out in plain Python over analysed strings."""
+    docs = [(cid, fid, Counter(analyze(text)), len(analyze(text))) for store in stores for cid, fid, text in store]
+    n = len(docs)
+    if n == 0:
+        return []
+    avgdl = max(sum(d[3] for d in docs) / n, 1.0)
+    query = set(analyze(" ".join(words)))
+    scored = []
+    for cid, fid, tf, length in docs:
+        if allowed is not None and fid not in allowed:
+            continue
+        score = 0.0
+        for term in query:
+            if tf[term]:
+                df = sum(1 for d in docs if d[2][term])
+                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+                score += idf * tf[term] * (BM25_K1 + 1) / (tf[term] + BM25_K1 * (1 - BM25_B + BM25_B * length / avgdl))
+        if score > 0:
+            scored.append(Candidate(cid, score))
+    scored.sort(key=lambda c: (-c.score, c.chunk_id))
+    return scored[:limit]
+
+
+def _assert_same(got: Sequence[Candidate], want: Sequence[Candidate]) -> None:
+    assert [c.chunk_id for c in got] == [c.chunk_id for c in want]
+    assert [c.score for c in got] == pytest.approx([c.score for c in want], rel=1e-12)
+
+
+VOCAB = [
+    "protein", "proteins", "cell", "cells", "gene", "genes", "expression", "tumour", "tumor", "café",
+    "resistance", "binding", "receptor", "mouse", "mice", "human", "signal", "signalling", "kinase", "rna",
+]  # fmt: skip
+
+
+def _corpus(rng: random.Random, first_id: int, size: int, files: int) -> list[Doc]:
+    docs = []
+    for i in range(size):
+        length = rng.randint(0, 30)
+        # Skewed word choice: some terms common, some rare.
+        words = [VOCAB[min(int(rng.expovariate(0.25)), len(VOCAB) - 1)] for _ in range(length)]
+        docs.append((first_id + 3 * i, f"file-{rng.randrange(files)}", " ".join(words)))
+    return docs
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rank_equals_brute_force_over_several_stores_and_filters(seed: int) -> None:
+    rng = random.Random(seed)
+    stores = [_corpus(rng, 1 + 100_000 * s, rng.randint(1, 120), files=4) for s in range(rng.randint(1, 3))]
+    postings = [_postings(s) for s in stores]
+    for _ in range(6):
+        words = rng.sample(VOCAB, rng.randint(1, 4))
+        limit = rng.choice([1, 3, 10, 50, 1000])
+        _assert_same(rank(postings, query_hashes(words), limit), _brute(stores, words, limit))
+        allowed = {f"file-{f}" for f in range(4) if rng.random() < 0.5}
+        _assert_same(rank(postings, query_hashes(words), limit, allowed), _brute(stores, words, limit, allowed))
+
+
+def test_statistics_are_those_of_the_searched_stores_only() -> None:
+    rng = random.Random(7)
+    mine = _corpus(rng, 1, 80, files=2)
+    other = [(10_000 + i, "file-x", "protein protein cell " * 5) for i in range(300)]
+    alone = rank([_postings(mine)], query_hashes(["protein", "kinase"]), 10)
+    _assert_same(alone, _brute([mine], ["protein", "kinase"], 10))
+    # Searching `mine` is unaffected by another store existing; searching both counts both.
+    assert rank([_postings(mine)], query_hashes(["protein", "kinase"]), 10) == alone
+    both = rank([_postings(mine), _postings(other)], query_hashes(["protein", "kinase"]), 10)
+    _assert_same(both, _brute([mine, other], ["protein", "kinase"], 10))
+    assert both != alone
+
+
+def test_ties_are_broken_by_chunk_id_across_stores_and_at_the_cut() -> None:
+    a = [(9, "f", "gene gene cell"), (4, "f", "gene gene cell"), (7, "f", "mouse")]
+    b = [(2, "g", "gene gene cell"), (5, "g", "gene gene cell"), (1, "g", "rna")]
+    got = rank([_postings(a), _postings(b)], query_hashes(["gene"]), 3)
+    assert [c.chunk_id for c in got] == [2, 4, 5]
+    assert got[0].score == got[1].score == got[2].score > 0
+    _assert_same(got, _brute([a, b], ["gene"], 3))
+
+
+def test_rank_edge_cases() -> None:
+    store = _postings([(1, "f", "alpha beta"), (2, "f", "")])
+    assert rank([store], query_hashes(["gamma"]), 5) == []
+    assert rank([store], query_hashes([]), 5) == []
+    assert rank([store], query_hashes(["alpha"]), 0) == []
+    assert rank([store], query_hashes(["alpha"]), 5, allowed=set()) == []
+    assert rank([store], query_hashes(["alpha"]), 5, allowed={"other"}) == []
+    assert rank([], query_hashes(["alpha"]), 5) == []
+    empty = Postings.build([])
+    assert empty.size == 0 and rank([empty], query_hashes(["alpha"]), 5) == []
+    assert [c.chunk_id for c in rank([empty, store], query_hashes(["alpha"]), 5)] == [1]
+
+
+def test_build_refuses_mismatched_blobs() -> None:
+    enc = encode("alpha beta")
+    with pytest.raises(ValueError):
+        Postings.build([(1, 0, enc.terms, enc.tfs[:2], enc.length)])
+
+
+def test_postings_are_sorted_csr() -> None:
+    rng = random.Random(3)
+    docs = _corpus(rng, 1, 200, files=3)
+    p = _postings(docs)
+    assert np.all(p.terms[1:] > p.terms[:-1])
+    assert p.offsets[0] == 0 and p.offsets[-1] == p.docs.shape[0] == p.tfs.shape[0]
+    for j, term in enumerate(p.terms.tolist()):
+        lo, hi = p.span(term)
+        assert (lo, hi) == (p.offsets[j], p.offsets[j + 1])
+        assert np.all(np.diff(p.docs[lo:hi]) > 0)  # each term's docs distinct, ascending
+    assert p.total_length == sum(len(analyze(t)) for _, _, t in docs)
