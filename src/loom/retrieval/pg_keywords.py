@@ -45,12 +45,9 @@ GENERATION_SEQUENCE = "retrieval_kw_generation"
 DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
 
 _GENERATIONS = text(
-    "SELECT vector_store_id, generation, deleted_generation FROM retrieval_store_stats "
-    "WHERE vector_store_id = ANY(:vs)"
+    "SELECT vector_store_id, generation, deleted_generation FROM retrieval_store_stats WHERE vector_store_id = ANY(:vs)"
 )
-_STORE_GENERATION = text(
-    "SELECT generation, deleted_generation FROM retrieval_store_stats WHERE vector_store_id = :vs"
-)
+_STORE_GENERATION = text("SELECT generation, deleted_generation FROM retrieval_store_stats WHERE vector_store_id = :vs")
 _ROWS = "SELECT id, file_id, kw_terms, kw_tfs, kw_len FROM retrieval_chunks WHERE vector_store_id = $1"
 
 
@@ -91,7 +88,10 @@ def merge(parts: Sequence[Postings]) -> Postings:
     docs = np.concatenate([p.docs + np.int32(s) for p, s in zip(parts, starts[:-1], strict=True)])
     tfs = np.concatenate([p.tfs for p in parts])
     file_codes = np.concatenate(
-        [np.array([code[f] for f in p.file_ids], dtype=np.int32)[p.file_codes] if p.file_ids else p.file_codes for p in parts]
+        [
+            np.array([code[f] for f in p.file_ids], dtype=np.int32)[p.file_codes] if p.file_ids else p.file_codes
+            for p in parts
+        ]
     )
     order = np.argsort(terms, kind="stable")
     sorted_terms = terms[order]

@@ -199,9 +199,7 @@ def backfill_keyword_columns(conn: Connection, batch: int = _BACKFILL_BATCH) -> 
     done, last = 0, 0
     while True:
         rows = conn.execute(
-            text(
-                "SELECT id, text FROM retrieval_chunks WHERE kw_terms IS NULL AND id > :last ORDER BY id LIMIT :n"
-            ),
+            text("SELECT id, text FROM retrieval_chunks WHERE kw_terms IS NULL AND id > :last ORDER BY id LIMIT :n"),
             {"last": last, "n": batch},
         ).all()
         if not rows:
