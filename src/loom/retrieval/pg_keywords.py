@@ -31,8 +31,9 @@ import numpy as np
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loom.retrieval.bm25 import Hashes, Postings, PostingsRow, rank
+from loom.retrieval.bm25 import Hashes, Postings, PostingsRow
 from loom.retrieval.index import Candidate
+from loom.retrieval.topk import maxscore_rank
 
 # Settings for one search transaction, whatever the server's defaults: asyncpg prepares statements,
 # and after five runs PostgreSQL may switch to a generic plan that cannot see how selective a
@@ -156,7 +157,7 @@ class KeywordCache:
         self._evict(keep=set(stores))
         if not segments:
             return []
-        return await asyncio.to_thread(rank, segments, hashes, limit, file_ids)
+        return await asyncio.to_thread(maxscore_rank, segments, hashes, limit, file_ids)
 
     async def _fresh(self, vs: str, generation: int, deleted: int) -> tuple[Postings, ...]:
         entry = self._entries.get(vs)
