@@ -15,11 +15,13 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from loom.retrieval.bm25 import analyze
+from loom.retrieval import pg_keywords
+from loom.retrieval.bm25 import Encoded, Postings, analyze, encode, query_hashes, rank
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.index import Candidate
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.schema import schema_statements, term_stats_statements
+from loom.retrieval.topk import maxscore_rank
 from tests.support.postgres import new_database
 
 VERSIONS = Path(__file__).resolve().parents[2] / "src/loom/store/migrations/versions"
@@ -222,3 +224,22 @@ async def test_a_store_migrated_by_0011_ranks_as_one_built_fresh(engine: AsyncEn
         assert (await _texts(engine, "vs_a"))[top[0].chunk_id] == "magma magma"
     finally:
         await fresh_engine.dispose()
+
+
+def test_segments_merged_and_filtered_rank_as_one_built_at_once() -> None:
+    rng = np.random.default_rng(5)
+    texts = [" ".join(rng.choice([*FILLER, "lava", "ash"], size=int(rng.integers(2, 30)))) for _ in range(500)]
+    rows = [(i + 1, f"file-{i % 4}", encode(t)) for i, t in enumerate(texts)]
+
+    def built(part: list[tuple[int, str, Encoded]]) -> Postings:
+        return pg_keywords._build([(i, f, e.terms, e.tfs, e.length) for i, f, e in part])
+
+    hashes = query_hashes(["lava", "ash", "maple"])
+    for allowed in (None, {"file-1", "file-2"}):
+        merged = pg_keywords.merge([built(rows[:100]), built(rows[100:350]), built(rows[350:])])
+        assert maxscore_rank([merged], hashes, 50, allowed) == rank([built(rows)], hashes, 50, allowed)
+        alive = np.array([i for i, f, _ in rows if i % 7 and f != "file-3"], dtype=np.int64)
+        filtered = [pg_keywords.keep_only(s, alive) for s in (merged, built(rows[:100]))]
+        want = [r for r in rows if r[0] in set(alive.tolist())]
+        assert maxscore_rank(filtered[:1], hashes, 50, allowed) == rank([built(want)], hashes, 50, allowed)
+        assert filtered[0].size == len(want)

@@ -12,9 +12,11 @@ store's lock, so one store's generations commit in increasing order; added chunk
 their `kw_generation`, and a delete sets `deleted_generation` too (a new store's row starts with
 both at its first generation, so a store deleted and made again under the same id is reloaded).
 A search reads its stores' generations in one round trip; a cached store older than that loads
-only the chunks added since (a delta, kept as a segment of its own and merged with its
-neighbours as they grow, as in a log-structured merge), or all of it again if anything was
-deleted since. Loads run off the event loop, and concurrent searches of one store share one load.
+only the chunks added since (a delta, kept as a segment of its own and merged with its small
+neighbours as they grow, as in a log-structured merge), and if anything was deleted since, the
+ids of its cached chunks still there (the others are dropped from the segments in one pass,
+no re-sort). A store loaded whole is built as segments of SEGMENT_ROWS chunks. Loads run off
+the event loop, and concurrent searches of one store share one load.
 
 The cache is bounded (`max_bytes`, `LOOM_KEYWORD_CACHE_MB`): past it the least recently searched
 stores are dropped (never the ones being searched).
@@ -28,6 +30,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -44,12 +47,12 @@ SESSION_SETTINGS = "set_config('plan_cache_mode', 'force_custom_plan', true), se
 
 GENERATION_SEQUENCE = "retrieval_kw_generation"
 DEFAULT_CACHE_BYTES = 1024 * 1024 * 1024
+SEGMENT_ROWS = 1 << 17
 
-_GENERATIONS = text(
-    "SELECT vector_store_id, generation, deleted_generation FROM retrieval_store_stats WHERE vector_store_id = ANY(:vs)"
-)
+_GENERATIONS = text("SELECT vector_store_id, generation FROM retrieval_store_stats WHERE vector_store_id = ANY(:vs)")
 _STORE_GENERATION = text("SELECT generation, deleted_generation FROM retrieval_store_stats WHERE vector_store_id = :vs")
 _ROWS = "SELECT id, file_id, kw_terms, kw_tfs, kw_len FROM retrieval_chunks WHERE vector_store_id = $1"
+_IDS = "SELECT id FROM retrieval_chunks WHERE vector_store_id = $1 AND kw_generation <= $2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +119,43 @@ def merge(parts: Sequence[Postings]) -> Postings:
 
 
 def _compacted(segments: Sequence[Postings]) -> tuple[Postings, ...]:
-    """Merge the newest segments while the one before is less than twice as large (segment sizes
-    stay geometric: O(log n) segments, each chunk merged O(log n) times). Blocking."""
+    """Merge the newest segments while the one before is less than twice as large and the two fit in
+    SEGMENT_ROWS (the small ones stay geometric: few segments, each chunk merged a few times; a
+    large store stays segments of about SEGMENT_ROWS, never merged again). Blocking."""
     out = [s for s in segments if s.size]
-    while len(out) >= 2 and out[-2].size < 2 * out[-1].size:
+    while len(out) >= 2 and out[-2].size < 2 * out[-1].size and out[-2].size + out[-1].size <= SEGMENT_ROWS:
         out[-2:] = [merge(out[-2:])]
     return tuple(out)
+
+
+def _segments(rows: Sequence[tuple[int, str, bytes, bytes, int]]) -> list[Postings]:
+    """Rows loaded at once, as segments of SEGMENT_ROWS (a build sorts its postings: smaller sorts,
+    less memory at a time). Blocking."""
+    return [_build(rows[i : i + SEGMENT_ROWS]) for i in range(0, len(rows), SEGMENT_ROWS)]
+
+
+def keep_only(segment: Postings, alive: npt.NDArray[np.int64]) -> Postings:
+    """The segment without the chunks whose ids are not in `alive` (sorted): one pass over its
+    postings, no sort. Blocking."""
+    keep = np.isin(segment.chunk_ids, alive, assume_unique=True)
+    if keep.all():
+        return segment
+    renumber = (np.cumsum(keep) - 1).astype(np.int32)
+    kept = keep[segment.docs]
+    per_term = np.add.reduceat(kept.astype(np.int64), segment.offsets[:-1]) if segment.terms.size else kept[:0]
+    present = per_term > 0
+    lengths = segment.lengths[keep]
+    return Postings(
+        terms=segment.terms[present],
+        offsets=np.concatenate(([0], np.cumsum(per_term[present]))).astype(np.int64),
+        docs=renumber[segment.docs[kept]],
+        tfs=segment.tfs[kept],
+        chunk_ids=segment.chunk_ids[keep],
+        file_codes=segment.file_codes[keep],
+        lengths=lengths,
+        file_ids=segment.file_ids,
+        total_length=int(lengths.sum()),
+    )
 
 
 class KeywordCache:
@@ -147,33 +181,35 @@ class KeywordCache:
     ) -> list[Candidate]:
         stores = list(dict.fromkeys(vector_store_ids))
         async with self._engine.connect() as conn:
-            found = {str(r[0]): (int(r[1]), int(r[2])) for r in await conn.execute(_GENERATIONS, {"vs": stores})}
+            found = {str(r[0]): int(r[1]) for r in await conn.execute(_GENERATIONS, {"vs": stores})}
         segments: list[Postings] = []
         for vs in stores:
             if vs not in found:  # empty, or deleted
                 self._entries.pop(vs, None)
                 continue
-            segments.extend(await self._fresh(vs, *found[vs]))
+            segments.extend(await self._fresh(vs, found[vs]))
         self._evict(keep=set(stores))
         if not segments:
             return []
         return await asyncio.to_thread(maxscore_rank, segments, hashes, limit, file_ids)
 
-    async def _fresh(self, vs: str, generation: int, deleted: int) -> tuple[Postings, ...]:
+    async def _fresh(self, vs: str, generation: int) -> tuple[Postings, ...]:
         entry = self._entries.get(vs)
         if entry is None or entry.generation < generation:
             lock = self._locks.setdefault(vs, asyncio.Lock())
             async with lock:  # one load per store at a time; the others then find it done
                 entry = self._entries.get(vs)
                 if entry is None or entry.generation < generation:
-                    entry = await self._load(vs, None if entry is None or deleted > entry.generation else entry)
+                    entry = await self._load(vs, entry)
                     self._entries[vs] = entry
         self._entries.move_to_end(vs)
         return entry.segments
 
     async def _load(self, vs: str, base: _Entry | None) -> _Entry:
-        """The store as committed now: the chunks added since `base` (None: all of them), read in one
-        snapshot with the generation they make up."""
+        """The store as committed now, read in one snapshot with the generation it makes up: all its
+        chunks if `base` is None, else the chunks added since `base` and, if something was deleted
+        since, the ids of `base`'s chunks still there (to drop the others)."""
+        alive: npt.NDArray[np.int64] | None = None
         async with self._engine.connect() as conn:
             await conn.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
@@ -181,8 +217,6 @@ class KeywordCache:
                 if row is None:
                     return _Entry((), 0)
                 generation, deleted = int(row[0]), int(row[1])
-                if base is not None and deleted > base.generation:
-                    base = None  # a delete committed since the search read the generations
                 # The raw driver: a million rows through SQLAlchemy's Row objects cost seconds more.
                 raw = (await conn.get_raw_connection()).driver_connection
                 assert raw is not None
@@ -190,11 +224,18 @@ class KeywordCache:
                     rows = await raw.fetch(_ROWS, vs)
                 else:
                     rows = await raw.fetch(_ROWS + " AND kw_generation > $2", vs, base.generation)
+                    if deleted > base.generation:
+                        ids = await raw.fetch(_IDS, vs, base.generation)
+                        alive = np.sort(np.fromiter((r[0] for r in ids), dtype=np.int64, count=len(ids)))
         if base is None:
-            return _Entry(await asyncio.to_thread(lambda: _compacted([_build(rows)])), generation)
-        if not rows:
-            return _Entry(base.segments, generation)
-        return _Entry(await asyncio.to_thread(lambda: _compacted([*base.segments, _build(rows)])), generation)
+            return _Entry(await asyncio.to_thread(lambda: _compacted(_segments(rows))), generation)
+        old = base.segments
+
+        def update() -> tuple[Postings, ...]:
+            kept = [keep_only(s, alive) for s in old] if alive is not None else list(old)
+            return _compacted([*kept, *_segments(rows)])
+
+        return _Entry(await asyncio.to_thread(update), generation)
 
     def _evict(self, keep: set[str]) -> None:
         total = self.nbytes
