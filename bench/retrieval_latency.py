@@ -112,6 +112,34 @@ async def measure(
     print(f"{label:<28} {share:<22} p50 {pct(lat, 50):7.2f} ms  p99 {pct(lat, 99):7.2f} ms")
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+async def first_searches(
+    index: ChunkIndex, embedder: WordLlamaEmbedder, query: str, n: int, words: list[str], probs: np.ndarray
+) -> None:
+    """SQLite: the first hybrid search (the store's cache is built), the RSS that cache added, and the
+    first search after a write: one more file added (1000 chunks), then that file deleted."""
+    rss = rss_mb()
+    t0 = time.perf_counter()
+    await search(index, embedder, ["vs_bench"], query)
+    cold = (time.perf_counter() - t0) * 1000
+    print(f"sqlite {n:<21} first search {cold:7.0f} ms, cached store RSS +{rss_mb() - rss:.0f} MB")
+    chunks, vectors = synthetic(CHUNKS_PER_FILE, n + 1, words, probs)
+    await index.put_file("vs_bench", "file-extra", "file-extra.txt", {"part": -1})
+    await index.add_chunks("vs_bench", "file-extra", chunks, vectors)
+    t0 = time.perf_counter()
+    await search(index, embedder, ["vs_bench"], query)
+    added = (time.perf_counter() - t0) * 1000
+    await index.delete_file("vs_bench", "file-extra")
+    t0 = time.perf_counter()
+    await search(index, embedder, ["vs_bench"], query)
+    deleted = (time.perf_counter() - t0) * 1000
+    print(f"sqlite {n:<21} first search after adding a file {added:7.0f} ms, after deleting it {deleted:7.0f} ms")
+
+
 async def build_hnsw(engine: AsyncEngine) -> float:
     from loom.retrieval.schema import hnsw_index_statement
 
@@ -206,6 +234,7 @@ async def main() -> None:
             await index.create_schema()
             seconds = await fill(index, n, words, probs)
             print(f"\n[sqlite] {n} chunks loaded in {seconds:.1f}s ({n / seconds:.0f} chunks/s)")
+            await first_searches(index, embedder, queries[0], n, words, probs)
             await measure(index, embedder, queries, f"sqlite {n}", n, args.warm)
             await engine.dispose()
 

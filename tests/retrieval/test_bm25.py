@@ -186,3 +186,100 @@ def test_postings_are_sorted_csr() -> None:
         assert (lo, hi) == (p.offsets[j], p.offsets[j + 1])
         assert np.all(np.diff(p.docs[lo:hi]) > 0)  # each term's docs distinct, ascending
     assert p.total_length == sum(len(analyze(t)) for _, _, t in docs)
+
+
+def test_merged_parts_rank_as_one_built_index() -> None:
+    rng = random.Random(11)
+    docs = _corpus(rng, 1, 300, files=5)
+    whole = _postings(docs)
+    # Parts built with the store-wide file codes (as an index appending batches keeps them).
+    codes = {f: i for i, f in enumerate(whole.file_ids)}
+    rows = []
+    for chunk_id, file_id, text in docs:
+        enc = encode(text)
+        rows.append((chunk_id, codes[file_id], enc.terms, enc.tfs, enc.length))
+    parts = [Postings.build(rows[a:b], whole.file_ids) for a, b in ((0, 0), (0, 120), (120, 121), (121, 300))]
+    merged = Postings.merge(parts)
+    for name in ("terms", "offsets", "docs", "tfs", "chunk_ids", "file_codes", "lengths"):
+        assert np.array_equal(getattr(merged, name), getattr(whole, name)), name
+    assert merged.total_length == whole.total_length and merged.file_ids == whole.file_ids
+    for words in (["protein", "cell"], ["mouse"], ["rna", "kinase", "human"]):
+        want = rank([whole], query_hashes(words), 20, {"file-1", "file-3"})
+        assert rank(parts, query_hashes(words), 20, {"file-1", "file-3"}) == want
+        assert rank([merged], query_hashes(words), 20, {"file-1", "file-3"}) == want
+    assert Postings.merge([]).size == 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_removed_docs_leave_exact_bm25_of_what_is_left(seed: int) -> None:
+    # Docs masked out (no rebuild) are out of N, df, the average length and the results: rank equals
+    # BM25 over the docs left, and so do the compacted and the merged indexes.
+    rng = random.Random(100 + seed)
+    stores = [_corpus(rng, 1 + 100_000 * s, rng.randint(1, 120), files=4) for s in range(rng.randint(1, 3))]
+    postings = [_postings(s) for s in stores]
+    left = [list(s) for s in stores]
+    for _ in range(3):
+        gone = f"file-{rng.randrange(4)}"
+        postings = [p.remove(p.file_codes == p.file_ids.index(gone)) if gone in p.file_ids else p for p in postings]
+        left = [[d for d in s if d[1] != gone] for s in left]
+        assert [p.live for p in postings] == [len(s) for s in left]
+        for _ in range(4):
+            words = rng.sample(VOCAB, rng.randint(1, 4))
+            limit = rng.choice([1, 3, 10, 1000])
+            allowed = {f"file-{f}" for f in range(4) if rng.random() < 0.6}
+            want = _brute(left, words, limit, allowed)
+            _assert_same(rank(postings, query_hashes(words), limit, allowed), want)
+            compacted = [p.compact() for p in postings]
+            assert [p.size for p in compacted] == [len(s) for s in left]
+            _assert_same(rank(compacted, query_hashes(words), limit, allowed), want)
+            merged = [Postings.merge([p, Postings.build([], p.file_ids)]) for p in postings]  # per store
+            _assert_same(rank(merged, query_hashes(words), limit, allowed), want)
+
+
+def test_compact_equals_a_fresh_build_of_the_docs_left() -> None:
+    rng = random.Random(5)
+    docs = _corpus(rng, 1, 250, files=4)
+    whole = _postings(docs)
+    gone = np.isin(whole.file_codes, [whole.file_ids.index("file-1"), whole.file_ids.index("file-3")])
+    removed = whole.remove(gone)
+    assert removed.removed_docs == int(gone.sum()) and removed.live == whole.size - int(gone.sum())
+    assert removed.live_length == int(whole.lengths[~gone].sum())
+    compacted = removed.compact()
+    codes = {f: i for i, f in enumerate(whole.file_ids)}
+    rows = []
+    for chunk_id, file_id, text in docs:
+        if file_id not in ("file-1", "file-3"):
+            enc = encode(text)
+            rows.append((chunk_id, codes[file_id], enc.terms, enc.tfs, enc.length))
+    fresh = Postings.build(rows, whole.file_ids)
+    for name in ("terms", "offsets", "docs", "tfs", "chunk_ids", "file_codes", "lengths"):
+        assert np.array_equal(getattr(compacted, name), getattr(fresh, name)), name
+    assert compacted.total_length == fresh.total_length and compacted.removed is None
+    # Removing nothing more returns the same index; removing everything leaves nothing to rank.
+    assert removed.remove(np.zeros(whole.size, dtype=bool)) is removed
+    none_left = whole.remove(np.ones(whole.size, dtype=bool))
+    assert none_left.live == 0 and rank([none_left], query_hashes(["protein"]), 5) == []
+    assert none_left.compact().size == 0 and none_left.compact().terms.size == 0
+
+
+def test_terms_sharing_their_top_hash_bits_still_build_exact_postings() -> None:
+    # The fast build packs a term's top hash bits with the doc and tf into one sortable integer; two
+    # terms equal in those bits must not be merged (the build sorts by the full hash instead).
+    near = [np.uint64(0xABCD_0000_0000_0001), np.uint64(0xABCD_0000_0000_0002), np.uint64(0x1234_0000_0000_0000)]
+
+    def row(chunk_id: int, terms: list[np.uint64], tfs: list[int]) -> tuple[int, int, bytes, bytes, int]:
+        t = np.array(terms, dtype="<u8")
+        order = np.argsort(t)
+        return chunk_id, 0, t[order].tobytes(), np.array(tfs, dtype="<u2")[order].tobytes(), sum(tfs)
+
+    rows = [row(1, near[:2], [2, 1]), row(2, [near[0]], [3]), row(3, [near[1], near[2]], [1, 1])]
+    p = Postings.build(rows, ["f"])
+    assert p.terms.tolist() == sorted(int(h) for h in near)
+    assert {int(t): p.docs[slice(*p.span(int(t)))].tolist() for t in near} == {
+        int(near[0]): [0, 1],
+        int(near[1]): [0, 2],
+        int(near[2]): [2],
+    }
+    assert p.tfs[slice(*p.span(int(near[0])))].tolist() == [2, 3]
+    got = rank([p], [int(near[0])], 5)
+    assert [c.chunk_id for c in got] == [2, 1]

@@ -54,3 +54,15 @@ def test_dense_fallback_gives_the_same() -> None:
     want = rank(stores, hashes, 20)
     for share in (0.0, 1.0, topk.DENSE_SHARE):  # always dense / never dense / the default
         assert maxscore_rank(stores, hashes, 20, dense_share=share) == want
+
+
+def test_removed_docs_rank_as_the_dense_pass() -> None:
+    stores = _segments(4, [300, 100])
+    gone = np.zeros(300, dtype=bool)
+    gone[::3] = True
+    stores[0] = stores[0].remove(gone)
+    hashes = query_hashes(["waa", "wab", "wcd"])
+    assert maxscore_rank(stores, hashes, 30) == rank(stores, hashes, 30)
+    assert {c.chunk_id for c in maxscore_rank(stores, hashes, 400)}.isdisjoint(
+        int(i) for i in stores[0].chunk_ids[gone]
+    )

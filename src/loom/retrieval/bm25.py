@@ -24,7 +24,8 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -160,10 +161,59 @@ class Postings:
     lengths: npt.NDArray[np.int64]
     file_ids: tuple[str, ...]
     total_length: int
+    # Docs deleted since the build (None: none): left in the arrays, but out of N, df, the total
+    # length and the results, so scores stay exact BM25 of what is left; `compact` drops them.
+    removed: npt.NDArray[np.bool_] | None = None
+    removed_docs: int = 0
+    removed_length: int = 0
 
     @property
     def size(self) -> int:
+        """Docs held, removed ones included (see `live`)."""
         return int(self.chunk_ids.shape[0])
+
+    @property
+    def live(self) -> int:
+        """Docs held and not removed: this part's share of N."""
+        return self.size - self.removed_docs
+
+    @property
+    def live_length(self) -> int:
+        return self.total_length - self.removed_length
+
+    def remove(self, docs: npt.NDArray[np.bool_]) -> Postings:
+        """This index with the docs where `docs` is true removed (a mask over its docs; no rebuild)."""
+        mask = docs.astype(bool, copy=True)
+        if self.removed is not None:
+            mask |= self.removed
+        count = int(mask.sum())
+        if count == self.removed_docs:
+            return self
+        return replace(self, removed=mask, removed_docs=count, removed_length=int(self.lengths[mask].sum()))
+
+    def compact(self) -> Postings:
+        """This index without its removed docs (a vectorised filter: postings stay sorted by term)."""
+        if self.removed is None or self.removed_docs == 0:
+            return self if self.removed is None else replace(self, removed=None)
+        keep_doc = ~self.removed
+        new_index = np.cumsum(keep_doc, dtype=np.int64) - 1
+        keep = keep_doc[self.docs]
+        kept_before = np.concatenate(([0], np.cumsum(keep, dtype=np.int64)))
+        per_term = kept_before[self.offsets[1:]] - kept_before[self.offsets[:-1]]
+        alive = per_term > 0
+        offsets = np.concatenate(([0], np.cumsum(per_term[alive]))).astype(np.int64)
+        lengths = self.lengths[keep_doc]
+        return Postings(
+            terms=self.terms[alive],
+            offsets=offsets,
+            docs=new_index[self.docs[keep]].astype(np.int32),
+            tfs=self.tfs[keep],
+            chunk_ids=self.chunk_ids[keep_doc],
+            file_codes=self.file_codes[keep_doc],
+            lengths=lengths,
+            file_ids=self.file_ids,
+            total_length=int(lengths.sum()),
+        )
 
     @property
     def nbytes(self) -> int:
@@ -175,30 +225,52 @@ class Postings:
         """Build from stored rows (vectorised: one join, one sort). Blocking: run it off the event loop.
         `file_ids[code]` names the file of a row's file code (needed only to filter by file)."""
         n = len(rows)
-        chunk_ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        file_codes = np.fromiter((r[1] for r in rows), dtype=np.int32, count=n)
-        lengths = np.fromiter((r[4] for r in rows), dtype=np.int64, count=n)
-        widths = np.fromiter((len(r[2]) for r in rows), dtype=np.int64, count=n) // TERM_DTYPE.itemsize
-        all_terms = np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_DTYPE)
-        all_tfs = np.frombuffer(b"".join(r[3] for r in rows), dtype=TF_DTYPE)
+        return Postings.from_arrays(
+            np.frombuffer(b"".join(r[2] for r in rows), dtype=TERM_DTYPE),
+            np.frombuffer(b"".join(r[3] for r in rows), dtype=TF_DTYPE),
+            np.fromiter((len(r[2]) for r in rows), dtype=np.int64, count=n) // TERM_DTYPE.itemsize,
+            np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+            np.fromiter((r[1] for r in rows), dtype=np.int32, count=n),
+            np.fromiter((r[4] for r in rows), dtype=np.int64, count=n),
+            file_ids,
+        )
+
+    @staticmethod
+    def from_arrays(
+        all_terms: npt.NDArray[Any],
+        all_tfs: npt.NDArray[Any],
+        widths: npt.NDArray[np.int64],
+        chunk_ids: npt.NDArray[np.int64],
+        file_codes: npt.NDArray[np.int32],
+        lengths: npt.NDArray[np.int64],
+        file_ids: Sequence[str] = (),
+    ) -> Postings:
+        """`build` from the rows' columns already joined: every doc's terms and tfs end to end, and
+        how many terms each doc has (`widths`). Blocking: run it off the event loop."""
         if all_terms.shape != all_tfs.shape or int(widths.sum()) != all_terms.shape[0]:
             raise ValueError("keyword blobs of different lengths")
-        doc_of = np.repeat(np.arange(n, dtype=np.int32), widths)
-        order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
-        sorted_terms = all_terms[order]
-        starts = np.flatnonzero(np.diff(sorted_terms)) + 1 if sorted_terms.size else np.zeros(0, np.int64)
-        offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
-        terms = sorted_terms[offsets[:-1]].astype(np.uint64) if sorted_terms.size else np.zeros(0, np.uint64)
-        return Postings(
-            terms=terms,
-            offsets=offsets if sorted_terms.size else np.zeros(1, np.int64),
-            docs=doc_of[order],
-            tfs=all_tfs[order].astype(np.uint16),
-            chunk_ids=chunk_ids,
-            file_codes=file_codes,
-            lengths=lengths,
-            file_ids=tuple(file_ids),
-            total_length=int(lengths.sum()),
+        doc_of = np.repeat(np.arange(chunk_ids.shape[0], dtype=np.int32), widths)
+        return _from_postings(all_terms, doc_of, all_tfs, chunk_ids, file_codes, lengths, file_ids)
+
+    @staticmethod
+    def merge(parts: Sequence[Postings], file_ids: Sequence[str] | None = None) -> Postings:
+        """One index holding the (not removed) docs of `parts` (in order). File codes must mean the same file in every
+        part: `file_ids` (default: the longest part's) names them. Each part's postings are sorted, so
+        the stable sort is a merge of sorted runs."""
+        if file_ids is None:
+            file_ids = max((p.file_ids for p in parts), key=len, default=())
+        parts = [p.compact() for p in parts]
+        bases = np.cumsum([0] + [p.size for p in parts])
+        return _from_postings(
+            np.concatenate([np.repeat(p.terms, np.diff(p.offsets)) for p in parts] or [np.zeros(0, np.uint64)]),
+            np.concatenate(
+                [p.docs + np.int32(b) for p, b in zip(parts, bases, strict=False)] or [np.zeros(0, np.int32)]
+            ),
+            np.concatenate([p.tfs for p in parts] or [np.zeros(0, np.uint16)]),
+            np.concatenate([p.chunk_ids for p in parts] or [np.zeros(0, np.int64)]),
+            np.concatenate([p.file_codes for p in parts] or [np.zeros(0, np.int32)]),
+            np.concatenate([p.lengths for p in parts] or [np.zeros(0, np.int64)]),
+            file_ids,
         )
 
     def span(self, term: int) -> tuple[int, int]:
@@ -209,6 +281,88 @@ class Postings:
         return 0, 0
 
 
+def _from_postings(
+    all_terms: npt.NDArray[Any],
+    doc_of: npt.NDArray[np.int32],
+    all_tfs: npt.NDArray[Any],
+    chunk_ids: npt.NDArray[np.int64],
+    file_codes: npt.NDArray[np.int32],
+    lengths: npt.NDArray[np.int64],
+    file_ids: Sequence[str],
+) -> Postings:
+    """CSR from one (term, doc, tf) triple per posting, in any order: sorted by (term, doc)."""
+    packed = _packed_csr(all_terms, doc_of, all_tfs)
+    if packed is not None:
+        terms, offsets, docs, tfs = packed
+        return Postings(
+            terms=terms,
+            offsets=offsets,
+            docs=docs,
+            tfs=tfs,
+            chunk_ids=chunk_ids,
+            file_codes=file_codes,
+            lengths=lengths,
+            file_ids=tuple(file_ids),
+            total_length=int(lengths.sum()),
+        )
+    order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
+    sorted_terms = all_terms[order]
+    starts = np.flatnonzero(sorted_terms[1:] != sorted_terms[:-1]) + 1
+    if sorted_terms.size:
+        offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
+    else:
+        offsets = np.zeros(1, np.int64)
+    return Postings(
+        terms=sorted_terms[offsets[:-1]].astype(np.uint64),
+        offsets=offsets,
+        docs=doc_of[order].astype(np.int32),
+        tfs=all_tfs[order].astype(np.uint16),
+        chunk_ids=chunk_ids,
+        file_codes=file_codes,
+        lengths=lengths,
+        file_ids=tuple(file_ids),
+        total_length=int(lengths.sum()),
+    )
+
+
+def _packed_csr(
+    all_terms: npt.NDArray[Any], doc_of: npt.NDArray[np.int32], all_tfs: npt.NDArray[Any]
+) -> tuple[Hashes, npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.uint16]] | None:
+    """The CSR arrays by one sort of values (vectorised, several times faster than an argsort and
+    its gathers): each posting packed into one uint64, the top bits of its term's hash above its doc
+    and tf. Exact only if the distinct terms differ in those top bits; None (the caller sorts by
+    the full hash) if any two do not, or if docs and tfs leave too few bits."""
+    if all_terms.size == 0 or int(doc_of.min()) < 0:
+        return None
+    doc_bits = max(int(doc_of.max()).bit_length(), 1)
+    tf_bits = max(int(all_tfs.max()).bit_length(), 1)
+    shift = doc_bits + tf_bits
+    if shift > 48:
+        return None
+    unique = np.sort(all_terms).astype(np.uint64, copy=False)  # a value sort, then the distinct ones
+    unique = unique[np.concatenate(([True], unique[1:] != unique[:-1]))]
+    top = unique >> np.uint64(shift)
+    if top.size > 1 and not bool(np.all(top[1:] > top[:-1])):
+        return None  # two terms share their top bits
+    # In place where it can be: these arrays are one element per posting.
+    keys = all_terms & ~np.uint64((1 << shift) - 1)
+    spread = doc_of.astype(np.uint64)
+    spread <<= np.uint64(tf_bits)
+    keys |= spread
+    del spread
+    keys |= all_tfs
+    keys.sort()
+    # Each term's postings start where its top bits (shifted back) would be inserted.
+    offsets = np.empty(unique.size + 1, dtype=np.int64)
+    offsets[:-1] = np.searchsorted(keys, top << np.uint64(shift))
+    offsets[-1] = keys.size
+    tfs = (keys & np.uint64((1 << tf_bits) - 1)).astype(np.uint16)
+    keys >>= np.uint64(tf_bits)
+    keys &= np.uint64((1 << doc_bits) - 1)
+    docs = keys.astype(np.int32)
+    return unique, offsets, docs, tfs
+
+
 def rank(
     stores: Sequence[Postings], hashes: Hashes | Sequence[int], limit: int, allowed: Collection[str] | None = None
 ) -> list[Candidate]:
@@ -216,25 +370,35 @@ def rank(
     (ties: lower chunk id first); only chunks of the files `allowed` if given. N, df and the average
     length are those of `stores` together. Blocking (numpy): run it off the event loop."""
     terms = sorted({int(h) for h in hashes})
-    n = sum(s.size for s in stores)
+    n = sum(s.live for s in stores)
     if not terms or n == 0 or limit <= 0 or (allowed is not None and not allowed):
         return []
-    avgdl = max(sum(s.total_length for s in stores) / n, 1.0)
-    spans = [[s.span(t) for t in terms] for s in stores]
-    df = [sum(sp[j][1] - sp[j][0] for sp in spans) for j in range(len(terms))]
+    avgdl = max(sum(s.live_length for s in stores) / n, 1.0)
+    # Per store and term: the postings (docs, tfs) left once removed docs are dropped.
+    postings: list[list[tuple[npt.NDArray[np.int32], npt.NDArray[np.uint16]]]] = []
+    for s in stores:
+        found = []
+        for t in terms:
+            lo, hi = s.span(t)
+            docs, tfs = s.docs[lo:hi], s.tfs[lo:hi]
+            if s.removed is not None and docs.size:
+                keep = ~s.removed[docs]
+                docs, tfs = docs[keep], tfs[keep]
+            found.append((docs, tfs))
+        postings.append(found)
+    df = [sum(int(p[j][0].size) for p in postings) for j in range(len(terms))]
     weight = [math.log(1.0 + (n - d + 0.5) / (d + 0.5)) * (BM25_K1 + 1) if d else 0.0 for d in df]  # idf * (k1 + 1)
     found_scores: list[npt.NDArray[np.float64]] = []
     found_ids: list[npt.NDArray[np.int64]] = []
-    for store, store_spans in zip(stores, spans, strict=True):
-        if all(hi == lo for lo, hi in store_spans):
+    for store, store_postings in zip(stores, postings, strict=True):
+        if all(docs.size == 0 for docs, _ in store_postings):
             continue
         norm = BM25_K1 * (1 - BM25_B + BM25_B * store.lengths / avgdl)
         scores = np.zeros(store.size, dtype=np.float64)
-        for (lo, hi), w in zip(store_spans, weight, strict=True):
-            if hi == lo:
+        for (docs, tfs), w in zip(store_postings, weight, strict=True):
+            if docs.size == 0:
                 continue
-            docs = store.docs[lo:hi]
-            tf = store.tfs[lo:hi].astype(np.float64)
+            tf = tfs.astype(np.float64)
             scores[docs] += w * tf / (tf + norm[docs])  # a term's docs are distinct
         matched = np.flatnonzero(scores > 0)
         if allowed is not None:

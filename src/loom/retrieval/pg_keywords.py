@@ -136,26 +136,9 @@ def _segments(rows: Sequence[tuple[int, str, bytes, bytes, int]]) -> list[Postin
 
 def keep_only(segment: Postings, alive: npt.NDArray[np.int64]) -> Postings:
     """The segment without the chunks whose ids are not in `alive` (sorted): one pass over its
-    postings, no sort. Blocking."""
-    keep = np.isin(segment.chunk_ids, alive, assume_unique=True)
-    if keep.all():
-        return segment
-    renumber = (np.cumsum(keep) - 1).astype(np.int32)
-    kept = keep[segment.docs]
-    per_term = np.add.reduceat(kept.astype(np.int64), segment.offsets[:-1]) if segment.terms.size else kept[:0]
-    present = per_term > 0
-    lengths = segment.lengths[keep]
-    return Postings(
-        terms=segment.terms[present],
-        offsets=np.concatenate(([0], np.cumsum(per_term[present]))).astype(np.int64),
-        docs=renumber[segment.docs[kept]],
-        tfs=segment.tfs[kept],
-        chunk_ids=segment.chunk_ids[keep],
-        file_codes=segment.file_codes[keep],
-        lengths=lengths,
-        file_ids=segment.file_ids,
-        total_length=int(lengths.sum()),
-    )
+    postings, no sort (`Postings.remove`, `compact`). Blocking."""
+    gone = ~np.isin(segment.chunk_ids, alive, assume_unique=True)
+    return segment.remove(gone).compact() if gone.any() else segment
 
 
 class KeywordCache:

@@ -1,8 +1,9 @@
-"""Retrieval tables, as raw dialect-specific DDL (FTS5 on SQLite; pgvector + tsvector on PostgreSQL).
+"""Retrieval tables, as raw dialect-specific DDL (keyword blobs on SQLite; pgvector + tsvector on PostgreSQL).
 
 The Alembic revisions `0002_retrieval` (`schema_statements`), `0003_retrieval_term_stats`
-(`term_stats_statements`), `0011_pg_keyword_columns` (`keyword_columns_upgrade`) and `create_schema` (tests, ad-hoc setups) run the same statements, so
-they can never drift. Statements of a revision never change once released: a later schema change
+(`term_stats_statements`), `0010_sqlite_keyword_postings` (`sqlite_keyword_upgrade`),
+`0011_pg_keyword_columns` (`keyword_columns_upgrade`) and `create_schema` (tests, ad-hoc setups) run
+the same statements, so they can never drift. Statements of a revision never change once released: a later schema change
 is a new list and a new revision.
 """
 
@@ -269,6 +270,50 @@ def term_stats_drop_statements(dialect_name: str) -> list[str]:
     return list(POSTGRES_TERM_STATS_DROP) if dialect_name == "postgresql" else []
 
 
+# Revision 0010 (SQLite): each chunk's keywords as `bm25.encode` writes them (sorted term hashes,
+# term frequencies, length), read into per-store in-memory postings (`SQLiteChunkIndex`), so BM25's
+# statistics are the searched stores' and the top k exact. The FTS5 table and its triggers go.
+SQLITE_KEYWORD_COLUMNS = ["kw_terms BLOB", "kw_tfs BLOB", "kw_len INTEGER"]
+SQLITE_FTS_DROP = SQLITE_DROP[:3]
+BACKFILL_BATCH = 2000
+
+
+def sqlite_keyword_upgrade(conn: Connection) -> None:
+    """Revision 0010 on SQLite (idempotent, resumable): add the keyword columns, fill them from each
+    chunk's text in batches, drop FTS5."""
+    from loom.retrieval.bm25 import encode  # the analyzer (numpy, PyStemmer): only when upgrading
+
+    have = {str(r[1]) for r in conn.execute(text("PRAGMA table_info(retrieval_chunks)"))}
+    for column in SQLITE_KEYWORD_COLUMNS:
+        if column.split()[0] not in have:
+            conn.execute(text(f"ALTER TABLE retrieval_chunks ADD COLUMN {column}"))
+    last = 0
+    while True:
+        rows = conn.execute(
+            text("SELECT id, text FROM retrieval_chunks WHERE kw_len IS NULL AND id > :last ORDER BY id LIMIT :n"),
+            {"last": last, "n": BACKFILL_BATCH},
+        ).all()
+        if not rows:
+            break
+        params = []
+        for chunk_id, body in rows:
+            enc = encode(body)
+            params.append({"id": chunk_id, "t": enc.terms, "f": enc.tfs, "n": enc.length})
+        conn.execute(text("UPDATE retrieval_chunks SET kw_terms = :t, kw_tfs = :f, kw_len = :n WHERE id = :id"), params)
+        last = int(rows[-1][0])
+    for statement in SQLITE_FTS_DROP:
+        conn.execute(text(statement))
+
+
+def sqlite_keyword_downgrade(conn: Connection) -> None:
+    """Revision 0010 undone: FTS5 back (rebuilt from the chunks' text), the keyword columns dropped."""
+    for statement in SQLITE_STATEMENTS[3:]:
+        conn.execute(text(statement))
+    conn.execute(text("INSERT INTO retrieval_chunks_fts (retrieval_chunks_fts) VALUES ('rebuild')"))
+    for column in SQLITE_KEYWORD_COLUMNS:
+        conn.execute(text(f"ALTER TABLE retrieval_chunks DROP COLUMN {column.split()[0]}"))
+
+
 async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: int = DEFAULT_DIMENSIONS) -> None:
     """Create the retrieval tables on this connection's database (`dialect_name`: the index's own), or
     bring them up to date (idempotent)."""
@@ -276,3 +321,5 @@ async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: in
         await conn.execute(text(statement))
     if dialect_name == "postgresql":
         await conn.run_sync(keyword_columns_upgrade)
+    if dialect_name == "sqlite":
+        await conn.run_sync(sqlite_keyword_upgrade)

@@ -1,14 +1,19 @@
-"""SQLite index: exact vector search with numpy over float32 blobs, keywords with FTS5 (BM25).
+"""SQLite index: exact vector search with numpy over float32 blobs, exact BM25 over in-memory postings.
 
-Each store's vectors are loaded once into one matrix and cached in-process; a write to a store
-drops its cache entry (SQLite deployments are one process, so the cache cannot go stale elsewhere).
+Each store's vectors and keyword postings (`bm25.Postings`, from the per-chunk keyword columns that
+`add_chunks` fills) are loaded in one scan and cached in-process; BM25's statistics are the
+searched stores' own. `add_chunks` hands its batch to a cached store, appended at the next search
+(a new postings segment, merged with the one before while it is at least half that one's size, so
+a store holds O(log n) segments); a deleted file is masked out of them, and a segment is compacted
+once a quarter of it is deleted (or when merged), so neither write reloads the store. SQLite
+deployments are one process, so the cache cannot go stale elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loom.retrieval.bm25 import TERM_DTYPE, TF_DTYPE, Encoded, Postings, encode, query_hashes, rank
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.errors import IndexingFailed
@@ -39,9 +45,30 @@ class _StoreVectors:
     file_codes: npt.NDArray[np.int32]
     file_ids: list[str]  # code -> file id
     matrix: Vectors
+    segments: list[Postings] = field(default_factory=list)  # the store's keyword postings, in parts
 
 
-MAX_MATCHED = 20000
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Chunks added to a cached store, not yet in its cache entry."""
+
+    ids: list[int]
+    file_id: str
+    encoded: list[Encoded]
+    vectors: Vectors
+
+
+@dataclass(frozen=True, slots=True)
+class _Removal:
+    """A file deleted from a cached store, not yet out of its cache entry."""
+
+    file_id: str
+
+
+# A store's postings segment is compacted (its removed docs dropped) once they are this share of it.
+COMPACT_SHARE = 0.25
+# Rows read per batch when a store is loaded.
+LOAD_BATCH = 4096
 
 
 def _expanding(sql: str, *names: str) -> Any:
@@ -53,11 +80,12 @@ class SQLiteChunkIndex:
         self._engine = engine
         self._cache: dict[str, _StoreVectors] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        # Document frequencies for the keyword query planner; any write clears them.
-        self._df: dict[str, int] = {}
-        self._rows: int | None = None
-        # Bumped by every write, so counts read across a write are not cached.
-        self._generation = 0
+        # Per store: the writes (added batches, deleted files) since its cache entry was built, in
+        # order; a count of every write (a load that saw one happen is not cached) and of resets (an
+        # update of the entry that saw one is not cached).
+        self._pending: dict[str, list[_Batch | _Removal]] = {}
+        self._writes: dict[str, int] = {}
+        self._resets: dict[str, int] = {}
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -65,9 +93,14 @@ class SQLiteChunkIndex:
 
     def _invalidate(self, vector_store_id: str) -> None:
         self._cache.pop(vector_store_id, None)
-        self._df.clear()
-        self._rows = None
-        self._generation += 1
+        self._pending.pop(vector_store_id, None)
+        self._writes[vector_store_id] = self._writes.get(vector_store_id, 0) + 1
+        self._resets[vector_store_id] = self._resets.get(vector_store_id, 0) + 1
+
+    def _appended(self, vector_store_id: str, batch: _Batch | _Removal) -> None:
+        self._writes[vector_store_id] = self._writes.get(vector_store_id, 0) + 1
+        if vector_store_id in self._cache:
+            self._pending.setdefault(vector_store_id, []).append(batch)
 
     async def put_file(
         self, vector_store_id: str, file_id: str, filename: str, attributes: Attributes | None = None
@@ -84,6 +117,9 @@ class SQLiteChunkIndex:
     async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
         if len(chunks) != len(vectors):
             raise ValueError("one vector per chunk")
+        if not chunks:
+            return
+        encoded = await asyncio.to_thread(lambda: [encode(c.text) for c in chunks])
         rows = [
             {
                 "vs": vector_store_id,
@@ -94,30 +130,43 @@ class SQLiteChunkIndex:
                 "t": c.tokens,
                 "text": c.text,
                 "emb": np.ascontiguousarray(v, dtype=np.float32).tobytes(),
+                "kt": k.terms,
+                "kf": k.tfs,
+                "kl": k.length,
             }
-            for c, v in zip(chunks, vectors, strict=True)
+            for c, v, k in zip(chunks, vectors, encoded, strict=True)
         ]
         async with self._engine.begin() as conn:
-            if rows:
-                # One embedding size per store: a store's vectors come from one model (`store_embedders`).
-                found = await conn.execute(
-                    text("SELECT length(embedding) FROM retrieval_chunks WHERE vector_store_id = :vs LIMIT 1"),
-                    {"vs": vector_store_id},
+            # One embedding size per store: a store's vectors come from one model (`store_embedders`).
+            found = await conn.execute(
+                text("SELECT length(embedding) FROM retrieval_chunks WHERE vector_store_id = :vs LIMIT 1"),
+                {"vs": vector_store_id},
+            )
+            stored, width = found.scalar(), 4 * int(np.asarray(vectors).shape[1])
+            if stored is not None and int(stored) != width:
+                raise IndexingFailed(
+                    f"Vector store {vector_store_id} holds {int(stored) // 4}-dimensional vectors; "
+                    f"refusing to add {width // 4}-dimensional ones from another model."
                 )
-                stored, width = found.scalar(), 4 * int(np.asarray(vectors).shape[1])
-                if stored is not None and int(stored) != width:
-                    raise IndexingFailed(
-                        f"Vector store {vector_store_id} holds {int(stored) // 4}-dimensional vectors; "
-                        f"refusing to add {width // 4}-dimensional ones from another model."
-                    )
-                await conn.execute(
-                    text(
-                        "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
-                        "end_offset, token_count, text, embedding) VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb)"
-                    ),
-                    rows,
-                )
-        self._invalidate(vector_store_id)
+            before = int((await conn.execute(text("SELECT coalesce(max(id), 0) FROM retrieval_chunks"))).scalar_one())
+            await conn.execute(
+                text(
+                    "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
+                    "end_offset, token_count, text, embedding, kw_terms, kw_tfs, kw_len) "
+                    "VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb, :kt, :kf, :kl)"
+                ),
+                rows,
+            )
+            # New rows get ids past the largest (no AUTOINCREMENT), in insertion order; this
+            # transaction holds SQLite's write lock, so the rows past `before` are this batch's.
+            result = await conn.execute(
+                text("SELECT id FROM retrieval_chunks WHERE id > :before ORDER BY id"), {"before": before}
+            )
+            ids = [int(r[0]) for r in result]
+        if len(ids) == len(rows):
+            self._appended(vector_store_id, _Batch(ids, file_id, encoded, np.asarray(vectors, dtype=np.float32)))
+        else:
+            self._invalidate(vector_store_id)
 
     async def delete_file(self, vector_store_id: str, file_id: str) -> int:
         async with self._engine.begin() as conn:
@@ -126,7 +175,7 @@ class SQLiteChunkIndex:
                 {"vs": vector_store_id, "f": file_id},
             )
             await conn.execute(DELETE_FILE_ENTRY, {"vs": vector_store_id, "f": file_id})
-        self._invalidate(vector_store_id)
+        self._appended(vector_store_id, _Removal(file_id))
         return int(result.rowcount or 0)
 
     async def delete_store(self, vector_store_id: str) -> int:
@@ -157,21 +206,39 @@ class SQLiteChunkIndex:
 
     async def _store_vectors(self, vector_store_id: str) -> _StoreVectors:
         cached = self._cache.get(vector_store_id)
-        if cached is not None:
+        if cached is not None and not self._pending.get(vector_store_id):
             return cached
         lock = self._locks.setdefault(vector_store_id, asyncio.Lock())
         async with lock:
             cached = self._cache.get(vector_store_id)
             if cached is not None:
-                return cached
+                batches = self._pending.pop(vector_store_id, [])
+                if not batches:
+                    return cached
+                resets = self._resets.get(vector_store_id, 0)
+                grown = await asyncio.to_thread(_apply, cached, batches)
+                if resets == self._resets.get(vector_store_id, 0):  # not invalidated meanwhile
+                    self._cache[vector_store_id] = grown
+                return grown
+            writes = self._writes.get(vector_store_id, 0)
+            # Streamed: each batch of rows becomes arrays (off the event loop) and is freed, so the
+            # rows' blobs are never all held at once as Python objects.
+            codes: dict[str, int] = {}
+            parts: list[_Part] = []
             async with self._engine.connect() as conn:
-                result = await conn.execute(
-                    text("SELECT id, file_id, embedding FROM retrieval_chunks WHERE vector_store_id = :vs"),
+                result = await conn.stream(
+                    text(
+                        "SELECT id, file_id, embedding, kw_terms, kw_tfs, kw_len FROM retrieval_chunks "
+                        "WHERE vector_store_id = :vs ORDER BY id"
+                    ),
                     {"vs": vector_store_id},
                 )
-                rows = result.all()
-            loaded = await asyncio.to_thread(_build_matrix, rows)
-            self._cache[vector_store_id] = loaded
+                async for rows in result.partitions(LOAD_BATCH):
+                    parts.append(await asyncio.to_thread(_load_part, rows, codes))
+            loaded = await asyncio.to_thread(_build_store, parts, list(codes))
+            del parts
+            if writes == self._writes.get(vector_store_id, 0):  # no write since the scan began
+                self._cache[vector_store_id] = loaded
             return loaded
 
     async def vector_candidates(
@@ -190,31 +257,6 @@ class SQLiteChunkIndex:
         found.sort(key=lambda c: c.score, reverse=True)
         return found[:limit]
 
-    async def _document_frequencies(self, terms: Sequence[str]) -> tuple[int, dict[str, int]]:
-        """Rows in the whole FTS index, and rows holding each term (cached until the next write)."""
-        # Read into locals: a write may clear the cache while this coroutine waits on the database.
-        generation = self._generation
-        rows = self._rows
-        df = {t: self._df[t] for t in terms if t in self._df}
-        async with self._engine.connect() as conn:
-            if rows is None:
-                rows = int((await conn.execute(text("SELECT count(*) FROM retrieval_chunks"))).scalar_one())
-            for term in terms:
-                if term in df:
-                    continue
-                df[term] = int(
-                    (
-                        await conn.execute(
-                            text("SELECT count(*) FROM retrieval_chunks_fts WHERE retrieval_chunks_fts MATCH :m"),
-                            {"m": "text : " + _phrase(term)},
-                        )
-                    ).scalar_one()
-                )
-        if generation == self._generation:  # nothing was written meanwhile: the counts may be cached
-            self._rows = rows
-            self._df.update(df)
-        return rows, df
-
     async def keyword_candidates(
         self,
         vector_store_ids: Sequence[str],
@@ -222,44 +264,13 @@ class SQLiteChunkIndex:
         limit: int,
         file_ids: Collection[str] | None = None,
     ) -> list[Candidate]:
+        """Exact BM25 top `limit` over the stores' postings, with the statistics of these stores only."""
         if not terms or (file_ids is not None and not file_ids):
             return []
-        rows, df = await self._document_frequencies(terms)
-        # FTS5's BM25 gives a term in half the rows or more an IDF of ~0 (it floors it at 1e-6), so
-        # such terms change no score: dropping them only spares scoring the rows they alone match.
-        kept = [t for t in terms if df[t] > 0 and 2 * df[t] < rows]
-        if not kept:
-            kept = [t for t in terms if df[t] > 0]
-            if not kept:
-                return []
-        # Bound the rows to score: past MAX_MATCHED, the commonest of the remaining terms are left
-        # out (lowest IDF, so the smallest share of any score); ranking then rests on rarer terms.
-        kept.sort(key=lambda t: df[t])
-        while len(kept) > 1 and sum(df[t] for t in kept) > MAX_MATCHED:
-            kept.pop()
-        stores = " OR ".join("vector_store_id : " + _phrase(vs) for vs in dict.fromkeys(vector_store_ids))
-        match = f"({stores}) AND ({' OR '.join('text : ' + _phrase(t) for t in kept)})"
-        # Column weights: the text counts, the store id column does not.
-        score = "bm25(retrieval_chunks_fts, 1.0, 0.0)"
-        params: dict[str, Any] = {"match": match, "k": limit}
-        if file_ids is None:
-            sql = (
-                f"SELECT rowid, -{score} FROM retrieval_chunks_fts WHERE retrieval_chunks_fts MATCH :match "
-                f"ORDER BY {score} LIMIT :k"
-            )
-            stmt: Any = text(sql)
-        else:
-            sql = (
-                f"SELECT c.id, -{score} FROM retrieval_chunks_fts JOIN retrieval_chunks c "
-                "ON c.id = retrieval_chunks_fts.rowid WHERE retrieval_chunks_fts MATCH :match "
-                f"AND c.vector_store_id IN :vs AND c.file_id IN :files ORDER BY {score} LIMIT :k"
-            )
-            params["vs"] = list(vector_store_ids)
-            params["files"] = list(file_ids)
-            stmt = _expanding(sql, "vs", "files")
-        async with self._engine.connect() as conn:
-            result = await conn.execute(stmt, params)
-            return [Candidate(int(r[0]), float(r[1])) for r in result]
+        hashes = query_hashes(terms)
+        segments = [p for vs in dict.fromkeys(vector_store_ids) for p in (await self._store_vectors(vs)).segments]
+        allowed = None if file_ids is None else frozenset(file_ids)
+        return await asyncio.to_thread(rank, segments, hashes, limit, allowed)
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
         if not chunk_ids:
@@ -271,20 +282,93 @@ class SQLiteChunkIndex:
             return {int(r[0]): stored_chunk(r) for r in result}
 
 
-def _phrase(value: str) -> str:
-    """An FTS5 string literal: user text can then never be read as query syntax."""
-    return '"' + value.replace('"', '""') + '"'
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A batch of a store's rows as arrays (`_load_part`)."""
+
+    ids: npt.NDArray[np.int64]
+    file_codes: npt.NDArray[np.int32]
+    matrix: Vectors
+    terms: npt.NDArray[np.uint64]
+    tfs: npt.NDArray[np.uint16]
+    widths: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int64]
 
 
-def _build_matrix(rows: Sequence[Any]) -> _StoreVectors:
-    if not rows:
+def _load_part(rows: Sequence[Any], codes: dict[str, int]) -> _Part:
+    """Rows (id, file id, embedding, kw_terms, kw_tfs, kw_len) as arrays; `codes` numbers the files
+    (extended with new ones)."""
+    n = len(rows)
+    terms = [r[3] or b"" for r in rows]
+    return _Part(
+        ids=np.fromiter((r[0] for r in rows), dtype=np.int64, count=n),
+        file_codes=np.fromiter((codes.setdefault(r[1], len(codes)) for r in rows), np.int32, n),
+        matrix=np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(n, -1),
+        terms=np.frombuffer(b"".join(terms), dtype=TERM_DTYPE),
+        tfs=np.frombuffer(b"".join(r[4] or b"" for r in rows), dtype=TF_DTYPE),
+        widths=np.fromiter((len(t) for t in terms), dtype=np.int64, count=n) // TERM_DTYPE.itemsize,
+        lengths=np.fromiter((r[5] or 0 for r in rows), dtype=np.int64, count=n),
+    )
+
+
+def _build_store(parts: list[_Part], file_ids: list[str]) -> _StoreVectors:
+    """The cache entry from a store's rows loaded in parts (emptied as they are joined)."""
+    if not parts:
         return _StoreVectors(np.zeros(0, np.int64), np.zeros(0, np.int32), [], np.zeros((0, 0), np.float32))
-    codes: dict[str, int] = {}
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-    file_codes = np.fromiter((codes.setdefault(r[1], len(codes)) for r in rows), np.int32, len(rows))
-    blob = b"".join(r[2] for r in rows)
-    matrix = np.frombuffer(blob, dtype=np.float32).reshape(len(rows), -1)
-    return _StoreVectors(ids, file_codes, list(codes), matrix)
+
+    def joined(name: str) -> npt.NDArray[Any]:
+        return _joined([getattr(p, name) for p in parts])
+
+    ids, file_codes, matrix = joined("ids"), joined("file_codes"), joined("matrix")
+    terms, tfs, widths, lengths = joined("terms"), joined("tfs"), joined("widths"), joined("lengths")
+    parts.clear()  # the parts' arrays go as soon as the joined ones hold them
+    postings = Postings.from_arrays(terms, tfs, widths, ids, file_codes, lengths, file_ids)
+    return _StoreVectors(ids, file_codes, file_ids, matrix, [postings])
+
+
+def _apply(store: _StoreVectors, writes: Sequence[_Batch | _Removal]) -> _StoreVectors:
+    """The store with these writes applied, in order: a new entry (searches running on the old one go
+    on). An added batch becomes a postings segment; a deleted file is masked out of the segments
+    (`Postings.remove`: BM25 stays exact without a rebuild) and dropped from the vector matrix."""
+    file_ids = list(store.file_ids)
+    codes = {f: i for i, f in enumerate(file_ids)}
+    segments = list(store.segments)
+    ids, file_codes = [store.ids], [store.file_codes]
+    matrices = [store.matrix] if store.matrix.size else []
+    for b in writes:
+        if isinstance(b, _Removal):
+            code = codes.get(b.file_id)
+            if code is None:
+                continue
+            segments = [q for q in (_compacted(p.remove(p.file_codes == code)) for p in segments) if q.size]
+            all_codes = _joined(file_codes)
+            keep = all_codes != code
+            ids, file_codes = [_joined(ids)[keep]], [all_codes[keep]]
+            matrices = [_joined(matrices)[keep]] if matrices else []
+            continue
+        code = codes.setdefault(b.file_id, len(codes))
+        if code == len(file_ids):
+            file_ids.append(b.file_id)
+        rows = [(i, code, e.terms, e.tfs, e.length) for i, e in zip(b.ids, b.encoded, strict=True)]
+        segments.append(Postings.build(rows, file_ids))
+        ids.append(np.asarray(b.ids, dtype=np.int64))
+        file_codes.append(np.full(len(b.ids), code, dtype=np.int32))
+        matrices.append(b.vectors)
+        # Merge while the newest segment is at least half its predecessor: sizes stay geometric, so
+        # a store has O(log n) segments and each posting is re-sorted O(log n) times.
+        while len(segments) > 1 and 2 * segments[-1].size >= segments[-2].size:
+            last = segments.pop()
+            segments[-1] = Postings.merge([segments[-1], last], file_ids)
+    matrix = np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)
+    return _StoreVectors(np.concatenate(ids), np.concatenate(file_codes), file_ids, matrix, segments)
+
+
+def _joined(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _compacted(part: Postings) -> Postings:
+    return part.compact() if part.removed_docs > COMPACT_SHARE * part.size else part
 
 
 def _top_k(store: _StoreVectors, query: Vectors, limit: int, file_ids: Collection[str] | None) -> list[Candidate]:

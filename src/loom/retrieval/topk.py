@@ -65,6 +65,8 @@ def maxscore_rank(
 ) -> list[Candidate]:
     """`bm25.rank`'s result (see the module's description); past `dense_share` of the chunks to score,
     `bm25.rank` itself. Blocking (numpy)."""
+    if any(s.removed_docs for s in stores):  # docs masked out (`Postings.remove`): the dense pass knows them
+        return rank(stores, hashes, limit, allowed)
     terms = sorted({int(h) for h in hashes})
     n = sum(s.size for s in stores)
     if not terms or n == 0 or limit <= 0 or (allowed is not None and not allowed):

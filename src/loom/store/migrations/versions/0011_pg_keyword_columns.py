@@ -5,7 +5,7 @@ Python batches) and `generation`, `deleted_generation` to retrieval_store_stats
 (`loom.retrieval.pg_keywords`). SQLite: nothing to do.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from alembic import op
 from loom.retrieval.schema import keyword_columns_downgrade, keyword_columns_upgrade
 
 revision = "0011"
-down_revision = "0009"  # h-kwsqlite's 0010 when it lands
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
