@@ -9,6 +9,25 @@ dir, LOOM_TEST_PGDATA) and reuses it on later runs, so a million chunks are load
 Chunks are synthetic: 150-word texts drawn from SciFact's word frequencies (read from
 ../shared/data/ir/scifact, nothing copied) and random unit vectors of the bundled embedder's size;
 queries are SciFact's real test claims. Baseline printed alongside: the query embedding alone.
+
+SQLite, issue 15 (exact per-store BM25 over in-memory postings vs main's FTS5), alternating runs
+main, branch, main, branch on the shared 2-core machine (load 4-10 from other work; the two values
+are the two rounds, ms):
+
+    size  what                          main            branch
+    10k   keyword p50 / p99             20 / 70, 20 / 425     2.1 / 8, 2.2 / 14
+    10k   hybrid p50 / p99              37 / 142, 65 / 312    7.9 / 41, 8.9 / 60
+    10k   first search (cold), RSS      881, 2494 (+92 MB)    1035, 1774 (+137 MB)
+    10k   first search after add / del  163 / 287, 474 / 509  31 / 53, 50 / 24
+    100k  keyword p50 / p99             48 / 179, 96 / 372    8.9 / 118, 7.4 / 47
+    100k  hybrid p50 / p99              164 / 387, 233 / 511  63 / 421, 41 / 160
+    100k  first search (cold), RSS      1506, 4269 (+183 MB)  21080*, 5614 (+232, +270 MB)
+    100k  first search after add / del  1770 / 1794, 3419 / 2612   319 / 1824*, 95 / 113
+
+(* round 1 of the branch ran beside a test run, and before deletes stopped copying the vector
+matrix.) Ingestion (bench/retrieval_ingest.py, wordllama, 20 text files): main 88, 93 chunks/s,
+branch 100, 95. The cold load is the branch's weak point: ~2x main's (it reads and sorts every
+chunk's postings besides the vectors), down from ~4x.
 """
 
 from __future__ import annotations

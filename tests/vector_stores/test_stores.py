@@ -397,3 +397,34 @@ def test_attribute_limits(client: openai.OpenAI) -> None:
     ok: dict[str, str | float | bool] = {"year": 2024, "draft": False, "team": "x" * 512, "score": 0.5}
     created = client.vector_stores.files.create(vector_store_id=vs.id, file_id=file_id, attributes=ok)
     assert created.attributes == ok
+
+
+def test_search_scores_do_not_move_when_another_project_ingests(
+    client: openai.OpenAI, other_client: openai.OpenAI
+) -> None:
+    # Issue 15: keyword statistics are the searched store's own. Another project's store flooding
+    # one of the query's words changes neither this store's results nor their scores.
+    vs = client.vector_stores.create(name="mine")
+    docs = [
+        b"Ribosomes translate messenger RNA into protein.\n",
+        b"Chaperones assist the folding of new polypeptides.\n",
+        b"Kinase signalling controls tumour growth in mice.\n",
+        b"Protein chaperones prevent aggregation during growth.\n",
+    ]
+    for i, body in enumerate(docs):
+        client.vector_stores.files.upload_and_poll(vector_store_id=vs.id, file=(f"m{i}.txt", body), poll_interval_ms=20)
+    query = "protein chaperones growth"
+
+    def ranked() -> list[tuple[str, float]]:
+        return [(r.file_id, r.score) for r in client.vector_stores.search(vs.id, query=query).data]
+
+    before = ranked()
+    assert len(before) == len(docs)
+    theirs = other_client.vector_stores.create(name="theirs")
+    flood = "\n".join(f"Protein {i} binds protein {i + 1}; protein levels rose in sample {i}." for i in range(400))
+    done = other_client.vector_stores.files.upload_and_poll(
+        vector_store_id=theirs.id, file=("flood.txt", flood.encode()), poll_interval_ms=20
+    )
+    assert done.status == "completed"
+    assert other_client.vector_stores.search(theirs.id, query="protein").data
+    assert ranked() == before  # the same files, the same scores, exactly

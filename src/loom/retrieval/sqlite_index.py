@@ -46,6 +46,8 @@ class _StoreVectors:
     file_ids: list[str]  # code -> file id
     matrix: Vectors
     segments: list[Postings] = field(default_factory=list)  # the store's keyword postings, in parts
+    # Rows of deleted files still in `matrix` (None: none), left out of vector search until compacted.
+    gone: npt.NDArray[np.bool_] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,11 +331,13 @@ def _build_store(parts: list[_Part], file_ids: list[str]) -> _StoreVectors:
 def _apply(store: _StoreVectors, writes: Sequence[_Batch | _Removal]) -> _StoreVectors:
     """The store with these writes applied, in order: a new entry (searches running on the old one go
     on). An added batch becomes a postings segment; a deleted file is masked out of the segments
-    (`Postings.remove`: BM25 stays exact without a rebuild) and dropped from the vector matrix."""
+    (`Postings.remove`: BM25 stays exact without a rebuild) and of the vector rows (`gone`), each
+    compacted once a quarter of it is deleted."""
     file_ids = list(store.file_ids)
     codes = {f: i for i, f in enumerate(file_ids)}
     segments = list(store.segments)
     ids, file_codes = [store.ids], [store.file_codes]
+    gone = [store.gone if store.gone is not None else np.zeros(store.ids.shape[0], dtype=bool)]
     matrices = [store.matrix] if store.matrix.size else []
     for b in writes:
         if isinstance(b, _Removal):
@@ -341,10 +345,12 @@ def _apply(store: _StoreVectors, writes: Sequence[_Batch | _Removal]) -> _StoreV
             if code is None:
                 continue
             segments = [q for q in (_compacted(p.remove(p.file_codes == code)) for p in segments) if q.size]
-            all_codes = _joined(file_codes)
-            keep = all_codes != code
-            ids, file_codes = [_joined(ids)[keep]], [all_codes[keep]]
-            matrices = [_joined(matrices)[keep]] if matrices else []
+            ids, file_codes = [_joined(ids)], [_joined(file_codes)]
+            gone = [_joined(gone) | (file_codes[0] == code)]
+            if int(gone[0].sum()) > COMPACT_SHARE * gone[0].shape[0]:
+                keep = ~gone[0]
+                ids, file_codes, gone = [ids[0][keep]], [file_codes[0][keep]], [gone[0][keep]]
+                matrices = [_joined(matrices)[keep]] if matrices else []
             continue
         code = codes.setdefault(b.file_id, len(codes))
         if code == len(file_ids):
@@ -353,14 +359,18 @@ def _apply(store: _StoreVectors, writes: Sequence[_Batch | _Removal]) -> _StoreV
         segments.append(Postings.build(rows, file_ids))
         ids.append(np.asarray(b.ids, dtype=np.int64))
         file_codes.append(np.full(len(b.ids), code, dtype=np.int32))
+        gone.append(np.zeros(len(b.ids), dtype=bool))
         matrices.append(b.vectors)
         # Merge while the newest segment is at least half its predecessor: sizes stay geometric, so
         # a store has O(log n) segments and each posting is re-sorted O(log n) times.
         while len(segments) > 1 and 2 * segments[-1].size >= segments[-2].size:
             last = segments.pop()
             segments[-1] = Postings.merge([segments[-1], last], file_ids)
-    matrix = np.concatenate(matrices) if matrices else np.zeros((0, 0), np.float32)
-    return _StoreVectors(np.concatenate(ids), np.concatenate(file_codes), file_ids, matrix, segments)
+    matrix = _joined(matrices) if matrices else np.zeros((0, 0), np.float32)
+    removed = _joined(gone)
+    return _StoreVectors(
+        _joined(ids), _joined(file_codes), file_ids, matrix, segments, removed if removed.any() else None
+    )
 
 
 def _joined(parts: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
@@ -375,6 +385,8 @@ def _top_k(store: _StoreVectors, query: Vectors, limit: int, file_ids: Collectio
     if store.matrix.shape[0] == 0 or store.matrix.shape[1] != query.shape[0]:
         return []
     scores = store.matrix @ query
+    if store.gone is not None:
+        scores[store.gone] = -np.inf
     if file_ids is not None:
         wanted = set(file_ids)
         allowed = np.array([f in wanted for f in store.file_ids], dtype=bool)
