@@ -8,8 +8,9 @@ and checked before every load against the SHA-256 published for that model on Hu
 At load the BERT graph is written out with `onnx` from those verified tensors (no PyTorch, no file
 from anyone else's export), its matrix products quantised to int8 with ONNX Runtime's dynamic
 quantisation, and run by ONNX Runtime on the CPU. Texts are tokenised to at most 256 word pieces
-(the model's own limit) and run one at a time (see `MiniLMRuntime.encode`); the output is
-mean-pooled over the tokens and L2-normalised, as sentence-transformers does.
+(the model's own limit) and run one per inference, each on one thread, as many at once as the process
+has cores (see `MiniLMRuntime.encode`); the output is mean-pooled over the tokens and L2-normalised,
+as sentence-transformers does.
 The model loads once per process, lazily, under a lock; `InferenceSession.run` is thread-safe.
 """
 
@@ -23,6 +24,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,8 @@ class _Graph:
         b = self.const(prefix + ".bias", self.w[prefix + ".bias"])
         return self.node("LayerNormalization", [x, g, b], out, axis=-1, epsilon=LN_EPS)
 
-    def layer(self, i: int, x: str, bias: str) -> str:
-        """One encoder layer: self-attention (padded keys masked by `bias`), then the GELU feed-forward."""
+    def layer(self, i: int, x: str) -> str:
+        """One encoder layer: self-attention over all the tokens, then the GELU feed-forward."""
         from onnx import helper
 
         p, d = f"encoder.layer.{i}.", HIDDEN // HEADS
@@ -113,7 +115,7 @@ class _Graph:
         v = node("Transpose", [node("Reshape", [v, heads_shape], f"l{i}_vr")], f"l{i}_vt", perm=[0, 2, 1, 3])
         scale = self.const(f"scale{i}", 1.0 / math.sqrt(d))
         scores = node("Mul", [node("MatMul", [q, k], f"l{i}_qk"), scale], f"l{i}_scaled")
-        probs = node("Softmax", [node("Add", [scores, bias], f"l{i}_masked")], f"l{i}_probs", axis=-1)
+        probs = node("Softmax", [scores], f"l{i}_probs", axis=-1)
         ctx = node("Transpose", [node("MatMul", [probs, v], f"l{i}_ctx")], f"l{i}_ctxt", perm=[0, 2, 1, 3])
         ctx = node("Reshape", [ctx, self.const(f"hidden_shape{i}", [0, 0, HIDDEN], np.int64)], f"l{i}_ctxr")
         attn = linear(ctx, p + "attention.output.dense", f"l{i}_attn")
@@ -148,19 +150,16 @@ def _build_graph(model_dir: Path) -> Any:
     tok_emb = g.node("Gather", [word, "input_ids"], "tok_emb")
     x = g.node("Add", [tok_emb, g.node("Gather", [pos, "positions"], "pos_emb")], "emb")
     x = g.layer_norm(x, "embeddings.LayerNorm", "emb_ln")
-    # Padded keys get -1e4 before softmax: (1 - mask) * -1e4, shaped (B, 1, 1, L).
-    maskf = g.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
-    bias = g.node("Mul", [g.node("Sub", [g.const("one", 1.0), maskf], "inv_mask"), g.const("neg", -1e4)], "mask_bias")
-    bias = g.node("Unsqueeze", [bias, g.const("axes12", [1, 2], np.int64)], "mask_bias4")
+    # No attention mask: a run is one text, unpadded (`MiniLMRuntime.encode`), so every key is a token (the
+    # mask's add of zeros to each layer's (12, L, L) scores was a tenth of the model's time).
     for i in range(LAYERS):
-        x = g.layer(i, x, bias)
+        x = g.layer(i, x)
     g.nodes.append(helper.make_node("Identity", [x], ["hidden"], name="out"))
     graph = helper.make_graph(
         g.nodes,
         "all-MiniLM-L6-v2",
         [
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"]),
             helper.make_tensor_value_info("positions", TensorProto.INT64, ["seq"]),
         ],
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["batch", "seq", HIDDEN])],
@@ -182,7 +181,18 @@ class _QuantizerChatter(logging.Filter):
 class MiniLMRuntime:
     """Tokenizer + int8 ONNX Runtime session for one verified copy of the weights."""
 
-    def __init__(self, model_dir: Path, *, quantize: bool = True, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        *,
+        quantize: bool = True,
+        threads: int | None = None,
+        intra_op_threads: int = 1,
+        fuse_skip_layer_norm: bool = False,
+    ) -> None:
+        """`threads`: how many texts run at once (default: the cores this process may use). The other two
+        are for `bench/embed_throughput.py`'s baseline (how Loom ran the model before): threads per run,
+        and ONNX Runtime's SkipLayerNormalization fusion."""
         import onnx
         import onnxruntime as ort
         from tokenizers import Tokenizer
@@ -206,29 +216,50 @@ class MiniLMRuntime:
                     logging.getLogger().removeFilter(chatter)
             options = ort.SessionOptions()
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = threads or os.cpu_count() or 1
+            # One thread per run, and up to `workers` runs at once (`encode`): a 256-piece text is too small a
+            # problem to split across cores (measured: two single-threaded runs side by side embed 1.7x the
+            # chunks/s of one run on two threads), and a query is one short run either way.
+            options.intra_op_num_threads = intra_op_threads
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            # ONNX Runtime fuses each residual Add + LayerNormalization into a SkipLayerNormalization, whose
+            # CPU kernel took 2.3 ms on a (1, 256, 384) input here against 0.2 ms for the two ops unfused (a
+            # quarter of the model's time): keep them apart. (The vectors stay within int8 noise of the fused
+            # graph's: cosine >= 0.999.)
+            disabled = [] if fuse_skip_layer_norm else ["SkipLayerNormFusion"]
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+            )
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         # tokenizer.json ships with truncation at 128 and padding to 128: the model is run at 256, unpadded.
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
         self.tokenizer.no_padding()
+        self.workers = max(1, threads or len(os.sched_getaffinity(0)))
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="loom-minilm") if self.workers > 1 else None
 
     def encode(self, texts: Sequence[str]) -> Vectors:
         """One run per text: dynamic int8 quantisation scales activations per run, so a text batched with
         others would get a vector that depends on them; alone, its vector is the same wherever it is
         embedded (ingestion or search). A 256-piece text is a full-sized matrix product by itself."""
         out = np.zeros((len(texts), HIDDEN), dtype=np.float32)
-        for row, encoding in enumerate(self.tokenizer.encode_batch(list(texts))):
-            n = len(encoding.ids)
+        encodings = self.tokenizer.encode_batch(list(texts))
+
+        def run(row: int) -> None:
+            n = len(encodings[row].ids)
             if n == 0:
-                continue
-            ids = np.asarray(encoding.ids, dtype=np.int64).reshape(1, n)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "positions": np.arange(n, dtype=np.int64)}
+                return
+            ids = np.asarray(encodings[row].ids, dtype=np.int64).reshape(1, n)
+            feeds = {"input_ids": ids, "positions": np.arange(n, dtype=np.int64)}
             (hidden,) = self.session.run(["hidden"], feeds)
             pooled = hidden[0].mean(axis=0)
             out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+
+        if self._pool is None or len(encodings) < 2:
+            for row in range(len(encodings)):
+                run(row)
+        else:  # `InferenceSession.run` is thread-safe, and releases the GIL while it computes
+            for _ in self._pool.map(run, range(len(encodings))):
+                pass
         return out
 
 
