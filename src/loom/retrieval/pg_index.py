@@ -33,7 +33,7 @@ from loom.retrieval.index_sql import (
     stored_chunk,
 )
 from loom.retrieval.pg_keywords import DEFAULT_CACHE_BYTES, GENERATION_SEQUENCE, SESSION_SETTINGS, KeywordCache
-from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema, hnsw_index_statement
+from loom.retrieval.schema import DEFAULT_DIMENSIONS, create_schema, hnsw_index_statement
 
 
 def vector_literal(vector: Any) -> str:
@@ -50,9 +50,8 @@ _STORE_LOCK_CLASS = 0x4C4F  # "LO"
 
 
 async def _lock_store(conn: AsyncConnection, vector_store_id: str) -> None:
-    """Serialize this transaction with the store's other statistics writes until it ends. Two writes
-    of one store update the same lexeme rows, and a delete's UPDATE and an ingest's INSERT … ON
-    CONFLICT take those row locks in different orders: without this they could deadlock."""
+    """Serialize this transaction with the store's other writes until it ends, so that one store's
+    generations commit in increasing order (`loom.retrieval.pg_keywords`)."""
     await conn.execute(
         text("SELECT pg_advisory_xact_lock(:c, hashtext(:vs))"), {"c": _STORE_LOCK_CLASS, "vs": vector_store_id}
     )
@@ -135,40 +134,25 @@ class PostgresChunkIndex:
                 await conn.execute(
                     text(
                         f"WITH g AS (SELECT nextval('{GENERATION_SEQUENCE}') AS g) INSERT INTO retrieval_store_stats "
-                        "(vector_store_id, chunks, total_len, generation, deleted_generation) SELECT :vs, 0, 0, g, g "
+                        "(vector_store_id, chunks, generation, deleted_generation) SELECT :vs, 0, g, g "
                         "FROM g ON CONFLICT (vector_store_id) DO UPDATE SET generation = excluded.generation "
                         "RETURNING generation"
                     ),
                     {"vs": vector_store_id},
                 )
             ).scalar_one()
-            # BM25 needs |D| and per-term frequencies; both come from the same tsvector (configuration
-            # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per
-            # query. The store's statistics (lexeme document frequencies, chunk count, total length)
-            # move in the same statement, so they always match the committed chunks.
+            # The store's chunk count moves in the same statement, so it always matches the committed chunks.
             await conn.execute(
                 text(
                     "WITH ins AS (INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, "
-                    "start_offset, end_offset, token_count, text, embedding, embedding_dims, doc_len, term_freqs, "
+                    "start_offset, end_offset, token_count, text, embedding, embedding_dims, "
                     "kw_terms, kw_tfs, kw_len, kw_generation) "
-                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, s.len, s.tf, "
-                    "r.kt, r.kf, r.kl, :g "
+                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, r.kt, r.kf, r.kl, :g "
                     "FROM unnest(CAST(:i AS int[]), CAST(:s AS int[]), CAST(:e AS int[]), CAST(:t AS int[]), "
                     "CAST(:txt AS text[]), CAST(:emb AS text[]), CAST(:kt AS bytea[]), CAST(:kf AS bytea[]), "
-                    "CAST(:kl AS int[])) AS r(i, s, e, t, txt, emb, kt, kf, kl) "
-                    "CROSS JOIN LATERAL (SELECT COALESCE(sum(array_length(positions, 1)), 0) AS len, "
-                    "COALESCE(jsonb_object_agg(lexeme, array_length(positions, 1)), '{}'::jsonb) AS tf "
-                    f"FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', r.txt))) AS s "
-                    "RETURNING tsv, doc_len), "
-                    # Sorted, so that two ingests into one store lock shared lexemes in the same order.
-                    "terms AS (INSERT INTO retrieval_terms (vector_store_id, lexeme, df) "
-                    "SELECT :vs, t.lexeme, count(*) FROM ins, LATERAL unnest(tsvector_to_array(ins.tsv)) AS t(lexeme) "
-                    "GROUP BY t.lexeme ORDER BY t.lexeme "
-                    "ON CONFLICT (vector_store_id, lexeme) DO UPDATE SET df = retrieval_terms.df + excluded.df) "
-                    "INSERT INTO retrieval_store_stats (vector_store_id, chunks, total_len) "
-                    "SELECT :vs, count(*), COALESCE(sum(doc_len), 0) FROM ins "
-                    "ON CONFLICT (vector_store_id) DO UPDATE SET chunks = retrieval_store_stats.chunks + "
-                    "excluded.chunks, total_len = retrieval_store_stats.total_len + excluded.total_len"
+                    "CAST(:kl AS int[])) AS r(i, s, e, t, txt, emb, kt, kf, kl) RETURNING 1) "
+                    "UPDATE retrieval_store_stats SET chunks = chunks + (SELECT count(*) FROM ins) "
+                    "WHERE vector_store_id = :vs"
                 ),
                 {
                     "vs": vector_store_id,
@@ -194,12 +178,8 @@ class PostgresChunkIndex:
                 await conn.execute(
                     text(
                         "WITH d AS (DELETE FROM retrieval_chunks WHERE vector_store_id = :vs AND file_id = :f "
-                        "RETURNING tsv, doc_len), "
-                        "t AS (UPDATE retrieval_terms r SET df = r.df - x.n FROM (SELECT t.lexeme, count(*) AS n "
-                        "FROM d, LATERAL unnest(tsvector_to_array(d.tsv)) AS t(lexeme) GROUP BY t.lexeme) AS x "
-                        "WHERE r.vector_store_id = :vs AND r.lexeme = x.lexeme), "
-                        "s AS (UPDATE retrieval_store_stats SET chunks = chunks - (SELECT count(*) FROM d), "
-                        "total_len = total_len - (SELECT COALESCE(sum(doc_len), 0) FROM d) "
+                        "RETURNING 1), "
+                        "s AS (UPDATE retrieval_store_stats SET chunks = chunks - (SELECT count(*) FROM d) "
                         "WHERE vector_store_id = :vs) "
                         "SELECT count(*) FROM d"
                     ),
@@ -207,10 +187,6 @@ class PostgresChunkIndex:
                 )
             ).scalar_one()
             if removed:
-                # A separate statement: the CTE's updates are not visible to the rest of its statement.
-                await conn.execute(
-                    text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs AND df <= 0"), {"vs": vector_store_id}
-                )
                 # A new generation that is a delete's: replicas reload the store (`pg_keywords`).
                 await conn.execute(
                     text(
@@ -229,7 +205,6 @@ class PostgresChunkIndex:
             await _lock_store(conn, vector_store_id)
             result = await conn.execute(text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs"), params)
             await conn.execute(text("DELETE FROM retrieval_files WHERE vector_store_id = :vs"), params)
-            await conn.execute(text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs"), params)
             await conn.execute(text("DELETE FROM retrieval_store_stats WHERE vector_store_id = :vs"), params)
         return int(result.rowcount or 0)
 
