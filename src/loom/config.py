@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     ingest_memory_mb: int = 2048
     ingest_timeout_s: float = 600.0
     vector_store_janitor_s: float = 60.0
+    # PostgreSQL keyword search: memory (MB) per replica for stores' in-memory keyword indexes (about
+    # 0.5 GB per million chunks); past it the least recently searched stores are dropped and reloaded
+    # when next searched.
+    keyword_cache_mb: int = 1024
 
     # Webhooks (`/v1/loom/webhooks`). Endpoints on loopback, private or link-local addresses are refused
     # (at registration and again at each delivery) unless this is true.

@@ -180,7 +180,9 @@ class Container:
         return SQLiteChunkIndex(self.db.engine)
 
     def _postgres_index(self) -> ChunkIndex:
-        return PostgresChunkIndex(self.db.engine, self.embedder.dimensions)
+        return PostgresChunkIndex(
+            self.db.engine, self.embedder.dimensions, keyword_cache_bytes=self.settings.keyword_cache_mb * 1024 * 1024
+        )
 
     async def start(self) -> None:
         await migrate(self.db.engine)

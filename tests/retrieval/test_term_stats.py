@@ -1,5 +1,7 @@
-"""PostgreSQL's BM25 statistics (lexeme document frequencies, store sizes), kept at ingest by
-`PostgresChunkIndex` and backfilled by migration 0003; checked against a recount from the chunks."""
+"""PostgreSQL's per-store statistics (chunk counts; lexeme document frequencies and total lengths
+until migration 0011 dropped them), kept at ingest by `PostgresChunkIndex` and backfilled by
+migrations 0003 and 0011's downgrade; checked against a recount from the chunks. And that
+`create_schema` makes the schema the migrations make."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.pg_index import PostgresChunkIndex, _lock_store
-from loom.retrieval.schema import schema_statements
+from loom.retrieval.schema import create_schema, keyword_columns_downgrade, keyword_columns_upgrade, schema_statements
 from tests.support.postgres import new_database
 
 VERSIONS = Path(__file__).resolve().parents[2] / "src/loom/store/migrations/versions"
@@ -41,14 +43,27 @@ def _chunks(texts: list[str]) -> tuple[list[Chunk], np.ndarray]:
     return [Chunk(i, t, 0, len(t), len(t.split())) for i, t in enumerate(texts)], vectors
 
 
-async def _stats(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, int]]]:
+async def _stats(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        stores = await conn.execute(text("SELECT vector_store_id, chunks FROM retrieval_store_stats"))
+        return {r[0]: int(r[1]) for r in stores if r[1]}
+
+
+async def _recount(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        stores = await conn.execute(text("SELECT vector_store_id, count(*) FROM retrieval_chunks GROUP BY 1"))
+        return {r[0]: int(r[1]) for r in stores}
+
+
+async def _term_stats(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, int]]]:
+    """0003's statistics (before 0011, or after its downgrade)."""
     async with engine.connect() as conn:
         terms = await conn.execute(text("SELECT vector_store_id, lexeme, df FROM retrieval_terms"))
         stores = await conn.execute(text("SELECT vector_store_id, chunks, total_len FROM retrieval_store_stats"))
         return {(r[0], r[1]): int(r[2]) for r in terms}, {r[0]: (int(r[1]), int(r[2])) for r in stores if r[1]}
 
 
-async def _recount(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, int]]]:
+async def _term_recount(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], dict[str, tuple[int, int]]]:
     async with engine.connect() as conn:
         terms = await conn.execute(
             text(
@@ -73,18 +88,13 @@ async def test_statistics_follow_adds_and_deletes(engine: AsyncEngine) -> None:
         await index.put_file(store, file_id, f"{file_id}.txt")
         await index.add_chunks(store, file_id, *_chunks(texts))
     expected = await _recount(engine)
-    assert await _stats(engine) == expected
-    assert expected[0][("vs_a", "lava")] == 3  # one chunk of file-1, two of file-2
-    assert expected[1]["vs_b"][0] == 3
+    assert await _stats(engine) == expected == {"vs_a": 4, "vs_b": 3}
 
     assert await index.delete_file("vs_a", "file-2") == 2
-    assert await _stats(engine) == await _recount(engine)
-    terms, _ = await _stats(engine)
-    assert ("vs_a", "whale") not in terms  # no chunk of vs_a holds it any more: no zero rows left
-    assert terms[("vs_b", "whale")] == 1
+    assert await _stats(engine) == await _recount(engine) == {"vs_a": 2, "vs_b": 3}
 
     assert await index.delete_store("vs_b") == 3
-    assert await _stats(engine) == await _recount(engine)
+    assert await _stats(engine) == await _recount(engine) == {"vs_a": 2}
     assert await index.delete_file("vs_a", "file-missing") == 0
     assert await _stats(engine) == await _recount(engine)
 
@@ -143,16 +153,26 @@ async def test_migration_0003_backfills_a_0002_database(engine: AsyncEngine) -> 
             )
         tables = await conn.run_sync(_run, rev, "upgrade")
     assert {"retrieval_terms", "retrieval_store_stats"} <= tables
-    expected = await _recount(engine)
-    assert await _stats(engine) == expected
+    expected = await _term_recount(engine)
+    assert await _term_stats(engine) == expected
     assert expected[0][("vs_a", "lava")] == 2
     assert expected[1]["vs_b"][0] == 1
 
-    # The upgraded database then keeps them up to date.
+    # 0011 drops them (and the tsvector); the index then keeps the chunk counts.
+    async with engine.begin() as conn:
+        await conn.run_sync(keyword_columns_upgrade)
+        assert "retrieval_terms" not in set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     index = PostgresChunkIndex(engine, dimensions=8)
     await index.put_file("vs_b", "file-2", "w.txt")
     await index.add_chunks("vs_b", "file-2", *_chunks(["Whales sing."]))
-    assert await _stats(engine) == await _recount(engine)
+    assert await _stats(engine) == await _recount(engine) == {"vs_a": 2, "vs_b": 2}
+
+    # 0011's downgrade recomputes 0003's statistics, counting the chunk added since.
+    async with engine.begin() as conn:
+        await conn.run_sync(keyword_columns_downgrade)
+    expected = await _term_recount(engine)
+    assert await _term_stats(engine) == expected
+    assert expected[0][("vs_b", "sing")] == 1 and expected[1]["vs_b"][0] == 2
 
     async with engine.begin() as conn:
         tables = await conn.run_sync(_run, rev, "downgrade")
@@ -170,49 +190,6 @@ async def test_migration_0003_on_sqlite_changes_nothing(tmp_path: Path) -> None:
     await engine.dispose()
 
 
-def _synthetic_store(rows: int) -> list[str]:
-    """Chunks of filler words; every 13th holds "alpha", every 17th "beta", every 19th "gamma"."""
-    texts = []
-    for i in range(rows):
-        words = [f"filler{(i * 7 + j) % 50}" for j in range(12)]
-        words += [w for w, every in (("alpha", 13), ("beta", 17), ("gamma", 19)) if i % every == 0]
-        texts.append(" ".join(words))
-    return texts
-
-
-async def test_large_store_scores_co_occurring_terms_first(engine: AsyncEngine) -> None:
-    texts = _synthetic_store(1000)
-    exact = PostgresChunkIndex(engine, dimensions=8)
-    await exact.create_schema()
-    await exact.put_file("vs_a", "file-1", "a.txt")
-    await exact.add_chunks("vs_a", "file-1", *_chunks(texts))
-    # The same store seen as a large one: "gamma", the rarest, is in 53 chunks, past the budget of 20.
-    budgeted = PostgresChunkIndex(engine, dimensions=8, first_pass_rows=20, large_store=100)
-    want = await exact.keyword_candidates(["vs_a"], ["alpha", "beta", "gamma"], 5)
-    got = await budgeted.keyword_candidates(["vs_a"], ["alpha", "beta", "gamma"], 5)
-    assert got == want  # the top chunks hold two or three of the terms; the groups find them all
-    async with engine.connect() as conn:
-        ids = [c.chunk_id for c in got]
-        held = await conn.execute(text("SELECT text FROM retrieval_chunks WHERE id = ANY(:ids)"), {"ids": ids})
-        assert all(sum(w in t.split() for w in ("alpha", "beta", "gamma")) >= 2 for (t,) in held)
-
-
-async def test_large_store_without_co_occurrence_scores_a_bounded_sample(engine: AsyncEngine) -> None:
-    texts = _synthetic_store(1000)
-    index = PostgresChunkIndex(engine, dimensions=8, first_pass_rows=20, large_store=100)
-    await index.create_schema()
-    await index.put_file("vs_a", "file-1", "a.txt")
-    await index.add_chunks("vs_a", "file-1", *_chunks(texts))
-    # "filler3" and "filler4" are each in most chunks: no AND group fits the budget, so the first
-    # 20 chunks holding the rarer one are scored, and at most that many come back.
-    found = await index.keyword_candidates(["vs_a"], ["filler3", "filler4"], 100)
-    assert 0 < len(found) <= 20
-    scores = [c.score for c in found]
-    assert scores == sorted(scores, reverse=True)
-    # Filtered the same way: only the allowed file's chunks.
-    assert await index.keyword_candidates(["vs_a"], ["filler3", "filler4"], 100, file_ids=["file-2"]) == []
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_fresh_database_migrates_through_0003(backend: str, tmp_path: Path) -> None:
     from loom.store.migrate import migrate
@@ -226,7 +203,8 @@ async def test_fresh_database_migrates_through_0003(backend: str, tmp_path: Path
             version = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one()
             assert version >= "0003"
             tables = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
-        assert ({"retrieval_terms", "retrieval_store_stats"} <= tables) == (backend == "postgres")
+        assert ("retrieval_store_stats" in tables) == (backend == "postgres")
+        assert "retrieval_terms" not in tables  # 0011 dropped it
     finally:
         await engine.dispose()
 
@@ -250,9 +228,7 @@ async def test_concurrent_ingests_and_deletes_of_one_store_keep_the_statistics(e
         *[ingest(n) for n in range(1, 8, 2)], *[index.delete_file("vs_busy", f"file-{n}") for n in range(0, 8, 2)]
     )
     assert results[4:] == [40, 40, 40, 40]
-    assert await _stats(engine) == await _recount(engine)
-    counted = await _recount(engine)
-    assert counted[1]["vs_busy"][0] == 4 * 40
+    assert await _stats(engine) == await _recount(engine) == {"vs_busy": 4 * 40}
 
 
 async def test_statistics_writes_of_one_store_take_turns(engine: AsyncEngine) -> None:
@@ -273,3 +249,56 @@ async def test_statistics_writes_of_one_store_take_turns(engine: AsyncEngine) ->
         await holder.execute(text("COMMIT"))
     await asyncio.wait_for(asyncio.gather(ingest, delete), 30)
     assert await _stats(engine) == await _recount(engine)
+
+
+_SNAPSHOT = [
+    "SELECT table_name, column_name, data_type, is_nullable, column_default, generation_expression "
+    "FROM information_schema.columns WHERE table_schema = current_schema() AND table_name LIKE 'retrieval%' "
+    "ORDER BY 1, 2",
+    "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() "
+    "AND tablename LIKE 'retrieval%' ORDER BY 1, 2",
+    "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = current_schema() "
+    "AND sequence_name LIKE 'retrieval%' ORDER BY 1",
+]
+
+
+async def _schema(engine: AsyncEngine) -> list[list[tuple[object, ...]]]:
+    async with engine.connect() as conn:
+        return [[tuple(r) for r in await conn.execute(text(q))] for q in _SNAPSHOT]
+
+
+def _alembic(sync_conn: object, step: str, target: str) -> None:
+    from alembic import command
+
+    from loom.store.migrate import alembic_config
+
+    getattr(command, step)(alembic_config(sync_conn), target)  # type: ignore[arg-type]
+
+
+async def test_create_schema_makes_what_the_migrations_make() -> None:
+    """At head: the same retrieval tables, columns and indexes whether migrated or made by
+    `create_schema` (twice: it stays idempotent on a database past 0011), and none of the tsvector
+    keyword search's. 0011's downgrade gives back the schema a database at 0010 has."""
+    migrated, made, at_0010 = (create_async_engine(new_database("schema")) for _ in range(3))
+    try:
+        async with migrated.begin() as conn:
+            await conn.run_sync(_alembic, "upgrade", "head")
+        for _ in range(2):
+            async with made.begin() as conn:
+                await create_schema(conn, "postgresql")
+        head = await _schema(migrated)
+        assert await _schema(made) == head
+        columns = {(r[0], r[1]) for r in head[0]}
+        assert ("retrieval_chunks", "kw_terms") in columns and ("retrieval_store_stats", "chunks") in columns
+        assert not {c for c in columns if c[1] in {"tsv", "term_freqs", "doc_len", "total_len"}}
+        assert not {r[0] for r in head[0]} & {"retrieval_terms"}
+        assert "retrieval_chunks_tsv" not in {r[1] for r in head[1]}
+
+        async with at_0010.begin() as conn:
+            await conn.run_sync(_alembic, "upgrade", "0010")
+        async with migrated.begin() as conn:
+            await conn.run_sync(_alembic, "downgrade", "0010")
+        assert await _schema(migrated) == await _schema(at_0010)
+    finally:
+        for eng in (migrated, made, at_0010):
+            await eng.dispose()

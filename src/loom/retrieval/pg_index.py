@@ -1,4 +1,5 @@
-"""PostgreSQL index: pgvector HNSW (cosine) for vectors, tsvector + GIN with BM25 for keywords.
+"""PostgreSQL index: pgvector HNSW (cosine) for vectors, exact BM25 from in-memory postings for keywords
+(`loom.retrieval.pg_keywords`).
 
 Vectors travel as pgvector's text form, cast in SQL, so the index needs no codec registered on the
 application's engine. The column is dimension-less; each embedding size has a partial HNSW index
@@ -7,6 +8,7 @@ application's engine. The column is dimension-less; each embedding size has a pa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -15,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loom.retrieval import pg_keywords as keywords
+from loom.retrieval.bm25 import encode, query_hashes
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.errors import IndexingFailed
@@ -30,8 +32,8 @@ from loom.retrieval.index_sql import (
     set_attributes_statement,
     stored_chunk,
 )
-from loom.retrieval.pg_keywords import FIRST_PASS_ROWS, LARGE_STORE, SESSION_SETTINGS
-from loom.retrieval.schema import DEFAULT_DIMENSIONS, TEXT_SEARCH_CONFIG, create_schema, hnsw_index_statement
+from loom.retrieval.pg_keywords import DEFAULT_CACHE_BYTES, GENERATION_SEQUENCE, SESSION_SETTINGS, KeywordCache
+from loom.retrieval.schema import DEFAULT_DIMENSIONS, create_schema, hnsw_index_statement
 
 
 def vector_literal(vector: Any) -> str:
@@ -48,9 +50,8 @@ _STORE_LOCK_CLASS = 0x4C4F  # "LO"
 
 
 async def _lock_store(conn: AsyncConnection, vector_store_id: str) -> None:
-    """Serialize this transaction with the store's other statistics writes until it ends. Two writes
-    of one store update the same lexeme rows, and a delete's UPDATE and an ingest's INSERT … ON
-    CONFLICT take those row locks in different orders: without this they could deadlock."""
+    """Serialize this transaction with the store's other writes until it ends, so that one store's
+    generations commit in increasing order (`loom.retrieval.pg_keywords`)."""
     await conn.execute(
         text("SELECT pg_advisory_xact_lock(:c, hashtext(:vs))"), {"c": _STORE_LOCK_CLASS, "vs": vector_store_id}
     )
@@ -63,15 +64,13 @@ class PostgresChunkIndex:
         dimensions: int = DEFAULT_DIMENSIONS,
         ef_search: int = 100,
         *,
-        first_pass_rows: int = FIRST_PASS_ROWS,
-        large_store: int = LARGE_STORE,
+        keyword_cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         self._engine = engine
         self._dims = int(dimensions)
         self._hnsw_ready: set[int] = set()
         self._ef_search = int(ef_search)
-        self._first_pass_rows = int(first_pass_rows)
-        self._large_store = int(large_store)
+        self.keywords = KeywordCache(engine, keyword_cache_bytes)
 
     async def create_schema(self) -> None:
         async with self._engine.begin() as conn:
@@ -114,6 +113,9 @@ class PostgresChunkIndex:
             return
         dims = int(np.asarray(vectors).shape[1])
         await self._ensure_hnsw(dims)
+        # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
+        texts = [c.text.replace("\x00", "") for c in chunks]
+        encoded = await asyncio.to_thread(lambda: [encode(t) for t in texts])
         async with self._engine.begin() as conn:
             await _lock_store(conn, vector_store_id)
             # One embedding size per store: a store's vectors come from one model (`store_embedders`).
@@ -127,30 +129,30 @@ class PostgresChunkIndex:
                     f"Vector store {vector_store_id} holds {stored}-dimensional vectors; "
                     f"refusing to add {dims}-dimensional ones from another model."
                 )
-            # BM25 needs |D| and per-term frequencies; both come from the same tsvector (configuration
-            # `TEXT_SEARCH_CONFIG`) the GIN index holds, computed once here for a jsonb lookup per
-            # query. The store's statistics (lexeme document frequencies, chunk count, total length)
-            # move in the same statement, so they always match the committed chunks.
+            # The store's new generation, which its new chunks carry (`loom.retrieval.pg_keywords`).
+            generation = (
+                await conn.execute(
+                    text(
+                        f"WITH g AS (SELECT nextval('{GENERATION_SEQUENCE}') AS g) INSERT INTO retrieval_store_stats "
+                        "(vector_store_id, chunks, generation, deleted_generation) SELECT :vs, 0, g, g "
+                        "FROM g ON CONFLICT (vector_store_id) DO UPDATE SET generation = excluded.generation "
+                        "RETURNING generation"
+                    ),
+                    {"vs": vector_store_id},
+                )
+            ).scalar_one()
+            # The store's chunk count moves in the same statement, so it always matches the committed chunks.
             await conn.execute(
                 text(
                     "WITH ins AS (INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, "
-                    "start_offset, end_offset, token_count, text, embedding, embedding_dims, doc_len, term_freqs) "
-                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, s.len, s.tf "
+                    "start_offset, end_offset, token_count, text, embedding, embedding_dims, "
+                    "kw_terms, kw_tfs, kw_len, kw_generation) "
+                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, r.kt, r.kf, r.kl, :g "
                     "FROM unnest(CAST(:i AS int[]), CAST(:s AS int[]), CAST(:e AS int[]), CAST(:t AS int[]), "
-                    "CAST(:txt AS text[]), CAST(:emb AS text[])) AS r(i, s, e, t, txt, emb) "
-                    "CROSS JOIN LATERAL (SELECT COALESCE(sum(array_length(positions, 1)), 0) AS len, "
-                    "COALESCE(jsonb_object_agg(lexeme, array_length(positions, 1)), '{}'::jsonb) AS tf "
-                    f"FROM unnest(to_tsvector('{TEXT_SEARCH_CONFIG}', r.txt))) AS s "
-                    "RETURNING tsv, doc_len), "
-                    # Sorted, so that two ingests into one store lock shared lexemes in the same order.
-                    "terms AS (INSERT INTO retrieval_terms (vector_store_id, lexeme, df) "
-                    "SELECT :vs, t.lexeme, count(*) FROM ins, LATERAL unnest(tsvector_to_array(ins.tsv)) AS t(lexeme) "
-                    "GROUP BY t.lexeme ORDER BY t.lexeme "
-                    "ON CONFLICT (vector_store_id, lexeme) DO UPDATE SET df = retrieval_terms.df + excluded.df) "
-                    "INSERT INTO retrieval_store_stats (vector_store_id, chunks, total_len) "
-                    "SELECT :vs, count(*), COALESCE(sum(doc_len), 0) FROM ins "
-                    "ON CONFLICT (vector_store_id) DO UPDATE SET chunks = retrieval_store_stats.chunks + "
-                    "excluded.chunks, total_len = retrieval_store_stats.total_len + excluded.total_len"
+                    "CAST(:txt AS text[]), CAST(:emb AS text[]), CAST(:kt AS bytea[]), CAST(:kf AS bytea[]), "
+                    "CAST(:kl AS int[])) AS r(i, s, e, t, txt, emb, kt, kf, kl) RETURNING 1) "
+                    "UPDATE retrieval_store_stats SET chunks = chunks + (SELECT count(*) FROM ins) "
+                    "WHERE vector_store_id = :vs"
                 ),
                 {
                     "vs": vector_store_id,
@@ -160,9 +162,12 @@ class PostgresChunkIndex:
                     "s": [c.start for c in chunks],
                     "e": [c.end for c in chunks],
                     "t": [c.tokens for c in chunks],
-                    # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
-                    "txt": [c.text.replace("\x00", "") for c in chunks],
+                    "txt": texts,
                     "emb": [vector_literal(v) for v in vectors],
+                    "kt": [e.terms for e in encoded],
+                    "kf": [e.tfs for e in encoded],
+                    "kl": [e.length for e in encoded],
+                    "g": int(generation),
                 },
             )
 
@@ -173,12 +178,8 @@ class PostgresChunkIndex:
                 await conn.execute(
                     text(
                         "WITH d AS (DELETE FROM retrieval_chunks WHERE vector_store_id = :vs AND file_id = :f "
-                        "RETURNING tsv, doc_len), "
-                        "t AS (UPDATE retrieval_terms r SET df = r.df - x.n FROM (SELECT t.lexeme, count(*) AS n "
-                        "FROM d, LATERAL unnest(tsvector_to_array(d.tsv)) AS t(lexeme) GROUP BY t.lexeme) AS x "
-                        "WHERE r.vector_store_id = :vs AND r.lexeme = x.lexeme), "
-                        "s AS (UPDATE retrieval_store_stats SET chunks = chunks - (SELECT count(*) FROM d), "
-                        "total_len = total_len - (SELECT COALESCE(sum(doc_len), 0) FROM d) "
+                        "RETURNING 1), "
+                        "s AS (UPDATE retrieval_store_stats SET chunks = chunks - (SELECT count(*) FROM d) "
                         "WHERE vector_store_id = :vs) "
                         "SELECT count(*) FROM d"
                     ),
@@ -186,9 +187,14 @@ class PostgresChunkIndex:
                 )
             ).scalar_one()
             if removed:
-                # A separate statement: the CTE's updates are not visible to the rest of its statement.
+                # A new generation that is a delete's: replicas reload the store (`pg_keywords`).
                 await conn.execute(
-                    text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs AND df <= 0"), {"vs": vector_store_id}
+                    text(
+                        "UPDATE retrieval_store_stats SET (generation, deleted_generation) = "
+                        f"(SELECT g, g FROM (SELECT nextval('{GENERATION_SEQUENCE}') AS g) AS n) "
+                        "WHERE vector_store_id = :vs"
+                    ),
+                    {"vs": vector_store_id},
                 )
             await conn.execute(DELETE_FILE_ENTRY, {"vs": vector_store_id, "f": file_id})
         return int(removed)
@@ -199,7 +205,6 @@ class PostgresChunkIndex:
             await _lock_store(conn, vector_store_id)
             result = await conn.execute(text("DELETE FROM retrieval_chunks WHERE vector_store_id = :vs"), params)
             await conn.execute(text("DELETE FROM retrieval_files WHERE vector_store_id = :vs"), params)
-            await conn.execute(text("DELETE FROM retrieval_terms WHERE vector_store_id = :vs"), params)
             await conn.execute(text("DELETE FROM retrieval_store_stats WHERE vector_store_id = :vs"), params)
         return int(result.rowcount or 0)
 
@@ -276,19 +281,13 @@ class PostgresChunkIndex:
         limit: int,
         file_ids: Collection[str] | None = None,
     ) -> list[Candidate]:
-        """Okapi BM25 planned with MaxScore (`loom.retrieval.pg_keywords`)."""
+        """Exact Okapi BM25 over the stores' in-memory postings (`loom.retrieval.pg_keywords`)."""
         if not terms or (file_ids is not None and not file_ids):
             return []
-        async with self._engine.connect() as conn:
-            return await keywords.keyword_candidates(
-                conn,
-                vector_store_ids,
-                terms,
-                limit,
-                file_ids,
-                first_pass_rows=self._first_pass_rows,
-                large_store=self._large_store,
-            )
+        hashes = query_hashes(terms)
+        if not hashes.size:
+            return []
+        return await self.keywords.search(vector_store_ids, hashes, limit, file_ids)
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
         if not chunk_ids:

@@ -1,8 +1,9 @@
 """Retrieval tables, as raw dialect-specific DDL (keyword blobs on SQLite; pgvector + tsvector on PostgreSQL).
 
 The Alembic revisions `0002_retrieval` (`schema_statements`), `0003_retrieval_term_stats`
-(`term_stats_statements`) and `0010_sqlite_keyword_postings` (`sqlite_keyword_upgrade`) and
-`create_schema` (tests, ad-hoc setups) run the same statements, so they can never drift. Statements of a revision never change once released: a later schema change
+(`term_stats_statements`), `0010_sqlite_keyword_postings` (`sqlite_keyword_upgrade`),
+`0011_pg_keyword_columns` (`keyword_columns_upgrade`) and `create_schema` (tests, ad-hoc setups) run
+the same statements, so they can never drift. Statements of a revision never change once released: a later schema change
 is a new list and a new revision.
 """
 
@@ -129,7 +130,7 @@ def postgres_statements(dimensions: int = DEFAULT_DIMENSIONS) -> list[str]:
 # Revision 0003: BM25 statistics kept at ingest (PostgreSQL only; SQLite's FTS5 keeps its own).
 # Counting a lexeme's chunks per query cost tens of milliseconds per term at a million chunks; a
 # row per (store, lexeme) is one index probe. `PostgresChunkIndex.add_chunks` / `delete_file` /
-# `delete_store` maintain both tables in the statements that change the chunks. Existing rows are
+# `delete_store` maintained both tables (until 0011 dropped them and the lexeme table). Existing rows are
 # counted once, when the tables are created (an upgraded database, or `create_schema` on an older one).
 POSTGRES_TERM_STATS = [
     """DO $$ BEGIN
@@ -162,6 +163,107 @@ POSTGRES_TERM_STATS_DROP = [
     "DROP TABLE IF EXISTS retrieval_store_stats",
     "DROP TABLE IF EXISTS retrieval_terms",
 ]
+
+# Revision 0011: keyword search from an in-memory index per store (`loom.retrieval.pg_keywords`).
+# Each chunk's keywords as `bm25.encode` writes them, the generation that added it; each store's
+# generation (bumped by every write) and that of its last delete. Existing chunks are encoded by
+# `backfill_keyword_columns` (Python: the analyzer is PyStemmer's), then the columns become NOT NULL.
+# Revision 0011 first drops what ranking no longer reads (0002's tsvector column, its GIN index, the
+# per-chunk jsonb term frequencies and length; 0003's lexeme table and stores' total length), so the
+# backfill's UPDATEs neither recompute the generated `tsv` nor re-index GIN. Downgrade recomputes them.
+POSTGRES_TSVECTOR_DROP = [
+    "DROP INDEX IF EXISTS retrieval_chunks_tsv",
+    "ALTER TABLE retrieval_chunks DROP COLUMN IF EXISTS tsv, DROP COLUMN IF EXISTS term_freqs, "
+    "DROP COLUMN IF EXISTS doc_len",
+    "DROP TABLE IF EXISTS retrieval_terms",
+    "ALTER TABLE retrieval_store_stats DROP COLUMN IF EXISTS total_len",
+]
+POSTGRES_TSVECTOR_RESTORE = [
+    "ALTER TABLE retrieval_chunks ADD COLUMN doc_len INTEGER NOT NULL DEFAULT 0, "
+    "ADD COLUMN term_freqs JSONB NOT NULL DEFAULT '{}'::jsonb, "
+    f"ADD COLUMN tsv tsvector GENERATED ALWAYS AS (to_tsvector('{TEXT_SEARCH_CONFIG}', text)) STORED",
+    # As 0002's PostgresChunkIndex wrote them.
+    "UPDATE retrieval_chunks c SET (doc_len, term_freqs) = (SELECT COALESCE(sum(array_length(positions, 1)), 0), "
+    "COALESCE(jsonb_object_agg(lexeme, array_length(positions, 1)), '{}'::jsonb) FROM unnest(c.tsv))",
+    "CREATE INDEX IF NOT EXISTS retrieval_chunks_tsv ON retrieval_chunks USING gin (tsv)",
+    "ALTER TABLE retrieval_store_stats ADD COLUMN total_len BIGINT NOT NULL DEFAULT 0",
+    "UPDATE retrieval_store_stats s SET total_len = COALESCE((SELECT sum(doc_len) FROM retrieval_chunks c "
+    "WHERE c.vector_store_id = s.vector_store_id), 0)",
+    "ALTER TABLE retrieval_store_stats ALTER COLUMN total_len DROP DEFAULT",
+    POSTGRES_TERM_STATS[0],  # retrieval_terms, counted from the chunks
+]
+POSTGRES_KEYWORD_COLUMNS = [
+    "CREATE SEQUENCE IF NOT EXISTS retrieval_kw_generation",
+    "ALTER TABLE retrieval_chunks ADD COLUMN IF NOT EXISTS kw_terms BYTEA, "
+    "ADD COLUMN IF NOT EXISTS kw_tfs BYTEA, ADD COLUMN IF NOT EXISTS kw_len INTEGER, "
+    "ADD COLUMN IF NOT EXISTS kw_generation BIGINT NOT NULL DEFAULT 0",
+    "ALTER TABLE retrieval_store_stats ADD COLUMN IF NOT EXISTS generation BIGINT NOT NULL DEFAULT 0, "
+    "ADD COLUMN IF NOT EXISTS deleted_generation BIGINT NOT NULL DEFAULT 0",
+    # Delta loads: a store's chunks added since a generation.
+    "CREATE INDEX IF NOT EXISTS retrieval_chunks_kw_generation ON retrieval_chunks (vector_store_id, kw_generation)",
+]
+POSTGRES_KEYWORD_NOT_NULL = [
+    "ALTER TABLE retrieval_chunks ALTER COLUMN kw_terms SET NOT NULL, ALTER COLUMN kw_tfs SET NOT NULL, "
+    "ALTER COLUMN kw_len SET NOT NULL",
+]
+POSTGRES_KEYWORD_DROP = [
+    "DROP INDEX IF EXISTS retrieval_chunks_kw_generation",
+    "ALTER TABLE retrieval_store_stats DROP COLUMN IF EXISTS generation, DROP COLUMN IF EXISTS deleted_generation",
+    "ALTER TABLE retrieval_chunks DROP COLUMN IF EXISTS kw_terms, DROP COLUMN IF EXISTS kw_tfs, "
+    "DROP COLUMN IF EXISTS kw_len, DROP COLUMN IF EXISTS kw_generation",
+    "DROP SEQUENCE IF EXISTS retrieval_kw_generation",
+]
+_BACKFILL_BATCH = 1000
+
+
+def backfill_keyword_columns(conn: Connection, batch: int = _BACKFILL_BATCH) -> int:
+    """Encode the keywords of every chunk that has none yet, `batch` chunks per statement; the number
+    encoded. Synchronous (Alembic's connection; `create_schema` runs it through `run_sync`)."""
+    from loom.retrieval.bm25 import encode
+
+    done, last = 0, 0
+    while True:
+        rows = conn.execute(
+            text("SELECT id, text FROM retrieval_chunks WHERE kw_terms IS NULL AND id > :last ORDER BY id LIMIT :n"),
+            {"last": last, "n": batch},
+        ).all()
+        if not rows:
+            return done
+        encoded = [encode(str(r[1])) for r in rows]
+        conn.execute(
+            text(
+                "UPDATE retrieval_chunks c SET kw_terms = u.t, kw_tfs = u.f, kw_len = u.n FROM unnest("
+                "CAST(:ids AS bigint[]), CAST(:t AS bytea[]), CAST(:f AS bytea[]), CAST(:n AS int[])) "
+                "AS u(id, t, f, n) WHERE c.id = u.id"
+            ),
+            {
+                "ids": [int(r[0]) for r in rows],
+                "t": [e.terms for e in encoded],
+                "f": [e.tfs for e in encoded],
+                "n": [e.length for e in encoded],
+            },
+        )
+        done += len(rows)
+        last = int(rows[-1][0])
+
+
+def keyword_columns_upgrade(conn: Connection) -> None:
+    """Revision 0011 (PostgreSQL; nothing on SQLite)."""
+    if conn.dialect.name != "postgresql":
+        return
+    for statement in POSTGRES_TSVECTOR_DROP + POSTGRES_KEYWORD_COLUMNS:
+        conn.execute(text(statement))
+    backfill_keyword_columns(conn)
+    for statement in POSTGRES_KEYWORD_NOT_NULL:
+        conn.execute(text(statement))
+
+
+def keyword_columns_downgrade(conn: Connection) -> None:
+    if conn.dialect.name != "postgresql":
+        return
+    for statement in POSTGRES_TSVECTOR_RESTORE + POSTGRES_KEYWORD_DROP:
+        conn.execute(text(statement))
+
 
 POSTGRES_DROP = [
     "DROP TABLE IF EXISTS retrieval_chunks",
@@ -236,10 +338,26 @@ def sqlite_keyword_downgrade(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE retrieval_chunks DROP COLUMN {column.split()[0]}"))
 
 
+def _has_keyword_columns(conn: Connection) -> bool:
+    found = conn.execute(
+        text(
+            "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('retrieval_chunks') "
+            "AND attname = 'kw_terms' AND NOT attisdropped"
+        )
+    )
+    return found.first() is not None
+
+
 async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: int = DEFAULT_DIMENSIONS) -> None:
     """Create the retrieval tables on this connection's database (`dialect_name`: the index's own), or
     bring them up to date (idempotent)."""
-    for statement in schema_statements(dialect_name, dimensions) + term_stats_statements(dialect_name):
+    statements = schema_statements(dialect_name, dimensions) + term_stats_statements(dialect_name)
+    if dialect_name == "postgresql" and await conn.run_sync(_has_keyword_columns):
+        # Already at 0011: 0002's and 0003's lists would make again what 0011 dropped.
+        statements = [s for s in statements if s.startswith("CREATE EXTENSION") or "USING hnsw" in s]
+    for statement in statements:
         await conn.execute(text(statement))
+    if dialect_name == "postgresql":
+        await conn.run_sync(keyword_columns_upgrade)
     if dialect_name == "sqlite":
         await conn.run_sync(sqlite_keyword_upgrade)

@@ -1,0 +1,245 @@
+"""PostgreSQL keyword search (`loom.retrieval.pg_keywords`): the exact BM25 top k however large the
+store, kept fresh across replicas by per-store generations, and the same after migration 0011."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from loom.retrieval import pg_keywords
+from loom.retrieval.bm25 import Encoded, Postings, analyze, encode, query_hashes, rank
+from loom.retrieval.chunking import Chunk
+from loom.retrieval.index import Candidate
+from loom.retrieval.pg_index import PostgresChunkIndex
+from loom.retrieval.schema import schema_statements, term_stats_statements
+from loom.retrieval.topk import maxscore_rank
+from tests.support.postgres import new_database
+
+VERSIONS = Path(__file__).resolve().parents[2] / "src/loom/store/migrations/versions"
+FILLER = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano", "cedar", "amber"]
+
+
+@pytest.fixture
+async def engine() -> AsyncIterator[AsyncEngine]:
+    eng = create_async_engine(new_database("kw"))
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+def _chunks(texts: list[str]) -> tuple[list[Chunk], np.ndarray]:
+    vectors = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
+    return [Chunk(i, t, 0, len(t), len(t.split())) for i, t in enumerate(texts)], vectors
+
+
+def brute_force(docs: dict[int, str], query: list[str], limit: int) -> list[tuple[int, float]]:
+    """Okapi BM25 (k1 1.2, b 0.75) over every document, written out plainly: the reference."""
+    terms = {analyze(w)[0] for w in query}
+    bags = {i: Counter(analyze(t)) for i, t in docs.items()}
+    n = len(bags)
+    avgdl = sum(sum(b.values()) for b in bags.values()) / n
+    df = {t: sum(1 for b in bags.values() if t in b) for t in terms}
+    scores = {}
+    for i, bag in bags.items():
+        dl = sum(bag.values())
+        s = 0.0
+        for t in terms:
+            if bag[t]:
+                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
+                s += idf * bag[t] * 2.2 / (bag[t] + 1.2 * (1 - 0.75 + 0.75 * dl / avgdl))
+        if s > 0:
+            scores[i] = s
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+
+
+async def _texts(engine: AsyncEngine, store: str) -> dict[int, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT id, text FROM retrieval_chunks WHERE vector_store_id = :vs"), {"vs": store}
+        )
+        return {int(r[0]): str(r[1]) for r in rows}
+
+
+def _pairs(found: list[Candidate]) -> list[tuple[int, float]]:
+    return [(c.chunk_id, c.score) for c in found]
+
+
+def _same(got: list[Candidate], want: list[tuple[int, float]]) -> None:
+    assert [c.chunk_id for c in got] == [i for i, _ in want]
+    assert [c.score for c in got] == pytest.approx([s for _, s in want], rel=1e-9)
+
+
+def _large_store(rows: int) -> list[str]:
+    """Every chunk holds "beta" (a few of them many times, in short chunks: BM25's top); every 300th
+    holds "alpha" once, in a long chunk. A planner that starts from the rarer term and stops before
+    scoring most of the store (the old MAX_SCORED cap at 5000 chunks) misses the top."""
+    texts = []
+    for i in range(rows):
+        if i % 300 == 0:
+            texts.append(" ".join(["alpha", "beta"] + [FILLER[(i + j) % 10] for j in range(40)]))
+        elif i % 97 == 0:
+            texts.append(" ".join(["beta"] * (2 + i % 5) + [FILLER[i % 10]] * (i % 3)))
+        else:
+            texts.append(" ".join(["beta"] + [FILLER[(i * 3 + j) % 10] for j in range(8 + i % 7)]))
+    return texts
+
+
+async def test_large_store_ranks_exactly(engine: AsyncEngine) -> None:
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.create_schema()
+    texts = _large_store(6000)
+    for k in range(0, len(texts), 2000):  # three files
+        await index.put_file("vs_a", f"file-{k}", "a.txt")
+        await index.add_chunks("vs_a", f"file-{k}", *_chunks(texts[k : k + 2000]))
+    docs = await _texts(engine, "vs_a")
+    for query, limit in [(["alpha", "beta"], 10), (["beta"], 50), (["alpha", "beta", "maple"], 100), (["alpha"], 5)]:
+        _same(await index.keyword_candidates(["vs_a"], query, limit), brute_force(docs, query, limit))
+    # Filtered to one file: the exact top of that file's chunks (statistics still the store's).
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT id FROM retrieval_chunks WHERE file_id = 'file-2000'"))
+        allowed = {int(r[0]) for r in rows}
+    want = [p for p in brute_force(docs, ["alpha", "beta"], len(docs)) if p[0] in allowed][:10]
+    _same(await index.keyword_candidates(["vs_a"], ["alpha", "beta"], 10, file_ids=["file-2000"]), want)
+
+
+async def test_a_write_through_one_replica_is_seen_by_the_other(engine: AsyncEngine) -> None:
+    one = PostgresChunkIndex(engine, dimensions=8)
+    two = PostgresChunkIndex(engine, dimensions=8)
+    await one.create_schema()
+    await one.put_file("vs_a", "file-1", "a.txt")
+    await one.add_chunks("vs_a", "file-1", *_chunks(["lava and ash", "whales sing", "volcanic lava flows"]))
+    assert len(await two.keyword_candidates(["vs_a"], ["lava"], 10)) == 2
+    cached = two.keywords.cached("vs_a")
+    assert cached is not None
+
+    # Adds through the other replica: loaded as deltas (the cached generation moves on).
+    for k in range(2, 7):
+        await one.put_file("vs_a", f"file-{k}", "b.txt")
+        await one.add_chunks("vs_a", f"file-{k}", *_chunks([f"lava lava {FILLER[k]}", f"{FILLER[k]} whales"] * k))
+        found = await two.keyword_candidates(["vs_a"], ["lava", "whales"], 100)
+        generation = two.keywords.cached("vs_a")
+        assert generation is not None and generation > cached
+        cached = generation
+        docs = await _texts(engine, "vs_a")
+        _same(found, brute_force(docs, ["lava", "whales"], 100))
+    # A replica loading the store at once ranks it the same as the one that took deltas.
+    fresh = PostgresChunkIndex(engine, dimensions=8)
+    want = _pairs(await two.keyword_candidates(["vs_a"], ["lava", "whales"], 100))
+    _same(await fresh.keyword_candidates(["vs_a"], ["lava", "whales"], 100), want)
+
+    # A delete through the other replica: the store is reloaded, the file's chunks are gone.
+    assert await one.delete_file("vs_a", "file-1") == 3
+    found = await two.keyword_candidates(["vs_a"], ["lava", "whales"], 100)
+    docs = await _texts(engine, "vs_a")
+    _same(found, brute_force(docs, ["lava", "whales"], 100))
+    assert await two.keyword_candidates(["vs_a"], ["volcanic"], 10) == []
+
+    # The whole store deleted, then made again under the same id: nothing of the old one is left.
+    await one.delete_store("vs_a")
+    assert await two.keyword_candidates(["vs_a"], ["lava"], 10) == []
+    await one.put_file("vs_a", "file-9", "c.txt")
+    await one.add_chunks("vs_a", "file-9", *_chunks(["lava again"]))
+    assert await two.keyword_candidates(["vs_a"], ["whales"], 10) == []
+    assert len(await two.keyword_candidates(["vs_a"], ["lava"], 10)) == 1
+
+
+async def test_the_cache_keeps_within_its_bound(engine: AsyncEngine) -> None:
+    index = PostgresChunkIndex(engine, dimensions=8, keyword_cache_bytes=1)
+    await index.create_schema()
+    for store in ("vs_a", "vs_b"):
+        await index.put_file(store, "file-1", "a.txt")
+        await index.add_chunks(store, "file-1", *_chunks(["lava and ash", "whales sing"]))
+    assert len(await index.keyword_candidates(["vs_a"], ["lava"], 10)) == 1
+    assert index.keywords.cached("vs_a") is not None  # the store being searched stays
+    assert len(await index.keyword_candidates(["vs_b"], ["lava"], 10)) == 1
+    assert index.keywords.cached("vs_a") is None  # dropped: least recently searched, over the bound
+    assert index.keywords.cached("vs_b") is not None
+    # Both searched together: both kept for that search, whatever the bound.
+    assert len(await index.keyword_candidates(["vs_a", "vs_b"], ["lava"], 10)) == 2
+
+
+def _revision(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"rev_{name}", VERSIONS / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _upgrade(sync_conn: object, module: ModuleType) -> None:
+    from alembic.migration import MigrationContext
+    from alembic.operations import Operations
+
+    ctx = MigrationContext.configure(sync_conn)  # type: ignore[arg-type]
+    with Operations.context(ctx):
+        module.upgrade()
+
+
+async def test_a_store_migrated_by_0011_ranks_as_one_built_fresh(engine: AsyncEngine) -> None:
+    rev = _revision("0011_pg_keyword_columns.py")
+    texts = [*_large_store(300), "Magma rises through the crust.", "Lava flows cool into basalt; ash is carried."]
+    async with engine.begin() as conn:
+        for statement in schema_statements("postgresql", 8) + term_stats_statements("postgresql"):
+            await conn.execute(text(statement))  # the tables as they were before 0011
+        # Rows as the index wrote them before 0011 (no keyword columns), and the store's statistics.
+        await conn.execute(
+            text(
+                "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, end_offset, "
+                "token_count, text, embedding, embedding_dims) SELECT 'vs_a', 'file-1', i, 0, 1, 1, t, "
+                "CAST('[1,0,0,0,0,0,0,0]' AS vector), 8 FROM unnest(CAST(:t AS text[])) WITH ORDINALITY AS u(t, i)"
+            ),
+            {"t": texts},
+        )
+        await conn.execute(text("INSERT INTO retrieval_store_stats VALUES ('vs_a', :n, 0)"), {"n": len(texts)})
+        await conn.run_sync(_upgrade, rev)
+    migrated = PostgresChunkIndex(engine, dimensions=8)
+    fresh_engine = create_async_engine(new_database("kw"))
+    try:
+        fresh = PostgresChunkIndex(fresh_engine, dimensions=8)
+        await fresh.create_schema()
+        await fresh.put_file("vs_a", "file-1", "a.txt")
+        await fresh.add_chunks("vs_a", "file-1", *_chunks(texts))
+        fresh_text = await _texts(fresh_engine, "vs_a")
+        migrated_text = await _texts(engine, "vs_a")
+        for query in (["alpha", "beta"], ["lava", "magma"], ["maple", "beta", "ash"]):
+            got = await migrated.keyword_candidates(["vs_a"], query, 20)
+            want = await fresh.keyword_candidates(["vs_a"], query, 20)
+            assert got
+            assert [migrated_text[c.chunk_id] for c in got] == [fresh_text[c.chunk_id] for c in want]
+            assert [c.score for c in got] == pytest.approx([c.score for c in want], rel=1e-9)
+        # The migrated store then takes writes like any other.
+        await migrated.put_file("vs_a", "file-2", "b.txt")
+        await migrated.add_chunks("vs_a", "file-2", *_chunks(["magma magma"]))
+        top = await migrated.keyword_candidates(["vs_a"], ["magma"], 1)
+        assert (await _texts(engine, "vs_a"))[top[0].chunk_id] == "magma magma"
+    finally:
+        await fresh_engine.dispose()
+
+
+def test_segments_merged_and_filtered_rank_as_one_built_at_once() -> None:
+    rng = np.random.default_rng(5)
+    texts = [" ".join(rng.choice([*FILLER, "lava", "ash"], size=int(rng.integers(2, 30)))) for _ in range(500)]
+    rows = [(i + 1, f"file-{i % 4}", encode(t)) for i, t in enumerate(texts)]
+
+    def built(part: list[tuple[int, str, Encoded]]) -> Postings:
+        return pg_keywords._build([(i, f, e.terms, e.tfs, e.length) for i, f, e in part])
+
+    hashes = query_hashes(["lava", "ash", "maple"])
+    for allowed in (None, {"file-1", "file-2"}):
+        merged = pg_keywords.merge([built(rows[:100]), built(rows[100:350]), built(rows[350:])])
+        assert maxscore_rank([merged], hashes, 50, allowed) == rank([built(rows)], hashes, 50, allowed)
+        alive = np.array([i for i, f, _ in rows if i % 7 and f != "file-3"], dtype=np.int64)
+        filtered = [pg_keywords.keep_only(s, alive) for s in (merged, built(rows[:100]))]
+        want = [r for r in rows if r[0] in set(alive.tolist())]
+        assert maxscore_rank(filtered[:1], hashes, 50, allowed) == rank([built(want)], hashes, 50, allowed)
+        assert filtered[0].size == len(want)
