@@ -248,9 +248,7 @@ def backfill_keyword_columns(conn: Connection, batch: int = _BACKFILL_BATCH) -> 
 
 
 def keyword_columns_upgrade(conn: Connection) -> None:
-    """Revision 0011 (PostgreSQL; nothing on SQLite)."""
-    if conn.dialect.name != "postgresql":
-        return
+    """Revision 0011 on PostgreSQL (the migration and `create_schema` call it there only)."""
     for statement in POSTGRES_TSVECTOR_DROP + POSTGRES_KEYWORD_COLUMNS:
         conn.execute(text(statement))
     backfill_keyword_columns(conn)
@@ -259,8 +257,7 @@ def keyword_columns_upgrade(conn: Connection) -> None:
 
 
 def keyword_columns_downgrade(conn: Connection) -> None:
-    if conn.dialect.name != "postgresql":
-        return
+    """Revision 0011's downgrade on PostgreSQL."""
     for statement in POSTGRES_TSVECTOR_RESTORE + POSTGRES_KEYWORD_DROP:
         conn.execute(text(statement))
 

@@ -25,8 +25,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    keyword_columns_upgrade(op.get_bind())
+    if op.get_bind().dialect.name == "postgresql":
+        keyword_columns_upgrade(op.get_bind())
 
 
 def downgrade() -> None:
-    keyword_columns_downgrade(op.get_bind())
+    if op.get_bind().dialect.name == "postgresql":
+        keyword_columns_downgrade(op.get_bind())
