@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -12,8 +11,6 @@ import numpy as np
 import pytest
 
 from loom.retrieval.bm25 import (
-    BM25_B,
-    BM25_K1,
     TF_MAX,
     Postings,
     analyze,
@@ -22,6 +19,7 @@ from loom.retrieval.bm25 import (
     rank,
 )
 from loom.retrieval.index import Candidate
+from tests.retrieval.support import brute_bm25
 
 Doc = tuple[int, str, str]  # chunk id, file id, text
 
@@ -77,27 +75,7 @@ def _postings(docs: Sequence[Doc]) -> Postings:
 def _brute(
     stores: Sequence[Sequence[Doc]], words: Sequence[str], limit: int, allowed: Collection[str] | None = None
 ) -> list[Candidate]:
-    """Okapi BM25 written out in plain Python over analysed strings."""
-    docs = [(cid, fid, Counter(analyze(text)), len(analyze(text))) for store in stores for cid, fid, text in store]
-    n = len(docs)
-    if n == 0:
-        return []
-    avgdl = max(sum(d[3] for d in docs) / n, 1.0)
-    query = set(analyze(" ".join(words)))
-    scored = []
-    for cid, fid, tf, length in docs:
-        if allowed is not None and fid not in allowed:
-            continue
-        score = 0.0
-        for term in query:
-            if tf[term]:
-                df = sum(1 for d in docs if d[2][term])
-                idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-                score += idf * tf[term] * (BM25_K1 + 1) / (tf[term] + BM25_K1 * (1 - BM25_B + BM25_B * length / avgdl))
-        if score > 0:
-            scored.append(Candidate(cid, score))
-    scored.sort(key=lambda c: (-c.score, c.chunk_id))
-    return scored[:limit]
+    return brute_bm25({cid: (fid, text) for store in stores for cid, fid, text in store}, words, limit, allowed)
 
 
 def _assert_same(got: Sequence[Candidate], want: Sequence[Candidate]) -> None:

@@ -6,10 +6,8 @@ plain Python; a store's ranking and scores do not move when another store ingest
 
 from __future__ import annotations
 
-import math
 import random
-from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +16,12 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from loom.retrieval.bm25 import BM25_B, BM25_K1, analyze
+from loom.retrieval.bm25 import analyze
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.index import Candidate, ChunkIndex
 from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from loom.store.migrate import alembic_config
+from tests.retrieval.support import brute_bm25
 
 DIMS = 4
 Doc = tuple[str, str]  # file id, text
@@ -46,32 +45,6 @@ async def _sqlite(tmp_path: Path, name: str) -> tuple[AsyncEngine, SQLiteChunkIn
     index = SQLiteChunkIndex(engine)
     await index.create_schema()
     return engine, index
-
-
-def _brute(
-    docs: dict[int, Doc], words: Sequence[str], limit: int, allowed: Collection[str] | None = None
-) -> list[Candidate]:
-    """Okapi BM25 (k1 1.2, b 0.75, idf log(1 + (N - df + 0.5) / (df + 0.5))) over `docs` (chunk id ->
-    file id, text), written out in plain Python."""
-    analysed = {cid: Counter(analyze(t)) for cid, (_, t) in docs.items()}
-    lengths = {cid: sum(tf.values()) for cid, tf in analysed.items()}
-    n = len(docs)
-    avgdl = max(sum(lengths.values()) / n, 1.0)
-    query = set(analyze(" ".join(words)))
-    df = {q: sum(1 for tf in analysed.values() if tf[q]) for q in query}
-    out = []
-    for cid, tf in analysed.items():
-        if allowed is not None and docs[cid][0] not in allowed:
-            continue
-        score = 0.0
-        for q in query:
-            if tf[q]:
-                idf = math.log(1 + (n - df[q] + 0.5) / (df[q] + 0.5))
-                score += idf * tf[q] * (BM25_K1 + 1) / (tf[q] + BM25_K1 * (1 - BM25_B + BM25_B * lengths[cid] / avgdl))
-        if score > 0:
-            out.append(Candidate(cid, score))
-    out.sort(key=lambda c: (-c.score, c.chunk_id))
-    return out[:limit]
 
 
 async def _stored(engine: AsyncEngine, store: str) -> dict[int, Doc]:
@@ -115,8 +88,8 @@ async def test_scores_are_exact_bm25_of_the_searched_stores(tmp_path: Path) -> N
         await _add(index, "vs_other", "file-other", [f"protein growth filler{i}" for i in range(50)], seed=1)
         mine, other = await _stored(engine, "vs_mine"), await _stored(engine, "vs_other")
         query = ["protein", "chaperones", "growth"]
-        _same(await index.keyword_candidates(["vs_mine"], query, 10), _brute(mine, query, 10))
-        _same(await index.keyword_candidates(["vs_mine", "vs_other"], query, 10), _brute(mine | other, query, 10))
+        _same(await index.keyword_candidates(["vs_mine"], query, 10), brute_bm25(mine, query, 10))
+        _same(await index.keyword_candidates(["vs_mine", "vs_other"], query, 10), brute_bm25(mine | other, query, 10))
     finally:
         await engine.dispose()
 
@@ -135,9 +108,9 @@ async def test_exact_top_k_past_twenty_thousand_matched_rows(tmp_path: Path) -> 
         docs = await _stored(engine, "vs_big")
         for words in (["cell", "protein", "kinase"], ["cell", "growth", "signal", "mouse", "rna"], ["cell"]):
             assert sum(1 for _, t in docs.values() if set(analyze(t)) & set(analyze(" ".join(words)))) > 20000
-            _same(await index.keyword_candidates(["vs_big"], words, 20), _brute(docs, words, 20))
+            _same(await index.keyword_candidates(["vs_big"], words, 20), brute_bm25(docs, words, 20))
             allowed = {"file-1", "file-4"}
-            _same(await index.keyword_candidates(["vs_big"], words, 20, allowed), _brute(docs, words, 20, allowed))
+            _same(await index.keyword_candidates(["vs_big"], words, 20, allowed), brute_bm25(docs, words, 20, allowed))
     finally:
         await engine.dispose()
 
@@ -216,9 +189,10 @@ async def test_delete_file_leaves_ranking_and_statistics_as_if_it_never_came(tmp
         assert {f for f, _ in kept.values()} == {"file-keep", "file-keep2"}
         after = await index.keyword_candidates(["vs"], query, 10)
         assert after != with_it
-        _same(after, _brute(kept, query, 10))
+        _same(after, brute_bm25(kept, query, 10))
         _same(
-            await index.keyword_candidates(["vs"], query, 10, ["file-keep2"]), _brute(kept, query, 10, ["file-keep2"])
+            await index.keyword_candidates(["vs"], query, 10, ["file-keep2"]),
+            brute_bm25(kept, query, 10, ["file-keep2"]),
         )
         # A fresh index over the same database (nothing cached) agrees exactly.
         assert await SQLiteChunkIndex(engine).keyword_candidates(["vs"], query, 10) == after
@@ -237,7 +211,9 @@ async def test_searches_between_writes_see_every_batch(tmp_path: Path) -> None:
             n = rng.choice([1, 3, 20, 70])
             await _add(index, "vs", f"file-{f % 4}", [" ".join(rng.choices(vocab, k=5)) for _ in range(n)], seed=f)
             docs = await _stored(engine, "vs")
-            _same(await index.keyword_candidates(["vs"], ["alpha", "delta"], 15), _brute(docs, ["alpha", "delta"], 15))
+            _same(
+                await index.keyword_candidates(["vs"], ["alpha", "delta"], 15), brute_bm25(docs, ["alpha", "delta"], 15)
+            )
             found = await index.vector_candidates(["vs"], _vectors(1, 99)[0], 1000)
             assert sorted(c.chunk_id for c in found) == sorted(docs)
     finally:
@@ -266,7 +242,7 @@ async def test_delete_add_delete_ranks_as_brute_force_without_reloading_the_stor
         query = ["alpha", "epsilon"]
         for f in range(4):
             await _add(index, "vs", f"file-{f}", texts(60, " epsilon" * f), seed=f)
-        _same(await index.keyword_candidates(["vs"], query, 12), _brute(await _stored(engine, "vs"), query, 12))
+        _same(await index.keyword_candidates(["vs"], query, 12), brute_bm25(await _stored(engine, "vs"), query, 12))
         assert len(scans) == 1
         for verb, file_no in (("delete", 1), ("add", 1), ("delete", 3), ("add", 5), ("delete", 0)):
             if verb == "delete":
@@ -274,10 +250,10 @@ async def test_delete_add_delete_ranks_as_brute_force_without_reloading_the_stor
             else:
                 await _add(index, "vs", f"file-{file_no}", texts(40, " alpha alpha"), seed=10 + file_no)
             docs = await _stored(engine, "vs")
-            _same(await index.keyword_candidates(["vs"], query, 12), _brute(docs, query, 12))
+            _same(await index.keyword_candidates(["vs"], query, 12), brute_bm25(docs, query, 12))
             _same(
                 await index.keyword_candidates(["vs"], query, 12, ["file-1", "file-2"]),
-                _brute(docs, query, 12, ["file-1", "file-2"]),
+                brute_bm25(docs, query, 12, ["file-1", "file-2"]),
             )
             found = await index.vector_candidates(["vs"], _vectors(1, 99)[0], 1000)
             assert sorted(c.chunk_id for c in found) == sorted(docs)

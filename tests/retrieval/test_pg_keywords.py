@@ -3,12 +3,7 @@ store, kept fresh across replicas by per-store generations, and the same after m
 
 from __future__ import annotations
 
-import importlib.util
-import math
-from collections import Counter
 from collections.abc import AsyncIterator
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -16,15 +11,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from loom.retrieval import pg_keywords
-from loom.retrieval.bm25 import Encoded, Postings, analyze, encode, query_hashes, rank
-from loom.retrieval.chunking import Chunk
+from loom.retrieval.bm25 import Encoded, Postings, encode, query_hashes, rank
 from loom.retrieval.index import Candidate
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.schema import schema_statements, term_stats_statements
 from loom.retrieval.topk import maxscore_rank
+from tests.retrieval.support import brute_bm25, chunks_with_vectors, migration, run_migration
 from tests.support.postgres import new_database
 
-VERSIONS = Path(__file__).resolve().parents[2] / "src/loom/store/migrations/versions"
 FILLER = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano", "cedar", "amber"]
 
 
@@ -37,29 +31,9 @@ async def engine() -> AsyncIterator[AsyncEngine]:
         await eng.dispose()
 
 
-def _chunks(texts: list[str]) -> tuple[list[Chunk], np.ndarray]:
-    vectors = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
-    return [Chunk(i, t, 0, len(t), len(t.split())) for i, t in enumerate(texts)], vectors
-
-
 def brute_force(docs: dict[int, str], query: list[str], limit: int) -> list[tuple[int, float]]:
-    """Okapi BM25 (k1 1.2, b 0.75) over every document, written out plainly: the reference."""
-    terms = {analyze(w)[0] for w in query}
-    bags = {i: Counter(analyze(t)) for i, t in docs.items()}
-    n = len(bags)
-    avgdl = sum(sum(b.values()) for b in bags.values()) / n
-    df = {t: sum(1 for b in bags.values() if t in b) for t in terms}
-    scores = {}
-    for i, bag in bags.items():
-        dl = sum(bag.values())
-        s = 0.0
-        for t in terms:
-            if bag[t]:
-                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-                s += idf * bag[t] * 2.2 / (bag[t] + 1.2 * (1 - 0.75 + 0.75 * dl / avgdl))
-        if s > 0:
-            scores[i] = s
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    """The reference BM25 over every document, as (chunk id, score) pairs."""
+    return _pairs(brute_bm25({i: ("", t) for i, t in docs.items()}, query, limit))
 
 
 async def _texts(engine: AsyncEngine, store: str) -> dict[int, str]:
@@ -100,7 +74,7 @@ async def test_large_store_ranks_exactly(engine: AsyncEngine) -> None:
     texts = _large_store(6000)
     for k in range(0, len(texts), 2000):  # three files
         await index.put_file("vs_a", f"file-{k}", "a.txt")
-        await index.add_chunks("vs_a", f"file-{k}", *_chunks(texts[k : k + 2000]))
+        await index.add_chunks("vs_a", f"file-{k}", *chunks_with_vectors(texts[k : k + 2000]))
     docs = await _texts(engine, "vs_a")
     for query, limit in [(["alpha", "beta"], 10), (["beta"], 50), (["alpha", "beta", "maple"], 100), (["alpha"], 5)]:
         _same(await index.keyword_candidates(["vs_a"], query, limit), brute_force(docs, query, limit))
@@ -117,7 +91,7 @@ async def test_a_write_through_one_replica_is_seen_by_the_other(engine: AsyncEng
     two = PostgresChunkIndex(engine, dimensions=8)
     await one.create_schema()
     await one.put_file("vs_a", "file-1", "a.txt")
-    await one.add_chunks("vs_a", "file-1", *_chunks(["lava and ash", "whales sing", "volcanic lava flows"]))
+    await one.add_chunks("vs_a", "file-1", *chunks_with_vectors(["lava and ash", "whales sing", "volcanic lava flows"]))
     assert len(await two.keyword_candidates(["vs_a"], ["lava"], 10)) == 2
     cached = two.keywords.cached("vs_a")
     assert cached is not None
@@ -125,7 +99,9 @@ async def test_a_write_through_one_replica_is_seen_by_the_other(engine: AsyncEng
     # Adds through the other replica: loaded as deltas (the cached generation moves on).
     for k in range(2, 7):
         await one.put_file("vs_a", f"file-{k}", "b.txt")
-        await one.add_chunks("vs_a", f"file-{k}", *_chunks([f"lava lava {FILLER[k]}", f"{FILLER[k]} whales"] * k))
+        await one.add_chunks(
+            "vs_a", f"file-{k}", *chunks_with_vectors([f"lava lava {FILLER[k]}", f"{FILLER[k]} whales"] * k)
+        )
         found = await two.keyword_candidates(["vs_a"], ["lava", "whales"], 100)
         generation = two.keywords.cached("vs_a")
         assert generation is not None and generation > cached
@@ -148,7 +124,7 @@ async def test_a_write_through_one_replica_is_seen_by_the_other(engine: AsyncEng
     await one.delete_store("vs_a")
     assert await two.keyword_candidates(["vs_a"], ["lava"], 10) == []
     await one.put_file("vs_a", "file-9", "c.txt")
-    await one.add_chunks("vs_a", "file-9", *_chunks(["lava again"]))
+    await one.add_chunks("vs_a", "file-9", *chunks_with_vectors(["lava again"]))
     assert await two.keyword_candidates(["vs_a"], ["whales"], 10) == []
     assert len(await two.keyword_candidates(["vs_a"], ["lava"], 10)) == 1
 
@@ -158,7 +134,7 @@ async def test_the_cache_keeps_within_its_bound(engine: AsyncEngine) -> None:
     await index.create_schema()
     for store in ("vs_a", "vs_b"):
         await index.put_file(store, "file-1", "a.txt")
-        await index.add_chunks(store, "file-1", *_chunks(["lava and ash", "whales sing"]))
+        await index.add_chunks(store, "file-1", *chunks_with_vectors(["lava and ash", "whales sing"]))
     assert len(await index.keyword_candidates(["vs_a"], ["lava"], 10)) == 1
     assert index.keywords.cached("vs_a") is not None  # the store being searched stays
     assert len(await index.keyword_candidates(["vs_b"], ["lava"], 10)) == 1
@@ -168,25 +144,8 @@ async def test_the_cache_keeps_within_its_bound(engine: AsyncEngine) -> None:
     assert len(await index.keyword_candidates(["vs_a", "vs_b"], ["lava"], 10)) == 2
 
 
-def _revision(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"rev_{name}", VERSIONS / name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _upgrade(sync_conn: object, module: ModuleType) -> None:
-    from alembic.migration import MigrationContext
-    from alembic.operations import Operations
-
-    ctx = MigrationContext.configure(sync_conn)  # type: ignore[arg-type]
-    with Operations.context(ctx):
-        module.upgrade()
-
-
 async def test_a_store_migrated_by_0011_ranks_as_one_built_fresh(engine: AsyncEngine) -> None:
-    rev = _revision("0011_pg_keyword_columns.py")
+    rev = migration("0011_pg_keyword_columns.py")
     texts = [*_large_store(300), "Magma rises through the crust.", "Lava flows cool into basalt; ash is carried."]
     async with engine.begin() as conn:
         for statement in schema_statements("postgresql", 8) + term_stats_statements("postgresql"):
@@ -201,14 +160,14 @@ async def test_a_store_migrated_by_0011_ranks_as_one_built_fresh(engine: AsyncEn
             {"t": texts},
         )
         await conn.execute(text("INSERT INTO retrieval_store_stats VALUES ('vs_a', :n, 0)"), {"n": len(texts)})
-        await conn.run_sync(_upgrade, rev)
+        await conn.run_sync(run_migration, rev, "upgrade")
     migrated = PostgresChunkIndex(engine, dimensions=8)
     fresh_engine = create_async_engine(new_database("kw"))
     try:
         fresh = PostgresChunkIndex(fresh_engine, dimensions=8)
         await fresh.create_schema()
         await fresh.put_file("vs_a", "file-1", "a.txt")
-        await fresh.add_chunks("vs_a", "file-1", *_chunks(texts))
+        await fresh.add_chunks("vs_a", "file-1", *chunks_with_vectors(texts))
         fresh_text = await _texts(fresh_engine, "vs_a")
         migrated_text = await _texts(engine, "vs_a")
         for query in (["alpha", "beta"], ["lava", "magma"], ["maple", "beta", "ash"]):
@@ -219,7 +178,7 @@ async def test_a_store_migrated_by_0011_ranks_as_one_built_fresh(engine: AsyncEn
             assert [c.score for c in got] == pytest.approx([c.score for c in want], rel=1e-9)
         # The migrated store then takes writes like any other.
         await migrated.put_file("vs_a", "file-2", "b.txt")
-        await migrated.add_chunks("vs_a", "file-2", *_chunks(["magma magma"]))
+        await migrated.add_chunks("vs_a", "file-2", *chunks_with_vectors(["magma magma"]))
         top = await migrated.keyword_candidates(["vs_a"], ["magma"], 1)
         assert (await _texts(engine, "vs_a"))[top[0].chunk_id] == "magma magma"
     finally:

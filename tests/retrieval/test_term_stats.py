@@ -6,22 +6,19 @@ migrations 0003 and 0011's downgrade; checked against a recount from the chunks.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
 import pytest
 from sqlalchemy import inspect, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from loom.retrieval.chunking import Chunk
 from loom.retrieval.pg_index import PostgresChunkIndex, _lock_store
 from loom.retrieval.schema import create_schema, keyword_columns_downgrade, keyword_columns_upgrade, schema_statements
+from tests.retrieval.support import chunks_with_vectors, migration, run_migration
 from tests.support.postgres import new_database
 
-VERSIONS = Path(__file__).resolve().parents[2] / "src/loom/store/migrations/versions"
 TEXTS = [
     "Magma rises through the crust and erupts from volcanoes as lava and ash.",
     "Lava flows cool into basalt; volcanic ash is carried far by the wind.",
@@ -36,11 +33,6 @@ async def engine() -> AsyncIterator[AsyncEngine]:
         yield eng
     finally:
         await eng.dispose()
-
-
-def _chunks(texts: list[str]) -> tuple[list[Chunk], np.ndarray]:
-    vectors = np.random.default_rng(0).normal(size=(len(texts), 8)).astype(np.float32)
-    return [Chunk(i, t, 0, len(t), len(t.split())) for i, t in enumerate(texts)], vectors
 
 
 async def _stats(engine: AsyncEngine) -> dict[str, int]:
@@ -86,7 +78,7 @@ async def test_statistics_follow_adds_and_deletes(engine: AsyncEngine) -> None:
         ("vs_b", "file-1", TEXTS),
     ]:
         await index.put_file(store, file_id, f"{file_id}.txt")
-        await index.add_chunks(store, file_id, *_chunks(texts))
+        await index.add_chunks(store, file_id, *chunks_with_vectors(texts))
     expected = await _recount(engine)
     assert await _stats(engine) == expected == {"vs_a": 4, "vs_b": 3}
 
@@ -103,12 +95,12 @@ async def test_keyword_search_uses_current_statistics(engine: AsyncEngine) -> No
     index = PostgresChunkIndex(engine, dimensions=8)
     await index.create_schema()
     await index.put_file("vs_a", "file-1", "a.txt")
-    await index.add_chunks("vs_a", "file-1", *_chunks(TEXTS))
+    await index.add_chunks("vs_a", "file-1", *chunks_with_vectors(TEXTS))
     first = await index.keyword_candidates(["vs_a"], ["lava", "whales"], 10)
     assert len(first) == 3
     # After a delete, the remaining chunks are ranked with the new (smaller) store's statistics at once.
     await index.put_file("vs_a", "file-2", "b.txt")
-    await index.add_chunks("vs_a", "file-2", *_chunks(["whales and whales and more whales"]))
+    await index.add_chunks("vs_a", "file-2", *chunks_with_vectors(["whales and whales and more whales"]))
     assert (await index.keyword_candidates(["vs_a"], ["whales"], 10))[0].score > 0
     await index.delete_file("vs_a", "file-1")
     only = await index.keyword_candidates(["vs_a"], ["lava", "whales"], 10)
@@ -116,26 +108,13 @@ async def test_keyword_search_uses_current_statistics(engine: AsyncEngine) -> No
     assert await index.keyword_candidates(["vs_a"], ["lava"], 10) == []
 
 
-def _revision(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"rev_{name}", VERSIONS / name)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run(sync_conn: object, module: ModuleType, step: str) -> set[str]:
-    from alembic.migration import MigrationContext
-    from alembic.operations import Operations
-
-    ctx = MigrationContext.configure(sync_conn)  # type: ignore[arg-type]
-    with Operations.context(ctx):
-        getattr(module, step)()
+    run_migration(sync_conn, module, step)
     return set(inspect(sync_conn).get_table_names())
 
 
 async def test_migration_0003_backfills_a_0002_database(engine: AsyncEngine) -> None:
-    rev = _revision("0003_retrieval_term_stats.py")
+    rev = migration("0003_retrieval_term_stats.py")
     assert (rev.revision, rev.down_revision) == ("0003", "0002")
     async with engine.begin() as conn:
         for statement in schema_statements("postgresql"):  # what revision 0002 made
@@ -164,7 +143,7 @@ async def test_migration_0003_backfills_a_0002_database(engine: AsyncEngine) -> 
         assert "retrieval_terms" not in set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
     index = PostgresChunkIndex(engine, dimensions=8)
     await index.put_file("vs_b", "file-2", "w.txt")
-    await index.add_chunks("vs_b", "file-2", *_chunks(["Whales sing."]))
+    await index.add_chunks("vs_b", "file-2", *chunks_with_vectors(["Whales sing."]))
     assert await _stats(engine) == await _recount(engine) == {"vs_a": 2, "vs_b": 2}
 
     # 0011's downgrade recomputes 0003's statistics, counting the chunk added since.
@@ -181,7 +160,7 @@ async def test_migration_0003_backfills_a_0002_database(engine: AsyncEngine) -> 
 
 
 async def test_migration_0003_on_sqlite_changes_nothing(tmp_path: Path) -> None:
-    rev = _revision("0003_retrieval_term_stats.py")
+    rev = migration("0003_retrieval_term_stats.py")
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}")
     async with engine.begin() as conn:
         before = set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
@@ -219,7 +198,7 @@ async def test_concurrent_ingests_and_deletes_of_one_store_keep_the_statistics(e
 
     async def ingest(n: int) -> None:
         await index.put_file("vs_busy", f"file-{n}", f"{n}.txt")
-        await index.add_chunks("vs_busy", f"file-{n}", *_chunks(texts[n:] + texts[:n]))
+        await index.add_chunks("vs_busy", f"file-{n}", *chunks_with_vectors(texts[n:] + texts[:n]))
 
     for n in range(0, 8, 2):
         await ingest(n)
@@ -237,13 +216,13 @@ async def test_statistics_writes_of_one_store_take_turns(engine: AsyncEngine) ->
     index = PostgresChunkIndex(engine, dimensions=8)
     await index.create_schema()
     await index.put_file("vs_a", "file-1", "1.txt")
-    await index.add_chunks("vs_a", "file-1", *_chunks(TEXTS))
+    await index.add_chunks("vs_a", "file-1", *chunks_with_vectors(TEXTS))
     async with engine.connect() as holder:
         await holder.execute(text("BEGIN"))
         await _lock_store(holder, "vs_a")
-        ingest = asyncio.create_task(index.add_chunks("vs_a", "file-2", *_chunks(TEXTS)))
+        ingest = asyncio.create_task(index.add_chunks("vs_a", "file-2", *chunks_with_vectors(TEXTS)))
         delete = asyncio.create_task(index.delete_file("vs_a", "file-1"))
-        await index.add_chunks("vs_b", "file-1", *_chunks(TEXTS))  # not held up
+        await index.add_chunks("vs_b", "file-1", *chunks_with_vectors(TEXTS))  # not held up
         await asyncio.sleep(0.3)
         assert not ingest.done() and not delete.done()
         await holder.execute(text("COMMIT"))
