@@ -9,8 +9,14 @@ is a new list and a new revision.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+if TYPE_CHECKING:
+    from loom.retrieval.bm25 import Encoded  # the analyzer loads only when a migration encodes
 
 DEFAULT_DIMENSIONS = 256  # the bundled WordLlama embedder
 
@@ -213,23 +219,33 @@ POSTGRES_KEYWORD_DROP = [
     "DROP COLUMN IF EXISTS kw_len, DROP COLUMN IF EXISTS kw_generation",
     "DROP SEQUENCE IF EXISTS retrieval_kw_generation",
 ]
-_BACKFILL_BATCH = 1000
+# Chunks encoded per statement when a migration fills the keyword columns (both databases).
+BACKFILL_BATCH = 1000
 
 
-def backfill_keyword_columns(conn: Connection, batch: int = _BACKFILL_BATCH) -> int:
-    """Encode the keywords of every chunk that has none yet, `batch` chunks per statement; the number
-    encoded. Synchronous (Alembic's connection; `create_schema` runs it through `run_sync`)."""
-    from loom.retrieval.bm25 import encode
+def _unencoded(conn: Connection, column: str, batch: int) -> Iterator[tuple[list[int], list[Encoded]]]:
+    """The chunks whose keyword `column` is still NULL, in batches by id, with their encodings (the
+    caller writes each batch before asking for the next)."""
+    from loom.retrieval.bm25 import encode  # the analyzer (numpy, PyStemmer): only when upgrading
 
-    done, last = 0, 0
+    last = 0
     while True:
         rows = conn.execute(
-            text("SELECT id, text FROM retrieval_chunks WHERE kw_terms IS NULL AND id > :last ORDER BY id LIMIT :n"),
+            text(f"SELECT id, text FROM retrieval_chunks WHERE {column} IS NULL AND id > :last ORDER BY id LIMIT :n"),
             {"last": last, "n": batch},
         ).all()
         if not rows:
-            return done
-        encoded = [encode(str(r[1])) for r in rows]
+            return
+        yield [int(r[0]) for r in rows], [encode(str(r[1])) for r in rows]
+        last = int(rows[-1][0])
+
+
+def backfill_keyword_columns(conn: Connection, batch: int = BACKFILL_BATCH) -> int:
+    """Encode the keywords of every chunk that has none yet (PostgreSQL), `batch` chunks per
+    statement; the number encoded. Synchronous (Alembic's connection; `create_schema` runs it
+    through `run_sync`)."""
+    done = 0
+    for ids, encoded in _unencoded(conn, "kw_terms", batch):
         conn.execute(
             text(
                 "UPDATE retrieval_chunks c SET kw_terms = u.t, kw_tfs = u.f, kw_len = u.n FROM unnest("
@@ -237,14 +253,14 @@ def backfill_keyword_columns(conn: Connection, batch: int = _BACKFILL_BATCH) -> 
                 "AS u(id, t, f, n) WHERE c.id = u.id"
             ),
             {
-                "ids": [int(r[0]) for r in rows],
+                "ids": ids,
                 "t": [e.terms for e in encoded],
                 "f": [e.tfs for e in encoded],
                 "n": [e.length for e in encoded],
             },
         )
-        done += len(rows)
-        last = int(rows[-1][0])
+        done += len(ids)
+    return done
 
 
 def keyword_columns_upgrade(conn: Connection) -> None:
@@ -296,32 +312,20 @@ def term_stats_drop_statements(dialect_name: str) -> list[str]:
 # statistics are the searched stores' and the top k exact. The FTS5 table and its triggers go.
 SQLITE_KEYWORD_COLUMNS = ["kw_terms BLOB", "kw_tfs BLOB", "kw_len INTEGER"]
 SQLITE_FTS_DROP = SQLITE_DROP[:3]
-BACKFILL_BATCH = 2000
 
 
 def sqlite_keyword_upgrade(conn: Connection) -> None:
     """Revision 0010 on SQLite (idempotent, resumable): add the keyword columns, fill them from each
     chunk's text in batches, drop FTS5."""
-    from loom.retrieval.bm25 import encode  # the analyzer (numpy, PyStemmer): only when upgrading
-
     have = {str(r[1]) for r in conn.execute(text("PRAGMA table_info(retrieval_chunks)"))}
     for column in SQLITE_KEYWORD_COLUMNS:
         if column.split()[0] not in have:
             conn.execute(text(f"ALTER TABLE retrieval_chunks ADD COLUMN {column}"))
-    last = 0
-    while True:
-        rows = conn.execute(
-            text("SELECT id, text FROM retrieval_chunks WHERE kw_len IS NULL AND id > :last ORDER BY id LIMIT :n"),
-            {"last": last, "n": BACKFILL_BATCH},
-        ).all()
-        if not rows:
-            break
-        params = []
-        for chunk_id, body in rows:
-            enc = encode(body)
-            params.append({"id": chunk_id, "t": enc.terms, "f": enc.tfs, "n": enc.length})
-        conn.execute(text("UPDATE retrieval_chunks SET kw_terms = :t, kw_tfs = :f, kw_len = :n WHERE id = :id"), params)
-        last = int(rows[-1][0])
+    for ids, encoded in _unencoded(conn, "kw_len", BACKFILL_BATCH):
+        conn.execute(
+            text("UPDATE retrieval_chunks SET kw_terms = :t, kw_tfs = :f, kw_len = :n WHERE id = :id"),
+            [{"id": i, "t": e.terms, "f": e.tfs, "n": e.length} for i, e in zip(ids, encoded, strict=True)],
+        )
     for statement in SQLITE_FTS_DROP:
         conn.execute(text(statement))
 
