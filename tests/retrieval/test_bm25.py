@@ -188,6 +188,21 @@ def test_merged_parts_rank_as_one_built_index() -> None:
     assert Postings.merge([]).size == 0
 
 
+def test_parts_with_their_own_file_codes_merge_into_one_code_space() -> None:
+    """Parts built each with its own file codes (as a replica's delta loads are) are renumbered by file
+    name when merged: filtering the merged index by file gives what one build of all docs gives."""
+    rng = random.Random(12)
+    docs = _corpus(rng, 1, 300, files=5)
+    whole = _postings(docs)
+    parts = [_postings(docs[a:b]) for a, b in ((0, 90), (90, 200), (200, 300))]
+    assert len({p.file_ids for p in parts}) > 1  # the parts number their files differently
+    merged = Postings.merge(parts)
+    assert sorted(merged.file_ids) == sorted(whole.file_ids)
+    for allowed in ({"file-1", "file-3"}, {"file-0"}, None):
+        for words in (["protein", "cell"], ["mouse"], ["rna", "kinase", "human"]):
+            assert rank([merged], query_hashes(words), 20, allowed) == rank([whole], query_hashes(words), 20, allowed)
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_removed_docs_leave_exact_bm25_of_what_is_left(seed: int) -> None:
     # Docs masked out (no rebuild) are out of N, df, the average length and the results: rank equals

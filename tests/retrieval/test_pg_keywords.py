@@ -195,7 +195,7 @@ def test_segments_merged_and_filtered_rank_as_one_built_at_once() -> None:
 
     hashes = query_hashes(["lava", "ash", "maple"])
     for allowed in (None, {"file-1", "file-2"}):
-        merged = pg_keywords.merge([built(rows[:100]), built(rows[100:350]), built(rows[350:])])
+        merged = Postings.merge([built(rows[:100]), built(rows[100:350]), built(rows[350:])])
         assert maxscore_rank([merged], hashes, 50, allowed) == rank([built(rows)], hashes, 50, allowed)
         alive = np.array([i for i, f, _ in rows if i % 7 and f != "file-3"], dtype=np.int64)
         filtered = [pg_keywords.keep_only(s, alive) for s in (merged, built(rows[:100]))]

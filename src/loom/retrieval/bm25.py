@@ -254,12 +254,18 @@ class Postings:
 
     @staticmethod
     def merge(parts: Sequence[Postings], file_ids: Sequence[str] | None = None) -> Postings:
-        """One index holding the (not removed) docs of `parts` (in order). File codes must mean the same file in every
-        part: `file_ids` (default: the longest part's) names them. Each part's postings are sorted, so
-        the stable sort is a merge of sorted runs."""
+        """One index holding the (not removed) docs of `parts` (in order), their file codes renumbered to
+        `file_ids` (default: every part's files, in order of appearance) by the names each part's own
+        `file_ids` gives them (a part without names keeps its codes). Each part's postings are sorted,
+        so the stable sort is a merge of sorted runs."""
         if file_ids is None:
-            file_ids = max((p.file_ids for p in parts), key=len, default=())
+            file_ids = list(dict.fromkeys(f for p in parts for f in p.file_ids))
+        index = {f: i for i, f in enumerate(file_ids)}
         parts = [p.compact() for p in parts]
+        codes = [
+            np.array([index[f] for f in p.file_ids], dtype=np.int32)[p.file_codes] if p.file_ids else p.file_codes
+            for p in parts
+        ]
         bases = np.cumsum([0] + [p.size for p in parts])
         return _from_postings(
             np.concatenate([np.repeat(p.terms, np.diff(p.offsets)) for p in parts] or [np.zeros(0, np.uint64)]),
@@ -268,7 +274,7 @@ class Postings:
             ),
             np.concatenate([p.tfs for p in parts] or [np.zeros(0, np.uint16)]),
             np.concatenate([p.chunk_ids for p in parts] or [np.zeros(0, np.int64)]),
-            np.concatenate([p.file_codes for p in parts] or [np.zeros(0, np.int32)]),
+            np.concatenate(codes or [np.zeros(0, np.int32)]),
             np.concatenate([p.lengths for p in parts] or [np.zeros(0, np.int64)]),
             file_ids,
         )

@@ -77,54 +77,13 @@ def _build(rows: Sequence[tuple[int, str, bytes, bytes, int]]) -> Postings:
     return Postings.build(coded, list(codes))
 
 
-def merge(parts: Sequence[Postings]) -> Postings:
-    """One segment holding the chunks of `parts` (disjoint). Blocking.
-
-    Each part's postings are sorted by term, so the concatenation is a few sorted runs, which a
-    stable sort merges in about linear time; a term's docs stay ascending (parts in order, docs
-    renumbered by offset)."""
-    if len(parts) == 1:
-        return parts[0]
-    file_ids = list(dict.fromkeys(f for p in parts for f in p.file_ids))
-    code = {f: i for i, f in enumerate(file_ids)}
-    starts = np.cumsum([0] + [p.size for p in parts])
-    terms = np.concatenate([np.repeat(p.terms, np.diff(p.offsets)) for p in parts])
-    docs = np.concatenate([p.docs + np.int32(s) for p, s in zip(parts, starts[:-1], strict=True)])
-    tfs = np.concatenate([p.tfs for p in parts])
-    file_codes = np.concatenate(
-        [
-            np.array([code[f] for f in p.file_ids], dtype=np.int32)[p.file_codes] if p.file_ids else p.file_codes
-            for p in parts
-        ]
-    )
-    order = np.argsort(terms, kind="stable")
-    sorted_terms = terms[order]
-    if sorted_terms.size:
-        bounds = np.flatnonzero(np.diff(sorted_terms)) + 1
-        offsets = np.concatenate(([0], bounds, [sorted_terms.size])).astype(np.int64)
-        unique = sorted_terms[offsets[:-1]]
-    else:
-        offsets, unique = np.zeros(1, np.int64), np.zeros(0, np.uint64)
-    return Postings(
-        terms=unique.astype(np.uint64),
-        offsets=offsets,
-        docs=docs[order].astype(np.int32),
-        tfs=tfs[order],
-        chunk_ids=np.concatenate([p.chunk_ids for p in parts]),
-        file_codes=file_codes.astype(np.int32),
-        lengths=np.concatenate([p.lengths for p in parts]),
-        file_ids=tuple(file_ids),
-        total_length=sum(p.total_length for p in parts),
-    )
-
-
 def _compacted(segments: Sequence[Postings]) -> tuple[Postings, ...]:
     """Merge the newest segments while the one before is less than twice as large and the two fit in
     SEGMENT_ROWS (the small ones stay geometric: few segments, each chunk merged a few times; a
     large store stays segments of about SEGMENT_ROWS, never merged again). Blocking."""
     out = [s for s in segments if s.size]
     while len(out) >= 2 and out[-2].size < 2 * out[-1].size and out[-2].size + out[-1].size <= SEGMENT_ROWS:
-        out[-2:] = [merge(out[-2:])]
+        out[-2:] = [Postings.merge(out[-2:])]
     return tuple(out)
 
 
