@@ -6,8 +6,13 @@ Real indexes (SQLite and PostgreSQL), the real MiniLM runtime (weights fetched b
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import numpy as np
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from loom.errors import InvalidRequest
 from loom.retrieval.chunking import chunk_text
@@ -15,8 +20,12 @@ from loom.retrieval.embedding import Embedder, WordLlamaEmbedder
 from loom.retrieval.index import ChunkIndex, query_terms
 from loom.retrieval.ingest import ingest_file
 from loom.retrieval.minilm import HIDDEN, MiniLMEmbedder
+from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.rerank import MAX_VECTORS, expand
 from loom.retrieval.search import DEFAULT_FUSION, fuse, search
+from loom.retrieval.sqlite_index import SQLiteChunkIndex
+from tests.retrieval.support import migration, run_migration
+from tests.support.postgres import new_database
 
 # Fusion puts a passage that repeats query words ("change", "colour") but explains nothing above the
 # one that answers the question in other words (chlorophyll, pigments).
@@ -52,9 +61,9 @@ def minilm() -> MiniLMEmbedder:
 
 
 async def _fill(index: ChunkIndex, embedder: Embedder, docs: dict[str, str], store: str = "vs_r") -> None:
-    for file_id, text in docs.items():
+    for file_id, body in docs.items():
         await ingest_file(
-            index, embedder, vector_store_id=store, file_id=file_id, filename=f"{file_id}.txt", data=text.encode()
+            index, embedder, vector_store_id=store, file_id=file_id, filename=f"{file_id}.txt", data=body.encode()
         )
 
 
@@ -155,3 +164,49 @@ async def test_unknown_ranker_is_refused(index: ChunkIndex, minilm: MiniLMEmbedd
     with pytest.raises(InvalidRequest) as err:
         await search(index, minilm, ["vs_r"], WRONG_QUERY, ranker="bm42")
     assert err.value.param == "ranking_options.ranker"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}" if request.param == "sqlite" else new_database("rerank")
+    eng = create_async_engine(url)
+    try:
+        yield eng
+    finally:
+        await eng.dispose()
+
+
+async def _columns(engine: AsyncEngine) -> set[str]:
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            rows = await conn.execute(text("PRAGMA table_info(retrieval_chunks)"))
+            return {str(r[1]) for r in rows}
+        rows = await conn.execute(
+            text("SELECT column_name FROM information_schema.columns WHERE table_name = 'retrieval_chunks'")
+        )
+        return {str(r[0]) for r in rows}
+
+
+async def test_migration_0012_adds_the_column_and_old_chunks_keep_fusions_order(
+    engine: AsyncEngine, minilm: MiniLMEmbedder
+) -> None:
+    index: ChunkIndex = SQLiteChunkIndex(engine) if engine.dialect.name == "sqlite" else PostgresChunkIndex(engine)
+    await index.create_schema()
+    await _fill(index, minilm, WRONG)
+    rev = migration("0012_late_tokens.py")
+    async with engine.begin() as conn:
+        await conn.run_sync(run_migration, rev, "downgrade")
+    assert "late_tokens" not in await _columns(engine)
+    async with engine.begin() as conn:
+        await conn.run_sync(run_migration, rev, "upgrade")
+        await conn.run_sync(run_migration, rev, "upgrade")  # idempotent
+    assert "late_tokens" in await _columns(engine)
+    # The chunks stored before the upgrade have no token vectors: searched, not reranked.
+    fresh = SQLiteChunkIndex(engine) if engine.dialect.name == "sqlite" else PostgresChunkIndex(engine)
+    fused = await search(fresh, minilm, ["vs_r"], WRONG_QUERY, ranker="none")
+    auto = await search(fresh, minilm, ["vs_r"], WRONG_QUERY, ranker="auto")
+    assert await fresh.late_tokens([r.chunk_id for r in fused]) == {}
+    assert [(r.chunk_id, r.score) for r in auto] == [(r.chunk_id, r.score) for r in fused]
+    # Indexing the files again stores them: reranked from then on.
+    await _fill(fresh, minilm, WRONG)
+    assert (await search(fresh, minilm, ["vs_r"], WRONG_QUERY, ranker="auto"))[0].file_id == "file-answer"
