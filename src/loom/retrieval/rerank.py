@@ -33,9 +33,12 @@ from loom.retrieval.minilm import HIDDEN, MiniLMEmbedder, MiniLMRuntime
 # `ranking_options.ranker` values: vector store search's, and file_search's in runs (Assistants API).
 RANKERS = ("auto", "default-2024-11-15", "default_2024_08_21", "none")
 RERANK_DEPTH = 50  # fused candidates re-scored per search (more when more results are asked for)
-MAX_VECTORS = 32  # k-means centroids kept per chunk (measured: 16 lost 0.005 nDCG@10, 48 gained nothing)
+# k-means centroids kept per chunk. SciFact nDCG@10 at FUSED_WEIGHT 0.3 (`bench/rerank_research.py`): 16 0.737,
+# 24 0.735, 32 0.743, 48 0.734, every piece unpooled 0.726: within about 0.008 of one another, which is this
+# benchmark's noise; pooling never lost to keeping every piece (and stores 5x less).
+MAX_VECTORS = 32
 KMEANS_ITERATIONS = 6
-FUSED_WEIGHT = 0.3  # measured on SciFact: 0.2-0.4 within 0.005 of each other
+FUSED_WEIGHT = 0.3  # measured on SciFact: 0.2-0.4 within 0.005 of each other; late interaction alone 0.721
 FORMAT = 1  # first byte of a `late_tokens` blob
 
 Floats = npt.NDArray[np.float32]
@@ -86,6 +89,22 @@ def _unit(x: Floats) -> Floats:
     return out
 
 
+# OpenBLAS splits a product across threads above about 2^18 multiply-adds; on 2 cores already busy with
+# ONNX Runtime's runs (and other work) its threads spin and wait: measured on this machine, k-means of one
+# 200-piece chunk took 99 ms with threaded products against 4 ms with single-threaded ones. Every product
+# here is cut into blocks below that size, so it runs on the calling thread.
+_BLAS_SINGLE = 1 << 18
+
+
+def _products(a: Floats, b: Floats) -> Floats:
+    """`a @ b.T`, in row blocks of `a` small enough for OpenBLAS to compute on the calling thread."""
+    rows = max(1, _BLAS_SINGLE // max(1, a.shape[1] * b.shape[0]))
+    if len(a) <= rows:
+        out: Floats = a @ b.T
+        return out
+    return np.concatenate([a[i : i + rows] @ b.T for i in range(0, len(a), rows)])
+
+
 def _kmeans(x: Floats, k: int) -> Floats:
     """`k` unit centroids of unit rows `x` (spherical k-means, started from evenly spaced rows so the
     result depends on the text only)."""
@@ -93,12 +112,11 @@ def _kmeans(x: Floats, k: int) -> Floats:
         return x
     centroids = x[np.linspace(0, len(x) - 1, k).astype(np.int64)]
     for _ in range(KMEANS_ITERATIONS):
-        assign = np.argmax(x @ centroids.T, axis=1)
-        members = np.zeros((k, len(x)), dtype=np.float32)
-        members[assign, np.arange(len(x))] = 1.0
-        sums = members @ x
-        empty = members.sum(axis=1) == 0
-        sums[empty] = centroids[empty]  # a centroid nothing chose stays where it was
+        assign = np.argmax(_products(x, centroids), axis=1)
+        order = np.argsort(assign, kind="stable")
+        chosen, starts = np.unique(assign[order], return_index=True)
+        sums = centroids.copy()  # a centroid nothing chose stays where it was
+        sums[chosen] = np.add.reduceat(x[order], starts, axis=0)
         centroids = _unit(sums)
     return centroids
 
@@ -136,13 +154,9 @@ def maxsim(query: Floats, chunks: Sequence[Floats]) -> Floats:
     out = np.zeros(len(chunks), dtype=np.float32)
     if not len(query) or not chunks:
         return out
-    lengths = [len(c) for c in chunks]
-    sims = query @ np.concatenate(chunks).T  # (query pieces, all chunks' vectors): one product
-    start = 0
-    for i, n in enumerate(lengths):
-        if n:
-            out[i] = sims[:, start : start + n].max(axis=1).mean()
-        start += n
+    for i, c in enumerate(chunks):
+        if len(c):
+            out[i] = _products(query, c).max(axis=1).mean()
     clipped: Floats = np.clip(out, 0.0, 1.0)
     return clipped
 
