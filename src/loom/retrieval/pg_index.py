@@ -119,6 +119,9 @@ class PostgresChunkIndex:
         if not chunks:
             return
         dims = int(np.asarray(vectors).shape[1])
+        # The column (migration 0012) is written only when there is something to write.
+        with_late = late_tokens is not None and any(b is not None for b in late_tokens)
+        late_column, late_value = (", late_tokens", ", r.lt") if with_late else ("", "")
         await self._ensure_hnsw(dims)
         # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
         texts = [c.text.replace("\x00", "") for c in chunks]
@@ -153,8 +156,8 @@ class PostgresChunkIndex:
                 text(
                     "WITH ins AS (INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, "
                     "start_offset, end_offset, token_count, text, embedding, embedding_dims, "
-                    "kw_terms, kw_tfs, kw_len, kw_generation, late_tokens) "
-                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, r.kt, r.kf, r.kl, :g, r.lt "
+                    f"kw_terms, kw_tfs, kw_len, kw_generation{late_column}) "
+                    f"SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, r.kt, r.kf, r.kl, :g{late_value} "
                     "FROM unnest(CAST(:i AS int[]), CAST(:s AS int[]), CAST(:e AS int[]), CAST(:t AS int[]), "
                     "CAST(:txt AS text[]), CAST(:emb AS text[]), CAST(:kt AS bytea[]), CAST(:kf AS bytea[]), "
                     "CAST(:kl AS int[]), CAST(:lt AS bytea[])) AS r(i, s, e, t, txt, emb, kt, kf, kl, lt) RETURNING 1) "

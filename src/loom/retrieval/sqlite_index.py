@@ -127,6 +127,8 @@ class SQLiteChunkIndex:
         if len(chunks) != len(vectors) or (late_tokens is not None and len(late_tokens) != len(chunks)):
             raise ValueError("one vector (and token blob) per chunk")
         late = list(late_tokens) if late_tokens is not None else [None] * len(chunks)
+        # The column (migration 0012) is written only when there is something to write.
+        with_late = any(b is not None for b in late)
         if not chunks:
             return
         encoded = await asyncio.to_thread(lambda: [encode(c.text) for c in chunks])
@@ -163,8 +165,8 @@ class SQLiteChunkIndex:
             await conn.execute(
                 text(
                     "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
-                    "end_offset, token_count, text, embedding, kw_terms, kw_tfs, kw_len, late_tokens) "
-                    "VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb, :kt, :kf, :kl, :lt)"
+                    f"end_offset, token_count, text, embedding, kw_terms, kw_tfs, kw_len{', late_tokens' if with_late else ''}) "
+                    f"VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb, :kt, :kf, :kl{', :lt' if with_late else ''})"
                 ),
                 rows,
             )
