@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,8 @@ from loom.retrieval.minilm import (
 )
 from loom.retrieval.weights import WeightsMissing, WeightsTampered, model_dir, verified_dir
 from loom.retrieval.weights import main as weights_main
+from tests.conftest import sdk_client
+from tests.support.server import LoomServer
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +151,35 @@ def test_a_tampered_or_truncated_cached_model_is_rebuilt_never_run(
 def test_the_cache_key_covers_the_options() -> None:
     assert build_key(quantize=True) != build_key(quantize=False)
     assert build_key(quantize=True) == build_key(quantize=True)
+
+
+def test_minilm_is_the_default_for_new_stores() -> None:
+    embedders = Embedders(Settings())
+    assert isinstance(embedders.default, MiniLMEmbedder) and embedders.default.name == "all-MiniLM-L6-v2"
+    assert embedders.for_name(None) is embedders.default
+    # Stores from before stores recorded their embedder stay WordLlama's, whatever the default is now.
+    assert embedders.for_name(LEGACY).name == "wordllama-l2_supercat-256"
+
+
+def test_serve_without_the_weights_refuses_to_start_naming_the_command(tmp_path: Path) -> None:
+    """`pip install` without `make weights`: a clear start-up error, not a silent fallback to WordLlama."""
+    server = LoomServer(data_dir=tmp_path / "data", extra_env={"LOOM_WEIGHTS_DIR": str(tmp_path / "no-weights")})
+    env = {k: v for k, v in server.env.items() if k != "LOOM_EMBEDDING_PROVIDER"}  # the default
+    done = subprocess.run(
+        [sys.executable, "-m", "loom.cli", "serve", "--port", str(server.port)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "loom.retrieval.weights fetch all-MiniLM-L6-v2" in done.stderr and "make weights" in done.stderr
+    assert "LOOM_EMBEDDING_PROVIDER=wordllama" in done.stderr
+    # Choosing the bundled embedder needs no weights.
+    env = {"LOOM_WEIGHTS_DIR": str(tmp_path / "no-weights"), "LOOM_EMBEDDING_PROVIDER": "wordllama"}
+    with LoomServer(data_dir=tmp_path / "data", extra_env=env) as bundled:
+        client = sdk_client(bundled)
+        store = client.vector_stores.create(name="bundled")
+        f = client.files.create(file=("owls.txt", b"Owls hunt at night."), purpose="assistants")
+        client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id, poll_interval_ms=50)
+        assert client.vector_stores.search(store.id, query="owls").data[0].file_id == f.id

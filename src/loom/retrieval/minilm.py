@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loom.retrieval.weights import WheelFile, WheelModel, model_dir, verified_dir
+from loom.retrieval.weights import WheelFile, WheelModel, model_dir, require_files, verified_dir
 
 log = logging.getLogger(__name__)
 
@@ -428,6 +428,11 @@ class MiniLMEmbedder:
     @property
     def name(self) -> str:
         return "all-MiniLM-L6-v2" if self._quantize else "all-MiniLM-L6-v2-fp32"
+
+    def check_installed(self) -> None:
+        """Start-up: the weights were fetched (`WeightsMissing`, naming the command, if not). Hashes are
+        checked when the model loads."""
+        require_files(MINILM, self._cache_dir)
 
     @property
     def dimensions(self) -> int:

