@@ -16,8 +16,10 @@ import pytest
 from bench.minilm import PAIRED_TEXTS, MiniLMEncoder
 
 from loom.config import Settings
-from loom.retrieval.embedding import LEGACY, Embedders, WordLlamaEmbedder, embedder_from_settings
+from loom.retrieval.embedding import LEGACY, Embedder, Embedders, WordLlamaEmbedder, embedder_from_settings
 from loom.retrieval.errors import IndexingFailed
+from loom.retrieval.index import ChunkIndex
+from loom.retrieval.ingest import ingest_file
 from loom.retrieval.minilm import (
     MAX_TOKENS,
     MINILM,
@@ -28,6 +30,7 @@ from loom.retrieval.minilm import (
     built_model,
     load_runtime,
 )
+from loom.retrieval.search import DEFAULT_FUSION, Fusion, search
 from loom.retrieval.weights import WeightsMissing, WeightsTampered, model_dir, verified_dir
 from loom.retrieval.weights import main as weights_main
 from tests.conftest import sdk_client
@@ -183,3 +186,29 @@ def test_serve_without_the_weights_refuses_to_start_naming_the_command(tmp_path:
         f = client.files.create(file=("owls.txt", b"Owls hunt at night."), purpose="assistants")
         client.vector_stores.files.create_and_poll(vector_store_id=store.id, file_id=f.id, poll_interval_ms=50)
         assert client.vector_stores.search(store.id, query="owls").data[0].file_id == f.id
+
+
+async def test_hybrid_fusion_follows_the_stores_embedder(index: ChunkIndex) -> None:
+    """minilm's vectors are worth more in the fusion than WordLlama's (bench/retrieval_quality.py's sweep)."""
+    query = "plants whales volcanoes chess banks"
+    docs = {
+        "file-photo": "Photosynthesis lets plants turn sunlight, water and carbon dioxide into glucose.",
+        "file-whale": "Blue whales are the largest animals ever known to have lived on Earth.",
+        "file-chess": "In chess, castling moves the king two squares towards a rook.",
+    }
+
+    async def scores(embedder: Embedder, store: str, fusion: Fusion | None) -> list[tuple[str, float]]:
+        results = await search(index, embedder, [store], query, fusion=fusion)
+        return [(r.file_id, r.score) for r in results]
+
+    for store, embedder in (("vs_minilm", MiniLMEmbedder()), ("vs_wordllama", WordLlamaEmbedder())):
+        for file_id, text in docs.items():
+            await ingest_file(
+                index, embedder, vector_store_id=store, file_id=file_id, filename="f.txt", data=text.encode()
+            )
+    minilm = await scores(MiniLMEmbedder(), "vs_minilm", None)
+    assert minilm == await scores(MiniLMEmbedder(), "vs_minilm", Fusion(vector_weight=0.6))
+    assert minilm != await scores(MiniLMEmbedder(), "vs_minilm", DEFAULT_FUSION)
+    assert await scores(WordLlamaEmbedder(), "vs_wordllama", None) == await scores(
+        WordLlamaEmbedder(), "vs_wordllama", DEFAULT_FUSION
+    )
