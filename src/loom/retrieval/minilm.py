@@ -19,6 +19,7 @@ The model loads once per process, lazily, under a lock; `InferenceSession.run` i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -243,7 +244,7 @@ def _cached(path: Path, recorded: Path) -> bytes | None:
     try:
         expected = recorded.read_text().strip()
         data = path.read_bytes()
-    except FileNotFoundError:
+    except OSError:  # not built yet (or unreadable): build it
         return None
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
@@ -291,7 +292,8 @@ def built_model(verified: Path, *, quantize: bool = True) -> bytes:
     path, recorded = directory / f"{key}.onnx", directory / f"{key}.sha256"
     data = _cached(path, recorded)
     if data is not None:
-        os.utime(path)  # used: kept by other keys' pruning
+        with contextlib.suppress(OSError):  # a read-only cache is fine
+            os.utime(path)  # used: kept by other keys' pruning
         return data
     try:
         directory.mkdir(parents=True, exist_ok=True)
