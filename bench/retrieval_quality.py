@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 from loom.retrieval.chunking import chunk_text  # noqa: E402
 from loom.retrieval.embedding import Embedder, WordLlamaEmbedder  # noqa: E402
 from loom.retrieval.index import ChunkIndex  # noqa: E402
-from loom.retrieval.search import DEFAULT_FUSION, Fusion, SearchMode, run_search  # noqa: E402
+from loom.retrieval.search import Fusion, SearchMode, fusion_for, run_search  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ir" / "scifact"
 STORE = "vs_scifact"
@@ -130,19 +130,21 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--postgres", action="store_true", help="also measure the PostgreSQL index")
     parser.add_argument("--embedder", default="wordllama")
-    parser.add_argument("--grid", action="store_true", help="try more fusion settings")
+    parser.add_argument("--grid", action="store_true", help="also try reciprocal-rank fusion")
     parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
     corpus, queries, qrels = load()
     embedder = make_embedder(args.embedder)
+    shipped = fusion_for(embedder.name)
     configs: list[tuple[str, SearchMode, Fusion]] = [
-        ("keyword (BM25)", "keyword", DEFAULT_FUSION),
-        ("vector", "vector", DEFAULT_FUSION),
-        (f"hybrid default ({DEFAULT_FUSION.method}, w={DEFAULT_FUSION.vector_weight})", "hybrid", DEFAULT_FUSION),
+        ("keyword (BM25)", "keyword", shipped),
+        ("vector", "vector", shipped),
+        (f"hybrid default ({shipped.method}, w={shipped.vector_weight})", "hybrid", shipped),
     ]
+    # The whole sweep of linear fusion's vector weight (what `fusion_for` was picked from).
+    for w in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        configs.append((f"hybrid linear w={w}", "hybrid", Fusion("linear", w)))
     if args.grid:
-        for w in (0.2, 0.3, 0.4, 0.5, 0.6):
-            configs.append((f"hybrid linear w={w}", "hybrid", Fusion("linear", w)))
         for w in (0.3, 0.4, 0.5):
             configs.append((f"hybrid rrf w={w}", "hybrid", Fusion("rrf", w)))
 
