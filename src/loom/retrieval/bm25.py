@@ -161,6 +161,12 @@ class Postings:
     lengths: npt.NDArray[np.int64]
     file_ids: tuple[str, ...]
     total_length: int
+    # Per term, over its postings: the largest term frequency and the shortest doc length. With any
+    # N, df and average length, BM25 is increasing in tf and decreasing in length, so these bound what
+    # the term adds to any of its docs' scores (`topk` prunes with them); removed docs leave them
+    # upper bounds still.
+    max_tfs: npt.NDArray[np.uint16]
+    min_lengths: npt.NDArray[np.int64]
     # Docs deleted since the build (None: none): left in the arrays, but out of N, df, the total
     # length and the results, so scores stay exact BM25 of what is left; `compact` drops them.
     removed: npt.NDArray[np.bool_] | None = None
@@ -203,21 +209,36 @@ class Postings:
         alive = per_term > 0
         offsets = np.concatenate(([0], np.cumsum(per_term[alive]))).astype(np.int64)
         lengths = self.lengths[keep_doc]
+        docs = new_index[self.docs[keep]].astype(np.int32)
+        tfs = self.tfs[keep]
+        max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
         return Postings(
             terms=self.terms[alive],
             offsets=offsets,
-            docs=new_index[self.docs[keep]].astype(np.int32),
-            tfs=self.tfs[keep],
+            docs=docs,
+            tfs=tfs,
             chunk_ids=self.chunk_ids[keep_doc],
             file_codes=self.file_codes[keep_doc],
             lengths=lengths,
             file_ids=self.file_ids,
             total_length=int(lengths.sum()),
+            max_tfs=max_tfs,
+            min_lengths=min_lengths,
         )
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.terms, self.offsets, self.docs, self.tfs, self.chunk_ids, self.file_codes, self.lengths)
+        arrays = (
+            self.terms,
+            self.offsets,
+            self.docs,
+            self.tfs,
+            self.chunk_ids,
+            self.file_codes,
+            self.lengths,
+            self.max_tfs,
+            self.min_lengths,
+        )
         return sum(int(a.nbytes) for a in arrays)
 
     @staticmethod
@@ -300,6 +321,7 @@ def _from_postings(
     packed = _packed_csr(all_terms, doc_of, all_tfs)
     if packed is not None:
         terms, offsets, docs, tfs = packed
+        max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
         return Postings(
             terms=terms,
             offsets=offsets,
@@ -310,6 +332,8 @@ def _from_postings(
             lengths=lengths,
             file_ids=tuple(file_ids),
             total_length=int(lengths.sum()),
+            max_tfs=max_tfs,
+            min_lengths=min_lengths,
         )
     order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
     sorted_terms = all_terms[order]
@@ -318,16 +342,41 @@ def _from_postings(
         offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
     else:
         offsets = np.zeros(1, np.int64)
+    docs = doc_of[order].astype(np.int32)
+    tfs = all_tfs[order].astype(np.uint16)
+    max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
     return Postings(
         terms=sorted_terms[offsets[:-1]].astype(np.uint64),
         offsets=offsets,
-        docs=doc_of[order].astype(np.int32),
-        tfs=all_tfs[order].astype(np.uint16),
+        docs=docs,
+        tfs=tfs,
         chunk_ids=chunk_ids,
         file_codes=file_codes,
         lengths=lengths,
         file_ids=tuple(file_ids),
         total_length=int(lengths.sum()),
+        max_tfs=max_tfs,
+        min_lengths=min_lengths,
+    )
+
+
+def _term_bounds(
+    offsets: npt.NDArray[np.int64],
+    docs: npt.NDArray[np.int32],
+    tfs: npt.NDArray[np.uint16],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
+    """`Postings.max_tfs` and `min_lengths`: one segmented reduction each over the postings (every
+    term of a CSR built here has at least one)."""
+    if docs.size == 0:
+        return np.zeros(0, np.uint16), np.zeros(0, np.int64)
+    starts = offsets[:-1]
+    # The lengths gathered as int32 (clipped: a smaller length only loosens the bound): half the
+    # temporary of one int64 per posting.
+    short = np.minimum(lengths, np.iinfo(np.int32).max).astype(np.int32)
+    return (
+        np.maximum.reduceat(tfs, starts).astype(np.uint16),
+        np.minimum.reduceat(short[docs], starts).astype(np.int64),
     )
 
 
