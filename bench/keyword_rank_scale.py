@@ -7,7 +7,7 @@ The postings of N synthetic chunks (bench/retrieval_latency.py's generator: 150 
 SciFact's word frequencies, each word's term hash as `bm25` computes it) are built straight into a
 `bm25.Postings` of segments of `pg_keywords.SEGMENT_ROWS` (no database: what a replica holds once a
 store is loaded), then SciFact's test queries are ranked twice by each method (second pass timed).
-Prints the build time (and the part of it the per-term bounds take), the index's size (and the
+Prints the build time (and the part of it the per-term and per-block bounds take), the index's size (and the
 bounds' share), the process's peak RSS, p50/p90/p99 per method, how many queries each ranks exactly
 as the dense pass does (ids and scores), and the share of the query terms' postings `top_k` scored
 densely and looked up.
@@ -128,11 +128,15 @@ def main() -> None:
     built = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    for s in segments:  # what the per-term bounds add to a build, timed again on their own
+    for s in segments:  # what the per-term and per-block bounds add to a build, timed again on their own
         bm25._term_bounds(s.offsets, s.docs, s.tfs, s.lengths)
+        bm25._block_bounds(s.offsets, s.docs, s.tfs, s.lengths)
     bounds_s = time.perf_counter() - t0
     size = sum(s.nbytes for s in segments) / 2**20
-    bounds_mb = sum(s.max_tfs.nbytes + s.min_lengths.nbytes for s in segments) / 2**20
+    bounds_mb = (
+        sum(s.max_tfs.nbytes + s.min_lengths.nbytes + s.block_rows.nbytes + s.block_max_tfs.nbytes for s in segments)
+        + sum(s.block_min_lengths.nbytes for s in segments)
+    ) / 2**20
     print(
         f"{args.chunks} chunks: generated and built in {built:.0f}s (per-term bounds {bounds_s:.1f}s of it), "
         f"{len(segments)} segments, {size:.0f} MB of postings (bounds {bounds_mb:.1f} MB), peak RSS {peak:.0f} MB"

@@ -12,7 +12,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from loom.retrieval.bm25 import Postings, encode, query_hashes, rank
+from loom.retrieval.bm25 import BLOCK_SHIFT, BLOCK_TERM_SHARE, Postings, encode, query_hashes, rank
 from loom.retrieval.index import Candidate
 from loom.retrieval.topk import Work, top_k
 from tests.retrieval.support import brute_bm25
@@ -160,7 +160,7 @@ def test_pruning_skips_most_postings_on_a_skewed_query() -> None:
     assert work.looked_up < 0.5 * work.postings
 
 
-def test_bounds_per_term_hold_after_build_merge_and_compact() -> None:
+def test_bounds_per_term_and_block_hold_after_build_merge_and_compact() -> None:
     rng = np.random.default_rng(17)
     docs = _docs(rng, 1, 500)
     parts = _segments(docs, [200])
@@ -168,7 +168,20 @@ def test_bounds_per_term_hold_after_build_merge_and_compact() -> None:
     gone = np.zeros(whole.size, dtype=bool)
     gone[::2] = True
     for p in (*parts, whole, whole.remove(gone).compact()):
+        blocks = (p.size + (1 << BLOCK_SHIFT) - 1) >> BLOCK_SHIFT
+        assert p.block_max_tfs.shape == p.block_min_lengths.shape == (int((p.block_rows >= 0).sum()), blocks)
         for i in range(p.terms.shape[0]):
             lo, hi = int(p.offsets[i]), int(p.offsets[i + 1])
             assert p.max_tfs[i] == p.tfs[lo:hi].max()
             assert p.min_lengths[i] == p.lengths[p.docs[lo:hi]].min()
+            row = int(p.block_rows[i])
+            assert (row >= 0) == (hi - lo >= p.size / BLOCK_TERM_SHARE)  # the common terms have rows
+            if row < 0:
+                continue
+            in_block = p.docs[lo:hi] >> BLOCK_SHIFT
+            for b in range(blocks):
+                here = in_block == b
+                assert p.block_max_tfs[row, b] == (p.tfs[lo:hi][here].max() if here.any() else 0)
+                if here.any():
+                    assert p.block_min_lengths[row, b] == p.lengths[p.docs[lo:hi][here]].min()
+    assert int((whole.block_rows >= 0).sum()) > 3  # some terms are common enough to have rows

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from loom.retrieval.bm25 import BM25_B, BM25_K1, Hashes, Postings
+from loom.retrieval.bm25 import BLOCK_SHIFT, BM25_B, BM25_K1, Hashes, Postings
 from loom.retrieval.index import Candidate
 
 # About how many docs are scored exactly to find the first threshold (at least 4 k).
@@ -113,6 +113,28 @@ class _Segment:
         found = self._table[docs].astype(np.float64)
         self._table[posted] = 0
         return found
+
+
+def _block_rest(seg: _Segment, optional: Sequence[int], weight: Sequence[float], avgdl: float) -> _Floats:
+    """Row i, per block of the segment: what the optional terms from the i-th on can add to a doc of
+    the block (their block bounds where kept, else their bounds in the segment; 0 where absent);
+    the last row 0. With SLACK."""
+    store = seg.store
+    blocks = (store.size + (1 << BLOCK_SHIFT) - 1) >> BLOCK_SHIFT
+    rows = np.zeros((len(optional) + 1, blocks), dtype=np.float64)
+    for i, j in enumerate(optional):
+        if not seg.found[j]:
+            continue
+        row = int(store.block_rows[seg.index[j]])
+        if row >= 0:
+            tf_max = store.block_max_tfs[row].astype(np.float64)
+            len_min = store.block_min_lengths[row].astype(np.int64)
+        else:
+            tf_max = np.full(blocks, float(store.max_tfs[seg.index[j]]))
+            len_min = np.full(blocks, int(store.min_lengths[seg.index[j]]), dtype=np.int64)
+        rows[i] = weight[j] * tf_max / (tf_max + _norm(len_min, avgdl))
+    rows *= 1 + SLACK
+    return np.cumsum(rows[::-1], axis=0)[::-1]
 
 
 def _norm(lengths: npt.NDArray[np.int64], avgdl: float) -> _Floats:
@@ -200,8 +222,6 @@ def top_k(
         cut -= 1
         rest += float(bound[present[cut]])
     essential, optional = sorted(present[:cut]), present[cut:]
-    # What the optional terms after the i-th can still add (suffix sums, highest bound first).
-    after = np.concatenate((np.cumsum([float(bound[j]) for j in optional][::-1])[::-1][1:], [0.0]))
 
     # (3) The essential terms' postings, scored densely: one count over every segment's docs (each
     # segment's numbered from its base), then only the docs that may still reach theta.
@@ -228,7 +248,14 @@ def top_k(
     for s, seg in enumerate(segments):
         candidates = seg.usable(chosen[bounds[s] : bounds[s + 1]] - bases[s])
         scores = partial[candidates + bases[s]]
-        # (4) The optional terms, looked up for the candidates left.
+        if not candidates.size:
+            continue
+        # (4) The optional terms, looked up for the candidates left: a candidate stays while its
+        # partial score plus what the terms still to look up can add in its block reaches theta.
+        remaining = _block_rest(seg, optional, weight, avgdl)
+        block = candidates >> BLOCK_SHIFT
+        keep = scores + remaining[0][block] >= floor
+        candidates, scores, block = candidates[keep], scores[keep], block[keep]
         norm = _norm(seg.store.lengths[candidates], avgdl)
         for i, j in enumerate(optional):
             if not candidates.size:
@@ -237,8 +264,8 @@ def top_k(
                 work.looked_up += int(candidates.shape[0])
                 tf = seg.tfs(j, candidates)
                 scores = scores + weight[j] * tf / (tf + norm)
-            keep = scores + after[i] * (1 + SLACK) >= floor
-            candidates, scores, norm = candidates[keep], scores[keep], norm[keep]
+            keep = scores + remaining[i + 1][block] >= floor
+            candidates, scores, norm, block = candidates[keep], scores[keep], norm[keep], block[keep]
         if candidates.size:
             found_scores.append(scores)
             found_docs.append((seg, candidates))
