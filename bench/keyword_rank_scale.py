@@ -6,7 +6,7 @@ MaxScore that shipped before it (below, as it was), in one run.
 The postings of N synthetic chunks (bench/retrieval_latency.py's generator: 150 words drawn from
 SciFact's word frequencies, each word's term hash as `bm25` computes it) are built straight into a
 `bm25.Postings` of segments of `pg_keywords.SEGMENT_ROWS` (no database: what a replica holds once a
-store is loaded), then SciFact's test queries are ranked twice by each method (second pass timed).
+store is loaded), then SciFact's test queries are ranked twice by each method, interleaved (second pass timed).
 Prints the build time (and the part of it the per-term and per-block bounds take), the index's size (and the
 bounds' share), the process's peak RSS, p50/p90/p99 per method, how many queries each ranks exactly
 as the dense pass does (ids and scores), and the share of the query terms' postings `top_k` scored
@@ -148,19 +148,23 @@ def main() -> None:
         ("old MaxScore", old_maxscore),
         ("top_k", top_k),
     ]
-    for name, method in methods:
-        lat: list[float] = []
-        same = 0
-        for timed in (False, True):
-            for q, want in zip(qs, exhaustive, strict=True):
+    # Interleaved (each query by every method in turn, the order rotating from query to query, twice,
+    # the second timed), so that a shared machine's changing load and the caches fall on all alike.
+    lat: dict[str, list[float]] = {name: [] for name, _ in methods}
+    same = dict.fromkeys(lat, 0)
+    for timed in (False, True):
+        for i, (q, want) in enumerate(zip(qs, exhaustive, strict=True)):
+            for name, method in methods[i % 3 :] + methods[: i % 3]:
                 t = time.perf_counter()
                 got = method(segments, q, args.limit)
                 if timed:
-                    lat.append((time.perf_counter() - t) * 1000)
-                    same += got == want
+                    lat[name].append((time.perf_counter() - t) * 1000)
+                    same[name] += got == want
+    for name, _ in methods:
+        ms = lat[name]
         print(
-            f"{name:<23} top {args.limit}: p50 {pct(lat, 50):7.2f} ms  p90 {pct(lat, 90):7.2f} ms  "
-            f"p99 {pct(lat, 99):7.2f} ms  identical to exhaustive {same}/{len(qs)}"
+            f"{name:<23} top {args.limit}: p50 {pct(ms, 50):7.2f} ms  p90 {pct(ms, 90):7.2f} ms  "
+            f"p99 {pct(ms, 99):7.2f} ms  identical to exhaustive {same[name]}/{len(qs)}"
         )
     work = Work()
     for q in qs:
