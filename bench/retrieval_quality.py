@@ -37,7 +37,7 @@ from loom.retrieval.chunking import chunk_text  # noqa: E402
 from loom.retrieval.embedding import Embedder, WordLlamaEmbedder  # noqa: E402
 from loom.retrieval.index import ChunkIndex  # noqa: E402
 from loom.retrieval.rerank import RERANK_DEPTH, embed_queries, embed_with_tokens, keeps_tokens, rescore  # noqa: E402
-from loom.retrieval.search import DEFAULT_FUSION, Fusion, SearchMode, run_search  # noqa: E402
+from loom.retrieval.search import Fusion, SearchMode, fusion_for, run_search  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ir" / "scifact"
 STORE = "vs_scifact"
@@ -162,21 +162,23 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--postgres", action="store_true", help="also measure the PostgreSQL index")
     parser.add_argument("--embedder", default="wordllama")
-    parser.add_argument("--grid", action="store_true", help="try more fusion settings")
+    parser.add_argument("--grid", action="store_true", help="also try reciprocal-rank fusion")
     parser.add_argument("--skip-sqlite", action="store_true")
     args = parser.parse_args()
     corpus, queries, qrels = load()
     embedder = make_embedder(args.embedder)
-    hybrid = f"hybrid default ({DEFAULT_FUSION.method}, w={DEFAULT_FUSION.vector_weight})"
+    shipped = fusion_for(embedder.name)
+    hybrid = f"hybrid default ({shipped.method}, w={shipped.vector_weight})"
     configs: list[tuple[str, SearchMode, Fusion, str]] = [
-        ("keyword (BM25)", "keyword", DEFAULT_FUSION, "none"),
-        ("vector", "vector", DEFAULT_FUSION, "none"),
-        (hybrid, "hybrid", DEFAULT_FUSION, "none"),
-        (f"{hybrid} + rerank", "hybrid", DEFAULT_FUSION, "auto"),
+        ("keyword (BM25)", "keyword", shipped, "none"),
+        ("vector", "vector", shipped, "none"),
+        (hybrid, "hybrid", shipped, "none"),
+        (f"{hybrid} + rerank", "hybrid", shipped, "auto"),
     ]
+    # The whole sweep of linear fusion's vector weight (what `fusion_for` was picked from).
+    for w in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+        configs.append((f"hybrid linear w={w}", "hybrid", Fusion("linear", w), "none"))
     if args.grid:
-        for w in (0.2, 0.3, 0.4, 0.5, 0.6):
-            configs.append((f"hybrid linear w={w}", "hybrid", Fusion("linear", w), "none"))
         for w in (0.3, 0.4, 0.5):
             configs.append((f"hybrid rrf w={w}", "hybrid", Fusion("rrf", w), "none"))
 

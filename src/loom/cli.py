@@ -77,6 +77,18 @@ def serve(args: argparse.Namespace, settings: Settings) -> int:
             "no API key configured: accepting any bearer token%s",
             " on a non-loopback address (--insecure)" if not _is_loopback(args.host) else " (loopback only)",
         )
+    from loom.retrieval.embedding import check_installed, embedder_from_settings
+    from loom.retrieval.weights import WeightsMissing
+
+    try:
+        check_installed(embedder_from_settings(settings))
+    except WeightsMissing as exc:  # never a silent fallback: that would change what new stores are built with
+        print(
+            f"loom: cannot start: the default embedder's weights are not installed. {exc}. "
+            "Or choose the bundled one: LOOM_EMBEDDING_PROVIDER=wordllama.",
+            file=sys.stderr,
+        )
+        return 2
     container = Container(settings)
     from loom.scaleout.affinity import advertised_address
 

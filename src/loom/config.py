@@ -134,10 +134,11 @@ class Settings(BaseSettings):
     # the turn in flight; a run still mid-turn then is interrupted and handed over to another replica.
     drain_timeout_s: float = 25.0
 
-    # Retrieval. embedding_provider: "wordllama" (bundled, offline, fast), "minilm" (all-MiniLM-L6-v2 int8,
-    # offline, weights from `make weights`; better search, slower ingestion) or "openai" (any /v1/embeddings).
-    # Each vector store keeps the embedder it was built with; a change applies to new stores.
-    embedding_provider: str = "wordllama"
+    # Retrieval. embedding_provider: "minilm" (all-MiniLM-L6-v2 int8, offline, weights from `make weights`;
+    # `loom serve` refuses to start without them), "wordllama" (bundled, offline, ~8x faster ingestion, weaker
+    # search) or "openai" (any /v1/embeddings). Each vector store keeps the embedder it was built with; a
+    # change applies to new stores.
+    embedding_provider: str = "minilm"
     embedding_base_url: str = ""  # empty: upstream_base_url
     embedding_api_key: str = ""  # empty: upstream_api_key
     embedding_model: str = "text-embedding-3-small"

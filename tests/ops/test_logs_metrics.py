@@ -74,7 +74,7 @@ def test_startup_report(ops_server: LoomServer, upstream: FakeUpstream) -> None:
     assert any(m.startswith("Loom ") and ops_server.base_url.rsplit(":", 1)[0] in m for m in messages)
     assert f"data: {ops_server.data_dir}" in messages
     assert any(m.startswith(f"model backend default ({upstream.base_url}): answered") for m in messages)
-    assert any(m.startswith("embedder: wordllama") for m in messages)
+    assert "embedder: all-MiniLM-L6-v2 (384 dimensions)" in messages  # the default
     assert "keys: API keys required" in messages
     assert f"code interpreter: unavailable: no environment at {NO_SANDBOX_ENV} (run `loom sandbox setup`)" in messages
 

@@ -18,6 +18,7 @@ from loom.retrieval.embedding import OpenAIEmbedder, WordLlamaEmbedder, embedder
 from loom.retrieval.errors import IndexingFailed, InvalidFile, UnsupportedFile
 from loom.retrieval.index import ChunkIndex
 from loom.retrieval.ingest import ingest_file
+from loom.retrieval.minilm import MiniLMEmbedder
 from loom.retrieval.search import search
 from tests.retrieval.files import docx_bytes, pdf_bytes, pptx_bytes
 from tests.support.postgres import new_database
@@ -149,7 +150,8 @@ async def test_openai_embedder_failure_is_server_error(tmp_path: Path) -> None:
 
 
 async def test_embedder_from_settings() -> None:
-    assert isinstance(embedder_from_settings(Settings()), WordLlamaEmbedder)
+    assert isinstance(embedder_from_settings(Settings()), MiniLMEmbedder)  # the default
+    assert isinstance(embedder_from_settings(Settings(embedding_provider="wordllama")), WordLlamaEmbedder)
     remote = embedder_from_settings(
         Settings(
             embedding_provider="openai", embedding_base_url="http://e/v1", embedding_model="text-embedding-3-large"

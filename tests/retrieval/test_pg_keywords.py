@@ -15,7 +15,7 @@ from loom.retrieval.bm25 import Encoded, Postings, encode, query_hashes, rank
 from loom.retrieval.index import Candidate
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.schema import schema_statements, term_stats_statements
-from loom.retrieval.topk import maxscore_rank
+from loom.retrieval.topk import top_k
 from tests.retrieval.support import brute_bm25, chunks_with_vectors, migration, run_migration
 from tests.support.postgres import new_database
 
@@ -196,9 +196,9 @@ def test_segments_merged_and_filtered_rank_as_one_built_at_once() -> None:
     hashes = query_hashes(["lava", "ash", "maple"])
     for allowed in (None, {"file-1", "file-2"}):
         merged = Postings.merge([built(rows[:100]), built(rows[100:350]), built(rows[350:])])
-        assert maxscore_rank([merged], hashes, 50, allowed) == rank([built(rows)], hashes, 50, allowed)
+        assert top_k([merged], hashes, 50, allowed) == rank([built(rows)], hashes, 50, allowed)
         alive = np.array([i for i, f, _ in rows if i % 7 and f != "file-3"], dtype=np.int64)
         filtered = [pg_keywords.keep_only(s, alive) for s in (merged, built(rows[:100]))]
         want = [r for r in rows if r[0] in set(alive.tolist())]
-        assert maxscore_rank(filtered[:1], hashes, 50, allowed) == rank([built(want)], hashes, 50, allowed)
+        assert top_k(filtered[:1], hashes, 50, allowed) == rank([built(want)], hashes, 50, allowed)
         assert filtered[0].size == len(want)

@@ -22,7 +22,7 @@ from loom.retrieval.ingest import ingest_file
 from loom.retrieval.minilm import HIDDEN, MiniLMEmbedder
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.rerank import MAX_VECTORS, expand
-from loom.retrieval.search import DEFAULT_FUSION, fuse, search
+from loom.retrieval.search import fuse, fusion_for, search
 from loom.retrieval.sqlite_index import SQLiteChunkIndex
 from tests.retrieval.support import migration, run_migration
 from tests.support.postgres import new_database
@@ -89,7 +89,7 @@ async def test_none_keeps_fusions_order_and_scores(index: ChunkIndex, minilm: Mi
         await index.vector_candidates(["vs_r"], vector, 100),
         await index.keyword_candidates(["vs_r"], query_terms(WRONG_QUERY), 100),
         "hybrid",
-        DEFAULT_FUSION,
+        fusion_for(minilm.name),
     )
     expected = sorted(((cid, s) for cid, s in scores.items() if s > 0), key=lambda item: (-item[1], item[0]))
     assert [(r.chunk_id, r.score) for r in got] == [(cid, round(s, 6)) for cid, s in expected]

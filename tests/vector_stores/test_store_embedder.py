@@ -70,7 +70,7 @@ def test_store_keeps_its_embedder_after_the_default_changes(backend: str) -> Non
         before = _results(client, old.id)
     assert [r[0][0] for r in before] == [ids["owls.txt"], ids["tides.txt"], ids["bread.txt"]]
 
-    env = {**ENV, "LOOM_EMBEDDING_PROVIDER": "minilm"}
+    env = dict(ENV)  # the default now: minilm
     with LoomServer(database_url=url, data_dir=first.data_dir, extra_env=env) as second:
         client = sdk_client(second)
         # The old store answers exactly as before: its queries are embedded by its own model.

@@ -37,6 +37,10 @@ BM25_K1 = 1.2
 BM25_B = 0.75
 TF_MAX = 0xFFFF  # term frequencies are stored as uint16, saturating
 
+# Block-level bounds (`Postings.block_max_tfs`): blocks of 64 docs, for terms in 1/16 of the docs.
+BLOCK_SHIFT = 6
+BLOCK_TERM_SHARE = 16
+
 TERM_DTYPE = np.dtype("<u8")
 TF_DTYPE = np.dtype("<u2")
 
@@ -161,6 +165,20 @@ class Postings:
     lengths: npt.NDArray[np.int64]
     file_ids: tuple[str, ...]
     total_length: int
+    # Per term, over its postings: the largest term frequency and the shortest doc length. With any
+    # N, df and average length, BM25 is increasing in tf and decreasing in length, so these bound what
+    # the term adds to any of its docs' scores (`topk` prunes with them); removed docs leave them
+    # upper bounds still.
+    max_tfs: npt.NDArray[np.uint16]
+    min_lengths: npt.NDArray[np.int64]
+    # The same per block of BLOCK docs (doc index >> BLOCK_SHIFT), for the common terms only (in at
+    # least 1/BLOCK_TERM_SHARE of the docs: those `topk` looks up rather than scans): term i's row
+    # is `block_rows[i]` (-1: none), max tf 0 where the term is not in the block; lengths clipped
+    # to 65535 (a smaller length only loosens the bound). A row of 4 bytes per block of 64 docs,
+    # for a term in at least 4 of them on average: at most 1/6 of the term's postings' memory.
+    block_rows: npt.NDArray[np.int32]
+    block_max_tfs: npt.NDArray[np.uint16]
+    block_min_lengths: npt.NDArray[np.uint16]
     # Docs deleted since the build (None: none): left in the arrays, but out of N, df, the total
     # length and the results, so scores stay exact BM25 of what is left; `compact` drops them.
     removed: npt.NDArray[np.bool_] | None = None
@@ -203,21 +221,43 @@ class Postings:
         alive = per_term > 0
         offsets = np.concatenate(([0], np.cumsum(per_term[alive]))).astype(np.int64)
         lengths = self.lengths[keep_doc]
+        docs = new_index[self.docs[keep]].astype(np.int32)
+        tfs = self.tfs[keep]
+        max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
+        rows, block_tfs, block_lengths = _block_bounds(offsets, docs, tfs, lengths)
         return Postings(
             terms=self.terms[alive],
             offsets=offsets,
-            docs=new_index[self.docs[keep]].astype(np.int32),
-            tfs=self.tfs[keep],
+            docs=docs,
+            tfs=tfs,
             chunk_ids=self.chunk_ids[keep_doc],
             file_codes=self.file_codes[keep_doc],
             lengths=lengths,
             file_ids=self.file_ids,
             total_length=int(lengths.sum()),
+            max_tfs=max_tfs,
+            min_lengths=min_lengths,
+            block_rows=rows,
+            block_max_tfs=block_tfs,
+            block_min_lengths=block_lengths,
         )
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.terms, self.offsets, self.docs, self.tfs, self.chunk_ids, self.file_codes, self.lengths)
+        arrays = (
+            self.terms,
+            self.offsets,
+            self.docs,
+            self.tfs,
+            self.chunk_ids,
+            self.file_codes,
+            self.lengths,
+            self.max_tfs,
+            self.min_lengths,
+            self.block_rows,
+            self.block_max_tfs,
+            self.block_min_lengths,
+        )
         return sum(int(a.nbytes) for a in arrays)
 
     @staticmethod
@@ -300,6 +340,8 @@ def _from_postings(
     packed = _packed_csr(all_terms, doc_of, all_tfs)
     if packed is not None:
         terms, offsets, docs, tfs = packed
+        max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
+        rows, block_tfs, block_lengths = _block_bounds(offsets, docs, tfs, lengths)
         return Postings(
             terms=terms,
             offsets=offsets,
@@ -310,6 +352,11 @@ def _from_postings(
             lengths=lengths,
             file_ids=tuple(file_ids),
             total_length=int(lengths.sum()),
+            max_tfs=max_tfs,
+            min_lengths=min_lengths,
+            block_rows=rows,
+            block_max_tfs=block_tfs,
+            block_min_lengths=block_lengths,
         )
     order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
     sorted_terms = all_terms[order]
@@ -318,17 +365,72 @@ def _from_postings(
         offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
     else:
         offsets = np.zeros(1, np.int64)
+    docs = doc_of[order].astype(np.int32)
+    tfs = all_tfs[order].astype(np.uint16)
+    max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
+    rows, block_tfs, block_lengths = _block_bounds(offsets, docs, tfs, lengths)
     return Postings(
         terms=sorted_terms[offsets[:-1]].astype(np.uint64),
         offsets=offsets,
-        docs=doc_of[order].astype(np.int32),
-        tfs=all_tfs[order].astype(np.uint16),
+        docs=docs,
+        tfs=tfs,
         chunk_ids=chunk_ids,
         file_codes=file_codes,
         lengths=lengths,
         file_ids=tuple(file_ids),
         total_length=int(lengths.sum()),
+        max_tfs=max_tfs,
+        min_lengths=min_lengths,
+        block_rows=rows,
+        block_max_tfs=block_tfs,
+        block_min_lengths=block_lengths,
     )
+
+
+def _term_bounds(
+    offsets: npt.NDArray[np.int64],
+    docs: npt.NDArray[np.int32],
+    tfs: npt.NDArray[np.uint16],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.int64]]:
+    """`Postings.max_tfs` and `min_lengths`: one segmented reduction each over the postings (every
+    term of a CSR built here has at least one)."""
+    if docs.size == 0:
+        return np.zeros(0, np.uint16), np.zeros(0, np.int64)
+    starts = offsets[:-1]
+    # The lengths gathered as int32 (clipped: a smaller length only loosens the bound): half the
+    # temporary of one int64 per posting.
+    short = np.minimum(lengths, np.iinfo(np.int32).max).astype(np.int32)
+    return (
+        np.maximum.reduceat(tfs, starts).astype(np.uint16),
+        np.minimum.reduceat(short[docs], starts).astype(np.int64),
+    )
+
+
+def _block_bounds(
+    offsets: npt.NDArray[np.int64],
+    docs: npt.NDArray[np.int32],
+    tfs: npt.NDArray[np.uint16],
+    lengths: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint16], npt.NDArray[np.uint16]]:
+    """`Postings.block_rows`, `block_max_tfs` and `block_min_lengths`: per common term, a segmented
+    reduction over its postings (ascending docs, so each block's are a run)."""
+    size = int(lengths.shape[0])
+    blocks = (size + (1 << BLOCK_SHIFT) - 1) >> BLOCK_SHIFT
+    df = np.diff(offsets)
+    common = np.flatnonzero(df * BLOCK_TERM_SHARE >= max(size, 1)) if size else np.zeros(0, np.int64)
+    rows = np.full(df.shape[0], -1, dtype=np.int32)
+    rows[common] = np.arange(common.shape[0], dtype=np.int32)
+    max_tfs = np.zeros((common.shape[0], blocks), dtype=np.uint16)
+    min_lengths = np.zeros((common.shape[0], blocks), dtype=np.uint16)
+    short = np.minimum(lengths, 0xFFFF).astype(np.uint16)
+    for row, i in enumerate(common.tolist()):
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        block = docs[lo:hi] >> BLOCK_SHIFT
+        starts = np.flatnonzero(np.concatenate(([True], block[1:] != block[:-1])))
+        max_tfs[row, block[starts]] = np.maximum.reduceat(tfs[lo:hi], starts)
+        min_lengths[row, block[starts]] = np.minimum.reduceat(short[docs[lo:hi]], starts)
+    return rows, max_tfs, min_lengths
 
 
 def _packed_csr(

