@@ -6,6 +6,10 @@ Reads the corpus from ../shared/data/ir/scifact (CC BY-NC: never copied into thi
 indexes every abstract (title + text) as one file of one vector store with the `auto` chunking,
 and scores keyword-only, vector-only and hybrid search (several fusion settings) on the 300 test
 queries. A document's score is its best chunk's. Published BM25 on this split is 0.665-0.684.
+Every mode runs with `ranker: none`, and hybrid also with the reranker (`auto`: late interaction over
+MiniLM's stored token vectors, `loom.retrieval.rerank`; stores of other embedders are not reranked), side
+by side; then the reranker's added time per search at 50 candidates (p50/p99: reading the candidates'
+token vectors and scoring them) and whole searches with and without it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 from loom.retrieval.chunking import chunk_text  # noqa: E402
 from loom.retrieval.embedding import Embedder, WordLlamaEmbedder  # noqa: E402
 from loom.retrieval.index import ChunkIndex  # noqa: E402
+from loom.retrieval.rerank import RERANK_DEPTH, embed_queries, embed_with_tokens, keeps_tokens, rescore  # noqa: E402
 from loom.retrieval.search import Fusion, SearchMode, fusion_for, run_search  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ir" / "scifact"
@@ -80,11 +85,11 @@ async def build(index: ChunkIndex, embedder: Embedder, corpus: dict[str, str]) -
         part = ids[i : i + batch]
         chunked = [chunk_text(corpus[d]) for d in part]
         flat = [c.text for cs in chunked for c in cs]
-        vectors = await embedder.embed(flat)
+        vectors, late = await embed_with_tokens(embedder, flat)  # as ingestion does
         pos = 0
         for d, cs in zip(part, chunked, strict=True):
             await index.put_file(STORE, d, f"{d}.txt", {})
-            await index.add_chunks(STORE, d, cs, vectors[pos : pos + len(cs)])
+            await index.add_chunks(STORE, d, cs, vectors[pos : pos + len(cs)], late[pos : pos + len(cs)])
             pos += len(cs)
             n_chunks += len(cs)
     return n_chunks, time.perf_counter() - start
@@ -97,10 +102,13 @@ async def evaluate(
     qrels: dict[str, set[str]],
     mode: SearchMode,
     fusion: Fusion,
+    ranker: str = "none",
 ) -> tuple[float, float]:
     ndcgs, recalls = [], []
     for qid, q in queries.items():
-        results = await run_search(index, embedder, [STORE], q, max_num_results=100, mode=mode, fusion=fusion)
+        results = await run_search(
+            index, embedder, [STORE], q, max_num_results=100, mode=mode, fusion=fusion, ranker=ranker
+        )
         ranked: list[str] = []
         for r in results:
             if r.file_id not in ranked:
@@ -126,6 +134,30 @@ def make_embedder(name: str) -> Embedder:
     raise SystemExit(f"unknown embedder {name}")
 
 
+async def rerank_latency(index: ChunkIndex, embedder: Embedder, queries: dict[str, str]) -> None:
+    """The reranker's own time per search at RERANK_DEPTH candidates (token vectors read and scored),
+    and whole searches (10 results) with and without it."""
+    added: list[float] = []
+    whole: dict[str, list[float]] = {"none": [], "auto": []}
+    for q in queries.values():
+        fused = await run_search(index, embedder, [STORE], q, max_num_results=RERANK_DEPTH, ranker="none")
+        _, pieces = await embed_queries(embedder, [q])
+        assert pieces is not None
+        t0 = time.perf_counter()
+        blobs = await index.late_tokens([r.chunk_id for r in fused])
+        await asyncio.to_thread(rescore, pieces, [r.score for r in fused], [blobs[r.chunk_id] for r in fused])
+        added.append((time.perf_counter() - t0) * 1000)
+        for ranker, times in whole.items():
+            t0 = time.perf_counter()
+            await run_search(index, embedder, [STORE], q, max_num_results=10, ranker=ranker)
+            times.append((time.perf_counter() - t0) * 1000)
+    p50, p99 = np.percentile(added, [50, 99])
+    print(f"rerank added per search ({RERANK_DEPTH} candidates): p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    for ranker, times in whole.items():
+        p50, p99 = np.percentile(times, [50, 99])
+        print(f"whole search, ranker {ranker}: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--postgres", action="store_true", help="also measure the PostgreSQL index")
@@ -136,17 +168,19 @@ async def main() -> None:
     corpus, queries, qrels = load()
     embedder = make_embedder(args.embedder)
     shipped = fusion_for(embedder.name)
-    configs: list[tuple[str, SearchMode, Fusion]] = [
-        ("keyword (BM25)", "keyword", shipped),
-        ("vector", "vector", shipped),
-        (f"hybrid default ({shipped.method}, w={shipped.vector_weight})", "hybrid", shipped),
+    hybrid = f"hybrid default ({shipped.method}, w={shipped.vector_weight})"
+    configs: list[tuple[str, SearchMode, Fusion, str]] = [
+        ("keyword (BM25)", "keyword", shipped, "none"),
+        ("vector", "vector", shipped, "none"),
+        (hybrid, "hybrid", shipped, "none"),
+        (f"{hybrid} + rerank", "hybrid", shipped, "auto"),
     ]
     # The whole sweep of linear fusion's vector weight (what `fusion_for` was picked from).
     for w in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-        configs.append((f"hybrid linear w={w}", "hybrid", Fusion("linear", w)))
+        configs.append((f"hybrid linear w={w}", "hybrid", Fusion("linear", w), "none"))
     if args.grid:
         for w in (0.3, 0.4, 0.5):
-            configs.append((f"hybrid rrf w={w}", "hybrid", Fusion("rrf", w)))
+            configs.append((f"hybrid rrf w={w}", "hybrid", Fusion("rrf", w), "none"))
 
     backends: list[tuple[str, Any]] = []
     tmp = tempfile.TemporaryDirectory()
@@ -170,10 +204,12 @@ async def main() -> None:
         n_chunks, seconds = await build(index, embedder, corpus)
         print(f"\n[{name}] indexed {n_chunks} chunks in {seconds:.1f}s")
         print(f"{'mode':<40} {'nDCG@10':>8} {'R@100':>8} {'s':>6}")
-        for label, mode, fusion in configs:
+        for label, mode, fusion, ranker in configs:
             t0 = time.perf_counter()
-            ndcg, rec = await evaluate(index, embedder, queries, qrels, mode, fusion)
-            print(f"{label:<40} {ndcg:8.4f} {rec:8.4f} {time.perf_counter() - t0:6.1f}")
+            ndcg, rec = await evaluate(index, embedder, queries, qrels, mode, fusion, ranker)
+            print(f"{label:<40} {ndcg:8.4f} {rec:8.4f} {time.perf_counter() - t0:6.1f}", flush=True)
+        if keeps_tokens(embedder):
+            await rerank_latency(index, embedder, queries)
     await sqlite_engine.dispose()
     if pg_engine is not None:
         await pg_engine.dispose()

@@ -60,8 +60,15 @@ class ChunkIndex(Protocol):
     async def set_attributes(self, vector_store_id: str, file_id: str, attributes: Attributes | None) -> None: ...
 
     async def add_chunks(
-        self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors
-    ) -> None: ...
+        self,
+        vector_store_id: str,
+        file_id: str,
+        chunks: Sequence[Chunk],
+        vectors: Vectors,
+        late_tokens: Sequence[bytes | None] | None = None,
+    ) -> None:
+        """`late_tokens`: each chunk's compact token vectors for reranking (`loom.retrieval.rerank`), or None."""
+        ...
 
     async def delete_file(self, vector_store_id: str, file_id: str) -> int:
         """Remove a file's chunks and entry from a store; returns the number of chunks removed."""
@@ -94,6 +101,10 @@ class ChunkIndex(Protocol):
     ) -> list[Candidate]: ...
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]: ...
+
+    async def late_tokens(self, chunk_ids: Collection[int]) -> dict[int, bytes]:
+        """The stored token vectors of those of `chunk_ids` that have them."""
+        ...
 
 
 # A short English stop list: these words only add noise to an OR-query over BM25.

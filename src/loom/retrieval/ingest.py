@@ -19,6 +19,7 @@ from loom.retrieval.embedding import Embedder
 from loom.retrieval.errors import FileProcessingError, IndexingFailed
 from loom.retrieval.index import ChunkIndex
 from loom.retrieval.isolate import ParseLimits, extract, work_dir
+from loom.retrieval.rerank import embed_with_tokens
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,9 @@ async def ingest_file(
             written = True
             batches = extracted.read_batches(EMBED_BATCH)
             while (batch := await asyncio.to_thread(_next, batches)) is not None:
-                vectors = await embedder.embed([c.text for c in batch])
-                await index.add_chunks(vector_store_id, file_id, batch, vectors)
+                # MiniLM's token vectors come from the same pass, for reranking (`loom.retrieval.rerank`).
+                vectors, late = await embed_with_tokens(embedder, [c.text for c in batch])
+                await index.add_chunks(vector_store_id, file_id, batch, vectors, late)
         except Exception as exc:
             if written:
                 # No half-indexed file stays searchable.

@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ from loom.retrieval.weights import WheelFile, WheelModel, model_dir, require_fil
 log = logging.getLogger(__name__)
 
 Vectors = npt.NDArray[np.float32]
+# Called with (row, piece ids, the last layer's piece vectors) of each text, in the worker thread that ran it.
+TokenSink = Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.float32]], None]
 
 _PUBLISHED = "sentence-transformers/all-MiniLM-L6-v2 on Hugging Face, revision 1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
 MINILM = WheelModel(
@@ -379,10 +381,11 @@ class MiniLMRuntime:
         self.workers = max(1, threads or len(os.sched_getaffinity(0)))
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="loom-minilm") if self.workers > 1 else None
 
-    def encode(self, texts: Sequence[str]) -> Vectors:
+    def encode(self, texts: Sequence[str], tokens: TokenSink | None = None) -> Vectors:
         """One run per text: dynamic int8 quantisation scales activations per run, so a text batched with
         others would get a vector that depends on them; alone, its vector is the same wherever it is
-        embedded (ingestion or search). A 256-piece text is a full-sized matrix product by itself."""
+        embedded (ingestion or search). A 256-piece text is a full-sized matrix product by itself.
+        `tokens` also receives each text's piece vectors (`loom.retrieval.rerank` keeps a compact form)."""
         out = np.zeros((len(texts), HIDDEN), dtype=np.float32)
         encodings = self.tokenizer.encode_batch(list(texts))
 
@@ -395,6 +398,8 @@ class MiniLMRuntime:
             (hidden,) = self.session.run(["hidden"], feeds)
             pooled = hidden[0].mean(axis=0)
             out[row] = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
+            if tokens is not None:
+                tokens(row, ids[0], hidden[0])
 
         if self._pool is None or len(encodings) < 2:
             for row in range(len(encodings)):
@@ -440,8 +445,11 @@ class MiniLMEmbedder:
     def dimensions(self) -> int:
         return HIDDEN
 
+    def runtime(self) -> MiniLMRuntime:
+        return load_runtime(self._cache_dir, quantize=self._quantize)
+
     def embed_sync(self, texts: Sequence[str]) -> Vectors:
-        return load_runtime(self._cache_dir, quantize=self._quantize).encode(texts)
+        return self.runtime().encode(texts)
 
     async def embed(self, texts: Sequence[str]) -> Vectors:
         return await asyncio.to_thread(self.embed_sync, texts)

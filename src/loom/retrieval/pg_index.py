@@ -106,12 +106,22 @@ class PostgresChunkIndex:
         async with self._engine.begin() as conn:
             await conn.execute(set_attributes_statement(_JSONB), file_params(vector_store_id, file_id, attributes))
 
-    async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
-        if len(chunks) != len(vectors):
-            raise ValueError("one vector per chunk")
+    async def add_chunks(
+        self,
+        vector_store_id: str,
+        file_id: str,
+        chunks: Sequence[Chunk],
+        vectors: Vectors,
+        late_tokens: Sequence[bytes | None] | None = None,
+    ) -> None:
+        if len(chunks) != len(vectors) or (late_tokens is not None and len(late_tokens) != len(chunks)):
+            raise ValueError("one vector (and token blob) per chunk")
         if not chunks:
             return
         dims = int(np.asarray(vectors).shape[1])
+        # The column (migration 0012) is written only when there is something to write.
+        with_late = late_tokens is not None and any(b is not None for b in late_tokens)
+        late_column, late_value = (", late_tokens", ", r.lt") if with_late else ("", "")
         await self._ensure_hnsw(dims)
         # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
         texts = [c.text.replace("\x00", "") for c in chunks]
@@ -146,11 +156,11 @@ class PostgresChunkIndex:
                 text(
                     "WITH ins AS (INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, "
                     "start_offset, end_offset, token_count, text, embedding, embedding_dims, "
-                    "kw_terms, kw_tfs, kw_len, kw_generation) "
-                    "SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, r.kt, r.kf, r.kl, :g "
+                    f"kw_terms, kw_tfs, kw_len, kw_generation{late_column}) "
+                    f"SELECT :vs, :f, r.i, r.s, r.e, r.t, r.txt, CAST(r.emb AS vector), :d, r.kt, r.kf, r.kl, :g{late_value} "
                     "FROM unnest(CAST(:i AS int[]), CAST(:s AS int[]), CAST(:e AS int[]), CAST(:t AS int[]), "
                     "CAST(:txt AS text[]), CAST(:emb AS text[]), CAST(:kt AS bytea[]), CAST(:kf AS bytea[]), "
-                    "CAST(:kl AS int[])) AS r(i, s, e, t, txt, emb, kt, kf, kl) RETURNING 1) "
+                    "CAST(:kl AS int[]), CAST(:lt AS bytea[])) AS r(i, s, e, t, txt, emb, kt, kf, kl, lt) RETURNING 1) "
                     "UPDATE retrieval_store_stats SET chunks = chunks + (SELECT count(*) FROM ins) "
                     "WHERE vector_store_id = :vs"
                 ),
@@ -167,6 +177,7 @@ class PostgresChunkIndex:
                     "kt": [e.terms for e in encoded],
                     "kf": [e.tfs for e in encoded],
                     "kl": [e.length for e in encoded],
+                    "lt": list(late_tokens) if late_tokens is not None else [None] * len(chunks),
                     "g": int(generation),
                 },
             )
@@ -297,3 +308,13 @@ class PostgresChunkIndex:
                 text(f"SELECT {CHUNK_COLUMNS} WHERE c.id = ANY(:ids)"), {"ids": [int(i) for i in chunk_ids]}
             )
             return {int(r[0]): stored_chunk(r) for r in result}
+
+    async def late_tokens(self, chunk_ids: Collection[int]) -> dict[int, bytes]:
+        if not chunk_ids:
+            return {}
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT id, late_tokens FROM retrieval_chunks WHERE id = ANY(:ids) AND late_tokens IS NOT NULL"),
+                {"ids": [int(i) for i in chunk_ids]},
+            )
+            return {int(r[0]): bytes(r[1]) for r in result}

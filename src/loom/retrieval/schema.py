@@ -2,7 +2,7 @@
 
 The Alembic revisions `0002_retrieval` (`schema_statements`), `0003_retrieval_term_stats`
 (`term_stats_statements`), `0010_sqlite_keyword_postings` (`sqlite_keyword_upgrade`),
-`0011_pg_keyword_columns` (`keyword_columns_upgrade`) and `create_schema` (tests, ad-hoc setups) run
+`0011_pg_keyword_columns` (`keyword_columns_upgrade`), `0012_late_tokens` (`late_tokens_upgrade`) and `create_schema` (tests, ad-hoc setups) run
 the same statements, so they can never drift. Statements of a revision never change once released: a later schema change
 is a new list and a new revision.
 """
@@ -349,6 +349,29 @@ def _has_keyword_columns(conn: Connection) -> bool:
     return found.first() is not None
 
 
+# Revision 0012 (both databases): each chunk's compact token vectors for reranking (`loom.retrieval.rerank`),
+# NULL for chunks written before it or embedded by a model without token vectors (those are not reranked).
+LATE_TOKENS_COLUMN = "late_tokens"
+
+
+def late_tokens_upgrade(conn: Connection) -> None:
+    """Revision 0012 (idempotent): the nullable `late_tokens` column. Existing chunks keep NULL: filling it
+    would mean running the model over every stored chunk again."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ALTER TABLE retrieval_chunks ADD COLUMN IF NOT EXISTS {LATE_TOKENS_COLUMN} BYTEA"))
+        return
+    have = {str(r[1]) for r in conn.execute(text("PRAGMA table_info(retrieval_chunks)"))}
+    if LATE_TOKENS_COLUMN not in have:
+        conn.execute(text(f"ALTER TABLE retrieval_chunks ADD COLUMN {LATE_TOKENS_COLUMN} BLOB"))
+
+
+def late_tokens_downgrade(conn: Connection) -> None:
+    if conn.dialect.name == "postgresql":
+        conn.execute(text(f"ALTER TABLE retrieval_chunks DROP COLUMN IF EXISTS {LATE_TOKENS_COLUMN}"))
+    else:
+        conn.execute(text(f"ALTER TABLE retrieval_chunks DROP COLUMN {LATE_TOKENS_COLUMN}"))
+
+
 async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: int = DEFAULT_DIMENSIONS) -> None:
     """Create the retrieval tables on this connection's database (`dialect_name`: the index's own), or
     bring them up to date (idempotent)."""
@@ -362,3 +385,4 @@ async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: in
         await conn.run_sync(keyword_columns_upgrade)
     if dialect_name == "sqlite":
         await conn.run_sync(sqlite_keyword_upgrade)
+    await conn.run_sync(late_tokens_upgrade)

@@ -3,6 +3,10 @@
 Fusion (measured on SciFact, see bench/retrieval_quality.py): `linear` combines the cosine
 similarity (clipped to 0..1) with the BM25 score divided by the best BM25 score of the query;
 `rrf` is weighted reciprocal-rank fusion scaled so that rank 1 in both lists scores 1.0.
+
+Then, unless `ranker` is `none`, the best `RERANK_DEPTH` fused candidates are re-scored by late
+interaction over their stored token vectors (`loom.retrieval.rerank`; stores embedded by MiniLM), and
+`score_threshold` applies to those final scores. Candidates without token vectors keep fusion's order.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from loom.errors import InvalidRequest
-from loom.retrieval.embedding import Embedder
+from loom.retrieval.embedding import Embedder, Vectors
 from loom.retrieval.filters import Filter, matches, parse_filter
 from loom.retrieval.index import Candidate, ChunkIndex, query_terms
+from loom.retrieval.rerank import RANKERS, RERANK_DEPTH, Floats, embed_queries, keeps_tokens, rescore, wants_rerank
 
 SearchMode = Literal["hybrid", "vector", "keyword"]
 
@@ -97,7 +102,7 @@ def fuse(
     return {cid: _clip(wv * vec.get(cid, 0.0) + wk * kw.get(cid, 0.0)) for cid in vec.keys() | kw.keys()}
 
 
-def _validate(max_num_results: int, score_threshold: float, mode: str) -> None:
+def _validate(max_num_results: int, score_threshold: float, mode: str, ranker: str) -> None:
     if not 1 <= max_num_results <= 50:
         raise InvalidRequest(
             f"Invalid 'max_num_results': expected a value between 1 and 50, but got {max_num_results} instead.",
@@ -113,6 +118,12 @@ def _validate(max_num_results: int, score_threshold: float, mode: str) -> None:
         )
     if mode not in ("hybrid", "vector", "keyword"):
         raise ValueError(f"unknown search mode {mode!r}")
+    if ranker not in RANKERS:
+        raise InvalidRequest(
+            f"Invalid 'ranking_options.ranker': expected one of {', '.join(RANKERS)}, but got {ranker!r} instead.",
+            param="ranking_options.ranker",
+            code="invalid_value",
+        )
 
 
 async def search(
@@ -126,14 +137,16 @@ async def search(
     score_threshold: float = 0.0,
     mode: SearchMode = "hybrid",
     fusion: Fusion | None = None,
+    ranker: str = "auto",
 ) -> list[SearchResult]:
     """Search one or more vector stores with one or more queries; best chunks first, scores 0..1.
 
     Several queries: each is searched on its own and a chunk keeps its best score over them.
     `fusion`: by default the one tuned for `embedder` (`fusion_for`), the store's own embedder.
     `filters` is OpenAI's ComparisonFilter/CompoundFilter (raw dict or parsed), over file attributes.
+    `ranker` `none` keeps fusion's order; the others rerank (`loom.retrieval.rerank`).
     """
-    _validate(max_num_results, score_threshold, mode)
+    _validate(max_num_results, score_threshold, mode, ranker)
     return await run_search(
         index,
         embedder,
@@ -144,6 +157,7 @@ async def search(
         score_threshold=score_threshold,
         mode=mode,
         fusion=fusion,
+        ranker=ranker,
     )
 
 
@@ -158,6 +172,7 @@ async def run_search(
     score_threshold: float = 0.0,
     mode: SearchMode = "hybrid",
     fusion: Fusion | None = None,
+    ranker: str = "auto",
 ) -> list[SearchResult]:
     """`search` without the API's request limits (benchmarks ask for 100 results)."""
     queries = [query] if isinstance(query, str) else list(query)
@@ -174,7 +189,14 @@ async def run_search(
     if fusion is None:
         fusion = fusion_for(embedder.name)
     limit = max(fusion.candidates, max_num_results)
-    vectors = await embedder.embed(queries) if mode != "keyword" else None
+    vectors: Vectors | None = None
+    pieces: list[Floats] | None = None
+    if wants_rerank(ranker) and keeps_tokens(embedder):  # the query's piece vectors: from the pass that embeds it
+        vectors, pieces = await embed_queries(embedder, queries)
+    elif mode != "keyword":
+        vectors = await embedder.embed(queries)
+    if mode == "keyword":
+        vectors = None
 
     best: dict[int, float] = {}
     for i, q in enumerate(queries):
@@ -191,10 +213,10 @@ async def run_search(
             if score > best.get(cid, -1.0):
                 best[cid] = score
 
-    ranked = sorted(
-        ((cid, s) for cid, s in best.items() if s >= score_threshold and s > 0.0),
-        key=lambda item: (-item[1], item[0]),
-    )[:max_num_results]
+    ranked = sorted(((cid, s) for cid, s in best.items() if s > 0.0), key=lambda item: (-item[1], item[0]))
+    if pieces is not None and ranked:
+        ranked = await _rerank(index, pieces, ranked[: max(RERANK_DEPTH, max_num_results)])
+    ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
     chunks = await index.get_chunks([cid for cid, _ in ranked])
     results: list[SearchResult] = []
     for cid, score in ranked:
@@ -216,3 +238,16 @@ async def run_search(
             )
         )
     return results
+
+
+async def _rerank(index: ChunkIndex, pieces: Sequence[Floats], top: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """`top` (fused, best first) re-scored by late interaction, best first; unchanged when any candidate
+    has no stored token vectors (a store embedded by another model, or chunks from before migration 0012):
+    scores of two kinds are never ranked against each other."""
+    blobs = await index.late_tokens([cid for cid, _ in top])
+    if len(blobs) < len(top):
+        return top
+    final = await asyncio.to_thread(rescore, pieces, [s for _, s in top], [blobs[cid] for cid, _ in top])
+    rescored = [(cid, float(score)) for (cid, _), score in zip(top, final, strict=True)]
+    rescored.sort(key=lambda item: (-item[1], item[0]))
+    return rescored

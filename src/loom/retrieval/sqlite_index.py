@@ -117,9 +117,19 @@ class SQLiteChunkIndex:
         async with self._engine.begin() as conn:
             await conn.execute(set_attributes_statement(":attrs"), file_params(vector_store_id, file_id, attributes))
 
-    async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
-        if len(chunks) != len(vectors):
-            raise ValueError("one vector per chunk")
+    async def add_chunks(
+        self,
+        vector_store_id: str,
+        file_id: str,
+        chunks: Sequence[Chunk],
+        vectors: Vectors,
+        late_tokens: Sequence[bytes | None] | None = None,
+    ) -> None:
+        if len(chunks) != len(vectors) or (late_tokens is not None and len(late_tokens) != len(chunks)):
+            raise ValueError("one vector (and token blob) per chunk")
+        late = list(late_tokens) if late_tokens is not None else [None] * len(chunks)
+        # The column (migration 0012) is written only when there is something to write.
+        with_late = any(b is not None for b in late)
         if not chunks:
             return
         encoded = await asyncio.to_thread(lambda: [encode(c.text) for c in chunks])
@@ -136,8 +146,9 @@ class SQLiteChunkIndex:
                 "kt": k.terms,
                 "kf": k.tfs,
                 "kl": k.length,
+                "lt": lt,
             }
-            for c, v, k in zip(chunks, vectors, encoded, strict=True)
+            for c, v, k, lt in zip(chunks, vectors, encoded, late, strict=True)
         ]
         async with self._engine.begin() as conn:
             # One embedding size per store: a store's vectors come from one model (`store_embedders`).
@@ -155,8 +166,8 @@ class SQLiteChunkIndex:
             await conn.execute(
                 text(
                     "INSERT INTO retrieval_chunks (vector_store_id, file_id, chunk_index, start_offset, "
-                    "end_offset, token_count, text, embedding, kw_terms, kw_tfs, kw_len) "
-                    "VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb, :kt, :kf, :kl)"
+                    f"end_offset, token_count, text, embedding, kw_terms, kw_tfs, kw_len{', late_tokens' if with_late else ''}) "
+                    f"VALUES (:vs, :f, :i, :s, :e, :t, :text, :emb, :kt, :kf, :kl{', :lt' if with_late else ''})"
                 ),
                 rows,
             )
@@ -283,6 +294,16 @@ class SQLiteChunkIndex:
                 _expanding(f"SELECT {CHUNK_COLUMNS} WHERE c.id IN :ids", "ids"), {"ids": list(chunk_ids)}
             )
             return {int(r[0]): stored_chunk(r) for r in result}
+
+    async def late_tokens(self, chunk_ids: Collection[int]) -> dict[int, bytes]:
+        if not chunk_ids:
+            return {}
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                _expanding("SELECT id, late_tokens FROM retrieval_chunks WHERE id IN :ids", "ids"),
+                {"ids": list(chunk_ids)},
+            )
+            return {int(r[0]): bytes(r[1]) for r in result if r[1] is not None}
 
 
 @dataclass(frozen=True, slots=True)

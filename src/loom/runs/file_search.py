@@ -122,6 +122,7 @@ class FileSearchTool:
                 queries,
                 max_num_results=int(max_results),
                 score_threshold=ranking["score_threshold"],
+                ranker=ranking["ranker"],
                 wait_s=self.wait_s,
             )
             if queries and stores

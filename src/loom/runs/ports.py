@@ -53,6 +53,7 @@ class VectorSearch(Protocol):
         *,
         max_num_results: int,
         score_threshold: float,
+        ranker: str = "auto",
         wait_s: float = 60.0,
     ) -> list[SearchResult]:
         """The best passages of the project's live stores among `store_ids` for `queries`, after waiting

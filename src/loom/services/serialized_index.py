@@ -38,9 +38,16 @@ class SerializedWrites:
         async with self.db.writer_turn():
             await self.inner.set_attributes(vector_store_id, file_id, attributes)
 
-    async def add_chunks(self, vector_store_id: str, file_id: str, chunks: Sequence[Chunk], vectors: Vectors) -> None:
+    async def add_chunks(
+        self,
+        vector_store_id: str,
+        file_id: str,
+        chunks: Sequence[Chunk],
+        vectors: Vectors,
+        late_tokens: Sequence[bytes | None] | None = None,
+    ) -> None:
         async with self.db.writer_turn():
-            await self.inner.add_chunks(vector_store_id, file_id, chunks, vectors)
+            await self.inner.add_chunks(vector_store_id, file_id, chunks, vectors, late_tokens)
 
     async def delete_file(self, vector_store_id: str, file_id: str) -> int:
         async with self.db.writer_turn():
@@ -68,3 +75,6 @@ class SerializedWrites:
 
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
         return await self.inner.get_chunks(chunk_ids)
+
+    async def late_tokens(self, chunk_ids: Collection[int]) -> dict[int, bytes]:
+        return await self.inner.late_tokens(chunk_ids)

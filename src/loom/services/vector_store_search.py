@@ -45,6 +45,7 @@ class SearchRequest:
     filters: Filter | None
     max_num_results: int
     score_threshold: float
+    ranker: str = "auto"
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> SearchRequest:
@@ -54,7 +55,8 @@ class SearchRequest:
         if req.rewrite_query:
             queries = [rewrite_query(q) for q in queries]
         threshold = req.ranking_options.score_threshold if req.ranking_options else None
-        return cls(queries, flt, req.max_num_results or 10, threshold or 0.0)
+        ranker = (req.ranking_options.ranker if req.ranking_options else None) or "auto"
+        return cls(queries, flt, req.max_num_results or 10, threshold or 0.0, ranker)
 
     async def run(self, index: ChunkIndex, embedder: Embedder, store_ids: Sequence[str]) -> list[SearchResult]:
         return await search(
@@ -65,6 +67,7 @@ class SearchRequest:
             max_num_results=self.max_num_results,
             filters=self.filters,
             score_threshold=self.score_threshold,
+            ranker=self.ranker,
         )
 
     def page(self, results: Sequence[SearchResult]) -> dict[str, Any]:

@@ -386,6 +386,7 @@ class VectorStoreService:
         *,
         max_num_results: int,
         score_threshold: float,
+        ranker: str = "auto",
         wait_s: float = 60.0,
     ) -> builtins.list[SearchResult]:
         """File search inside a run: waits (bounded) for files still ingesting, then searches live stores."""
@@ -401,6 +402,7 @@ class VectorStoreService:
             list(queries),
             max_num_results=max_num_results,
             score_threshold=score_threshold,
+            ranker=ranker,
         )
         await self.touch(project, live)
         return results
