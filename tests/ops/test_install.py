@@ -1,6 +1,7 @@
 """The distribution: `python -m build` makes a wheel and an sdist named `loom-assistants`; the wheel,
-installed into a fresh virtualenv, gives a `loom` command that serves from any directory, with its data
-in the per-user data directory, and runs the code interpreter.
+installed into a fresh virtualenv, gives a `loom` command that fetches the default embedder's weights
+(`loom weights fetch`: it refuses to serve before) and serves from any directory, with its data in the
+per-user data directory, and runs the code interpreter.
 
 To keep the test cheap, the fresh venv gets the wheel itself with `--no-deps` and borrows the
 dependencies from the development venv through a `.pth` line (the editable checkout there is not on
@@ -76,6 +77,25 @@ def test_wheel_installs_and_serves_from_anywhere(tmp_path: Path, upstream: FakeU
         ["python", "-c", "import loom; print(loom.__file__)"], env=env, cwd=elsewhere, capture_output=True, text=True
     )
     assert imported.stdout.startswith(str(venv)), imported.stdout
+
+    # The default embedder's weights, as the README says: without them `loom serve` refuses to start.
+    weights = home / ".cache" / "loom" / "weights" / "all-MiniLM-L6-v2"
+    refused = subprocess.run(
+        ["loom", "serve", "--port", str(free_port())],
+        env=env,
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2 and "weights" in refused.stderr, refused.stderr
+    fetched = subprocess.run(
+        ["loom", "weights", "fetch"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600
+    )
+    assert fetched.returncode == 0, fetched.stderr
+    assert (weights / "model.safetensors").is_file() and any((weights / "onnx").glob("*.onnx")), fetched.stderr
+    verified = subprocess.run(["loom", "weights", "verify"], env=env, cwd=elsewhere, capture_output=True, timeout=120)
+    assert verified.returncode == 0, verified.stderr
 
     port = free_port()
     log = (tmp_path / "serve.log").open("wb")
