@@ -1,6 +1,6 @@
 """Retrieval quality on SciFact (BEIR test split): nDCG@10 and recall@100 per search mode.
 
-    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama|minilm|minilm-numpy]
+    .venv/bin/python bench/retrieval_quality.py [--postgres] [--embedder wordllama|minilm|minilm-numpy] [--rerank-sweep]
 
 Reads the corpus from ../shared/data/ir/scifact (CC BY-NC: never copied into this repository),
 indexes every abstract (title + text) as one file of one vector store with the `auto` chunking,
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
+from loom.retrieval import rerank  # noqa: E402
 from loom.retrieval.chunking import chunk_text  # noqa: E402
 from loom.retrieval.embedding import Embedder, WordLlamaEmbedder  # noqa: E402
 from loom.retrieval.index import ChunkIndex  # noqa: E402
@@ -164,6 +165,9 @@ async def main() -> None:
     parser.add_argument("--embedder", default="wordllama")
     parser.add_argument("--grid", action="store_true", help="also try reciprocal-rank fusion")
     parser.add_argument("--skip-sqlite", action="store_true")
+    parser.add_argument(
+        "--rerank-sweep", action="store_true", help="also the reranker's mix: fused weight 0.1..0.7 (shipped 0.3)"
+    )
     args = parser.parse_args()
     corpus, queries, qrels = load()
     embedder = make_embedder(args.embedder)
@@ -208,6 +212,15 @@ async def main() -> None:
             t0 = time.perf_counter()
             ndcg, rec = await evaluate(index, embedder, queries, qrels, mode, fusion, ranker)
             print(f"{label:<40} {ndcg:8.4f} {rec:8.4f} {time.perf_counter() - t0:6.1f}", flush=True)
+        if args.rerank_sweep and keeps_tokens(embedder):
+            shipped_mix = rerank.FUSED_WEIGHT
+            try:
+                for mix in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7):
+                    rerank.FUSED_WEIGHT = mix  # read by rerank.combine at each call
+                    ndcg, rec = await evaluate(index, embedder, queries, qrels, "hybrid", shipped, "auto")
+                    print(f"{f'{hybrid} + rerank, fused x {mix}':<40} {ndcg:8.4f} {rec:8.4f}", flush=True)
+            finally:
+                rerank.FUSED_WEIGHT = shipped_mix
         if keeps_tokens(embedder):
             await rerank_latency(index, embedder, queries)
     await sqlite_engine.dispose()
