@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from bench.retrieval_latency import WORDS_PER_CHUNK, pct, vocabulary  # noqa: E402
-from loom.retrieval import bm25  # noqa: E402
-from loom.retrieval.bm25 import BM25_B, BM25_K1, Hashes, Postings  # noqa: E402
+from loom.retrieval import analysis, bm25  # noqa: E402
+from loom.retrieval.analysis import Hashes  # noqa: E402
+from loom.retrieval.bm25 import BM25_B, BM25_K1, Postings  # noqa: E402
 from loom.retrieval.index import Candidate, query_terms  # noqa: E402
 from loom.retrieval.pg_keywords import SEGMENT_ROWS  # noqa: E402
 from loom.retrieval.topk import Work, top_k  # noqa: E402
@@ -119,7 +120,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     args = parser.parse_args()
     words, probs, queries = vocabulary()
-    hashes = np.array([int(h[0]) if (h := bm25.query_hashes([w])).size else 0 for w in words], dtype=np.uint64)
+    hashes = np.array([int(h[0]) if (h := analysis.query_hashes([w])).size else 0 for w in words], dtype=np.uint64)
     rng = np.random.default_rng(7)
     t0 = time.perf_counter()
     segments = [
@@ -141,7 +142,7 @@ def main() -> None:
         f"{args.chunks} chunks: generated and built in {built:.0f}s (per-term bounds {bounds_s:.1f}s of it), "
         f"{len(segments)} segments, {size:.0f} MB of postings (bounds {bounds_mb:.1f} MB), peak RSS {peak:.0f} MB"
     )
-    qs = [bm25.query_hashes(query_terms(q)) for q in queries[:300]]
+    qs = [analysis.query_hashes(query_terms(q)) for q in queries[:300]]
     exhaustive = [bm25.rank(segments, q, args.limit) for q in qs]
     methods: list[tuple[str, Rank]] = [
         ("dense pass (bm25.rank)", bm25.rank),

@@ -43,7 +43,8 @@ from sqlalchemy.ext.asyncio import create_async_engine  # noqa: E402
 
 from bench.retrieval_quality import STORE, build, load, ndcg_at_10, recall_at_100  # noqa: E402
 from loom.retrieval.index import STOPWORDS  # noqa: E402
-from loom.retrieval.minilm import HIDDEN, MiniLMRuntime, load_runtime  # noqa: E402
+from loom.retrieval.minilm import MiniLMRuntime, load_runtime  # noqa: E402
+from loom.retrieval.minilm_graph import HIDDEN  # noqa: E402
 from loom.retrieval.search import run_search  # noqa: E402
 from loom.retrieval.sqlite_index import SQLiteChunkIndex  # noqa: E402
 

@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine  # noqa: E40
 
 from bench.retrieval_latency import CHUNKS_PER_FILE, DIMS, drop_kept, kept_database, pct, synthetic, vocabulary  # noqa: E402
 from bench.retrieval_quality import load, ndcg_at_10, recall_at_100  # noqa: E402
-from loom.retrieval import bm25  # noqa: E402
+from loom.retrieval import analysis  # noqa: E402
 from loom.retrieval.chunking import chunk_text  # noqa: E402
 from loom.retrieval.index import query_terms  # noqa: E402
 from loom.retrieval.pg_index import PostgresChunkIndex  # noqa: E402
@@ -173,7 +173,7 @@ async def measure(
             )
         ]
     t0 = time.perf_counter()
-    exact = {qid: brute_force(rows, bm25.query_hashes(query_terms(queries[qid])), LIMIT) for qid in qids}
+    exact = {qid: brute_force(rows, analysis.query_hashes(query_terms(queries[qid])), LIMIT) for qid in qids}
     print(f"  brute force: {time.perf_counter() - t0:.0f}s for {len(qids)} queries", flush=True)
     del rows
     n = index.keywords.nbytes

@@ -12,7 +12,8 @@ from types import ModuleType
 
 import numpy as np
 
-from loom.retrieval.bm25 import BM25_B, BM25_K1, analyze
+from loom.retrieval.analysis import analyze
+from loom.retrieval.bm25 import BM25_B, BM25_K1
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.index import Candidate
 

@@ -10,14 +10,8 @@ from collections.abc import Collection, Sequence
 import numpy as np
 import pytest
 
-from loom.retrieval.bm25 import (
-    TF_MAX,
-    Postings,
-    analyze,
-    encode,
-    query_hashes,
-    rank,
-)
+from loom.retrieval.analysis import TF_MAX, analyze, encode, query_hashes
+from loom.retrieval.bm25 import Postings, rank
 from loom.retrieval.index import Candidate
 from tests.retrieval.support import brute_bm25
 

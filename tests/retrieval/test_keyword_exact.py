@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import command
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from loom.retrieval.bm25 import analyze
+from loom.retrieval.analysis import analyze
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.index import Candidate, ChunkIndex
 from loom.retrieval.sqlite_index import SQLiteChunkIndex

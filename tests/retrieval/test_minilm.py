@@ -21,7 +21,6 @@ from loom.retrieval.errors import IndexingFailed
 from loom.retrieval.index import ChunkIndex
 from loom.retrieval.ingest import ingest_file
 from loom.retrieval.minilm import (
-    MAX_TOKENS,
     MINILM,
     MiniLMEmbedder,
     MiniLMRuntime,
@@ -30,6 +29,7 @@ from loom.retrieval.minilm import (
     built_model,
     load_runtime,
 )
+from loom.retrieval.minilm_graph import MAX_TOKENS
 from loom.retrieval.search import DEFAULT_FUSION, Fusion, search
 from loom.retrieval.weights import WeightsMissing, WeightsTampered, model_dir, verified_dir
 from loom.retrieval.weights import main as weights_main

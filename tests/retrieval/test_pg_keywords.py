@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from loom.retrieval import pg_keywords
-from loom.retrieval.bm25 import Encoded, Postings, encode, query_hashes, rank
+from loom.retrieval.analysis import Encoded, encode, query_hashes
+from loom.retrieval.bm25 import Postings, rank
 from loom.retrieval.index import Candidate
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.schema import schema_statements, term_stats_statements

@@ -19,7 +19,8 @@ from loom.retrieval.chunking import chunk_text
 from loom.retrieval.embedding import Embedder, WordLlamaEmbedder
 from loom.retrieval.index import ChunkIndex, query_terms
 from loom.retrieval.ingest import ingest_file
-from loom.retrieval.minilm import HIDDEN, MiniLMEmbedder
+from loom.retrieval.minilm import MiniLMEmbedder
+from loom.retrieval.minilm_graph import HIDDEN
 from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.rerank import MAX_VECTORS, expand
 from loom.retrieval.search import fuse, fusion_for, search

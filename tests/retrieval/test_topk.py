@@ -12,7 +12,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from loom.retrieval.bm25 import BLOCK_SHIFT, BLOCK_TERM_SHARE, Postings, encode, query_hashes, rank
+from loom.retrieval.analysis import encode, query_hashes
+from loom.retrieval.bm25 import BLOCK_SHIFT, BLOCK_TERM_SHARE, Postings, rank
 from loom.retrieval.index import Candidate
 from loom.retrieval.topk import Work, top_k
 from tests.retrieval.support import brute_bm25

@@ -1,6 +1,6 @@
 """Keyword search in the PostgreSQL chunk index: exact Okapi BM25 from an in-memory index per store.
 
-Each chunk's keywords are analysed once, at ingest (`bm25.encode`), into three columns of
+Each chunk's keywords are analysed once, at ingest (`analysis.encode`), into three columns of
 `retrieval_chunks`: its distinct terms' hashes (`kw_terms`), their frequencies (`kw_tfs`) and its
 length (`kw_len`). A replica searching a store loads those rows into a `bm25.Postings` (numpy CSR)
 and ranks them (`topk.top_k`): the exact BM25 top k, with statistics over the searched stores, no
@@ -34,7 +34,8 @@ import numpy.typing as npt
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loom.retrieval.bm25 import Hashes, Postings, PostingsRow
+from loom.retrieval.analysis import Hashes
+from loom.retrieval.bm25 import Postings, PostingsRow
 from loom.retrieval.index import Candidate
 from loom.retrieval.topk import top_k
 

@@ -29,7 +29,8 @@ import numpy.typing as npt
 
 from loom.retrieval.embedding import Embedder, Vectors
 from loom.retrieval.index import STOPWORDS
-from loom.retrieval.minilm import HIDDEN, MiniLMEmbedder, MiniLMRuntime
+from loom.retrieval.minilm import MiniLMEmbedder, MiniLMRuntime
+from loom.retrieval.minilm_graph import HIDDEN
 
 # `ranking_options.ranker` values: vector store search's, and file_search's in runs (Assistants API).
 RANKERS = ("auto", "default-2024-11-15", "default_2024_08_21", "none")

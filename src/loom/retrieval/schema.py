@@ -16,7 +16,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 if TYPE_CHECKING:
-    from loom.retrieval.bm25 import Encoded  # the analyzer loads only when a migration encodes
+    from loom.retrieval.analysis import Encoded  # the analyzer loads only when a migration encodes
 
 DEFAULT_DIMENSIONS = 256  # the bundled WordLlama embedder
 
@@ -171,7 +171,7 @@ POSTGRES_TERM_STATS_DROP = [
 ]
 
 # Revision 0011: keyword search from an in-memory index per store (`loom.retrieval.pg_keywords`).
-# Each chunk's keywords as `bm25.encode` writes them, the generation that added it; each store's
+# Each chunk's keywords as `analysis.encode` writes them, the generation that added it; each store's
 # generation (bumped by every write) and that of its last delete. Existing chunks are encoded by
 # `backfill_keyword_columns` (Python: the analyzer is PyStemmer's), then the columns become NOT NULL.
 # Revision 0011 first drops what ranking no longer reads (0002's tsvector column, its GIN index, the
@@ -226,7 +226,7 @@ BACKFILL_BATCH = 1000
 def _unencoded(conn: Connection, column: str, batch: int) -> Iterator[tuple[list[int], list[Encoded]]]:
     """The chunks whose keyword `column` is still NULL, in batches by id, with their encodings (the
     caller writes each batch before asking for the next)."""
-    from loom.retrieval.bm25 import encode  # the analyzer (numpy, PyStemmer): only when upgrading
+    from loom.retrieval.analysis import encode  # the analyzer (numpy, PyStemmer): only when upgrading
 
     last = 0
     while True:
@@ -307,7 +307,7 @@ def term_stats_drop_statements(dialect_name: str) -> list[str]:
     return list(POSTGRES_TERM_STATS_DROP) if dialect_name == "postgresql" else []
 
 
-# Revision 0010 (SQLite): each chunk's keywords as `bm25.encode` writes them (sorted term hashes,
+# Revision 0010 (SQLite): each chunk's keywords as `analysis.encode` writes them (sorted term hashes,
 # term frequencies, length), read into per-store in-memory postings (`SQLiteChunkIndex`), so BM25's
 # statistics are the searched stores' and the top k exact. The FTS5 table and its triggers go.
 SQLITE_KEYWORD_COLUMNS = ["kw_terms BLOB", "kw_tfs BLOB", "kw_len INTEGER"]
@@ -354,10 +354,10 @@ def _has_keyword_columns(conn: Connection) -> bool:
 LATE_TOKENS_COLUMN = "late_tokens"
 
 
-def late_tokens_upgrade(conn: Connection) -> None:
+def late_tokens_upgrade(conn: Connection, dialect_name: str) -> None:
     """Revision 0012 (idempotent): the nullable `late_tokens` column. Existing chunks keep NULL: filling it
     would mean running the model over every stored chunk again."""
-    if conn.dialect.name == "postgresql":
+    if dialect_name == "postgresql":
         conn.execute(text(f"ALTER TABLE retrieval_chunks ADD COLUMN IF NOT EXISTS {LATE_TOKENS_COLUMN} BYTEA"))
         return
     have = {str(r[1]) for r in conn.execute(text("PRAGMA table_info(retrieval_chunks)"))}
@@ -365,8 +365,8 @@ def late_tokens_upgrade(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE retrieval_chunks ADD COLUMN {LATE_TOKENS_COLUMN} BLOB"))
 
 
-def late_tokens_downgrade(conn: Connection) -> None:
-    if conn.dialect.name == "postgresql":
+def late_tokens_downgrade(conn: Connection, dialect_name: str) -> None:
+    if dialect_name == "postgresql":
         conn.execute(text(f"ALTER TABLE retrieval_chunks DROP COLUMN IF EXISTS {LATE_TOKENS_COLUMN}"))
     else:
         conn.execute(text(f"ALTER TABLE retrieval_chunks DROP COLUMN {LATE_TOKENS_COLUMN}"))
@@ -385,4 +385,4 @@ async def create_schema(conn: AsyncConnection, dialect_name: str, dimensions: in
         await conn.run_sync(keyword_columns_upgrade)
     if dialect_name == "sqlite":
         await conn.run_sync(sqlite_keyword_upgrade)
-    await conn.run_sync(late_tokens_upgrade)
+    await conn.run_sync(late_tokens_upgrade, dialect_name)

@@ -21,7 +21,8 @@ import numpy.typing as npt
 from sqlalchemy import bindparam, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loom.retrieval.bm25 import TERM_DTYPE, TF_DTYPE, Encoded, Postings, encode, query_hashes
+from loom.retrieval.analysis import TERM_DTYPE, TF_DTYPE, Encoded, encode, query_hashes
+from loom.retrieval.bm25 import Postings
 from loom.retrieval.chunking import Chunk
 from loom.retrieval.embedding import Vectors
 from loom.retrieval.errors import IndexingFailed

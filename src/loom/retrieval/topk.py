@@ -43,7 +43,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from loom.retrieval.bm25 import BLOCK_SHIFT, BM25_B, BM25_K1, Hashes, Postings
+from loom.retrieval.analysis import Hashes
+from loom.retrieval.bm25 import BLOCK_SHIFT, BM25_B, BM25_K1, Postings
 from loom.retrieval.index import Candidate
 
 # About how many docs are scored exactly to find the first threshold: one in SEED_SHARE of the
@@ -154,6 +155,28 @@ def _norm(lengths: npt.NDArray[np.int64], avgdl: float) -> _Floats:
     return np.asarray(BM25_K1 * (1 - BM25_B + BM25_B * lengths / avgdl), dtype=np.float64)
 
 
+@dataclass(slots=True)
+class _Query:
+    """One search's statistics and state: its segments, each term's weight (idf * (k1 + 1)), the average
+    length, the k asked for, and the work counter."""
+
+    segments: list[_Segment]
+    weight: list[float]
+    avgdl: float
+    limit: int
+    work: Work
+
+    def exact(self, seg: _Segment, docs: _Docs) -> _Floats:
+        """Full scores of `docs`, summed in term order as `bm25.rank` sums them."""
+        norm = _norm(seg.store.lengths[docs], self.avgdl)
+        scores = np.zeros(docs.shape[0], dtype=np.float64)
+        for j in np.flatnonzero(seg.found).tolist():
+            tf = seg.tfs(j, docs)
+            hit = tf > 0
+            scores[hit] += self.weight[j] * tf[hit] / (tf[hit] + norm[hit])
+        return scores
+
+
 def top_k(
     stores: Sequence[Postings],
     hashes: Hashes | Sequence[int],
@@ -180,6 +203,7 @@ def top_k(
         df += seg.df
     weight = [math.log(1.0 + (n - d + 0.5) / (d + 0.5)) * (BM25_K1 + 1) if d else 0.0 for d in df.tolist()]
     work.postings += sum(int((seg.hi - seg.lo).sum()) for seg in segments)
+    query = _Query(segments, weight, avgdl, limit, work)
 
     # Each term's bound under these statistics: the largest over the segments holding it.
     bound = np.zeros(terms.size, dtype=np.float64)
@@ -192,21 +216,44 @@ def top_k(
     if not present:
         return []
 
-    def exact(seg: _Segment, docs: _Docs) -> _Floats:
-        """Full scores of `docs`, summed in term order as `bm25.rank` sums them."""
-        norm = _norm(seg.store.lengths[docs], avgdl)
-        scores = np.zeros(docs.shape[0], dtype=np.float64)
-        for j in np.flatnonzero(seg.found).tolist():
-            tf = seg.tfs(j, docs)
-            hit = tf > 0
-            scores[hit] += weight[j] * tf[hit] / (tf[hit] + norm[hit])
-        return scores
-
-    # (1) The threshold from the docs of the highest-bound terms (distinct docs: a doc counted twice
-    # could lift the k-th score above the true one).
     if seed_docs is None:
         seed_docs = min(max(n // SEED_SHARE, SEED_DOCS[0]), SEED_DOCS[1])
-    target = max(seed_docs, 4 * limit)
+    theta = _threshold(query, present, df, max(seed_docs, 4 * limit))
+    work.theta = theta
+    floor = theta * (1 - SLACK)
+
+    # (2) Non-essential terms: the lowest bounds, together below theta.
+    rest = 0.0
+    cut = len(present)
+    while cut > 0 and rest + float(bound[present[cut - 1]]) < floor:
+        cut -= 1
+        rest += float(bound[present[cut]])
+    essential, optional = sorted(present[:cut]), present[cut:]
+
+    partial, bases = _essential_scores(query, essential)
+    need = floor - rest * (1 + SLACK)
+    chosen = np.flatnonzero(partial >= need) if need > 0 else np.flatnonzero(partial)
+    bounds = np.searchsorted(chosen, bases)
+    found_scores: list[_Floats] = []
+    found_docs: list[tuple[_Segment, _Docs]] = []
+    for s, seg in enumerate(segments):
+        candidates = seg.usable(chosen[bounds[s] : bounds[s + 1]] - bases[s])
+        if not candidates.size:
+            continue
+        candidates, scores = _look_up_optional(query, seg, candidates, partial[candidates + bases[s]], optional, floor)
+        if candidates.size:
+            found_scores.append(scores)
+            found_docs.append((seg, candidates))
+    if not found_scores:
+        return []
+    return _rescored(query, found_docs, found_scores)
+
+
+def _threshold(query: _Query, present: Sequence[int], df: npt.NDArray[np.int64], target: int) -> float:
+    """(1) A lower bound of the k-th best score: the k-th best exact score of about `target` distinct docs
+    (a doc counted twice could lift the k-th score above the true one) from the postings of the terms
+    with the highest bounds (`present`, in that order), sampled evenly; 0 if fewer than k."""
+    segments = query.segments
     picked: list[list[npt.NDArray[np.int32]]] = [[] for _ in segments]
     taken = 0
     for j in present:
@@ -223,23 +270,17 @@ def top_k(
     for seg, parts in zip(segments, picked, strict=True):
         sample = seg.usable(np.unique(np.concatenate(parts)).astype(np.int64))
         if sample.size:
-            seeds.append(exact(seg, sample))
+            seeds.append(query.exact(seg, sample))
     seed_scores = np.concatenate(seeds) if seeds else np.zeros(0)
-    theta = float(-np.partition(-seed_scores, limit - 1)[limit - 1]) if seed_scores.size >= limit else 0.0
-    work.theta = theta
-    floor = theta * (1 - SLACK)
+    limit = query.limit
+    return float(-np.partition(-seed_scores, limit - 1)[limit - 1]) if seed_scores.size >= limit else 0.0
 
-    # (2) Non-essential terms: the lowest bounds, together below theta.
-    rest = 0.0
-    cut = len(present)
-    while cut > 0 and rest + float(bound[present[cut - 1]]) < floor:
-        cut -= 1
-        rest += float(bound[present[cut]])
-    essential, optional = sorted(present[:cut]), present[cut:]
 
-    # (3) The essential terms' postings, scored densely: one count over every segment's docs (each
-    # segment's numbered from its base), then only the docs that may still reach theta.
-    bases = np.cumsum([0] + [seg.store.size for seg in segments])
+def _essential_scores(query: _Query, essential: Sequence[int]) -> tuple[_Floats, npt.NDArray[np.int64]]:
+    """(3) The essential terms' postings, scored densely: one count over every segment's docs (each
+    segment's numbered from its base, the bases returned too)."""
+    segments, weight = query.segments, query.weight
+    bases: npt.NDArray[np.int64] = np.cumsum(np.array([0] + [seg.store.size for seg in segments], dtype=np.int64))
     spans = [(seg, base, j) for seg, base in zip(segments, bases.tolist(), strict=False) for j in essential]
     spans = [(seg, base, j) for seg, base, j in spans if seg.found[j]]
     total = sum(int(seg.hi[j] - seg.lo[j]) for seg, _, j in spans)
@@ -247,7 +288,7 @@ def top_k(
     # `bm25.rank`'s float operations (K(len) as a + c * len): step (5) scores the survivors again.
     all_docs = np.empty(total, dtype=np.int64)
     gains = np.empty(total, dtype=np.float64)
-    a, c = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / avgdl
+    a, c = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / query.avgdl
     at = 0
     for seg, base, j in spans:
         docs, tfs = seg.postings(j)
@@ -260,43 +301,39 @@ def top_k(
         np.divide(tf, out, out=out)
         out *= weight[j]
         at += docs.shape[0]
-    work.scanned += total
-    partial = np.bincount(all_docs, weights=gains, minlength=int(bases[-1]))
-    del all_docs, gains
-    need = floor - rest * (1 + SLACK)
-    chosen = np.flatnonzero(partial >= need) if need > 0 else np.flatnonzero(partial)
-    bounds = np.searchsorted(chosen, bases)
+    query.work.scanned += total
+    partial = np.asarray(np.bincount(all_docs, weights=gains, minlength=int(bases[-1])), dtype=np.float64)
+    return partial, bases
 
-    found_scores: list[_Floats] = []
-    found_docs: list[tuple[_Segment, _Docs]] = []
-    for s, seg in enumerate(segments):
-        candidates = seg.usable(chosen[bounds[s] : bounds[s + 1]] - bases[s])
-        scores = partial[candidates + bases[s]]
+
+def _look_up_optional(
+    query: _Query, seg: _Segment, candidates: _Docs, scores: _Floats, optional: Sequence[int], floor: float
+) -> tuple[_Docs, _Floats]:
+    """(4) The optional terms, looked up for one segment's candidates (with their partial `scores`): a
+    candidate stays while its partial score plus what the terms still to look up can add in its block
+    reaches theta (`floor`: theta less the slack)."""
+    remaining = _block_rest(seg, optional, query.weight, query.avgdl)
+    block = candidates >> BLOCK_SHIFT
+    keep = scores + remaining[0][block] >= floor
+    candidates, scores, block = candidates[keep], scores[keep], block[keep]
+    norm = _norm(seg.store.lengths[candidates], query.avgdl)
+    for i, j in enumerate(optional):
         if not candidates.size:
-            continue
-        # (4) The optional terms, looked up for the candidates left: a candidate stays while its
-        # partial score plus what the terms still to look up can add in its block reaches theta.
-        remaining = _block_rest(seg, optional, weight, avgdl)
-        block = candidates >> BLOCK_SHIFT
-        keep = scores + remaining[0][block] >= floor
-        candidates, scores, block = candidates[keep], scores[keep], block[keep]
-        norm = _norm(seg.store.lengths[candidates], avgdl)
-        for i, j in enumerate(optional):
-            if not candidates.size:
-                break
-            if seg.found[j]:
-                work.looked_up += int(candidates.shape[0])
-                tf = seg.tfs(j, candidates)
-                scores = scores + weight[j] * tf / (tf + norm)
-            keep = scores + remaining[i + 1][block] >= floor
-            candidates, scores, norm, block = candidates[keep], scores[keep], norm[keep], block[keep]
-        if candidates.size:
-            found_scores.append(scores)
-            found_docs.append((seg, candidates))
-    if not found_scores:
-        return []
+            break
+        if seg.found[j]:
+            query.work.looked_up += int(candidates.shape[0])
+            tf = seg.tfs(j, candidates)
+            scores = scores + query.weight[j] * tf / (tf + norm)
+        keep = scores + remaining[i + 1][block] >= floor
+        candidates, scores, norm, block = candidates[keep], scores[keep], norm[keep], block[keep]
+    return candidates, scores
 
-    # (5) The k best (and any within the slack of the k-th), scored again in term order.
+
+def _rescored(
+    query: _Query, found_docs: Sequence[tuple[_Segment, _Docs]], found_scores: Sequence[_Floats]
+) -> list[Candidate]:
+    """(5) The k best (and any within the slack of the k-th), scored again in term order."""
+    limit = query.limit
     all_scores = np.concatenate(found_scores)
     kth = float(-np.partition(-all_scores, limit - 1)[limit - 1]) if all_scores.size > limit else 0.0
     final_scores: list[_Floats] = []
@@ -304,7 +341,7 @@ def top_k(
     for (seg, kept), scores in zip(found_docs, found_scores, strict=True):
         best = kept[scores >= kth * (1 - SLACK)]
         if best.size:
-            final_scores.append(exact(seg, best))
+            final_scores.append(query.exact(seg, best))
             final_ids.append(seg.store.chunk_ids[best])
     scores_all = np.concatenate(final_scores)
     ids_all = np.concatenate(final_ids)

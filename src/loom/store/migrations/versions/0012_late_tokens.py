@@ -21,8 +21,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    late_tokens_upgrade(op.get_bind())
+    bind = op.get_bind()
+    late_tokens_upgrade(bind, bind.dialect.name)
 
 
 def downgrade() -> None:
-    late_tokens_downgrade(op.get_bind())
+    bind = op.get_bind()
+    late_tokens_downgrade(bind, bind.dialect.name)
