@@ -13,6 +13,7 @@ import pytest
 
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.runs.conftest import FUNCTION_TOOL, wait_status
+from tests.support.wait import wait_for
 from tests.webhooks.conftest import register, unique_path
 from tests.webhooks.receiver import Received, Receiver
 
@@ -97,9 +98,15 @@ def test_run_events_are_delivered_signed_and_unwrap(
         ]
     )
     assert len(got) == 8
-    # Each delivery is listed as delivered, once.
-    listed = api.get(f"/loom/webhooks/{endpoint['id']}/deliveries", params={"limit": 20}).json()["data"]
-    assert len(listed) == 8 and {d["status"] for d in listed} == {"delivered"}
+
+    # Each delivery is listed as delivered, once. The receiver has a request before Loom has its answer and
+    # records the delivery, so wait for all eight to be settled (not pending) first.
+    def settled() -> list[dict[str, Any]] | None:
+        listed = api.get(f"/loom/webhooks/{endpoint['id']}/deliveries", params={"limit": 20}).json()["data"]
+        return listed if len(listed) == 8 and all(d["status"] != "pending" for d in listed) else None
+
+    listed = wait_for(settled, timeout=30, what="the eight deliveries settled")
+    assert {d["status"] for d in listed} == {"delivered"}
     assert {d["attempts"] for d in listed} == {1}
 
 
