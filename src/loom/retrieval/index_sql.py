@@ -5,6 +5,7 @@ a JSON parameter is written differs)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import TextClause, text
@@ -54,3 +55,15 @@ def file_entry(r: Any) -> FileEntry:
 def stored_chunk(r: Any) -> StoredChunk:
     """A row of `CHUNK_COLUMNS`."""
     return StoredChunk(int(r[0]), r[1], r[2], r[3], int(r[4]), int(r[5]), int(r[6]), r[7], attributes_of(r[8]))
+
+
+def token_blobs(
+    chunks: Sequence[Any], vectors: Any, late_tokens: Sequence[bytes | None] | None
+) -> tuple[list[bytes | None], bool]:
+    """`add_chunks`' arguments checked (one vector, and one token blob if any are given, per chunk); returns
+    each chunk's token blob (None where it has none) and whether there is one to write: the `late_tokens`
+    column (migration 0012) is written only then."""
+    if len(chunks) != len(vectors) or (late_tokens is not None and len(late_tokens) != len(chunks)):
+        raise ValueError("one vector (and token blob) per chunk")
+    blobs: list[bytes | None] = list(late_tokens) if late_tokens is not None else [None] * len(chunks)
+    return blobs, any(b is not None for b in blobs)

@@ -31,6 +31,7 @@ from loom.retrieval.index_sql import (
     put_file_statement,
     set_attributes_statement,
     stored_chunk,
+    token_blobs,
 )
 from loom.retrieval.pg_keywords import DEFAULT_CACHE_BYTES, GENERATION_SEQUENCE, SESSION_SETTINGS, KeywordCache
 from loom.retrieval.schema import DEFAULT_DIMENSIONS, create_schema, hnsw_index_statement
@@ -114,13 +115,10 @@ class PostgresChunkIndex:
         vectors: Vectors,
         late_tokens: Sequence[bytes | None] | None = None,
     ) -> None:
-        if len(chunks) != len(vectors) or (late_tokens is not None and len(late_tokens) != len(chunks)):
-            raise ValueError("one vector (and token blob) per chunk")
+        late, with_late = token_blobs(chunks, vectors, late_tokens)
         if not chunks:
             return
         dims = int(np.asarray(vectors).shape[1])
-        # The column (migration 0012) is written only when there is something to write.
-        with_late = late_tokens is not None and any(b is not None for b in late_tokens)
         late_column, late_value = (", late_tokens", ", r.lt") if with_late else ("", "")
         await self._ensure_hnsw(dims)
         # PostgreSQL text cannot hold NUL; parsers strip it, this guards direct callers.
@@ -177,7 +175,7 @@ class PostgresChunkIndex:
                     "kt": [e.terms for e in encoded],
                     "kf": [e.tfs for e in encoded],
                     "kl": [e.length for e in encoded],
-                    "lt": list(late_tokens) if late_tokens is not None else [None] * len(chunks),
+                    "lt": late,
                     "g": int(generation),
                 },
             )

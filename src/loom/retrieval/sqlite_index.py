@@ -36,6 +36,7 @@ from loom.retrieval.index_sql import (
     put_file_statement,
     set_attributes_statement,
     stored_chunk,
+    token_blobs,
 )
 from loom.retrieval.schema import create_schema
 from loom.retrieval.topk import top_k
@@ -126,11 +127,7 @@ class SQLiteChunkIndex:
         vectors: Vectors,
         late_tokens: Sequence[bytes | None] | None = None,
     ) -> None:
-        if len(chunks) != len(vectors) or (late_tokens is not None and len(late_tokens) != len(chunks)):
-            raise ValueError("one vector (and token blob) per chunk")
-        late = list(late_tokens) if late_tokens is not None else [None] * len(chunks)
-        # The column (migration 0012) is written only when there is something to write.
-        with_late = any(b is not None for b in late)
+        late, with_late = token_blobs(chunks, vectors, late_tokens)
         if not chunks:
             return
         encoded = await asyncio.to_thread(lambda: [encode(c.text) for c in chunks])
