@@ -165,7 +165,7 @@ async def build_hnsw(engine: AsyncEngine) -> float:
 
     start = time.perf_counter()
     async with engine.begin() as conn:
-        await conn.execute(text("SET maintenance_work_mem = '2GB'"))
+        await conn.execute(text("SET maintenance_work_mem = '4GB'"))
         await conn.execute(text("SET max_parallel_maintenance_workers = 1"))
         await conn.execute(text(hnsw_index_statement(DIMS)))
         await conn.execute(text("ANALYZE retrieval_chunks"))
