@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from loom.errors import InvalidRequest
-from loom.retrieval.embedding import Embedder, Vectors
+from loom.retrieval.embedding import Embedder
 from loom.retrieval.filters import Filter, matches, parse_filter
 from loom.retrieval.index import Candidate, ChunkIndex, query_terms
 from loom.retrieval.rerank import RANKERS, RERANK_DEPTH, Floats, embed_queries, keeps_tokens, rescore, wants_rerank
@@ -69,10 +69,6 @@ class SearchResult:
             "attributes": self.attributes,
             "content": [{"type": "text", "text": self.text}],
         }
-
-
-async def _nothing() -> list[Candidate]:
-    return []
 
 
 def _clip(x: float) -> float:
@@ -189,26 +185,27 @@ async def run_search(
     if fusion is None:
         fusion = fusion_for(embedder.name)
     limit = max(fusion.candidates, max_num_results)
-    vectors: Vectors | None = None
-    pieces: list[Floats] | None = None
-    if wants_rerank(ranker) and keeps_tokens(embedder):  # the query's piece vectors: from the pass that embeds it
-        vectors, pieces = await embed_queries(embedder, queries)
-    elif mode != "keyword":
-        vectors = await embedder.embed(queries)
-    if mode == "keyword":
-        vectors = None
-
+    # Keyword ranking needs no embedding: it starts first and runs (in a thread) while the queries are
+    # embedded and the vector lists fetched (other connections, or a thread): the slower of the two sides
+    # sets the latency, not their sum.
+    keyword = [
+        asyncio.ensure_future(index.keyword_candidates(vector_store_ids, query_terms(q), limit, allowed))
+        for q in (queries if mode != "vector" else ())
+    ]
+    try:
+        lists = await _vector_lists(index, embedder, vector_store_ids, queries, limit, allowed, mode, ranker)
+        keyword_lists = [await task for task in keyword]
+    finally:  # on an error: stop what still runs, and take the failures of what ended (none goes unread)
+        for task in keyword:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()
+    vector_lists, pieces = lists
     best: dict[int, float] = {}
-    for i, q in enumerate(queries):
-        # The two lists are independent: fetch them concurrently (different connections/threads).
-        vec, kw = await asyncio.gather(
-            index.vector_candidates(vector_store_ids, vectors[i], limit, allowed)
-            if vectors is not None
-            else _nothing(),
-            index.keyword_candidates(vector_store_ids, query_terms(q), limit, allowed)
-            if mode != "vector"
-            else _nothing(),
-        )
+    for i in range(len(queries)):
+        vec = vector_lists[i] if vector_lists else []
+        kw = keyword_lists[i] if keyword_lists else []
         for cid, score in fuse(vec, kw, mode, fusion).items():
             if score > best.get(cid, -1.0):
                 best[cid] = score
@@ -238,6 +235,31 @@ async def run_search(
             )
         )
     return results
+
+
+async def _vector_lists(
+    index: ChunkIndex,
+    embedder: Embedder,
+    vector_store_ids: Sequence[str],
+    queries: Sequence[str],
+    limit: int,
+    allowed: set[str] | None,
+    mode: SearchMode,
+    ranker: str,
+) -> tuple[list[list[Candidate]], list[Floats] | None]:
+    """Each query's vector candidates (none in keyword mode), fetched concurrently, and the queries'
+    piece vectors for the reranker when it will run (from the pass that embeds them)."""
+    pieces: list[Floats] | None = None
+    if wants_rerank(ranker) and keeps_tokens(embedder):
+        vectors, pieces = await embed_queries(embedder, queries)
+    elif mode != "keyword":
+        vectors = await embedder.embed(queries)
+    if mode == "keyword":
+        return [], pieces
+    found = await asyncio.gather(
+        *(index.vector_candidates(vector_store_ids, vectors[i], limit, allowed) for i in range(len(queries)))
+    )
+    return list(found), pieces
 
 
 async def _rerank(index: ChunkIndex, pieces: Sequence[Floats], top: list[tuple[int, float]]) -> list[tuple[int, float]]:
