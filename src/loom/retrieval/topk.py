@@ -113,13 +113,13 @@ class _Segment:
     def tfs(self, j: int, docs: _Docs) -> _Floats:
         """Term j's frequency in each of `docs` (sorted, distinct; 0 where absent), as floats."""
         posted, tfs = self.postings(j)
-        if docs.size * LOOKUP_SHARE < posted.shape[0]:
+        n = posted.shape[0]
+        if not n:
+            return np.zeros(docs.shape[0], dtype=np.float64)
+        if docs.size * LOOKUP_SHARE < n:
             at = np.searchsorted(posted, docs)
-            at[at >= posted.shape[0]] = 0
-            hit = posted[at] == docs if posted.shape[0] else np.zeros(docs.shape[0], dtype=bool)
-            out = np.zeros(docs.shape[0], dtype=np.float64)
-            out[hit] = tfs[at[hit]]
-            return out
+            np.minimum(at, n - 1, out=at)
+            return np.where(posted[at] == docs, tfs[at], 0).astype(np.float64)
         if self._table is None:
             self._table = np.zeros(self.store.size, dtype=np.uint16)
         self._table[posted] = tfs
@@ -172,8 +172,7 @@ class _Query:
         scores = np.zeros(docs.shape[0], dtype=np.float64)
         for j in np.flatnonzero(seg.found).tolist():
             tf = seg.tfs(j, docs)
-            hit = tf > 0
-            scores[hit] += self.weight[j] * tf[hit] / (tf[hit] + norm[hit])
+            scores += self.weight[j] * tf / (tf + norm)  # where tf is 0 this adds 0.0: the same bits
         return scores
 
 
