@@ -212,9 +212,16 @@ async def run_search(
 
     ranked = sorted(((cid, s) for cid, s in best.items() if s > 0.0), key=lambda item: (-item[1], item[0]))
     if pieces is not None and ranked:
-        ranked = await _rerank(index, pieces, ranked[: max(RERANK_DEPTH, max_num_results)])
-    ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
-    chunks = await index.get_chunks([cid for cid, _ in ranked])
+        # The candidates' token vectors and rows in two concurrent queries, not one after the other: the
+        # rows of the few candidates the reranker drops cost less than a round trip.
+        top = ranked[: max(RERANK_DEPTH, max_num_results)]
+        ids = [cid for cid, _ in top]
+        blobs, chunks = await asyncio.gather(index.late_tokens(ids), index.get_chunks(ids))
+        ranked = await _rerank(pieces, top, blobs)
+        ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
+    else:
+        ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
+        chunks = await index.get_chunks([cid for cid, _ in ranked])
     results: list[SearchResult] = []
     for cid, score in ranked:
         c = chunks.get(cid)
@@ -262,11 +269,12 @@ async def _vector_lists(
     return list(found), pieces
 
 
-async def _rerank(index: ChunkIndex, pieces: Sequence[Floats], top: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """`top` (fused, best first) re-scored by late interaction, best first; unchanged when any candidate
-    has no stored token vectors (a store embedded by another model, or chunks from before migration 0012):
-    scores of two kinds are never ranked against each other."""
-    blobs = await index.late_tokens([cid for cid, _ in top])
+async def _rerank(
+    pieces: Sequence[Floats], top: list[tuple[int, float]], blobs: Mapping[int, bytes]
+) -> list[tuple[int, float]]:
+    """`top` (fused, best first) re-scored by late interaction over their token vectors `blobs`, best
+    first; unchanged when any candidate has none (a store embedded by another model, or chunks from
+    before migration 0012): scores of two kinds are never ranked against each other."""
     if len(blobs) < len(top):
         return top
     final = await asyncio.to_thread(rescore, pieces, [s for _, s in top], [blobs[cid] for cid, _ in top])
