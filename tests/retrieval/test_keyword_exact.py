@@ -6,6 +6,7 @@ plain Python; a store's ranking and scores do not move when another store ingest
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,6 +217,29 @@ async def test_searches_between_writes_see_every_batch(tmp_path: Path) -> None:
             )
             found = await index.vector_candidates(["vs"], _vectors(1, 99)[0], 1000)
             assert sorted(c.chunk_id for c in found) == sorted(docs)
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_searches_after_a_write_both_see_it(tmp_path: Path) -> None:
+    # A search runs its keyword and vector sides at once: while the first brings the cached store up to
+    # date, the second must wait for that, not read the store as it was before the write.
+    engine, index = await _sqlite(tmp_path, "c.db")
+    try:
+        await _add(index, "vs", "file-0", ["alpha beta", "gamma delta"], seed=1)
+        await index.keyword_candidates(["vs"], ["alpha"], 10)  # cached
+        await _add(index, "vs", "file-1", ["alpha alpha alpha", "beta"], seed=2)
+        for first in ("keyword", "vector"):
+            await _add(index, "vs", f"file-{first}", ["alpha epsilon"], seed=3)
+            docs = await _stored(engine, "vs")
+            keyword = index.keyword_candidates(["vs"], ["alpha"], 10)
+            vector = index.vector_candidates(["vs"], _vectors(1, 99)[0], 1000)
+            if first == "keyword":
+                kw, vec = await asyncio.gather(keyword, vector)
+            else:
+                vec, kw = await asyncio.gather(vector, keyword)
+            _same(kw, brute_bm25(docs, ["alpha"], 10))
+            assert sorted(c.chunk_id for c in vec) == sorted(docs)
     finally:
         await engine.dispose()
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from loom.errors import InvalidRequest
-from loom.retrieval.embedding import WordLlamaEmbedder
-from loom.retrieval.index import ChunkIndex
+from loom.retrieval.embedding import Vectors, WordLlamaEmbedder
+from loom.retrieval.index import Candidate, ChunkIndex
 from loom.retrieval.ingest import ingest_file
 from loom.retrieval.search import search
 
@@ -180,3 +184,65 @@ async def test_long_document_chunk_positions(index: ChunkIndex, embedder: WordLl
     assert text[hits[0].start : hits[0].end] == hits[0].text
     stored = await index.file_chunks("vs_a", "file-long")
     assert [c.chunk_index for c in stored] == list(range(result.chunks))
+
+
+class _Gated:
+    """The real embedder, whose embedding waits (up to 10 s) for `ready`: a slow embedding."""
+
+    def __init__(self, inner: WordLlamaEmbedder, ready: asyncio.Event, fail: bool = False) -> None:
+        self.inner, self.ready, self.fail = inner, ready, fail
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    @property
+    def dimensions(self) -> int:
+        return self.inner.dimensions
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        await asyncio.wait_for(self.ready.wait(), 10)
+        if self.fail:
+            raise RuntimeError("embedding failed")
+        return await self.inner.embed(texts)
+
+
+def _signal_keyword_start(index: ChunkIndex, started: asyncio.Event, fail: bool = False) -> None:
+    rank = index.keyword_candidates
+
+    async def keyword_candidates(*args: Any, **kwargs: Any) -> list[Candidate]:
+        started.set()
+        if fail:
+            raise RuntimeError("keyword ranking failed")
+        return await rank(*args, **kwargs)
+
+    index.keyword_candidates = keyword_candidates  # type: ignore[method-assign]
+
+
+async def test_keyword_ranking_runs_while_the_query_is_embedded(index: ChunkIndex, embedder: WordLlamaEmbedder) -> None:
+    """The keyword side needs no embedding: it starts before the query's embedding ends (were they in
+    sequence, the gated embedding would wait for a keyword search that never starts, and time out)."""
+    await _fill(index, embedder)
+    started = asyncio.Event()
+    _signal_keyword_start(index, started)
+    for mode in ("hybrid", "keyword"):
+        results = await search(index, _Gated(embedder, started), ["vs_a"], "volcano eruption lava", mode=mode)
+        assert results[0].file_id == "file-volcano"
+    results = await search(index, _Gated(embedder, started), ["vs_a"], ["volcano lava", "chess rook"])
+    assert {r.file_id for r in results[:2]} == {"file-volcano", "file-chess"}
+
+
+async def test_a_failing_side_fails_the_search_and_stops_the_other(
+    index: ChunkIndex, embedder: WordLlamaEmbedder
+) -> None:
+    await _fill(index, embedder)
+    started = asyncio.Event()
+    _signal_keyword_start(index, started)
+    with pytest.raises(RuntimeError, match="embedding failed"):
+        await search(index, _Gated(embedder, started, fail=True), ["vs_a"], "volcano eruption lava")
+    started = asyncio.Event()
+    _signal_keyword_start(index, started, fail=True)
+    with pytest.raises(RuntimeError, match="keyword ranking failed"):
+        await search(index, _Gated(embedder, started), ["vs_a"], "volcano eruption lava")
+    started.set()
+    assert (await search(index, embedder, ["vs_a"], "chess castling", mode="vector"))[0].file_id == "file-chess"

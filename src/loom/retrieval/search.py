@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from loom.errors import InvalidRequest
-from loom.retrieval.embedding import Embedder, Vectors
+from loom.retrieval.embedding import Embedder
 from loom.retrieval.filters import Filter, matches, parse_filter
 from loom.retrieval.index import Candidate, ChunkIndex, query_terms
 from loom.retrieval.rerank import RANKERS, RERANK_DEPTH, Floats, embed_queries, keeps_tokens, rescore, wants_rerank
@@ -69,10 +69,6 @@ class SearchResult:
             "attributes": self.attributes,
             "content": [{"type": "text", "text": self.text}],
         }
-
-
-async def _nothing() -> list[Candidate]:
-    return []
 
 
 def _clip(x: float) -> float:
@@ -189,35 +185,43 @@ async def run_search(
     if fusion is None:
         fusion = fusion_for(embedder.name)
     limit = max(fusion.candidates, max_num_results)
-    vectors: Vectors | None = None
-    pieces: list[Floats] | None = None
-    if wants_rerank(ranker) and keeps_tokens(embedder):  # the query's piece vectors: from the pass that embeds it
-        vectors, pieces = await embed_queries(embedder, queries)
-    elif mode != "keyword":
-        vectors = await embedder.embed(queries)
-    if mode == "keyword":
-        vectors = None
-
+    # Keyword ranking needs no embedding: it starts first and runs (in a thread) while the queries are
+    # embedded and the vector lists fetched (other connections, or a thread): the slower of the two sides
+    # sets the latency, not their sum.
+    keyword = [
+        asyncio.ensure_future(index.keyword_candidates(vector_store_ids, query_terms(q), limit, allowed))
+        for q in (queries if mode != "vector" else ())
+    ]
+    try:
+        lists = await _vector_lists(index, embedder, vector_store_ids, queries, limit, allowed, mode, ranker)
+        keyword_lists = [await task for task in keyword]
+    finally:  # on an error: stop what still runs, and take the failures of what ended (none goes unread)
+        for task in keyword:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()
+    vector_lists, pieces = lists
     best: dict[int, float] = {}
-    for i, q in enumerate(queries):
-        # The two lists are independent: fetch them concurrently (different connections/threads).
-        vec, kw = await asyncio.gather(
-            index.vector_candidates(vector_store_ids, vectors[i], limit, allowed)
-            if vectors is not None
-            else _nothing(),
-            index.keyword_candidates(vector_store_ids, query_terms(q), limit, allowed)
-            if mode != "vector"
-            else _nothing(),
-        )
+    for i in range(len(queries)):
+        vec = vector_lists[i] if vector_lists else []
+        kw = keyword_lists[i] if keyword_lists else []
         for cid, score in fuse(vec, kw, mode, fusion).items():
             if score > best.get(cid, -1.0):
                 best[cid] = score
 
     ranked = sorted(((cid, s) for cid, s in best.items() if s > 0.0), key=lambda item: (-item[1], item[0]))
     if pieces is not None and ranked:
-        ranked = await _rerank(index, pieces, ranked[: max(RERANK_DEPTH, max_num_results)])
-    ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
-    chunks = await index.get_chunks([cid for cid, _ in ranked])
+        # The candidates' token vectors and rows in two concurrent queries, not one after the other: the
+        # rows of the few candidates the reranker drops cost less than a round trip.
+        top = ranked[: max(RERANK_DEPTH, max_num_results)]
+        ids = [cid for cid, _ in top]
+        blobs, chunks = await asyncio.gather(index.late_tokens(ids), index.get_chunks(ids))
+        ranked = await _rerank(pieces, top, blobs)
+        ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
+    else:
+        ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
+        chunks = await index.get_chunks([cid for cid, _ in ranked])
     results: list[SearchResult] = []
     for cid, score in ranked:
         c = chunks.get(cid)
@@ -240,11 +244,37 @@ async def run_search(
     return results
 
 
-async def _rerank(index: ChunkIndex, pieces: Sequence[Floats], top: list[tuple[int, float]]) -> list[tuple[int, float]]:
-    """`top` (fused, best first) re-scored by late interaction, best first; unchanged when any candidate
-    has no stored token vectors (a store embedded by another model, or chunks from before migration 0012):
-    scores of two kinds are never ranked against each other."""
-    blobs = await index.late_tokens([cid for cid, _ in top])
+async def _vector_lists(
+    index: ChunkIndex,
+    embedder: Embedder,
+    vector_store_ids: Sequence[str],
+    queries: Sequence[str],
+    limit: int,
+    allowed: set[str] | None,
+    mode: SearchMode,
+    ranker: str,
+) -> tuple[list[list[Candidate]], list[Floats] | None]:
+    """Each query's vector candidates (none in keyword mode), fetched concurrently, and the queries'
+    piece vectors for the reranker when it will run (from the pass that embeds them)."""
+    pieces: list[Floats] | None = None
+    if wants_rerank(ranker) and keeps_tokens(embedder):
+        vectors, pieces = await embed_queries(embedder, queries)
+    elif mode != "keyword":
+        vectors = await embedder.embed(queries)
+    if mode == "keyword":
+        return [], pieces
+    found = await asyncio.gather(
+        *(index.vector_candidates(vector_store_ids, vectors[i], limit, allowed) for i in range(len(queries)))
+    )
+    return list(found), pieces
+
+
+async def _rerank(
+    pieces: Sequence[Floats], top: list[tuple[int, float]], blobs: Mapping[int, bytes]
+) -> list[tuple[int, float]]:
+    """`top` (fused, best first) re-scored by late interaction over their token vectors `blobs`, best
+    first; unchanged when any candidate has none (a store embedded by another model, or chunks from
+    before migration 0012): scores of two kinds are never ranked against each other."""
     if len(blobs) < len(top):
         return top
     final = await asyncio.to_thread(rescore, pieces, [s for _, s in top], [blobs[cid] for cid, _ in top])

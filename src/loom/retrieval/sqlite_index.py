@@ -224,13 +224,19 @@ class SQLiteChunkIndex:
         async with lock:
             cached = self._cache.get(vector_store_id)
             if cached is not None:
-                batches = self._pending.pop(vector_store_id, [])
+                # The writes stay pending until applied: a search meanwhile waits here (the check above
+                # sees them) instead of reading the entry as it was before them.
+                pending = self._pending.get(vector_store_id, [])
+                batches = list(pending)
                 if not batches:
                     return cached
                 resets = self._resets.get(vector_store_id, 0)
                 grown = await asyncio.to_thread(_apply, cached, batches)
                 if resets == self._resets.get(vector_store_id, 0):  # not invalidated meanwhile
                     self._cache[vector_store_id] = grown
+                    del pending[: len(batches)]  # writes made during the update stay pending
+                    if not pending:
+                        self._pending.pop(vector_store_id, None)
                 return grown
             writes = self._writes.get(vector_store_id, 0)
             # Streamed: each batch of rows becomes arrays (off the event loop) and is freed, so the

@@ -15,7 +15,7 @@ bounds, one in SEED_SHARE of the docs within SEED_DOCS); if at least k, `theta` 
 them, a lower bound of the k-th best overall (else 0: no pruning). (2) The terms by rising bound
 whose bounds sum below `theta` are optional: a doc holding none of the others (the essential
 terms) scores less than `theta` and cannot enter the top k. (3) The essential terms' postings are
-scored densely (one `bincount` over every segment); the docs whose partial score plus the optional
+scored densely (one `bincount` per segment, in cache); the docs whose partial score plus the optional
 terms' bounds reaches `theta` are the candidates. (4) The optional terms are looked up for the
 candidates, highest bound first; before and after each, a candidate goes once its partial score
 plus the block bounds of the optional terms still to look up falls below `theta`. (5) The
@@ -113,13 +113,13 @@ class _Segment:
     def tfs(self, j: int, docs: _Docs) -> _Floats:
         """Term j's frequency in each of `docs` (sorted, distinct; 0 where absent), as floats."""
         posted, tfs = self.postings(j)
-        if docs.size * LOOKUP_SHARE < posted.shape[0]:
+        n = posted.shape[0]
+        if not n:
+            return np.zeros(docs.shape[0], dtype=np.float64)
+        if docs.size * LOOKUP_SHARE < n:
             at = np.searchsorted(posted, docs)
-            at[at >= posted.shape[0]] = 0
-            hit = posted[at] == docs if posted.shape[0] else np.zeros(docs.shape[0], dtype=bool)
-            out = np.zeros(docs.shape[0], dtype=np.float64)
-            out[hit] = tfs[at[hit]]
-            return out
+            np.minimum(at, n - 1, out=at)
+            return np.where(posted[at] == docs, tfs[at], 0).astype(np.float64)
         if self._table is None:
             self._table = np.zeros(self.store.size, dtype=np.uint16)
         self._table[posted] = tfs
@@ -172,8 +172,7 @@ class _Query:
         scores = np.zeros(docs.shape[0], dtype=np.float64)
         for j in np.flatnonzero(seg.found).tolist():
             tf = seg.tfs(j, docs)
-            hit = tf > 0
-            scores[hit] += self.weight[j] * tf[hit] / (tf[hit] + norm[hit])
+            scores += self.weight[j] * tf / (tf + norm)  # where tf is 0 this adds 0.0: the same bits
         return scores
 
 
@@ -230,17 +229,15 @@ def top_k(
         rest += float(bound[present[cut]])
     essential, optional = sorted(present[:cut]), present[cut:]
 
-    partial, bases = _essential_scores(query, essential)
     need = floor - rest * (1 + SLACK)
-    chosen = np.flatnonzero(partial >= need) if need > 0 else np.flatnonzero(partial)
-    bounds = np.searchsorted(chosen, bases)
     found_scores: list[_Floats] = []
     found_docs: list[tuple[_Segment, _Docs]] = []
-    for s, seg in enumerate(segments):
-        candidates = seg.usable(chosen[bounds[s] : bounds[s + 1]] - bases[s])
+    for seg in segments:  # one segment at a time: its score array stays in cache
+        partial = _essential_scores(query, seg, essential)
+        candidates = seg.usable(np.flatnonzero(partial >= need) if need > 0 else np.flatnonzero(partial))
         if not candidates.size:
             continue
-        candidates, scores = _look_up_optional(query, seg, candidates, partial[candidates + bases[s]], optional, floor)
+        candidates, scores = _look_up_optional(query, seg, candidates, partial[candidates], optional, floor)
         if candidates.size:
             found_scores.append(scores)
             found_docs.append((seg, candidates))
@@ -276,34 +273,29 @@ def _threshold(query: _Query, present: Sequence[int], df: npt.NDArray[np.int64],
     return float(-np.partition(-seed_scores, limit - 1)[limit - 1]) if seed_scores.size >= limit else 0.0
 
 
-def _essential_scores(query: _Query, essential: Sequence[int]) -> tuple[_Floats, npt.NDArray[np.int64]]:
-    """(3) The essential terms' postings, scored densely: one count over every segment's docs (each
-    segment's numbered from its base, the bases returned too)."""
-    segments, weight = query.segments, query.weight
-    bases: npt.NDArray[np.int64] = np.cumsum(np.array([0] + [seg.store.size for seg in segments], dtype=np.int64))
-    spans = [(seg, base, j) for seg, base in zip(segments, bases.tolist(), strict=False) for j in essential]
-    spans = [(seg, base, j) for seg, base, j in spans if seg.found[j]]
-    total = sum(int(seg.hi[j] - seg.lo[j]) for seg, _, j in spans)
+def _essential_scores(query: _Query, seg: _Segment, essential: Sequence[int]) -> _Floats:
+    """(3) The essential terms' postings in one segment, scored densely: one count over its docs."""
+    spans = [j for j in essential if seg.found[j]]
+    total = sum(int(seg.hi[j] - seg.lo[j]) for j in spans)
     # Filled in place, one pass per operation (these arrays are one element per posting scanned). Not
     # `bm25.rank`'s float operations (K(len) as a + c * len): step (5) scores the survivors again.
-    all_docs = np.empty(total, dtype=np.int64)
+    all_docs = np.empty(total, dtype=np.int32)
     gains = np.empty(total, dtype=np.float64)
     a, c = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / query.avgdl
     at = 0
-    for seg, base, j in spans:
+    for j in spans:
         docs, tfs = seg.postings(j)
         out = gains[at : at + docs.shape[0]]
-        np.add(docs, base, out=all_docs[at : at + docs.shape[0]])
+        all_docs[at : at + docs.shape[0]] = docs
         np.multiply(seg.store.lengths[docs], c, out=out)
         out += a
         tf = tfs.astype(np.float64)
         out += tf
         np.divide(tf, out, out=out)
-        out *= weight[j]
+        out *= query.weight[j]
         at += docs.shape[0]
     query.work.scanned += total
-    partial = np.asarray(np.bincount(all_docs, weights=gains, minlength=int(bases[-1])), dtype=np.float64)
-    return partial, bases
+    return np.asarray(np.bincount(all_docs, weights=gains, minlength=seg.store.size), dtype=np.float64)
 
 
 def _look_up_optional(
