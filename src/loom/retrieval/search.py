@@ -19,7 +19,7 @@ from typing import Any, Literal
 from loom.errors import InvalidRequest
 from loom.retrieval.embedding import Embedder
 from loom.retrieval.filters import Filter, matches, parse_filter
-from loom.retrieval.index import Candidate, ChunkIndex, query_terms
+from loom.retrieval.index import Candidate, ChunkIndex, StoredChunk, query_terms
 from loom.retrieval.rerank import RANKERS, RERANK_DEPTH, Floats, embed_queries, keeps_tokens, rescore, wants_rerank
 
 SearchMode = Literal["hybrid", "vector", "keyword"]
@@ -222,6 +222,11 @@ async def run_search(
     else:
         ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
         chunks = await index.get_chunks([cid for cid, _ in ranked])
+    return _results(ranked, chunks)
+
+
+def _results(ranked: Sequence[tuple[int, float]], chunks: Mapping[int, StoredChunk]) -> list[SearchResult]:
+    """The ranked chunks as results, less any deleted between the ranking and the fetch."""
     results: list[SearchResult] = []
     for cid, score in ranked:
         c = chunks.get(cid)
