@@ -211,17 +211,16 @@ async def run_search(
                 best[cid] = score
 
     ranked = sorted(((cid, s) for cid, s in best.items() if s > 0.0), key=lambda item: (-item[1], item[0]))
+    fetched: Mapping[int, StoredChunk] | None = None
     if pieces is not None and ranked:
         # The candidates' token vectors and rows in two concurrent queries, not one after the other: the
         # rows of the few candidates the reranker drops cost less than a round trip.
         top = ranked[: max(RERANK_DEPTH, max_num_results)]
         ids = [cid for cid, _ in top]
-        blobs, chunks = await asyncio.gather(index.late_tokens(ids), index.get_chunks(ids))
+        blobs, fetched = await asyncio.gather(index.late_tokens(ids), index.get_chunks(ids))
         ranked = await _rerank(pieces, top, blobs)
-        ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
-    else:
-        ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
-        chunks = await index.get_chunks([cid for cid, _ in ranked])
+    ranked = [(cid, s) for cid, s in ranked if s >= score_threshold][:max_num_results]
+    chunks = fetched if fetched is not None else await index.get_chunks([cid for cid, _ in ranked])
     return _results(ranked, chunks)
 
 
@@ -264,7 +263,9 @@ async def _vector_lists(
     pieces: list[Floats] | None = None
     if wants_rerank(ranker) and keeps_tokens(embedder):
         vectors, pieces = await embed_queries(embedder, queries)
-    elif mode != "keyword":
+    elif mode == "keyword":
+        return [], None
+    else:
         vectors = await embedder.embed(queries)
     if mode == "keyword":
         return [], pieces
