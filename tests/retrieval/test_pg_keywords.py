@@ -3,14 +3,17 @@ store, kept fresh across replicas by per-store generations, and the same after m
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from loom.retrieval import pg_keywords
+from loom.retrieval import pg_keywords, topk
 from loom.retrieval.analysis import Encoded, encode, query_hashes
 from loom.retrieval.bm25 import Postings, rank
 from loom.retrieval.index import Candidate
@@ -128,6 +131,57 @@ async def test_a_write_through_one_replica_is_seen_by_the_other(engine: AsyncEng
     await one.add_chunks("vs_a", "file-9", *chunks_with_vectors(["lava again"]))
     assert await two.keyword_candidates(["vs_a"], ["whales"], 10) == []
     assert len(await two.keyword_candidates(["vs_a"], ["lava"], 10)) == 1
+
+
+async def test_ranking_starts_on_the_cache_while_the_generations_are_read(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = PostgresChunkIndex(engine, dimensions=8)
+    await index.create_schema()
+    await index.put_file("vs_a", "file-1", "a.txt")
+    await index.add_chunks(
+        "vs_a", "file-1", *chunks_with_vectors(["lava and ash", "whales sing", "volcanic lava flows"])
+    )
+    assert len(await index.keyword_candidates(["vs_a"], ["lava"], 10)) == 2  # loads the store
+    calls: list[int] = []
+    started = threading.Event()
+    real_generations = index.keywords._generations
+
+    def top_k(*args: Any, **kwargs: Any) -> list[Candidate]:
+        calls.append(1)
+        started.set()
+        return topk.top_k(*args, **kwargs)
+
+    async def generations(stores: Sequence[str]) -> dict[str, int]:
+        # Read only once the ranking has started: were it to wait for this read, the search would hang.
+        assert await asyncio.wait_for(asyncio.to_thread(started.wait, 10), 20)
+        return await real_generations(stores)
+
+    monkeypatch.setattr(pg_keywords, "top_k", top_k)
+    monkeypatch.setattr(index.keywords, "_generations", generations)
+    docs = await _texts(engine, "vs_a")
+    _same(await index.keyword_candidates(["vs_a"], ["lava"], 10), brute_force(docs, ["lava"], 10))
+    assert len(calls) == 1
+
+    # A write since: the guess ranked the old postings and is discarded; the search ranks the new ones.
+    await index.put_file("vs_a", "file-2", "b.txt")
+    await index.add_chunks("vs_a", "file-2", *chunks_with_vectors(["lava lava lava"]))
+    calls.clear()
+    started.clear()
+    docs = await _texts(engine, "vs_a")
+    _same(await index.keyword_candidates(["vs_a"], ["lava"], 10), brute_force(docs, ["lava"], 10))
+    assert len(calls) == 2 and len(docs) == 4
+    # A store found stale is not guessed on next time (a store written often would rank twice a search)...
+    monkeypatch.setattr(index.keywords, "_generations", real_generations)
+    calls.clear()
+    assert len(await index.keyword_candidates(["vs_a"], ["lava"], 10)) == 3
+    assert len(calls) == 1
+    # ...and is again once found fresh.
+    monkeypatch.setattr(index.keywords, "_generations", generations)
+    calls.clear()
+    started.clear()
+    assert len(await index.keyword_candidates(["vs_a"], ["lava"], 10)) == 3
+    assert len(calls) == 1
 
 
 async def test_the_cache_keeps_within_its_bound(engine: AsyncEngine) -> None:

@@ -33,7 +33,13 @@ from loom.retrieval.index_sql import (
     stored_chunk,
     token_blobs,
 )
-from loom.retrieval.pg_keywords import DEFAULT_CACHE_BYTES, GENERATION_SEQUENCE, SESSION_SETTINGS, KeywordCache
+from loom.retrieval.pg_keywords import (
+    DEFAULT_CACHE_BYTES,
+    GENERATION_SEQUENCE,
+    SESSION_SETTINGS,
+    KeywordCache,
+    raw_connection,
+)
 from loom.retrieval.schema import DEFAULT_DIMENSIONS, create_schema, hnsw_index_statement
 
 
@@ -233,18 +239,18 @@ class PostgresChunkIndex:
             result = await conn.execute(FILE_CHUNKS, {"vs": vector_store_id, "f": file_id})
             return [stored_chunk(r) for r in result]
 
-    async def _exact(self, conn: AsyncConnection, params: dict[str, Any], with_files: bool) -> list[Candidate]:
+    async def _exact(self, raw: Any, args: Sequence[Any], files: list[str] | None) -> list[Candidate]:
         # A different ORDER BY expression than the HNSW index: the planner does an exact scan,
         # narrowed by the (vector_store_id, file_id) b-tree.
         sql = (
-            "SELECT id, 1 - (embedding <=> CAST(CAST(:q AS text) AS vector)) AS score FROM retrieval_chunks "
-            "WHERE embedding_dims = :d AND vector_store_id = ANY(:vs)"
+            "SELECT id, 1 - (embedding <=> CAST(CAST($1 AS text) AS vector)) AS score FROM retrieval_chunks "
+            "WHERE embedding_dims = $2 AND vector_store_id = ANY($3::text[])"
         )
-        if with_files:
-            sql += " AND file_id = ANY(:files)"
-        sql += " ORDER BY embedding <=> CAST(CAST(:q AS text) AS vector) LIMIT :k"
-        result = await conn.execute(text(sql), params)
-        return [Candidate(int(r[0]), float(r[1])) for r in result]
+        if files is not None:
+            sql += " AND file_id = ANY($5::text[])"
+            args = [*args, files]
+        sql += " ORDER BY embedding <=> CAST(CAST($1 AS text) AS vector) LIMIT $4"
+        return [Candidate(int(r[0]), float(r[1])) for r in await raw.fetch(sql, *args)]
 
     async def vector_candidates(
         self,
@@ -254,33 +260,29 @@ class PostgresChunkIndex:
         file_ids: Collection[str] | None = None,
     ) -> list[Candidate]:
         dims = int(np.asarray(vector).size)
-        params: dict[str, Any] = {"q": vector_literal(vector), "d": dims, "vs": list(vector_store_ids), "k": limit}
-        async with self._engine.begin() as conn:
+        args = [vector_literal(vector), dims, list(vector_store_ids), int(limit)]
+        async with raw_connection(self._engine) as raw, raw.transaction():
             # asyncpg prepares statements; after five runs PostgreSQL may switch to a generic plan
             # that cannot see how selective `file_id = ANY(...)` is and scans every row (20x slower).
             # JIT: see `SESSION_SETTINGS`.
-            await conn.execute(
-                text(f"SELECT {SESSION_SETTINGS}, set_config('hnsw.ef_search', :ef, true)"),
-                {"ef": str(max(self._ef_search, limit))},
+            await raw.execute(
+                f"SELECT {SESSION_SETTINGS}, set_config('hnsw.ef_search', $1, true)", str(max(self._ef_search, limit))
             )
             if file_ids is not None:
                 # Filtered: HNSW post-filtering would lose results (no iterative scans before pgvector
                 # 0.8), and filtered sets are usually small, so search them exactly.
-                params["files"] = list(file_ids)
-                return await self._exact(conn, params, with_files=True)
-            result = await conn.execute(
-                text(
-                    f"SELECT id, 1 - ((embedding::vector({dims})) <=> CAST(CAST(:q AS text) AS vector({dims}))) "
-                    "AS score FROM retrieval_chunks WHERE embedding_dims = :d AND vector_store_id = ANY(:vs) "
-                    f"ORDER BY (embedding::vector({dims})) <=> CAST(CAST(:q AS text) AS vector({dims})) LIMIT :k"
-                ),
-                params,
+                return await self._exact(raw, args, list(file_ids))
+            rows = await raw.fetch(
+                f"SELECT id, 1 - ((embedding::vector({dims})) <=> CAST(CAST($1 AS text) AS vector({dims}))) "
+                "AS score FROM retrieval_chunks WHERE embedding_dims = $2 AND vector_store_id = ANY($3::text[]) "
+                f"ORDER BY (embedding::vector({dims})) <=> CAST(CAST($1 AS text) AS vector({dims})) LIMIT $4",
+                *args,
             )
-            found = [Candidate(int(r[0]), float(r[1])) for r in result]
+            found = [Candidate(int(r[0]), float(r[1])) for r in rows]
             if len(found) < limit:
                 # The graph walk ends after ef_search nodes, mostly other stores' when this store is
                 # a small part of the table: fall back to an exact scan of this store.
-                found = await self._exact(conn, params, with_files=False)
+                found = await self._exact(raw, args, None)
             return found
 
     async def keyword_candidates(
@@ -301,18 +303,18 @@ class PostgresChunkIndex:
     async def get_chunks(self, chunk_ids: Collection[int]) -> dict[int, StoredChunk]:
         if not chunk_ids:
             return {}
-        async with self._engine.connect() as conn:
-            result = await conn.execute(
-                text(f"SELECT {CHUNK_COLUMNS} WHERE c.id = ANY(:ids)"), {"ids": [int(i) for i in chunk_ids]}
+        async with raw_connection(self._engine) as raw:
+            rows = await raw.fetch(
+                f"SELECT {CHUNK_COLUMNS} WHERE c.id = ANY($1::bigint[])", [int(i) for i in chunk_ids]
             )
-            return {int(r[0]): stored_chunk(r) for r in result}
+            return {int(r[0]): stored_chunk(r) for r in rows}
 
     async def late_tokens(self, chunk_ids: Collection[int]) -> dict[int, bytes]:
         if not chunk_ids:
             return {}
-        async with self._engine.connect() as conn:
-            result = await conn.execute(
-                text("SELECT id, late_tokens FROM retrieval_chunks WHERE id = ANY(:ids) AND late_tokens IS NOT NULL"),
-                {"ids": [int(i) for i in chunk_ids]},
+        async with raw_connection(self._engine) as raw:
+            rows = await raw.fetch(
+                "SELECT id, late_tokens FROM retrieval_chunks WHERE id = ANY($1::bigint[]) AND late_tokens IS NOT NULL",
+                [int(i) for i in chunk_ids],
             )
-            return {int(r[0]): bytes(r[1]) for r in result}
+            return {int(r[0]): bytes(r[1]) for r in rows}
