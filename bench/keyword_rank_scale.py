@@ -129,18 +129,19 @@ def main() -> None:
     built = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    for s in segments:  # what the per-term and per-block bounds add to a build, timed again on their own
+    for s in segments:  # what the bounds and doc bitmaps add to a build, timed again on their own
         bm25._term_bounds(s.offsets, s.docs, s.tfs, s.lengths)
         bm25._block_bounds(s.offsets, s.docs, s.tfs, s.lengths)
+        bm25._doc_bits(s.offsets, s.docs, s.size)
     bounds_s = time.perf_counter() - t0
     size = sum(s.nbytes for s in segments) / 2**20
     bounds_mb = (
         sum(s.max_tfs.nbytes + s.min_lengths.nbytes + s.block_rows.nbytes + s.block_max_tfs.nbytes for s in segments)
-        + sum(s.block_min_lengths.nbytes for s in segments)
+        + sum(s.block_min_lengths.nbytes + s.bit_rows.nbytes + s.bits.nbytes + s.bit_ranks.nbytes for s in segments)
     ) / 2**20
     print(
-        f"{args.chunks} chunks: generated and built in {built:.0f}s (per-term bounds {bounds_s:.1f}s of it), "
-        f"{len(segments)} segments, {size:.0f} MB of postings (bounds {bounds_mb:.1f} MB), peak RSS {peak:.0f} MB"
+        f"{args.chunks} chunks: generated and built in {built:.0f}s (bounds and bitmaps {bounds_s:.1f}s of it), "
+        f"{len(segments)} segments, {size:.0f} MB of postings (bounds and bitmaps {bounds_mb:.1f} MB), peak RSS {peak:.0f} MB"
     )
     qs = [analysis.query_hashes(query_terms(q)) for q in queries[:300]]
     exhaustive = [bm25.rank(segments, q, args.limit) for q in qs]

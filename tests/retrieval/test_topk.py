@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from loom.retrieval.analysis import encode, query_hashes
-from loom.retrieval.bm25 import BLOCK_SHIFT, BLOCK_TERM_SHARE, Postings, rank
+from loom.retrieval.bm25 import BIT_TERM_SHARE, BLOCK_SHIFT, BLOCK_TERM_SHARE, Postings, rank
 from loom.retrieval.index import Candidate
-from loom.retrieval.topk import Work, top_k
+from loom.retrieval.topk import Work, _Segment, top_k
 from tests.retrieval.support import brute_bm25
 
 WORDS = [f"w{chr(97 + i // 26)}{chr(97 + i % 26)}" for i in range(300)]
@@ -186,3 +186,27 @@ def test_bounds_per_term_and_block_hold_after_build_merge_and_compact() -> None:
                 if here.any():
                     assert p.block_min_lengths[row, b] == p.lengths[p.docs[lo:hi][here]].min()
     assert int((whole.block_rows >= 0).sum()) > 3  # some terms are common enough to have rows
+
+
+def test_doc_bitmaps_give_every_docs_tf_after_build_merge_and_compact() -> None:
+    rng = np.random.default_rng(23)
+    docs = _docs(rng, 1, 700)
+    parts = _segments(docs, [300])
+    whole = Postings.merge(parts)
+    gone = np.zeros(whole.size, dtype=bool)
+    gone[1::3] = True
+    every = np.arange(whole.size)
+    for p in (*parts, whole, whole.remove(gone).compact()):
+        blocks = (p.size + 63) >> 6
+        assert p.bits.shape == p.bit_ranks.shape == (int((p.bit_rows >= 0).sum()), blocks)
+        segment = _Segment(p, p.terms, None)
+        for i in range(p.terms.shape[0]):
+            lo, hi = int(p.offsets[i]), int(p.offsets[i + 1])
+            row = int(p.bit_rows[i])
+            assert (row >= 0) == (hi - lo >= p.size / BIT_TERM_SHARE)  # the common terms have bitmaps
+            want = np.zeros(p.size)
+            want[p.docs[lo:hi]] = p.tfs[lo:hi]
+            docs_here = every[: p.size]
+            assert np.array_equal(segment.tfs(i, docs_here), want)  # every doc, held or not
+            assert np.array_equal(segment.tfs(i, docs_here[::7]), want[::7])  # and a few
+    assert int((whole.bit_rows >= 0).sum()) > 3

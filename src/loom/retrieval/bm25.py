@@ -28,6 +28,8 @@ BM25_B = 0.75
 # Block-level bounds (`Postings.block_max_tfs`): blocks of 64 docs, for terms in 1/16 of the docs.
 BLOCK_SHIFT = 6
 BLOCK_TERM_SHARE = 16
+# Doc bitmaps (`Postings.bits`), for terms in 1/8 of the docs: one 64-bit word per block.
+BIT_TERM_SHARE = 8
 
 # (chunk id, file code, terms blob, tfs blob, length): one chunk as stored.
 PostingsRow = tuple[int, int, bytes, bytes, int]
@@ -62,6 +64,14 @@ class Postings:
     block_rows: npt.NDArray[np.int32]
     block_max_tfs: npt.NDArray[np.uint16]
     block_min_lengths: npt.NDArray[np.uint16]
+    # For the terms in at least 1/BIT_TERM_SHARE of the docs (row `bit_rows[i]`, -1: none): one bit per
+    # doc (bit d % 64 of `bits[row, d // 64]`), and per block how many of the term's postings come
+    # before it (`bit_ranks`): a doc's tf is then read without a search, where a binary search of a
+    # long postings list costs ~150 ns a doc (`topk` looks these terms up for its candidates). 12 bytes
+    # per block of 64 docs, for a term in at least 8 of them on average: at most 1/4 of its postings' memory.
+    bit_rows: npt.NDArray[np.int32]
+    bits: npt.NDArray[np.uint64]
+    bit_ranks: npt.NDArray[np.int32]
     # Docs deleted since the build (None: none): left in the arrays, but out of N, df, the total
     # length and the results, so scores stay exact BM25 of what is left; `compact` drops them.
     removed: npt.NDArray[np.bool_] | None = None
@@ -103,26 +113,15 @@ class Postings:
         per_term = kept_before[self.offsets[1:]] - kept_before[self.offsets[:-1]]
         alive = per_term > 0
         offsets = np.concatenate(([0], np.cumsum(per_term[alive]))).astype(np.int64)
-        lengths = self.lengths[keep_doc]
-        docs = new_index[self.docs[keep]].astype(np.int32)
-        tfs = self.tfs[keep]
-        max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
-        rows, block_tfs, block_lengths = _block_bounds(offsets, docs, tfs, lengths)
-        return Postings(
-            terms=self.terms[alive],
-            offsets=offsets,
-            docs=docs,
-            tfs=tfs,
-            chunk_ids=self.chunk_ids[keep_doc],
-            file_codes=self.file_codes[keep_doc],
-            lengths=lengths,
-            file_ids=self.file_ids,
-            total_length=int(lengths.sum()),
-            max_tfs=max_tfs,
-            min_lengths=min_lengths,
-            block_rows=rows,
-            block_max_tfs=block_tfs,
-            block_min_lengths=block_lengths,
+        return _with_bounds(
+            self.terms[alive],
+            offsets,
+            new_index[self.docs[keep]].astype(np.int32),
+            self.tfs[keep],
+            self.chunk_ids[keep_doc],
+            self.file_codes[keep_doc],
+            self.lengths[keep_doc],
+            self.file_ids,
         )
 
     @property
@@ -140,6 +139,9 @@ class Postings:
             self.block_rows,
             self.block_max_tfs,
             self.block_min_lengths,
+            self.bit_rows,
+            self.bits,
+            self.bit_ranks,
         )
         return sum(int(a.nbytes) for a in arrays)
 
@@ -223,24 +225,7 @@ def _from_postings(
     packed = _packed_csr(all_terms, doc_of, all_tfs)
     if packed is not None:
         terms, offsets, docs, tfs = packed
-        max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
-        rows, block_tfs, block_lengths = _block_bounds(offsets, docs, tfs, lengths)
-        return Postings(
-            terms=terms,
-            offsets=offsets,
-            docs=docs,
-            tfs=tfs,
-            chunk_ids=chunk_ids,
-            file_codes=file_codes,
-            lengths=lengths,
-            file_ids=tuple(file_ids),
-            total_length=int(lengths.sum()),
-            max_tfs=max_tfs,
-            min_lengths=min_lengths,
-            block_rows=rows,
-            block_max_tfs=block_tfs,
-            block_min_lengths=block_lengths,
-        )
+        return _with_bounds(terms, offsets, docs, tfs, chunk_ids, file_codes, lengths, file_ids)
     order = np.argsort(all_terms, kind="stable")  # stable: each term's docs stay in ascending order
     sorted_terms = all_terms[order]
     starts = np.flatnonzero(sorted_terms[1:] != sorted_terms[:-1]) + 1
@@ -248,12 +233,34 @@ def _from_postings(
         offsets = np.concatenate(([0], starts, [sorted_terms.size])).astype(np.int64)
     else:
         offsets = np.zeros(1, np.int64)
-    docs = doc_of[order].astype(np.int32)
-    tfs = all_tfs[order].astype(np.uint16)
+    return _with_bounds(
+        sorted_terms[offsets[:-1]].astype(np.uint64),
+        offsets,
+        doc_of[order].astype(np.int32),
+        all_tfs[order].astype(np.uint16),
+        chunk_ids,
+        file_codes,
+        lengths,
+        file_ids,
+    )
+
+
+def _with_bounds(
+    terms: Hashes,
+    offsets: npt.NDArray[np.int64],
+    docs: npt.NDArray[np.int32],
+    tfs: npt.NDArray[np.uint16],
+    chunk_ids: npt.NDArray[np.int64],
+    file_codes: npt.NDArray[np.int32],
+    lengths: npt.NDArray[np.int64],
+    file_ids: Sequence[str],
+) -> Postings:
+    """The index of these CSR arrays, with the bounds and bitmaps derived from them."""
     max_tfs, min_lengths = _term_bounds(offsets, docs, tfs, lengths)
     rows, block_tfs, block_lengths = _block_bounds(offsets, docs, tfs, lengths)
+    bit_rows, bits, bit_ranks = _doc_bits(offsets, docs, int(lengths.shape[0]))
     return Postings(
-        terms=sorted_terms[offsets[:-1]].astype(np.uint64),
+        terms=terms,
         offsets=offsets,
         docs=docs,
         tfs=tfs,
@@ -267,7 +274,32 @@ def _from_postings(
         block_rows=rows,
         block_max_tfs=block_tfs,
         block_min_lengths=block_lengths,
+        bit_rows=bit_rows,
+        bits=bits,
+        bit_ranks=bit_ranks,
     )
+
+
+def _doc_bits(
+    offsets: npt.NDArray[np.int64], docs: npt.NDArray[np.int32], size: int
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
+    """`Postings.bit_rows`, `bits` and `bit_ranks`: per term in 1/BIT_TERM_SHARE of the docs, its docs
+    as flags packed 64 to a little-endian word, and a running count of its postings per block."""
+    blocks = (size + 63) >> 6
+    df = np.diff(offsets)
+    common = np.flatnonzero(df * BIT_TERM_SHARE >= max(size, 1)) if size else np.zeros(0, np.int64)
+    rows = np.full(df.shape[0], -1, dtype=np.int32)
+    rows[common] = np.arange(common.shape[0], dtype=np.int32)
+    bits = np.zeros((common.shape[0], blocks), dtype=np.uint64)
+    ranks = np.zeros((common.shape[0], blocks), dtype=np.int32)
+    flags = np.zeros(blocks << 6, dtype=bool)
+    for row, i in enumerate(common.tolist()):
+        held = docs[int(offsets[i]) : int(offsets[i + 1])]
+        flags[held] = True
+        bits[row] = np.packbits(flags, bitorder="little").view(np.dtype("<u8"))
+        flags[held] = False
+        ranks[row, 1:] = np.cumsum(np.bincount(held >> 6, minlength=blocks)[:-1])
+    return rows, bits, ranks
 
 
 def _term_bounds(

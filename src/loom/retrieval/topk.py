@@ -53,9 +53,13 @@ SEED_DOCS = (1024, 8192)
 SEED_SHARE = 256
 # Relative slack on every bound comparison: float64 rounding is ~1e-16 per operation.
 SLACK = 1e-9
-# A term's tfs are looked up by binary search for up to 1/LOOKUP_SHARE of its postings' count of
-# docs, else through a dense table of the segment (one scatter and one gather).
+# A term's tfs are looked up through its doc bitmap if it has one (`Postings.bits`: the common terms),
+# else by binary search for up to 1/LOOKUP_SHARE of its postings' count of docs, else through a dense
+# table of the segment (one scatter and one gather).
 LOOKUP_SHARE = 8
+
+_ONE = np.uint64(1)
+assert BLOCK_SHIFT == 6  # the doc bitmaps' blocks are 64-bit words
 
 _Docs = npt.NDArray[np.int64]
 _Floats = npt.NDArray[np.float64]
@@ -116,6 +120,14 @@ class _Segment:
         n = posted.shape[0]
         if not n:
             return np.zeros(docs.shape[0], dtype=np.float64)
+        row = int(self.store.bit_rows[self.index[j]])
+        if row >= 0:  # a common term: read through its doc bitmap
+            block = docs >> BLOCK_SHIFT
+            word = self.store.bits[row][block]
+            bit = (docs & 63).astype(np.uint64)
+            present = ((word >> bit) & _ONE).astype(bool)
+            at = self.store.bit_ranks[row][block] + np.bitwise_count(word & ((_ONE << bit) - _ONE))
+            return np.where(present, tfs[np.where(present, at, 0)], 0).astype(np.float64)
         if docs.size * LOOKUP_SHARE < n:
             at = np.searchsorted(posted, docs)
             np.minimum(at, n - 1, out=at)
