@@ -151,7 +151,7 @@ class KeywordCache:
         guess: asyncio.Future[list[Candidate]] | None = None
         if all(e is not None for e in cached) and self._missed.isdisjoint(stores):
             held = [s for e in cached if e is not None for s in e.segments]
-            guess = asyncio.ensure_future(asyncio.to_thread(top_k, held, hashes, limit, file_ids))
+            guess = asyncio.get_running_loop().run_in_executor(None, top_k, held, hashes, limit, file_ids)
         try:
             found = await self._generations(stores)
         finally:
