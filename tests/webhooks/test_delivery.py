@@ -1,6 +1,6 @@
 """Delivery: retries after a 500 with the same webhook-id, a hanging receiver neither delays runs nor
-takes the server, a pending delivery survives a kill -9, secrets rotate, and the SSRF check is made
-again at delivery time."""
+takes the server, a pending delivery survives a kill -9, what a disabled endpoint kept pending fails
+once the retry window has passed, secrets rotate, and the SSRF check is made again at delivery time."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import httpx
 import openai
 import pytest
 
+from loom.webhooks.delivery import EXPIRED
 from tests.conftest import sdk_client
 from tests.fakes.upstream import FakeUpstream, Turn
 from tests.runs.conftest import server_env
@@ -98,6 +99,33 @@ def test_a_pending_delivery_survives_a_kill_and_is_sent_after_restart(
         assert event.type == "thread.run.completed" and event.data.id == run_id
     finally:
         again.stop()
+
+
+def test_a_disabled_endpoints_pending_delivery_fails_once_the_retry_window_has_passed(
+    backend: str, upstream: FakeUpstream, receiver: Receiver
+) -> None:
+    url = new_database() if backend == "postgres" else ""
+    env = server_env(
+        upstream, **{**WEBHOOK_ENV, "LOOM_WEBHOOKS_RETRY_BASE_S": "2", "LOOM_WEBHOOKS_RETRY_WINDOW_S": "3"}
+    )
+    with (
+        LoomServer(database_url=url, upstream_base_url=upstream.base_url, extra_env=env) as server,
+        api_client(server) as api,
+    ):
+        path = unique_path()
+        receiver.script(path, *[500] * 20)
+        endpoint = register(api, receiver.url(path), "thread.run.completed")
+        _complete_a_run(sdk_client(server), upstream)
+        receiver.wait(path, 1)  # the first attempt failed; the next is due 2 s later
+        assert api.post(f"/loom/webhooks/{endpoint['id']}", json={"enabled": False}).status_code == 200
+
+        def settled() -> Any:
+            (d,) = api.get(f"/loom/webhooks/{endpoint['id']}/deliveries").json()["data"]
+            return d if d["status"] != "pending" else None
+
+        d = wait_for(settled, what="the disabled endpoint's delivery to fail")
+        assert d["status"] == "failed" and d["last_error"] == EXPIRED and d["attempts"] == 1
+        assert len(receiver.at(path)) == 1  # nothing more was sent to the disabled endpoint
 
 
 def test_rotating_the_secret(

@@ -71,6 +71,11 @@ def signature(secrets: tuple[str, ...], msg_id: str, timestamp: int, body: str) 
     return " ".join(Webhook(secret).sign(msg_id, when, body) for secret in secrets)
 
 
+# How often (in polls) the worker marks failed what disabled endpoints kept pending past the window.
+EXPIRY_POLLS = 10
+EXPIRED = "not sent: the endpoint was disabled until the retry window had passed"
+
+
 class DeliveryWorker:
     def __init__(self, db: Database, policy: Policy) -> None:
         self.db = db
@@ -78,6 +83,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
+        self._expired_at = 0.0
 
     def wake(self) -> None:
         self._wake.set()
@@ -88,6 +94,8 @@ class DeliveryWorker:
         try:
             while True:
                 self._wake.clear()
+                if time.monotonic() >= self._expired_at + EXPIRY_POLLS * self.policy.poll_s:
+                    await self.expire()
                 free = self.policy.concurrency - len(self._inflight)
                 claimed = await self.claim(free) if free > 0 else []
                 for item in claimed:
@@ -104,6 +112,22 @@ class DeliveryWorker:
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
         self._wake.set()
+
+    async def expire(self) -> int:
+        """Mark failed the pending deliveries of disabled endpoints that are older than the retry window
+        (they are not sent while the endpoint is disabled, and would never be: re-enabled later, an
+        endpoint gets only what is still within the window). Returns how many."""
+        self._expired_at = time.monotonic()
+        now = time.time()
+        disabled = sa.select(_E.c.id).where(_E.c.enabled == sa.false())
+        stale = _D.update().where(
+            _D.c.status == "pending",
+            _D.c.created_at < now - self.policy.retry_window_s,
+            _D.c.endpoint_id.in_(disabled),
+        )
+        async with self.db.write() as conn:
+            result = await conn.execute(stale.values(status="failed", last_error=EXPIRED))
+        return int(result.rowcount or 0)
 
     async def claim(self, limit: int) -> list[Claimed]:
         now = time.time()
