@@ -82,6 +82,11 @@ class Database:
         self._api_engine = make_engine(url, inline=True) if self.is_sqlite else self.engine
         self._write_lock = asyncio.Lock()
 
+    @property
+    def engines(self) -> tuple[AsyncEngine, ...]:
+        """Every engine this database's connections come from (on SQLite, `read`/`write`'s and `engine`)."""
+        return (self.engine,) if self._api_engine is self.engine else (self._api_engine, self.engine)
+
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
         async with self._api_engine.connect() as conn:

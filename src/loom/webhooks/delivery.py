@@ -90,7 +90,8 @@ class DeliveryWorker:
 
     async def run(self) -> None:
         """The loop (under the supervisor): claim what is due, as slots allow; sleep until woken or polled."""
-        outbox.add_waker(self.wake)
+        for engine in self.db.engines:
+            outbox.add_waker(engine, self.wake)
         try:
             while True:
                 self._wake.clear()
@@ -107,7 +108,8 @@ class DeliveryWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.policy.poll_s)
         finally:
-            outbox.remove_waker(self.wake)
+            for engine in self.db.engines:
+                outbox.remove_waker(engine, self.wake)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)

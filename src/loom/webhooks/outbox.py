@@ -13,11 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import pydantic_core
 import sqlalchemy as sa
-from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loom import ids
 from loom.store import tables as core
@@ -35,21 +36,26 @@ _BATCH_IN_PROGRESS = sa.select(sa.func.count()).where(
     _F.c.status == "in_progress",
 )
 
-# The delivery workers of this process (usually one): called after a transaction that recorded events commits.
-_wakers: list[Callable[[], None]] = []
+# The delivery workers of this process per database engine (usually one worker, one engine): called after
+# a transaction of that engine that recorded events commits, and not for another engine's (servers or
+# tests sharing a process wake only their own workers).
+_wakers: WeakKeyDictionary[Engine, list[Callable[[], None]]] = WeakKeyDictionary()
 
 
-def add_waker(wake: Callable[[], None]) -> None:
-    _wakers.append(wake)
+def add_waker(engine: AsyncEngine, wake: Callable[[], None]) -> None:
+    _wakers.setdefault(engine.sync_engine, []).append(wake)
 
 
-def remove_waker(wake: Callable[[], None]) -> None:
-    if wake in _wakers:
-        _wakers.remove(wake)
+def remove_waker(engine: AsyncEngine, wake: Callable[[], None]) -> None:
+    mine = _wakers.get(engine.sync_engine, [])
+    if wake in mine:
+        mine.remove(wake)
+    if not mine:
+        _wakers.pop(engine.sync_engine, None)
 
 
-def _wake_all(_conn: object) -> None:
-    for wake in list(_wakers):
+def _wake_all(conn: Connection) -> None:
+    for wake in list(_wakers.get(conn.engine, ())):
         wake()
 
 
