@@ -63,17 +63,19 @@ class RunStore:
         *,
         allowed_from: set[str] | None = None,
         state: RunState | None = None,
+        lease: tuple[str, float] | None = None,
         **fields: Any,
     ) -> dict[str, Any] | None:
         """Move the run to `target` if its *current* (committed) status allows; None if it does not.
-        `fields` are wire fields set with it; `state`, when given, replaces the run's bookkeeping.
+        `fields` are wire fields set with it; `state`, when given, replaces the run's bookkeeping;
+        `lease` (owner, until) leases it with the same commit (a run queued again: see `RunService`).
 
         The run is re-read inside the write transaction, so a concurrent metadata update or cancel
         is never overwritten with a stale copy. This is the one writer of a run's status: the wire
         `status` and the row's `status` column change together here (and in `claim`).
         """
         async with self.db.write() as conn:
-            return await self._transition(conn, project, run_id, target, allowed_from, fields, state)
+            return await self._transition(conn, project, run_id, target, allowed_from, fields, state, lease)
 
     async def save_and_transition(
         self,
@@ -100,6 +102,7 @@ class RunStore:
         allowed_from: set[str] | None,
         fields: dict[str, Any],
         state: RunState | None = None,
+        lease: tuple[str, float] | None = None,
     ) -> dict[str, Any] | None:
         row = await runs.get_row(conn, project, run_id, lock=True)
         if row is None:
@@ -115,6 +118,8 @@ class RunStore:
         )
         if state is not None:
             extra["state"] = state.to_json()
+        if lease is not None:
+            extra.update(lease_owner=lease[0], lease_expires_at=lease[1])
         await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **extra)
         await outbox.record_run(conn, project, run)
         events.run_moved(project, run)

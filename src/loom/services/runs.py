@@ -54,8 +54,9 @@ class RunService:
         self.live = live
 
     def _lease(self) -> dict[str, Any]:
-        """A new run is leased to this replica from its first commit: if the process dies before the
-        executor starts, the lease lapses and another replica fails the run (never stuck `queued`)."""
+        """A new run, or one queued again by its tool outputs, is leased to this replica from that commit:
+        if the process dies before the executor starts, the lease lapses and another replica fails the
+        run (never stuck `queued`)."""
         return {"lease_owner": self.engine.replica, "lease_expires_at": time.time() + self.engine.settings.lease_s}
 
     def _events(self, run_id: str) -> RunEvents:
@@ -316,6 +317,7 @@ class RunService:
             run_id,
             "queued",
             allowed_from={"requires_action"},
+            lease=(self.engine.replica, time.time() + self.engine.settings.lease_s),
             expires_at=now() + (run.state.max_run_s or self.engine.settings.run_max_duration_s),
         )
         if queued is None:
