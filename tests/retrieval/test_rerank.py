@@ -11,12 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from loom.errors import InvalidRequest
 from loom.retrieval.chunking import chunk_text
-from loom.retrieval.embedding import Embedder, WordLlamaEmbedder
+from loom.retrieval.embedding import Embedder, Embedders, WordLlamaEmbedder
 from loom.retrieval.index import ChunkIndex, query_terms
 from loom.retrieval.ingest import ingest_file
 from loom.retrieval.minilm import MiniLMEmbedder
@@ -25,6 +26,10 @@ from loom.retrieval.pg_index import PostgresChunkIndex
 from loom.retrieval.rerank import MAX_VECTORS, expand
 from loom.retrieval.search import fuse, fusion_for, search
 from loom.retrieval.sqlite_index import SQLiteChunkIndex
+from loom.services.store_embedders import search_stores
+from loom.store import tables
+from loom.store.db import Database
+from loom.store.migrate import migrate
 from tests.retrieval.support import migration, run_migration
 from tests.support.postgres import new_database
 
@@ -211,3 +216,41 @@ async def test_migration_0012_adds_the_column_and_old_chunks_keep_fusions_order(
     # Indexing the files again stores them: reranked from then on.
     await _fill(fresh, minilm, WRONG)
     assert (await search(fresh, minilm, ["vs_r"], WRONG_QUERY, ranker="auto"))[0].file_id == "file-answer"
+
+
+async def test_stores_of_two_embedders_searched_together_are_all_ranked_by_fusion(
+    tmp_path: Path, minilm: MiniLMEmbedder
+) -> None:
+    """A MiniLM store (reranked alone) and a wordllama store (never reranked), searched together: their
+    results are merged by score, so both keep fusion's scores (a reranked score against a fused one
+    would rank two kinds of score against each other)."""
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'two.db'}")
+    try:
+        await migrate(db.engine)
+        index = SQLiteChunkIndex(db.engine)
+        wordllama = WordLlamaEmbedder()
+        embedders = Embedders(None, default=minilm)
+        async with db.write() as conn:
+            for store, name in (("vs_m", minilm.name), ("vs_w", wordllama.name)):
+                await conn.execute(
+                    sa.insert(tables.vector_stores).values(id=store, project="p", created_at=0, data={}, embedder=name)
+                )
+        await _fill(index, minilm, WRONG, "vs_m")
+        await _fill(index, wordllama, CLEAR, "vs_w")
+        both = await search_stores(db, index, embedders, ["vs_m", "vs_w"], [WRONG_QUERY], ranker="auto")
+        fused = {
+            (r.vector_store_id, r.file_id): r.score
+            for store, embedder in (("vs_m", minilm), ("vs_w", wordllama))
+            for r in await search(index, embedder, [store], WRONG_QUERY, ranker="none")
+        }
+        reranked = {r.file_id: r.score for r in await search(index, minilm, ["vs_m"], WRONG_QUERY, ranker="auto")}
+        assert {r.vector_store_id for r in both} == {"vs_m", "vs_w"}
+        assert [((r.vector_store_id, r.file_id), r.score) for r in both] == sorted(
+            fused.items(), key=lambda item: -item[1]
+        )[: len(both)]
+        assert any(reranked[f] != s for (store, f), s in fused.items() if store == "vs_m")  # it would differ
+        # One embedder's stores alone are still reranked.
+        alone = await search_stores(db, index, embedders, ["vs_m"], [WRONG_QUERY], ranker="auto")
+        assert {r.file_id: r.score for r in alone} == reranked
+    finally:
+        await db.dispose()

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loom.retrieval.embedding import Embedder, Embedders
 from loom.retrieval.index import ChunkIndex
+from loom.retrieval.rerank import keeps_tokens, wants_rerank
 from loom.retrieval.search import SearchResult, search
 from loom.store import tables
 from loom.store.db import Database
@@ -40,13 +41,19 @@ async def ingest_embedder(db: Database, embedders: Embedders, store_id: str) -> 
 async def search_stores(
     db: Database, index: ChunkIndex, embedders: Embedders, store_ids: Sequence[str], queries: list[str], **kw: Any
 ) -> list[SearchResult]:
-    """`search` over stores that may have different embedders: each group with its own, best scores first."""
+    """`search` over stores that may have different embedders: each group with its own, best scores first
+    (unreranked when only some groups could be reranked: their scores are then all fusion's)."""
     async with db.read() as conn:
         names = await store_embedder_names(conn, store_ids)
     groups: dict[str, tuple[Embedder, list[str]]] = {}
     for store_id in store_ids:
         embedder = embedders.for_name(names.get(store_id))
         groups.setdefault(embedder.name, (embedder, []))[1].append(store_id)
+    reranked = {keeps_tokens(embedder) for embedder, _ids in groups.values()}
+    if len(reranked) > 1 and wants_rerank(str(kw.get("ranker", "auto"))):
+        # One group's scores would be the reranker's, another's fusion's: two kinds of score never ranked
+        # against each other. All are ranked by fusion (the reranker's ranking only within one group).
+        kw = {**kw, "ranker": "none"}
     results: list[SearchResult] = []
     for embedder, ids in groups.values():
         results.extend(await search(index, embedder, ids, queries, **kw))
