@@ -161,14 +161,18 @@ def test_pruning_skips_most_postings_on_a_skewed_query() -> None:
     assert work.looked_up < 0.5 * work.postings
 
 
-def test_bounds_per_term_and_block_hold_after_build_merge_and_compact() -> None:
-    rng = np.random.default_rng(17)
-    docs = _docs(rng, 1, 500)
-    parts = _segments(docs, [200])
+def _built_merged_compacted(seed: int, size: int, cut: int, removed: slice) -> list[Postings]:
+    """Two segments as built, the two merged, and the merged one compacted after removing `removed` docs."""
+    parts = _segments(_docs(np.random.default_rng(seed), 1, size), [cut])
     whole = Postings.merge(parts)
     gone = np.zeros(whole.size, dtype=bool)
-    gone[::2] = True
-    for p in (*parts, whole, whole.remove(gone).compact()):
+    gone[removed] = True
+    return [*parts, whole, whole.remove(gone).compact()]
+
+
+def test_bounds_per_term_and_block_hold_after_build_merge_and_compact() -> None:
+    variants = _built_merged_compacted(17, 500, 200, slice(None, None, 2))
+    for p in variants:
         blocks = (p.size + (1 << BLOCK_SHIFT) - 1) >> BLOCK_SHIFT
         assert p.block_max_tfs.shape == p.block_min_lengths.shape == (int((p.block_rows >= 0).sum()), blocks)
         for i in range(p.terms.shape[0]):
@@ -185,18 +189,13 @@ def test_bounds_per_term_and_block_hold_after_build_merge_and_compact() -> None:
                 assert p.block_max_tfs[row, b] == (p.tfs[lo:hi][here].max() if here.any() else 0)
                 if here.any():
                     assert p.block_min_lengths[row, b] == p.lengths[p.docs[lo:hi][here]].min()
-    assert int((whole.block_rows >= 0).sum()) > 3  # some terms are common enough to have rows
+    assert int((variants[2].block_rows >= 0).sum()) > 3  # some terms are common enough to have rows
 
 
 def test_doc_bitmaps_give_every_docs_tf_after_build_merge_and_compact() -> None:
-    rng = np.random.default_rng(23)
-    docs = _docs(rng, 1, 700)
-    parts = _segments(docs, [300])
-    whole = Postings.merge(parts)
-    gone = np.zeros(whole.size, dtype=bool)
-    gone[1::3] = True
-    every = np.arange(whole.size)
-    for p in (*parts, whole, whole.remove(gone).compact()):
+    variants = _built_merged_compacted(23, 700, 300, slice(1, None, 3))
+    every = np.arange(variants[2].size)
+    for p in variants:
         blocks = (p.size + 63) >> 6
         assert p.bits.shape == p.bit_ranks.shape == (int((p.bit_rows >= 0).sum()), blocks)
         segment = _Segment(p, p.terms, None)
@@ -209,4 +208,4 @@ def test_doc_bitmaps_give_every_docs_tf_after_build_merge_and_compact() -> None:
             docs_here = every[: p.size]
             assert np.array_equal(segment.tfs(i, docs_here), want)  # every doc, held or not
             assert np.array_equal(segment.tfs(i, docs_here[::7]), want[::7])  # and a few
-    assert int((whole.bit_rows >= 0).sum()) > 3
+    assert int((variants[2].bit_rows >= 0).sum()) > 3

@@ -280,16 +280,24 @@ def _with_bounds(
     )
 
 
+def _common_rows(
+    offsets: npt.NDArray[np.int64], size: int, share: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """The terms in at least 1/`share` of the `size` docs, and per term its row among them (-1: none)."""
+    df = np.diff(offsets)
+    common = np.flatnonzero(df * share >= max(size, 1)) if size else np.zeros(0, np.int64)
+    rows = np.full(df.shape[0], -1, dtype=np.int32)
+    rows[common] = np.arange(common.shape[0], dtype=np.int32)
+    return common, rows
+
+
 def _doc_bits(
     offsets: npt.NDArray[np.int64], docs: npt.NDArray[np.int32], size: int
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.uint64], npt.NDArray[np.int32]]:
     """`Postings.bit_rows`, `bits` and `bit_ranks`: per term in 1/BIT_TERM_SHARE of the docs, its docs
     as flags packed 64 to a little-endian word, and a running count of its postings per block."""
     blocks = (size + 63) >> 6
-    df = np.diff(offsets)
-    common = np.flatnonzero(df * BIT_TERM_SHARE >= max(size, 1)) if size else np.zeros(0, np.int64)
-    rows = np.full(df.shape[0], -1, dtype=np.int32)
-    rows[common] = np.arange(common.shape[0], dtype=np.int32)
+    common, rows = _common_rows(offsets, size, BIT_TERM_SHARE)
     bits = np.zeros((common.shape[0], blocks), dtype=np.uint64)
     ranks = np.zeros((common.shape[0], blocks), dtype=np.int32)
     flags = np.zeros(blocks << 6, dtype=bool)
@@ -332,10 +340,7 @@ def _block_bounds(
     reduction over its postings (ascending docs, so each block's are a run)."""
     size = int(lengths.shape[0])
     blocks = (size + (1 << BLOCK_SHIFT) - 1) >> BLOCK_SHIFT
-    df = np.diff(offsets)
-    common = np.flatnonzero(df * BLOCK_TERM_SHARE >= max(size, 1)) if size else np.zeros(0, np.int64)
-    rows = np.full(df.shape[0], -1, dtype=np.int32)
-    rows[common] = np.arange(common.shape[0], dtype=np.int32)
+    common, rows = _common_rows(offsets, size, BLOCK_TERM_SHARE)
     max_tfs = np.zeros((common.shape[0], blocks), dtype=np.uint16)
     min_lengths = np.zeros((common.shape[0], blocks), dtype=np.uint16)
     short = np.minimum(lengths, 0xFFFF).astype(np.uint16)
