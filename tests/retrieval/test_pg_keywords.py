@@ -4,6 +4,7 @@ store, kept fresh across replicas by per-store generations, and the same after m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -182,6 +183,44 @@ async def test_ranking_starts_on_the_cache_while_the_generations_are_read(
     started.clear()
     assert len(await index.keyword_candidates(["vs_a"], ["lava"], 10)) == 3
     assert len(calls) == 1
+
+
+async def test_searches_cancelled_mid_query_leave_every_pooled_connection_usable() -> None:
+    """A search's reads use the pooled connections' asyncpg connections directly: one cancelled mid-query
+    (a client gone, the other side of a hybrid search failed) must not go back to the pool in a state
+    asyncpg and the server disagree on (a transaction one of them believes open)."""
+    engine = create_async_engine(new_database("kw"), pool_size=3, max_overflow=0)
+    try:
+        index = PostgresChunkIndex(engine, dimensions=8)
+        await index.create_schema()
+        await index.put_file("vs_a", "file-1", "a.txt")
+        await index.add_chunks("vs_a", "file-1", *chunks_with_vectors([f"lava {i} ash" for i in range(2000)]))
+        rng = np.random.default_rng(5)
+        cancelled = 0
+        for i in range(150):
+            vector = rng.standard_normal(8).astype(np.float32)
+            step = (
+                index.vector_candidates(["vs_a"], vector, 10)
+                if i % 3 == 0
+                else index.get_chunks(list(range(1, 50)))
+                if i % 3 == 1
+                else index.keyword_candidates(["vs_a"], ["lava"], 10)
+            )
+            task = asyncio.ensure_future(step)
+            await asyncio.sleep(float(rng.random()) * 0.003)
+            cancelled += task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert cancelled > 100
+        for _ in range(10):  # each round takes all three connections at once
+            found = await asyncio.gather(
+                *(index.vector_candidates(["vs_a"], rng.standard_normal(8).astype(np.float32), 10) for _ in range(3))
+            )
+            assert [len(f) for f in found] == [10, 10, 10]
+            async with engine.begin() as conn:
+                assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+    finally:
+        await engine.dispose()
 
 
 async def test_the_cache_keeps_within_its_bound(engine: AsyncEngine) -> None:

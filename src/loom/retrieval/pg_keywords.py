@@ -67,7 +67,13 @@ async def raw_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     async with engine.connect() as conn:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        yield raw
+        try:
+            yield raw
+        except BaseException:
+            # Failed or cancelled mid-query: asyncpg's own state (a transaction it believes open, a reply
+            # half read) is unknown, so the connection is closed, not pooled again for another request.
+            await conn.invalidate()
+            raise
 
 
 @dataclass(frozen=True, slots=True)
