@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
@@ -63,12 +64,13 @@ class RunStore:
         *,
         allowed_from: set[str] | None = None,
         state: RunState | None = None,
-        lease: tuple[str, float] | None = None,
+        lease: Mapping[str, Any] | None = None,
         **fields: Any,
     ) -> dict[str, Any] | None:
         """Move the run to `target` if its *current* (committed) status allows; None if it does not.
         `fields` are wire fields set with it; `state`, when given, replaces the run's bookkeeping;
-        `lease` (owner, until) leases it with the same commit (a run queued again: see `RunService`).
+        `lease` (its `lease_owner` and `lease_expires_at`) leases it with the same commit (a run queued
+        again: see `RunService._lease`).
 
         The run is re-read inside the write transaction, so a concurrent metadata update or cancel
         is never overwritten with a stale copy. This is the one writer of a run's status: the wire
@@ -102,7 +104,7 @@ class RunStore:
         allowed_from: set[str] | None,
         fields: dict[str, Any],
         state: RunState | None = None,
-        lease: tuple[str, float] | None = None,
+        lease: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         row = await runs.get_row(conn, project, run_id, lock=True)
         if row is None:
@@ -119,7 +121,7 @@ class RunStore:
         if state is not None:
             extra["state"] = state.to_json()
         if lease is not None:
-            extra.update(lease_owner=lease[0], lease_expires_at=lease[1])
+            extra.update(lease)
         await runs.replace(conn, project, run, status=run["status"], expires_at=run["expires_at"], **extra)
         await outbox.record_run(conn, project, run)
         events.run_moved(project, run)

@@ -317,7 +317,7 @@ class RunService:
             run_id,
             "queued",
             allowed_from={"requires_action"},
-            lease=(self.engine.replica, time.time() + self.engine.settings.lease_s),
+            lease=self._lease(),
             expires_at=now() + (run.state.max_run_s or self.engine.settings.run_max_duration_s),
         )
         if queued is None:
