@@ -4,7 +4,6 @@ instead of leaving it `queued` (with no lease, no sweep looked at it) until its 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,15 @@ from loom.store import tables
 from tests.fakes.upstream import FakeUpstream, ToolCallSpec, Turn
 from tests.inprocess.conftest import KEY, inprocess_settings
 from tests.runs.conftest import FUNCTION_TOOL
+from tests.support.wait import wait_for_async
 
 
 async def _status(api: httpx.AsyncClient, thread_id: str, run_id: str, wanted: str) -> dict[str, Any]:
-    for _ in range(400):
+    async def reached() -> dict[str, Any] | None:
         run: dict[str, Any] = (await api.get(f"/threads/{thread_id}/runs/{run_id}")).json()
-        if run["status"] == wanted:
-            return run
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"run {run_id} never reached {wanted}: {run['status']}")
+        return run if run["status"] == wanted else None
+
+    return await wait_for_async(reached, timeout=10, what=f"run {run_id} to be {wanted}", interval=0.025)
 
 
 async def test_a_run_queued_by_tool_outputs_is_leased_and_failed_if_never_claimed(
